@@ -1,0 +1,552 @@
+//! The decision: may this purpose (and vendor) be processed for this subject at this time?
+//!
+//! One pure function, [`decide`]. Precedence, first match wins:
+//!
+//! 1. `STRICTLY_NECESSARY` category: allowed, no consent needed.
+//! 2. A non-consent legal basis: allowed on that basis (`CONTRACT`, `LEGAL_OBLIGATION`, ...).
+//! 3. Consent basis, using the latest choice (by `collected_at`, ties by revision) at or
+//!    before `at` among the purpose-level choice and the choice specific to the vendor:
+//!    `NO_DECISION` (nothing recorded: default deny), `DENIED`, `WITHDRAWN`, then for a grant
+//!    `EXPIRED`, `RECONSENT_REQUIRED`, `VENDOR_NOT_COVERED`, and finally `GRANTED`.
+//!
+//! Only `GRANTED` and the non-consent reasons of steps 1-2 are ever allowed.
+
+use crate::model::{
+    Catalog, Decision, LegalBasis, Purpose, PurposeCategory, Reason, StateEntry, SubjectState,
+};
+use crate::time::Timestamp;
+
+/// The answer to a check, and the proof behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the processing may go ahead.
+    pub allowed: bool,
+    /// Why.
+    pub reason: Reason,
+    /// The purpose's legal basis.
+    pub legal_basis: LegalBasis,
+    /// The event that proves the answer, if one does.
+    pub event_id: Option<String>,
+    /// The policy version of that event.
+    pub policy_version_id: Option<String>,
+    /// When the consent lapses, if it does.
+    pub expires_at: Option<Timestamp>,
+    /// Whether the person must be asked (again).
+    pub needs_reconsent: bool,
+}
+
+impl Reason {
+    /// Whether a verdict with this reason allows processing.
+    pub fn allows(self) -> bool {
+        matches!(
+            self,
+            Reason::Granted
+                | Reason::StrictlyNecessary
+                | Reason::Contract
+                | Reason::LegalObligation
+                | Reason::LegitimateInterest
+                | Reason::VitalInterest
+                | Reason::PublicTask
+        )
+    }
+}
+
+/// Decides one check. `state` must hold the subject's choices as of `at` (entries collected
+/// later are ignored here, so a caller that passes the current projection for a past `at`
+/// gets a deny-leaning answer, never a wrong allow). `vendor_id` is empty for "any vendor".
+pub fn decide(
+    purpose: &Purpose,
+    vendor_id: &str,
+    state: &SubjectState,
+    catalog: &Catalog,
+    at: Timestamp,
+) -> Verdict {
+    let basis_only = |reason: Reason| Verdict {
+        allowed: reason.allows(),
+        reason,
+        legal_basis: purpose.legal_basis,
+        event_id: None,
+        policy_version_id: None,
+        expires_at: None,
+        needs_reconsent: false,
+    };
+    if purpose.category == PurposeCategory::StrictlyNecessary {
+        return basis_only(Reason::StrictlyNecessary);
+    }
+    match purpose.legal_basis {
+        LegalBasis::Consent => {}
+        LegalBasis::Contract => return basis_only(Reason::Contract),
+        LegalBasis::LegalObligation => return basis_only(Reason::LegalObligation),
+        LegalBasis::LegitimateInterest => return basis_only(Reason::LegitimateInterest),
+        LegalBasis::VitalInterest => return basis_only(Reason::VitalInterest),
+        LegalBasis::PublicTask => return basis_only(Reason::PublicTask),
+    }
+
+    let Some(entry) = latest_applicable(state, &purpose.id, vendor_id, at) else {
+        return Verdict {
+            needs_reconsent: true,
+            ..basis_only(Reason::NoDecision)
+        };
+    };
+    let expires_at = purpose.expiry_of(entry.collected_at);
+    let verdict = |reason: Reason, needs_reconsent: bool| Verdict {
+        allowed: reason.allows(),
+        reason,
+        legal_basis: purpose.legal_basis,
+        event_id: Some(entry.event_id.clone()),
+        policy_version_id: Some(entry.policy_version_id.clone()),
+        expires_at,
+        needs_reconsent,
+    };
+    match entry.decision {
+        Decision::Denied => return verdict(Reason::Denied, false),
+        Decision::Withdrawn => return verdict(Reason::Withdrawn, false),
+        Decision::Granted => {}
+    }
+    if expires_at.is_some_and(|expiry| expiry <= at) {
+        return verdict(Reason::Expired, true);
+    }
+    if material_change_since(catalog, &purpose.id, &entry.policy_version_id, at) {
+        return verdict(Reason::ReconsentRequired, true);
+    }
+    if !vendor_id.is_empty() && !vendor_covered(purpose, vendor_id, entry, catalog) {
+        return verdict(Reason::VendorNotCovered, false);
+    }
+    verdict(Reason::Granted, false)
+}
+
+/// The latest of the purpose-level and vendor-specific choices collected at or before `at`.
+fn latest_applicable<'a>(
+    state: &'a SubjectState,
+    purpose_id: &'a str,
+    vendor_id: &'a str,
+    at: Timestamp,
+) -> Option<&'a StateEntry> {
+    state
+        .entries_for(purpose_id, vendor_id)
+        .filter(|e| e.collected_at <= at)
+        .fold(None, |best: Option<&StateEntry>, e| match best {
+            Some(b) if !e.supersedes(b) => Some(b),
+            _ => Some(e),
+        })
+}
+
+/// Whether a material version published after the consented one (and by `at`) changed the purpose.
+fn material_change_since(
+    catalog: &Catalog,
+    purpose_id: &str,
+    consented_version: &str,
+    at: Timestamp,
+) -> bool {
+    // A consent under a version the catalogue does not know cannot be shown to be current.
+    let Some(consented) = catalog.policy_version(consented_version) else {
+        return true;
+    };
+    catalog.policy_versions.iter().any(|p| {
+        p.material
+            && p.published_at > consented.published_at
+            && p.published_at <= at
+            && p.changed_purpose_ids.iter().any(|id| id == purpose_id)
+    })
+}
+
+/// A vendor-specific grant covers its vendor; a purpose-level grant covers the purpose's
+/// vendors that the consented policy version listed.
+fn vendor_covered(
+    purpose: &Purpose,
+    vendor_id: &str,
+    entry: &StateEntry,
+    catalog: &Catalog,
+) -> bool {
+    if entry.vendor_id == vendor_id {
+        return true;
+    }
+    purpose.vendor_ids.iter().any(|v| v == vendor_id)
+        && catalog
+            .policy_version(&entry.policy_version_id)
+            .is_some_and(|p| p.vendor_ids.iter().any(|v| v == vendor_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::PolicyVersion;
+    use proptest::prelude::*;
+
+    const DAY: i64 = 86_400 * Timestamp::MICROS_PER_SECOND;
+
+    fn purpose(category: PurposeCategory, basis: LegalBasis) -> Purpose {
+        Purpose {
+            id: "analytics".into(),
+            name: "Analytics".into(),
+            description: String::new(),
+            category,
+            legal_basis: basis,
+            vendor_ids: vec!["ga4".into(), "late_vendor".into()],
+            validity_secs: Some(180 * 86_400),
+        }
+    }
+
+    fn policy(id: &str, day: i64, material: bool, changed: &[&str]) -> PolicyVersion {
+        PolicyVersion {
+            id: id.into(),
+            published_at: Timestamp(day * DAY),
+            purpose_ids: vec!["analytics".into()],
+            vendor_ids: vec!["ga4".into()],
+            material,
+            changed_purpose_ids: changed.iter().map(|s| (*s).to_string()).collect(),
+            text_sha256: String::new(),
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog {
+            policy_versions: vec![policy("v1", 0, false, &[])],
+            ..Catalog::default()
+        }
+    }
+
+    fn entry(vendor: &str, decision: Decision, day: i64, revision: i64) -> StateEntry {
+        StateEntry {
+            purpose_id: "analytics".into(),
+            vendor_id: vendor.into(),
+            decision,
+            event_id: format!("e{revision}"),
+            policy_version_id: "v1".into(),
+            collected_at: Timestamp(day * DAY),
+            revision,
+        }
+    }
+
+    fn state(entries: Vec<StateEntry>) -> SubjectState {
+        SubjectState {
+            entries,
+            revision: 10,
+        }
+    }
+
+    fn consent_purpose() -> Purpose {
+        purpose(PurposeCategory::Analytics, LegalBasis::Consent)
+    }
+
+    fn at_day(day: i64) -> Timestamp {
+        Timestamp(day * DAY)
+    }
+
+    #[test]
+    fn no_decision_is_default_deny_and_asks() {
+        let v = decide(
+            &consent_purpose(),
+            "",
+            &state(vec![]),
+            &catalog(),
+            at_day(1),
+        );
+        assert_eq!(
+            (v.allowed, v.reason, v.needs_reconsent),
+            (false, Reason::NoDecision, true)
+        );
+        assert_eq!(v.event_id, None);
+    }
+
+    #[test]
+    fn grant_allows_with_proof_and_expiry() {
+        let s = state(vec![entry("", Decision::Granted, 1, 1)]);
+        let v = decide(&consent_purpose(), "", &s, &catalog(), at_day(2));
+        assert_eq!((v.allowed, v.reason), (true, Reason::Granted));
+        assert_eq!(v.event_id.as_deref(), Some("e1"));
+        assert_eq!(v.policy_version_id.as_deref(), Some("v1"));
+        assert_eq!(v.expires_at, Some(at_day(181)));
+        assert!(!v.needs_reconsent);
+    }
+
+    #[test]
+    fn denied_and_withdrawn_deny_without_asking() {
+        for (decision, reason) in [
+            (Decision::Denied, Reason::Denied),
+            (Decision::Withdrawn, Reason::Withdrawn),
+        ] {
+            let s = state(vec![
+                entry("", Decision::Granted, 1, 1),
+                entry("", decision, 2, 2),
+            ]);
+            let v = decide(&consent_purpose(), "", &s, &catalog(), at_day(3));
+            assert_eq!(
+                (v.allowed, v.reason, v.needs_reconsent),
+                (false, reason, false)
+            );
+            assert_eq!(v.event_id.as_deref(), Some("e2"));
+        }
+    }
+
+    #[test]
+    fn expiry_is_inclusive_of_the_deadline() {
+        let s = state(vec![entry("", Decision::Granted, 0, 1)]);
+        let before = decide(
+            &consent_purpose(),
+            "",
+            &s,
+            &catalog(),
+            Timestamp(180 * DAY - 1),
+        );
+        assert_eq!(before.reason, Reason::Granted);
+        let at = decide(&consent_purpose(), "", &s, &catalog(), at_day(180));
+        assert_eq!(
+            (at.allowed, at.reason, at.needs_reconsent),
+            (false, Reason::Expired, true)
+        );
+    }
+
+    #[test]
+    fn material_change_requires_reconsent_only_for_changed_purposes() {
+        let mut cat = catalog();
+        cat.policy_versions
+            .push(policy("v2", 5, true, &["analytics"]));
+        let s = state(vec![entry("", Decision::Granted, 1, 1)]);
+        let before = decide(&consent_purpose(), "", &s, &cat, at_day(4));
+        assert_eq!(
+            before.reason,
+            Reason::Granted,
+            "v2 not yet published at day 4"
+        );
+        let after = decide(&consent_purpose(), "", &s, &cat, at_day(6));
+        assert_eq!(
+            (after.allowed, after.reason, after.needs_reconsent),
+            (false, Reason::ReconsentRequired, true)
+        );
+
+        let mut other = catalog();
+        other
+            .policy_versions
+            .push(policy("v2", 5, true, &["marketing"]));
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &other, at_day(6)).reason,
+            Reason::Granted
+        );
+        let mut minor = catalog();
+        minor
+            .policy_versions
+            .push(policy("v2", 5, false, &["analytics"]));
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &minor, at_day(6)).reason,
+            Reason::Granted
+        );
+    }
+
+    #[test]
+    fn consent_under_unknown_policy_version_is_not_trusted() {
+        let mut e = entry("", Decision::Granted, 1, 1);
+        e.policy_version_id = "ghost".into();
+        let v = decide(
+            &consent_purpose(),
+            "",
+            &state(vec![e]),
+            &catalog(),
+            at_day(2),
+        );
+        assert_eq!((v.allowed, v.reason), (false, Reason::ReconsentRequired));
+    }
+
+    #[test]
+    fn vendor_coverage() {
+        let s = state(vec![entry("", Decision::Granted, 1, 1)]);
+        let p = consent_purpose();
+        assert_eq!(
+            decide(&p, "ga4", &s, &catalog(), at_day(2)).reason,
+            Reason::Granted
+        );
+        // In the purpose now, but not in the policy version consented to.
+        assert_eq!(
+            decide(&p, "late_vendor", &s, &catalog(), at_day(2)).reason,
+            Reason::VendorNotCovered
+        );
+        // Not a vendor of the purpose at all.
+        assert_eq!(
+            decide(&p, "stripe", &s, &catalog(), at_day(2)).reason,
+            Reason::VendorNotCovered
+        );
+        // An explicit vendor grant covers it.
+        let s2 = state(vec![
+            entry("", Decision::Granted, 1, 1),
+            entry("late_vendor", Decision::Granted, 1, 2),
+        ]);
+        assert_eq!(
+            decide(&p, "late_vendor", &s2, &catalog(), at_day(2)).reason,
+            Reason::Granted
+        );
+    }
+
+    #[test]
+    fn vendor_denial_overrides_older_purpose_grant_and_newer_grant_overrides_it() {
+        let p = consent_purpose();
+        let s = state(vec![
+            entry("", Decision::Granted, 1, 1),
+            entry("ga4", Decision::Denied, 2, 2),
+        ]);
+        assert_eq!(
+            decide(&p, "ga4", &s, &catalog(), at_day(3)).reason,
+            Reason::Denied
+        );
+        assert_eq!(
+            decide(&p, "", &s, &catalog(), at_day(3)).reason,
+            Reason::Granted
+        );
+        let s2 = state(vec![
+            entry("", Decision::Granted, 3, 3),
+            entry("ga4", Decision::Denied, 2, 2),
+        ]);
+        assert_eq!(
+            decide(&p, "ga4", &s2, &catalog(), at_day(4)).reason,
+            Reason::Granted
+        );
+    }
+
+    #[test]
+    fn older_import_never_overrides_newer_withdrawal() {
+        // The import is recorded later (higher revision) but was collected earlier.
+        let s = state(vec![
+            entry("", Decision::Withdrawn, 5, 1),
+            entry("", Decision::Granted, 3, 2),
+        ]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &catalog(), at_day(6)).reason,
+            Reason::Withdrawn
+        );
+    }
+
+    #[test]
+    fn same_collection_time_goes_to_the_later_revision() {
+        let s = state(vec![
+            entry("", Decision::Granted, 5, 1),
+            entry("", Decision::Withdrawn, 5, 2),
+        ]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &catalog(), at_day(6)).reason,
+            Reason::Withdrawn
+        );
+    }
+
+    #[test]
+    fn as_of_ignores_later_choices() {
+        let s = state(vec![
+            entry("", Decision::Granted, 1, 1),
+            entry("", Decision::Withdrawn, 5, 2),
+        ]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &catalog(), at_day(3)).reason,
+            Reason::Granted
+        );
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &catalog(), Timestamp(DAY - 1)).reason,
+            Reason::NoDecision
+        );
+    }
+
+    #[test]
+    fn non_consent_bases_allow_on_their_basis() {
+        let cases = [
+            (LegalBasis::Contract, Reason::Contract),
+            (LegalBasis::LegalObligation, Reason::LegalObligation),
+            (LegalBasis::LegitimateInterest, Reason::LegitimateInterest),
+            (LegalBasis::VitalInterest, Reason::VitalInterest),
+            (LegalBasis::PublicTask, Reason::PublicTask),
+        ];
+        let denied = state(vec![entry("", Decision::Denied, 1, 1)]);
+        for (basis, reason) in cases {
+            let v = decide(
+                &purpose(PurposeCategory::Functional, basis),
+                "",
+                &denied,
+                &catalog(),
+                at_day(2),
+            );
+            assert_eq!((v.allowed, v.reason, v.legal_basis), (true, reason, basis));
+        }
+        let v = decide(
+            &purpose(PurposeCategory::StrictlyNecessary, LegalBasis::Consent),
+            "",
+            &denied,
+            &catalog(),
+            at_day(2),
+        );
+        assert_eq!((v.allowed, v.reason), (true, Reason::StrictlyNecessary));
+    }
+
+    fn arb_decision() -> impl Strategy<Value = Decision> {
+        prop::sample::select(Decision::ALL.to_vec())
+    }
+
+    fn arb_entries() -> impl Strategy<Value = Vec<StateEntry>> {
+        prop::collection::vec(
+            (
+                prop::sample::select(vec!["", "ga4", "late_vendor"]),
+                arb_decision(),
+                0i64..400,
+                0i64..5,
+            ),
+            0..8,
+        )
+        .prop_map(|raw| {
+            raw.into_iter()
+                .enumerate()
+                .map(|(i, (vendor, decision, day, tie))| {
+                    let mut e = entry(vendor, decision, day, i64::try_from(i).unwrap_or(0) + 1);
+                    // Force some equal collection times to exercise the revision tie-break.
+                    if tie == 0 {
+                        e.collected_at = at_day(7);
+                    }
+                    e
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn allowed_only_with_a_current_grant(entries in arb_entries(), at in 0i64..420, vendor in prop::sample::select(vec!["", "ga4", "late_vendor", "other"])) {
+            let mut cat = catalog();
+            cat.policy_versions.push(policy("v2", 200, true, &["analytics"]));
+            let s = state(entries.clone());
+            let v = decide(&consent_purpose(), vendor, &s, &cat, at_day(at));
+            prop_assert_eq!(v.allowed, v.reason.allows());
+            if v.allowed {
+                prop_assert_eq!(v.reason, Reason::Granted);
+                let proof = entries.iter().find(|e| Some(&e.event_id) == v.event_id.as_ref());
+                prop_assert!(proof.is_some_and(|e| e.decision == Decision::Granted && e.collected_at <= at_day(at)));
+                // No applicable choice is newer than the proof.
+                let proof = proof.cloned();
+                for e in entries.iter().filter(|e| e.collected_at <= at_day(at) && (e.vendor_id.is_empty() || e.vendor_id == vendor)) {
+                    prop_assert!(!e.supersedes(proof.as_ref().unwrap_or(e)));
+                }
+            }
+            if v.reason == Reason::NoDecision {
+                prop_assert!(v.needs_reconsent && v.event_id.is_none());
+            }
+        }
+
+        #[test]
+        fn order_of_entries_does_not_matter(entries in arb_entries(), at in 0i64..420) {
+            let mut reversed = entries.clone();
+            reversed.reverse();
+            let a = decide(&consent_purpose(), "ga4", &state(entries), &catalog(), at_day(at));
+            let b = decide(&consent_purpose(), "ga4", &state(reversed), &catalog(), at_day(at));
+            prop_assert_eq!(a, b);
+        }
+
+        #[test]
+        fn later_choices_do_not_change_the_past(entries in arb_entries(), at in 0i64..400, late in arb_decision()) {
+            let before = decide(&consent_purpose(), "", &state(entries.clone()), &catalog(), at_day(at));
+            let mut more = entries;
+            more.push(entry("", late, at + 1, 99));
+            let after = decide(&consent_purpose(), "", &state(more), &catalog(), at_day(at));
+            prop_assert_eq!(before, after);
+        }
+
+        #[test]
+        fn non_consent_purposes_ignore_choices(entries in arb_entries(), at in 0i64..400) {
+            let p = purpose(PurposeCategory::Functional, LegalBasis::Contract);
+            let v = decide(&p, "", &state(entries), &catalog(), at_day(at));
+            prop_assert_eq!((v.allowed, v.reason), (true, Reason::Contract));
+        }
+    }
+}

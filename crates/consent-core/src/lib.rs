@@ -1,0 +1,21 @@
+//! The consent ledger's domain, with no I/O: what a consent event is, how a person's choices
+//! become an allow/deny answer ([`decide()`]), how writes are validated and planned
+//! ([`commands`]), how the per-tenant hash chain links events ([`chain`]), and the
+//! catalogue file format ([`catalog_file`]).
+//!
+//! Storage lives in `consent-store*`, gRPC in `consent-server`; both call into this crate and
+//! never the other way round.
+
+pub mod catalog_file;
+pub mod chain;
+pub mod commands;
+pub mod decide;
+pub mod error;
+pub mod model;
+pub mod time;
+pub mod validate;
+
+pub use decide::{Verdict, decide};
+pub use error::{ConsentError, FieldViolation, Result};
+pub use model::*;
+pub use time::Timestamp;

@@ -1,0 +1,415 @@
+//! Domain types of the ledger: catalogue entries, events and the state projected from them.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::ConsentError;
+use crate::time::Timestamp;
+
+/// The tenant every query is scoped by.
+pub type TenantId = String;
+
+/// A monotonic number per tenant ledger; every event gets the next one.
+pub type Revision = i64;
+
+macro_rules! string_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The stable lower-case name used in storage, files and hashes.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownName { kind: stringify!($name), name: s.to_owned() }),
+                }
+            }
+        }
+    };
+}
+
+/// A stored name that is not a known value of an enum.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{name}`")]
+pub struct UnknownName {
+    /// The enum.
+    pub kind: &'static str,
+    /// The name that did not match.
+    pub name: String,
+}
+
+string_enum! {
+    /// The cookie-banner category of a purpose.
+    PurposeCategory {
+        /// Needed for the service asked for; no consent needed.
+        StrictlyNecessary => "strictly_necessary",
+        /// Enhanced features.
+        Functional => "functional",
+        /// Measurement (also called performance).
+        Analytics => "analytics",
+        /// Remembered preferences.
+        Preference => "preference",
+        /// Advertising, targeting, marketing outreach.
+        Marketing => "marketing",
+    }
+}
+
+string_enum! {
+    /// The GDPR Art. 6(1) basis of a purpose.
+    LegalBasis {
+        /// (a) consent.
+        Consent => "consent",
+        /// (b) contract.
+        Contract => "contract",
+        /// (c) legal obligation.
+        LegalObligation => "legal_obligation",
+        /// (f) legitimate interest.
+        LegitimateInterest => "legitimate_interest",
+        /// (d) vital interest.
+        VitalInterest => "vital_interest",
+        /// (e) public task.
+        PublicTask => "public_task",
+    }
+}
+
+string_enum! {
+    /// A person's choice.
+    Decision {
+        /// Agreed.
+        Granted => "granted",
+        /// Refused.
+        Denied => "denied",
+        /// Took back an earlier agreement.
+        Withdrawn => "withdrawn",
+    }
+}
+
+string_enum! {
+    /// Where the choice was made.
+    Channel {
+        /// Web banner or preference centre.
+        Web => "web",
+        /// Mobile app.
+        Mobile => "mobile",
+        /// Voice call.
+        Voice => "voice",
+        /// Another system via the API.
+        Api => "api",
+        /// Bulk import.
+        Import => "import",
+        /// Operator on the person's documented request.
+        Admin => "admin",
+    }
+}
+
+string_enum! {
+    /// Why a check answered as it did.
+    Reason {
+        /// A valid consent covers it.
+        Granted => "granted",
+        /// Nothing recorded: default deny.
+        NoDecision => "no_decision",
+        /// Refused.
+        Denied => "denied",
+        /// Withdrawn.
+        Withdrawn => "withdrawn",
+        /// Older than the purpose's validity.
+        Expired => "expired",
+        /// A material policy change since the consent.
+        ReconsentRequired => "reconsent_required",
+        /// The vendor was not covered by the consent.
+        VendorNotCovered => "vendor_not_covered",
+        /// Strictly necessary: allowed without consent.
+        StrictlyNecessary => "strictly_necessary",
+        /// Allowed on a contract.
+        Contract => "contract",
+        /// Allowed on a legal obligation.
+        LegalObligation => "legal_obligation",
+        /// Allowed on a legitimate interest.
+        LegitimateInterest => "legitimate_interest",
+        /// Allowed on a vital interest.
+        VitalInterest => "vital_interest",
+        /// Allowed on a public task.
+        PublicTask => "public_task",
+    }
+}
+
+/// A purpose of processing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purpose {
+    /// Stable id, e.g. `analytics`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// What the processing does.
+    pub description: String,
+    /// Banner category.
+    pub category: PurposeCategory,
+    /// Legal basis.
+    pub legal_basis: LegalBasis,
+    /// Vendors the purpose shares data with.
+    pub vendor_ids: Vec<String>,
+    /// Consent validity in seconds; `None` means no expiry.
+    pub validity_secs: Option<i64>,
+}
+
+/// A cookie set by a vendor or by the tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cookie {
+    /// Cookie name.
+    pub name: String,
+    /// Setting domain.
+    pub domain: String,
+    /// Lifetime in seconds; `None` for a session cookie.
+    pub duration_secs: Option<i64>,
+    /// The purpose it serves.
+    pub purpose_id: String,
+}
+
+/// A third party receiving data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vendor {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Cookies it sets.
+    pub cookies: Vec<Cookie>,
+}
+
+/// A published notice version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersion {
+    /// Stable id.
+    pub id: String,
+    /// Publication time.
+    pub published_at: Timestamp,
+    /// Purposes listed.
+    pub purpose_ids: Vec<String>,
+    /// Vendors listed.
+    pub vendor_ids: Vec<String>,
+    /// Whether earlier consents for `changed_purpose_ids` need renewal.
+    pub material: bool,
+    /// Purposes the material change affects.
+    pub changed_purpose_ids: Vec<String>,
+    /// Hex SHA-256 of the notice text, or empty.
+    pub text_sha256: String,
+}
+
+/// Proof of a choice; personal data, erasable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// Call id (voice).
+    pub call_id: String,
+    /// Recording id (voice).
+    pub recording_id: String,
+    /// Hex SHA-256 of the transcript passage.
+    pub transcript_sha256: String,
+    /// Hex SHA-256 of the notice text shown.
+    pub notice_text_sha256: String,
+    /// IP address.
+    pub ip_address: String,
+    /// User agent.
+    pub user_agent: String,
+    /// Further proof, sorted by key so its digest is stable.
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Evidence {
+    /// True when no field is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Evidence::default()
+    }
+}
+
+/// The part of an event the caller decides; the store assigns the rest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Event id (UUIDv7), assigned before the write so retries are traceable.
+    pub id: String,
+    /// Subject.
+    pub subject_id: String,
+    /// Purpose.
+    pub purpose_id: String,
+    /// Vendor, or empty for the whole purpose.
+    pub vendor_id: String,
+    /// The choice.
+    pub decision: Decision,
+    /// Policy version seen.
+    pub policy_version_id: String,
+    /// Channel.
+    pub channel: Channel,
+    /// When the person chose.
+    pub collected_at: Timestamp,
+    /// When the consent lapses, if it does.
+    pub expires_at: Option<Timestamp>,
+    /// Proof.
+    pub evidence: Evidence,
+    /// The API key that wrote it, if any.
+    pub actor_key_id: String,
+}
+
+/// An event as stored: immutable, hash-linked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentEvent {
+    /// What the caller decided.
+    pub event: NewEvent,
+    /// When the ledger stored it.
+    pub recorded_at: Timestamp,
+    /// Its revision in the tenant ledger.
+    pub revision: Revision,
+    /// SHA-256 of the evidence's canonical form (kept after erasure).
+    pub evidence_sha256: [u8; 32],
+    /// Hash of the previous event in the tenant chain.
+    pub prev_hash: [u8; 32],
+    /// Hash of this event.
+    pub hash: [u8; 32],
+}
+
+/// The latest choice for one (subject, purpose, vendor): one row of the projection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateEntry {
+    /// Purpose.
+    pub purpose_id: String,
+    /// Vendor, or empty for the whole purpose.
+    pub vendor_id: String,
+    /// The choice.
+    pub decision: Decision,
+    /// The event that made it.
+    pub event_id: String,
+    /// Policy version seen.
+    pub policy_version_id: String,
+    /// When the person chose.
+    pub collected_at: Timestamp,
+    /// The event's revision (breaks ties of `collected_at`).
+    pub revision: Revision,
+}
+
+impl StateEntry {
+    /// The projection of one event.
+    pub fn from_event(event: &ConsentEvent) -> StateEntry {
+        StateEntry {
+            purpose_id: event.event.purpose_id.clone(),
+            vendor_id: event.event.vendor_id.clone(),
+            decision: event.event.decision,
+            event_id: event.event.id.clone(),
+            policy_version_id: event.event.policy_version_id.clone(),
+            collected_at: event.event.collected_at,
+            revision: event.revision,
+        }
+    }
+
+    /// Order of precedence between two choices for the same key: the later `collected_at`
+    /// wins, ties go to the later revision. An imported older grant never overrides a newer
+    /// withdrawal.
+    pub fn supersedes(&self, other: &StateEntry) -> bool {
+        (self.collected_at, self.revision) > (other.collected_at, other.revision)
+    }
+}
+
+/// All projection rows of one subject, with the revision they were read at.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectState {
+    /// One entry per (purpose, vendor) with a recorded choice.
+    pub entries: Vec<StateEntry>,
+    /// The tenant revision the state reflects.
+    pub revision: Revision,
+}
+
+impl SubjectState {
+    /// The purpose-level entry and the vendor-specific entry (if `vendor_id` is non-empty).
+    pub fn entries_for<'a>(
+        &'a self,
+        purpose_id: &'a str,
+        vendor_id: &'a str,
+    ) -> impl Iterator<Item = &'a StateEntry> + 'a {
+        self.entries.iter().filter(move |e| {
+            e.purpose_id == purpose_id && (e.vendor_id.is_empty() || e.vendor_id == vendor_id)
+        })
+    }
+
+    /// Whether any entry was collected after `at` (so the projection is not the state at `at`).
+    pub fn has_entries_after(&self, at: Timestamp) -> bool {
+        self.entries.iter().any(|e| e.collected_at > at)
+    }
+}
+
+/// The catalogue a decision needs: purposes and policy versions of one tenant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// Purposes by id.
+    pub purposes: BTreeMap<String, Purpose>,
+    /// Vendors by id.
+    pub vendors: BTreeMap<String, Vendor>,
+    /// Policy versions, oldest first.
+    pub policy_versions: Vec<PolicyVersion>,
+}
+
+impl Catalog {
+    /// A policy version by id.
+    pub fn policy_version(&self, id: &str) -> Option<&PolicyVersion> {
+        self.policy_versions.iter().find(|p| p.id == id)
+    }
+
+    /// A purpose by id, or `NOT_FOUND`.
+    pub fn require_purpose(&self, id: &str) -> Result<&Purpose, ConsentError> {
+        self.purposes
+            .get(id)
+            .ok_or_else(|| ConsentError::not_found("purpose", id))
+    }
+
+    /// A vendor by id, or `NOT_FOUND`.
+    pub fn require_vendor(&self, id: &str) -> Result<&Vendor, ConsentError> {
+        self.vendors
+            .get(id)
+            .ok_or_else(|| ConsentError::not_found("vendor", id))
+    }
+
+    /// A policy version by id, or `NOT_FOUND`.
+    pub fn require_policy_version(&self, id: &str) -> Result<&PolicyVersion, ConsentError> {
+        self.policy_version(id)
+            .ok_or_else(|| ConsentError::not_found("policy version", id))
+    }
+
+    /// The most recently published version at or before `at`.
+    pub fn latest_policy_version(&self, at: Timestamp) -> Option<&PolicyVersion> {
+        self.policy_versions
+            .iter()
+            .filter(|p| p.published_at <= at)
+            .max_by_key(|p| p.published_at)
+    }
+}
+
+impl Purpose {
+    /// When a consent collected at `collected_at` lapses under this purpose's validity.
+    pub fn expiry_of(&self, collected_at: Timestamp) -> Option<Timestamp> {
+        self.validity_secs.map(|secs| {
+            collected_at.saturating_add(secs.saturating_mul(Timestamp::MICROS_PER_SECOND))
+        })
+    }
+}

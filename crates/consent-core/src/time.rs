@@ -1,0 +1,98 @@
+//! Time as the ledger stores it: microseconds since the Unix epoch, UTC.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A point in time, in microseconds since 1970-01-01T00:00:00Z.
+///
+/// Integers order, hash and store the same on every backend, which floating or
+/// calendar types do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Timestamp(pub i64);
+
+impl Timestamp {
+    /// Microseconds in one second.
+    pub const MICROS_PER_SECOND: i64 = 1_000_000;
+
+    /// The current time from the system clock.
+    pub fn now() -> Timestamp {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        Timestamp(micros)
+    }
+
+    /// From seconds and nanoseconds (the protobuf `Timestamp` form); `None` when out of range.
+    pub fn from_parts(seconds: i64, nanos: i32) -> Option<Timestamp> {
+        if !(0..1_000_000_000).contains(&nanos) {
+            return None;
+        }
+        seconds
+            .checked_mul(Self::MICROS_PER_SECOND)
+            .and_then(|m| m.checked_add(i64::from(nanos / 1000)))
+            .map(Timestamp)
+    }
+
+    /// Seconds and nanoseconds (the protobuf `Timestamp` form).
+    pub fn to_parts(self) -> (i64, i32) {
+        let seconds = self.0.div_euclid(Self::MICROS_PER_SECOND);
+        let micros = self.0.rem_euclid(Self::MICROS_PER_SECOND);
+        // rem_euclid keeps micros in 0..1_000_000, so the product fits an i32.
+        (seconds, i32::try_from(micros * 1000).unwrap_or(0))
+    }
+
+    /// This time plus `micros`, saturating at the ends of the range.
+    pub fn saturating_add(self, micros: i64) -> Timestamp {
+        Timestamp(self.0.saturating_add(micros))
+    }
+
+    /// Microseconds since the epoch.
+    pub fn as_micros(self) -> i64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, nanos) = self.to_parts();
+        match u64::try_from(secs) {
+            Ok(secs) => {
+                let t = std::time::UNIX_EPOCH
+                    + std::time::Duration::new(secs, u32::try_from(nanos).unwrap_or(0));
+                write!(f, "{}", humantime::format_rfc3339_micros(t))
+            }
+            Err(_) => write!(f, "{}us", self.0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_round_trip() {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            -1,
+            -1_000_001,
+            1_763_000_000_123_456,
+        ] {
+            let t = Timestamp(micros);
+            let (s, n) = t.to_parts();
+            assert_eq!(Timestamp::from_parts(s, n), Some(t), "{micros}");
+        }
+    }
+
+    #[test]
+    fn rejects_bad_nanos() {
+        assert_eq!(Timestamp::from_parts(0, -1), None);
+        assert_eq!(Timestamp::from_parts(0, 1_000_000_000), None);
+        assert_eq!(Timestamp::from_parts(i64::MAX, 0), None);
+    }
+}

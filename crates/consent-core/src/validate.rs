@@ -1,0 +1,293 @@
+//! Input limits and the checks that enforce them. Every rejection names the field and the rule.
+
+use std::collections::{BTreeMap, HashSet};
+
+use crate::error::{ConsentError, FieldViolation, Result};
+use crate::model::{Cookie, Evidence, PolicyVersion, Purpose, Vendor};
+use crate::time::Timestamp;
+
+/// Longest id (subject, purpose, vendor, policy version, idempotency key), in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// Longest name, description or evidence field, in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Most decisions in one RecordConsent.
+pub const MAX_DECISIONS: usize = 256;
+/// Most purposes in one WithdrawConsent.
+pub const MAX_WITHDRAW_PURPOSES: usize = 256;
+/// Most checks in one CheckBatch.
+pub const MAX_BATCH_CHECKS: usize = 10_000;
+/// Most evidence attributes.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Most entries in a catalogue list (vendor ids, cookies, purpose ids).
+pub const MAX_LIST_ENTRIES: usize = 1024;
+/// How far in the future a `collected_at` may be (clock skew), in seconds.
+pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+/// Largest ListEvents page.
+pub const MAX_PAGE_SIZE: usize = 1000;
+/// ListEvents page when none is asked for.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Collects violations so one response can name every bad field at once.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// An empty collector.
+    pub fn new() -> Violations {
+        Violations::default()
+    }
+
+    /// Records a violation.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation::new(field, description));
+    }
+
+    /// A required id: 1..=256 bytes, no control characters.
+    pub fn id(&mut self, field: &str, value: &str) {
+        if value.is_empty() {
+            self.add(field, "must not be empty");
+        } else {
+            self.optional_id(field, value);
+        }
+    }
+
+    /// An optional id: empty, or as [`Violations::id`].
+    pub fn optional_id(&mut self, field: &str, value: &str) {
+        if value.len() > MAX_ID_BYTES {
+            self.add(
+                field,
+                format!("must be at most {MAX_ID_BYTES} bytes, got {}", value.len()),
+            );
+        } else if value.chars().any(char::is_control) {
+            self.add(field, "must not contain control characters");
+        }
+    }
+
+    /// Free text up to [`MAX_TEXT_BYTES`].
+    pub fn text(&mut self, field: &str, value: &str) {
+        if value.len() > MAX_TEXT_BYTES {
+            self.add(
+                field,
+                format!(
+                    "must be at most {MAX_TEXT_BYTES} bytes, got {}",
+                    value.len()
+                ),
+            );
+        }
+    }
+
+    /// Empty, or 64 lower-case hex characters.
+    pub fn sha256_hex(&mut self, field: &str, value: &str) {
+        if !value.is_empty()
+            && (value.len() != 64
+                || !value
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        {
+            self.add(
+                field,
+                "must be empty or 64 lower-case hex characters (a SHA-256)",
+            );
+        }
+    }
+
+    /// A list of at most [`MAX_LIST_ENTRIES`] distinct ids.
+    pub fn id_list(&mut self, field: &str, values: &[String]) {
+        if values.len() > MAX_LIST_ENTRIES {
+            self.add(
+                field,
+                format!(
+                    "must have at most {MAX_LIST_ENTRIES} entries, got {}",
+                    values.len()
+                ),
+            );
+            return;
+        }
+        let mut seen = HashSet::new();
+        for (i, v) in values.iter().enumerate() {
+            self.id(&format!("{field}[{i}]"), v);
+            if !seen.insert(v) {
+                self.add(format!("{field}[{i}]"), format!("duplicates `{v}`"));
+            }
+        }
+    }
+
+    /// A set enum; `None` means unspecified or unknown on the wire.
+    pub fn required<T>(&mut self, field: &str, value: Option<T>, allowed: &str) {
+        if value.is_none() {
+            self.add(field, format!("must be one of {allowed}"));
+        }
+    }
+
+    /// A non-negative duration in seconds.
+    pub fn duration(&mut self, field: &str, secs: Option<i64>) {
+        if secs.is_some_and(|s| s <= 0) {
+            self.add(field, "must be positive");
+        }
+    }
+
+    /// A time no later than `now` plus the allowed clock skew.
+    pub fn not_future(&mut self, field: &str, value: Option<Timestamp>, now: Timestamp) {
+        let limit = now.saturating_add(MAX_FUTURE_SKEW_SECS * Timestamp::MICROS_PER_SECOND);
+        if value.is_some_and(|t| t > limit) {
+            self.add(
+                field,
+                format!("must not be more than {MAX_FUTURE_SKEW_SECS} seconds in the future"),
+            );
+        }
+    }
+
+    /// Evidence fields and attributes within their limits.
+    pub fn evidence(&mut self, field: &str, e: &Evidence) {
+        self.optional_id(&format!("{field}.call_id"), &e.call_id);
+        self.optional_id(&format!("{field}.recording_id"), &e.recording_id);
+        self.sha256_hex(&format!("{field}.transcript_sha256"), &e.transcript_sha256);
+        self.sha256_hex(
+            &format!("{field}.notice_text_sha256"),
+            &e.notice_text_sha256,
+        );
+        self.optional_id(&format!("{field}.ip_address"), &e.ip_address);
+        self.text(&format!("{field}.user_agent"), &e.user_agent);
+        self.attributes(&format!("{field}.attributes"), &e.attributes);
+    }
+
+    fn attributes(&mut self, field: &str, attributes: &BTreeMap<String, String>) {
+        if attributes.len() > MAX_ATTRIBUTES {
+            self.add(
+                field,
+                format!(
+                    "must have at most {MAX_ATTRIBUTES} entries, got {}",
+                    attributes.len()
+                ),
+            );
+            return;
+        }
+        for (k, v) in attributes {
+            self.id(&format!("{field}[{k:?}].key"), k);
+            self.text(&format!("{field}[{k:?}]"), v);
+        }
+    }
+
+    /// A purpose's own fields (references are checked against the catalogue elsewhere).
+    pub fn purpose(&mut self, field: &str, p: &Purpose) {
+        self.id(&format!("{field}.id"), &p.id);
+        self.text(&format!("{field}.name"), &p.name);
+        self.text(&format!("{field}.description"), &p.description);
+        self.id_list(&format!("{field}.vendor_ids"), &p.vendor_ids);
+        self.duration(&format!("{field}.validity"), p.validity_secs);
+    }
+
+    /// A vendor's own fields.
+    pub fn vendor(&mut self, field: &str, v: &Vendor) {
+        self.id(&format!("{field}.id"), &v.id);
+        self.text(&format!("{field}.name"), &v.name);
+        if v.cookies.len() > MAX_LIST_ENTRIES {
+            self.add(
+                format!("{field}.cookies"),
+                format!("must have at most {MAX_LIST_ENTRIES} entries"),
+            );
+            return;
+        }
+        for (i, c) in v.cookies.iter().enumerate() {
+            self.cookie(&format!("{field}.cookies[{i}]"), c);
+        }
+    }
+
+    fn cookie(&mut self, field: &str, c: &Cookie) {
+        self.id(&format!("{field}.name"), &c.name);
+        self.optional_id(&format!("{field}.domain"), &c.domain);
+        self.duration(&format!("{field}.duration"), c.duration_secs);
+        self.optional_id(&format!("{field}.purpose_id"), &c.purpose_id);
+    }
+
+    /// A policy version's own fields.
+    pub fn policy_version(&mut self, field: &str, p: &PolicyVersion) {
+        self.id(&format!("{field}.id"), &p.id);
+        self.id_list(&format!("{field}.purpose_ids"), &p.purpose_ids);
+        self.id_list(&format!("{field}.vendor_ids"), &p.vendor_ids);
+        self.id_list(
+            &format!("{field}.changed_purpose_ids"),
+            &p.changed_purpose_ids,
+        );
+        self.sha256_hex(&format!("{field}.text_sha256"), &p.text_sha256);
+        if p.material && p.changed_purpose_ids.is_empty() {
+            self.add(
+                format!("{field}.changed_purpose_ids"),
+                "must name the purposes a material change affects",
+            );
+        }
+        for (i, id) in p.changed_purpose_ids.iter().enumerate() {
+            if !p.purpose_ids.contains(id) {
+                self.add(
+                    format!("{field}.changed_purpose_ids[{i}]"),
+                    format!("`{id}` must also be listed in purpose_ids"),
+                );
+            }
+        }
+    }
+
+    /// `Err(InvalidArgument)` naming every violation, or `Ok` when there is none.
+    pub fn finish(self) -> Result<()> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConsentError::InvalidArgument(self.0))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn violations(f: impl FnOnce(&mut Violations)) -> Vec<FieldViolation> {
+        let mut v = Violations::new();
+        f(&mut v);
+        match v.finish() {
+            Ok(()) => vec![],
+            Err(ConsentError::InvalidArgument(list)) => list,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn ids_name_the_field_and_the_rule() {
+        let long = "x".repeat(257);
+        let v = violations(|v| {
+            v.id("subject_id", "");
+            v.id("purpose_id", &long);
+            v.id("vendor_id", "a\nb");
+            v.id("ok", &"y".repeat(256));
+        });
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0], FieldViolation::new("subject_id", "must not be empty"));
+        assert_eq!(v[1].field, "purpose_id");
+        assert!(v[1].description.contains("at most 256 bytes, got 257"));
+        assert!(v[2].description.contains("control"));
+    }
+
+    #[test]
+    fn future_times_beyond_skew_are_rejected() {
+        let now = Timestamp(1_000_000_000);
+        let v = violations(|v| {
+            v.not_future("a", Some(now.saturating_add(300 * 1_000_000)), now);
+            v.not_future("b", Some(now.saturating_add(300 * 1_000_000 + 1)), now);
+            v.not_future("c", None, now);
+        });
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "b");
+    }
+
+    #[test]
+    fn sha256_must_be_lower_hex() {
+        let good = "a".repeat(64);
+        let v = violations(|v| {
+            v.sha256_hex("a", &good);
+            v.sha256_hex("b", "");
+            v.sha256_hex("c", &"A".repeat(64));
+            v.sha256_hex("d", "abc");
+        });
+        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["c", "d"]);
+    }
+}

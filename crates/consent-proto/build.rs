@@ -1,0 +1,27 @@
+//! Compiles `proto/consent/v1/*.proto` with protox (pure Rust, no protoc) and writes the
+//! file descriptor set that server reflection serves.
+
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
+    let files = [
+        "consent/v1/types.proto",
+        "consent/v1/catalog_service.proto",
+        "consent/v1/consent_service.proto",
+        "consent/v1/admin_service.proto",
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", root.join(file).display());
+    }
+    let fds = protox::compile(files, [&root])?;
+    // compile_fds ignores file_descriptor_set_path, so the descriptor is written here.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("consent_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
