@@ -1,1 +1,762 @@
-//! wip
+//! The consent ledger on SQL: SQLite (embedded, the default: one file, WAL, `synchronous=FULL`)
+//! and PostgreSQL, chosen by the URL scheme (`sqlite://...` or `postgres://...`).
+//!
+//! Both dialects share one implementation through sqlx's `Any` driver: the SQL here is the
+//! common subset (`$n` parameters, `ON CONFLICT`, `RETURNING`, row-value comparisons), and
+//! every column is TEXT, BIGINT or bytes. Migrations are per dialect in
+//! `migrations/{sqlite,postgres}` and embedded with `sqlx::migrate!`.
+//!
+//! Writes serialise per tenant on the tenant row (`UPDATE tenants ... RETURNING` takes the
+//! row lock in PostgreSQL and the write lock in SQLite), so revisions are gap-free and the
+//! hash chain is linear without a global lock.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use consent_core::chain::{GENESIS, seal};
+use consent_core::commands::{Idempotency, WritePlan};
+use consent_core::{
+    Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, PolicyVersion, Purpose, Result,
+    Revision, StateEntry, SubjectState, Timestamp, Vendor,
+};
+use consent_store::{
+    AppendOutcome, CatalogStore, EventQuery, LedgerHead, LedgerStore, StoredEvent,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+mod errors;
+use errors::{corrupt, db};
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// Which SQL dialect a store speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL selects, or `InvalidArgument` naming `store.url`.
+    pub fn from_url(url: &str) -> Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(ConsentError::invalid(
+                "store.url",
+                format!("`{}` must start with sqlite:// or postgres://", redact(url)),
+            ))
+        }
+    }
+}
+
+/// Connection settings beyond the URL.
+#[derive(Clone, Debug)]
+pub struct SqlOptions {
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long to wait for a pooled connection before answering `Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for SqlOptions {
+    fn default() -> Self {
+        SqlOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A ledger on SQLite or PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Hides a password in a URL for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// SQLite URL with `mode=rwc` (create the file) unless a mode was given, and the file's
+/// directory created.
+fn prepare_sqlite_url(url: &str) -> Result<String> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let file = path.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return Err(ConsentError::invalid(
+            "store.url",
+            "SQLite needs a file path (sqlite://./data/consent.db); an in-memory database would lose acknowledged writes",
+        ));
+    }
+    if let Some(dir) = std::path::Path::new(file)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            ConsentError::Unavailable(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+    }
+    Ok(if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    })
+}
+
+/// Per-connection SQLite settings: WAL for concurrent readers, FULL sync so an acknowledged
+/// write survives a crash, a busy timeout so writers queue instead of failing.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
+
+impl SqlStore {
+    /// Connects to the database a URL names. Does not migrate: call [`SqlStore::migrate`].
+    pub async fn connect(url: &str, options: &SqlOptions) -> Result<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url)?,
+            Backend::Postgres => url.to_owned(),
+        };
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout);
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect(&url).await.map_err(|e| {
+            ConsentError::Unavailable(format!("cannot connect to {}: {e}", redact(&url)))
+        })?;
+        Ok(SqlStore { pool, backend })
+    }
+
+    /// Applies the embedded migrations of this backend (idempotent; safe on every start).
+    pub async fn migrate(&self) -> Result<()> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|e| ConsentError::Unavailable(format!("migration failed: {e}")))
+    }
+
+    /// The dialect.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool, waiting for connections to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| ConsentError::Internal(format!("cannot encode: {e}")))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| corrupt(what, e))
+}
+
+fn hash32(bytes: Vec<u8>, what: &str) -> Result<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| corrupt(what, format!("{} bytes instead of 32", bytes.len())))
+}
+
+fn parse<T: FromStr>(text: &str, what: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse().map_err(|e| corrupt(what, e))
+}
+
+#[async_trait]
+impl CatalogStore for SqlStore {
+    async fn catalog(&self, tenant: &str) -> Result<Catalog> {
+        let mut catalog = Catalog::default();
+        let rows = sqlx::query("SELECT body FROM purposes WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        for row in rows {
+            let p: Purpose = from_json(&row.try_get::<String, _>(0).map_err(db)?, "purpose")?;
+            catalog.purposes.insert(p.id.clone(), p);
+        }
+        let rows = sqlx::query("SELECT body FROM vendors WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        for row in rows {
+            let v: Vendor = from_json(&row.try_get::<String, _>(0).map_err(db)?, "vendor")?;
+            catalog.vendors.insert(v.id.clone(), v);
+        }
+        let rows = sqlx::query(
+            "SELECT body FROM policy_versions WHERE tenant_id = $1 ORDER BY published_at, policy_version_id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        for row in rows {
+            catalog.policy_versions.push(from_json(
+                &row.try_get::<String, _>(0).map_err(db)?,
+                "policy version",
+            )?);
+        }
+        Ok(catalog)
+    }
+
+    async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO purposes (tenant_id, purpose_id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, purpose_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(&purpose.id)
+        .bind(to_json(purpose)?)
+        .bind(Timestamp::now().as_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn upsert_vendor(&self, tenant: &str, vendor: &Vendor) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO vendors (tenant_id, vendor_id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, vendor_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+        )
+        .bind(tenant)
+        .bind(&vendor.id)
+        .bind(to_json(vendor)?)
+        .bind(Timestamp::now().as_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn publish_policy_version(
+        &self,
+        tenant: &str,
+        policy: &PolicyVersion,
+    ) -> Result<PolicyVersion> {
+        let inserted = sqlx::query(
+            "INSERT INTO policy_versions (tenant_id, policy_version_id, published_at, body) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, policy_version_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&policy.id)
+        .bind(policy.published_at.as_micros())
+        .bind(to_json(policy)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(policy.clone());
+        }
+        let row = sqlx::query(
+            "SELECT body FROM policy_versions WHERE tenant_id = $1 AND policy_version_id = $2",
+        )
+        .bind(tenant)
+        .bind(&policy.id)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let stored: PolicyVersion =
+            from_json(&row.try_get::<String, _>(0).map_err(db)?, "policy version")?;
+        if stored == *policy {
+            Ok(stored)
+        } else {
+            Err(ConsentError::AlreadyExists(format!(
+                "policy version `{}` is already published with different content; publish a new id",
+                policy.id
+            )))
+        }
+    }
+}
+
+const EVENT_COLUMNS: &str = "revision, event_id, subject_id, purpose_id, vendor_id, decision, policy_version_id, \
+     channel, collected_at, recorded_at, expires_at, evidence, evidence_sha256, actor_key_id, prev_hash, hash";
+
+fn event_from_row(row: &AnyRow) -> Result<StoredEvent> {
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(db);
+    let int = |i: usize| row.try_get::<i64, _>(i).map_err(db);
+    let bytes = |i: usize| row.try_get::<Vec<u8>, _>(i).map_err(db);
+    let evidence_json: Option<String> = row.try_get(11).map_err(db)?;
+    let evidence_erased = evidence_json.is_none();
+    let evidence: Evidence = match evidence_json {
+        Some(json) => from_json(&json, "evidence")?,
+        None => Evidence::default(),
+    };
+    let event = NewEvent {
+        id: text(1)?,
+        subject_id: text(2)?,
+        purpose_id: text(3)?,
+        vendor_id: text(4)?,
+        decision: parse(&text(5)?, "decision")?,
+        policy_version_id: text(6)?,
+        channel: parse(&text(7)?, "channel")?,
+        collected_at: Timestamp(int(8)?),
+        expires_at: row
+            .try_get::<Option<i64>, _>(10)
+            .map_err(db)?
+            .map(Timestamp),
+        evidence,
+        actor_key_id: text(13)?,
+    };
+    Ok(StoredEvent {
+        event: ConsentEvent {
+            event,
+            recorded_at: Timestamp(int(9)?),
+            revision: int(0)?,
+            evidence_sha256: hash32(bytes(12)?, "evidence_sha256")?,
+            prev_hash: hash32(bytes(14)?, "prev_hash")?,
+            hash: hash32(bytes(15)?, "hash")?,
+        },
+        evidence_erased,
+    })
+}
+
+fn state_from_row(row: &AnyRow) -> Result<StateEntry> {
+    let text = |i: usize| row.try_get::<String, _>(i).map_err(db);
+    Ok(StateEntry {
+        purpose_id: text(0)?,
+        vendor_id: text(1)?,
+        decision: parse(&text(2)?, "decision")?,
+        event_id: text(3)?,
+        policy_version_id: text(4)?,
+        collected_at: Timestamp(row.try_get(5).map_err(db)?),
+        revision: row.try_get(6).map_err(db)?,
+    })
+}
+
+const STATE_COLUMNS: &str =
+    "purpose_id, vendor_id, decision, event_id, policy_version_id, collected_at, revision";
+
+/// Reads the events of a revision range inside a transaction (idempotent replays).
+async fn events_in_range(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    first: Revision,
+    last: Revision,
+) -> Result<Vec<ConsentEvent>> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND revision >= $2 AND revision <= $3 \
+         ORDER BY revision"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(tenant)
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db)?;
+    rows.iter()
+        .map(|r| event_from_row(r).map(|e| e.event))
+        .collect()
+}
+
+impl SqlStore {
+    /// Takes the tenant's write lock (creating the tenant on its first write) and returns its head.
+    async fn lock_tenant(
+        tx: &mut Transaction<'_, Any>,
+        tenant: &str,
+        now: Timestamp,
+    ) -> Result<LedgerHead> {
+        sqlx::query(
+            "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(GENESIS.to_vec())
+        .bind(now.as_micros())
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        let row = sqlx::query("UPDATE tenants SET revision = revision WHERE tenant_id = $1 RETURNING revision, head_hash")
+            .bind(tenant)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?;
+        Ok(LedgerHead {
+            revision: row.try_get(0).map_err(db)?,
+            hash: hash32(row.try_get(1).map_err(db)?, "head_hash")?,
+        })
+    }
+
+    async fn insert_event(
+        tx: &mut Transaction<'_, Any>,
+        tenant: &str,
+        e: &ConsentEvent,
+    ) -> Result<()> {
+        let n = &e.event;
+        let sql = format!(
+            "INSERT INTO consent_events (tenant_id, {EVENT_COLUMNS}) VALUES \
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+        );
+        sqlx::query(&sql)
+            .bind(tenant)
+            .bind(e.revision)
+            .bind(&n.id)
+            .bind(&n.subject_id)
+            .bind(&n.purpose_id)
+            .bind(&n.vendor_id)
+            .bind(n.decision.as_str())
+            .bind(&n.policy_version_id)
+            .bind(n.channel.as_str())
+            .bind(n.collected_at.as_micros())
+            .bind(e.recorded_at.as_micros())
+            .bind(n.expires_at.map(Timestamp::as_micros))
+            .bind(to_json(&n.evidence)?)
+            .bind(e.evidence_sha256.to_vec())
+            .bind(&n.actor_key_id)
+            .bind(e.prev_hash.to_vec())
+            .bind(e.hash.to_vec())
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+        // Move the projection only if this choice is the latest collected one.
+        sqlx::query(
+            "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, event_id, \
+             policy_version_id, collected_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
+             decision = excluded.decision, event_id = excluded.event_id, \
+             policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
+             revision = excluded.revision \
+             WHERE (excluded.collected_at, excluded.revision) > (consent_state.collected_at, consent_state.revision)",
+        )
+        .bind(tenant)
+        .bind(&n.subject_id)
+        .bind(&n.purpose_id)
+        .bind(&n.vendor_id)
+        .bind(n.decision.as_str())
+        .bind(&n.id)
+        .bind(&n.policy_version_id)
+        .bind(n.collected_at.as_micros())
+        .bind(e.revision)
+        .execute(&mut **tx)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    async fn current_entries(
+        tx: &mut Transaction<'_, Any>,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<StateEntry>> {
+        let sql = format!(
+            "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(subject)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db)?;
+        rows.iter().map(state_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl LedgerStore for SqlStore {
+    async fn append(
+        &self,
+        tenant: &str,
+        plan: &WritePlan,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<AppendOutcome> {
+        let now = Timestamp::now();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let head = Self::lock_tenant(&mut tx, tenant, now).await?;
+
+        if let Some(key) = idempotency {
+            let row = sqlx::query(
+                "SELECT fingerprint, first_revision, last_revision FROM idempotency_keys \
+                 WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(tenant)
+            .bind(&key.key)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            if let Some(row) = row {
+                let fingerprint = hash32(row.try_get(0).map_err(db)?, "fingerprint")?;
+                if fingerprint != key.fingerprint {
+                    return Err(ConsentError::AlreadyExists(format!(
+                        "idempotency_key `{}` was already used with a different request",
+                        key.key
+                    )));
+                }
+                let (first, last): (i64, i64) =
+                    (row.try_get(1).map_err(db)?, row.try_get(2).map_err(db)?);
+                let events = events_in_range(&mut tx, tenant, first, last).await?;
+                tx.rollback().await.map_err(db)?;
+                return Ok(AppendOutcome {
+                    events,
+                    revision: last,
+                    replayed: true,
+                });
+            }
+        }
+
+        let planned: Vec<NewEvent> = match plan {
+            WritePlan::Events(events) => events.clone(),
+            WritePlan::WithdrawAllGranted(template) => template.withdraw_granted(
+                &Self::current_entries(&mut tx, tenant, &template.subject_id).await?,
+            ),
+        };
+        let mut prev = head.hash;
+        let mut revision = head.revision;
+        let mut written = Vec::with_capacity(planned.len());
+        for new_event in planned {
+            revision += 1;
+            let sealed = seal(tenant, new_event, revision, now, prev);
+            Self::insert_event(&mut tx, tenant, &sealed).await?;
+            prev = sealed.hash;
+            written.push(sealed);
+        }
+        if revision != head.revision {
+            sqlx::query("UPDATE tenants SET revision = $2, head_hash = $3 WHERE tenant_id = $1")
+                .bind(tenant)
+                .bind(revision)
+                .bind(prev.to_vec())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        if let Some(key) = idempotency {
+            sqlx::query(
+                "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, first_revision, \
+                 last_revision, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(tenant)
+            .bind(&key.key)
+            .bind(key.fingerprint.to_vec())
+            .bind(head.revision + 1)
+            .bind(revision)
+            .bind(now.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(AppendOutcome {
+            events: written,
+            revision,
+            replayed: false,
+        })
+    }
+
+    async fn subject_state(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        as_of: Option<Timestamp>,
+    ) -> Result<SubjectState> {
+        // The revision is read before the data, so the data is at least that new.
+        let revision = self.head(tenant).await?.revision;
+        let entries = match as_of {
+            None => {
+                let sql = format!(
+                    "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(subject_id)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+                rows.iter()
+                    .map(state_from_row)
+                    .collect::<Result<Vec<_>>>()?
+            }
+            Some(at) => {
+                let sql = format!(
+                    "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 \
+                     AND collected_at <= $3 ORDER BY purpose_id, vendor_id, collected_at DESC, revision DESC"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(subject_id)
+                    .bind(at.as_micros())
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+                let mut entries: Vec<StateEntry> = Vec::new();
+                for row in &rows {
+                    let entry = state_from_row(row)?;
+                    // Rows are sorted newest first within each key: keep the first per key.
+                    let same_key = entries.last().is_some_and(|l| {
+                        l.purpose_id == entry.purpose_id && l.vendor_id == entry.vendor_id
+                    });
+                    if !same_key {
+                        entries.push(entry);
+                    }
+                }
+                entries
+            }
+        };
+        Ok(SubjectState { entries, revision })
+    }
+
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND revision > $2"
+        );
+        let mut texts: Vec<&str> = Vec::new();
+        let mut ints: Vec<i64> = Vec::new();
+        let mut n = 2;
+        // Parameters are numbered in the order they are bound: texts first, then integers.
+        for (column, value) in [
+            ("subject_id", &query.subject_id),
+            ("purpose_id", &query.purpose_id),
+        ] {
+            if let Some(v) = value {
+                n += 1;
+                sql.push_str(&format!(" AND {column} = ${n}"));
+                texts.push(v);
+            }
+        }
+        for (condition, value) in [
+            (
+                "collected_at >=",
+                query.collected_from.map(Timestamp::as_micros),
+            ),
+            (
+                "collected_at <",
+                query.collected_to.map(Timestamp::as_micros),
+            ),
+            ("revision <=", query.until_revision),
+        ] {
+            if let Some(v) = value {
+                n += 1;
+                sql.push_str(&format!(" AND {condition} ${n}"));
+                ints.push(v);
+            }
+        }
+        n += 1;
+        sql.push_str(&format!(" ORDER BY revision LIMIT ${n}"));
+        let mut q = sqlx::query(&sql).bind(tenant).bind(query.after_revision);
+        for t in texts {
+            q = q.bind(t);
+        }
+        for i in ints {
+            q = q.bind(i);
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows = q.bind(limit).fetch_all(&self.pool).await.map_err(db)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn head(&self, tenant: &str) -> Result<LedgerHead> {
+        let row = sqlx::query("SELECT revision, head_hash FROM tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        match row {
+            None => Ok(LedgerHead::default()),
+            Some(row) => Ok(LedgerHead {
+                revision: row.try_get(0).map_err(db)?,
+                hash: hash32(row.try_get(1).map_err(db)?, "head_hash")?,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_follows_the_scheme() {
+        assert_eq!(
+            Backend::from_url("sqlite://./x.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::from_url("postgres://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://u@h/db").ok(),
+            Some(Backend::Postgres)
+        );
+        assert!(
+            Backend::from_url("mysql://u:secret@h/db")
+                .is_err_and(|e| !e.to_string().contains("secret"))
+        );
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact("sqlite://./data/consent.db"),
+            "sqlite://./data/consent.db"
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_create_the_file_unless_told_otherwise() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("consent-url-{}", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}/sub/ledger.db", dir.display());
+        assert!(prepare_sqlite_url(&url)?.ends_with("ledger.db?mode=rwc"));
+        assert!(dir.join("sub").is_dir());
+        assert!(prepare_sqlite_url(&format!("{url}?mode=ro"))?.ends_with("?mode=ro"));
+        assert!(prepare_sqlite_url("sqlite::memory:").is_err());
+        std::fs::remove_dir_all(dir).ok();
+        Ok(())
+    }
+}

@@ -1,1 +1,166 @@
-//! wip
+//! Storage interfaces of the consent ledger.
+//!
+//! Two small traits, [`CatalogStore`] and [`LedgerStore`], and their union [`Store`]. Every
+//! method takes the tenant first: no method can reach across tenants. Backends
+//! (`consent-store-sql` for SQLite and PostgreSQL; the cache layer later) implement them and
+//! prove they behave the same by running the shared [`conformance`] suite through
+//! [`store_conformance_suite!`].
+//!
+//! The ledger is append-only: `append` links events into the tenant's hash chain and moves
+//! the per-subject projection in one transaction; nothing updates or deletes an event.
+
+use async_trait::async_trait;
+use consent_core::chain::{ChainVerifier, GENESIS, VerifyReport};
+use consent_core::commands::{Idempotency, WritePlan};
+use consent_core::{
+    Catalog, ConsentEvent, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
+    Vendor,
+};
+
+pub mod conformance;
+
+/// Purposes, vendors and policy versions of a tenant.
+#[async_trait]
+pub trait CatalogStore: Send + Sync {
+    /// The whole catalogue of `tenant` (empty when nothing was stored).
+    async fn catalog(&self, tenant: &str) -> Result<Catalog>;
+
+    /// Creates or replaces a purpose.
+    async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()>;
+
+    /// Creates or replaces a vendor.
+    async fn upsert_vendor(&self, tenant: &str, vendor: &Vendor) -> Result<()>;
+
+    /// Publishes a policy version. Versions are immutable: publishing an existing id with
+    /// the same content returns the stored version; with other content, `AlreadyExists`.
+    async fn publish_policy_version(
+        &self,
+        tenant: &str,
+        policy: &PolicyVersion,
+    ) -> Result<PolicyVersion>;
+}
+
+/// What an append wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The events written, or on a replay the ones written the first time.
+    pub events: Vec<ConsentEvent>,
+    /// The tenant revision after the write (on a replay: after the original write).
+    pub revision: Revision,
+    /// Whether this was an idempotent replay of an earlier write.
+    pub replayed: bool,
+}
+
+/// The head of a tenant's chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LedgerHead {
+    /// The latest revision (0 before the first event).
+    pub revision: Revision,
+    /// The latest event's hash ([`GENESIS`] before the first event).
+    pub hash: [u8; 32],
+}
+
+impl Default for LedgerHead {
+    fn default() -> Self {
+        LedgerHead {
+            revision: 0,
+            hash: GENESIS,
+        }
+    }
+}
+
+/// A filter over a tenant's events, in revision order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only this subject.
+    pub subject_id: Option<String>,
+    /// Only this purpose.
+    pub purpose_id: Option<String>,
+    /// Only events collected at or after this time.
+    pub collected_from: Option<Timestamp>,
+    /// Only events collected before this time.
+    pub collected_to: Option<Timestamp>,
+    /// Only events after this revision (the paging cursor).
+    pub after_revision: Revision,
+    /// Only events at or before this revision.
+    pub until_revision: Option<Revision>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+/// An event as read back, with whether its evidence was erased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// The event.
+    pub event: ConsentEvent,
+    /// Whether the evidence was erased (its digest stays in the chain).
+    pub evidence_erased: bool,
+}
+
+/// The append-only consent ledger of each tenant and its projection.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Appends the planned events as one transaction: assigns revisions, links the hash
+    /// chain, moves the projection, bumps the tenant revision, records the idempotency key.
+    /// A replay with the same key and fingerprint returns the original outcome; the same
+    /// key with another fingerprint is `AlreadyExists`.
+    async fn append(
+        &self,
+        tenant: &str,
+        plan: &WritePlan,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<AppendOutcome>;
+
+    /// The subject's choices: the current projection when `as_of` is `None`, otherwise the
+    /// latest choice per (purpose, vendor) collected at or before `as_of`. The returned
+    /// revision is never newer than the data (it is read first).
+    async fn subject_state(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        as_of: Option<Timestamp>,
+    ) -> Result<SubjectState>;
+
+    /// Events matching `query`, in revision order.
+    async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>>;
+
+    /// The tenant's chain head.
+    async fn head(&self, tenant: &str) -> Result<LedgerHead>;
+}
+
+/// A full store: catalogue and ledger.
+pub trait Store: CatalogStore + LedgerStore {}
+
+impl<T: CatalogStore + LedgerStore> Store for T {}
+
+/// How many events [`verify_ledger`] reads per page.
+const VERIFY_PAGE: usize = 1000;
+
+/// Recomputes a tenant's hash chain from the store, page by page, up to the head read first.
+pub async fn verify_ledger(
+    store: &(impl LedgerStore + ?Sized),
+    tenant: &str,
+) -> Result<(VerifyReport, LedgerHead)> {
+    let head = store.head(tenant).await?;
+    let mut verifier = ChainVerifier::new(tenant);
+    let mut after = 0;
+    while after < head.revision && !verifier.failed() {
+        let page = store
+            .list_events(
+                tenant,
+                &EventQuery {
+                    after_revision: after,
+                    until_revision: Some(head.revision),
+                    limit: VERIFY_PAGE,
+                    ..EventQuery::default()
+                },
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.event.revision;
+        for e in &page {
+            verifier.push(&e.event, e.evidence_erased);
+        }
+    }
+    Ok((verifier.finish(head.revision, &head.hash), head))
+}
