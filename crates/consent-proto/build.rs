@@ -19,6 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // compile_fds ignores file_descriptor_set_path, so the descriptor is written here.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("consent_descriptor.bin"), fds.encode_to_vec())?;
+    // The error detail types, for reflection only (tonic-types has the Rust side).
+    let details = "google/rpc/error_details.proto";
+    println!("cargo:rerun-if-changed={}", root.join(details).display());
+    let details_fds = protox::compile([details], [&root])?;
+    std::fs::write(
+        out.join("error_details_descriptor.bin"),
+        details_fds.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

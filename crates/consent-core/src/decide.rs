@@ -88,7 +88,10 @@ pub fn decide(
             ..basis_only(Reason::NoDecision)
         };
     };
-    let expires_at = purpose.expiry_of(entry.collected_at);
+    // Only a grant lapses; a refusal or withdrawal stands until the person changes it.
+    let expires_at = (entry.decision == Decision::Granted)
+        .then(|| purpose.expiry_of(entry.collected_at))
+        .flatten();
     let verdict = |reason: Reason, needs_reconsent: bool| Verdict {
         allowed: reason.allows(),
         reason,

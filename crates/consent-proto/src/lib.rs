@@ -14,3 +14,8 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every consent.v1 file (and the well-known types they use).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/consent_descriptor.bin"));
+
+/// Encoded `FileDescriptorSet` of `google/rpc/error_details.proto`, served by reflection so
+/// tools such as grpcurl can print the `BadRequest` and `ErrorInfo` details of errors.
+pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/error_details_descriptor.bin"));

@@ -1,1 +1,14 @@
-//! wip
+//! The `consentd` service: gRPC handlers over the ledger, configuration, logging, and the
+//! command line. The flow of every RPC is one way:
+//! [`service`] (convert, validate) -> [`ledger`] (plan, read, decide with `consent_core`) ->
+//! `consent_store` (SQL). Errors become gRPC statuses in [`error`] only.
+
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod convert;
+pub mod error;
+pub mod ledger;
+pub mod server;
+pub mod service;
+pub mod telemetry;

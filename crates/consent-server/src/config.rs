@@ -1,0 +1,250 @@
+//! Configuration, layered: defaults < `consentd.toml` (or `--config FILE`) < environment
+//! (`CONSENT__SECTION__KEY`) < command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Every setting of `consentd`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC server settings.
+    pub server: ServerConfig,
+    /// Ledger storage.
+    pub store: StoreConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to serve gRPC on (`CONSENT__SERVER__LISTEN`).
+    pub listen: SocketAddr,
+    /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[store]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://...` (`CONSENT__STORE__URL`).
+    pub url: String,
+    /// Connection pool size.
+    pub max_connections: u32,
+    /// Apply migrations when `serve` starts.
+    pub auto_migrate: bool,
+}
+
+/// How callers are authenticated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// No authentication: one tenant, `default`. Allowed only on a loopback address.
+    None,
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none` (`CONSENT__AUTH__MODE`).
+    pub mode: AuthMode,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Pretty in a terminal, JSON otherwise.
+    Auto,
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `consent_server=debug,info` (`CONSENT__LOG__LEVEL`).
+    pub level: String,
+    /// `auto`, `json` or `pretty` (`CONSENT__LOG__FORMAT`).
+    pub format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: "sqlite://./data/consent.db".into(),
+            max_connections: 16,
+            auto_migrate: true,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            mode: AuthMode::None,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
+}
+
+/// Values given as command-line flags; `None` leaves the lower layers' value.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FlagOverrides {
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--store-url`
+    pub store_url: Option<String>,
+    /// `--log-level`
+    pub log_level: Option<String>,
+}
+
+/// The file read when `--config` is not given (ignored if absent).
+pub const DEFAULT_CONFIG_FILE: &str = "consentd.toml";
+
+impl Config {
+    /// Loads the layers. `file` must exist when given explicitly.
+    pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
+        Self::figment(file, flags, Env::prefixed("CONSENT__").split("__"))
+    }
+
+    fn figment(file: Option<&Path>, flags: &FlagOverrides, env: Env) -> anyhow::Result<Config> {
+        let path: PathBuf = match file {
+            Some(p) if !p.exists() => anyhow::bail!("config file {} does not exist", p.display()),
+            Some(p) => p.to_owned(),
+            None => PathBuf::from(DEFAULT_CONFIG_FILE),
+        };
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file(path))
+            .merge(env);
+        if let Some(listen) = flags.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        if let Some(url) = &flags.store_url {
+            figment = figment.merge(Serialized::default("store.url", url));
+        }
+        if let Some(level) = &flags.log_level {
+            figment = figment.merge(Serialized::default("log.level", level));
+        }
+        let config: Config = figment
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Rules across settings: without authentication, only a loopback address may be served.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.auth.mode == AuthMode::None && !self.server.listen.ip().is_loopback() {
+            anyhow::bail!(
+                "refusing to serve {} with auth.mode = none: without authentication consentd only binds a \
+                 loopback address (127.0.0.1 or ::1)",
+                self.server.listen
+            );
+        }
+        if self.store.max_connections == 0 {
+            anyhow::bail!("store.max_connections must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+// figment's Jail closures return its own (large) error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() -> anyhow::Result<()> {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "consentd.toml",
+                "[server]\nlisten = \"127.0.0.1:7000\"\n[store]\nurl = \"sqlite://file.db\"\n[log]\nlevel = \"debug\"\n",
+            )?;
+            jail.set_env("CONSENT__STORE__URL", "postgres://env@localhost/db");
+            jail.set_env("CONSENT__LOG__LEVEL", "warn");
+            let flags = FlagOverrides {
+                log_level: Some("trace".into()),
+                ..FlagOverrides::default()
+            };
+            let c = Config::load(None, &flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.port(), 7000, "file beats defaults");
+            assert_eq!(c.store.url, "postgres://env@localhost/db", "env beats file");
+            assert_eq!(c.log.level, "trace", "flags beat env");
+            assert_eq!(c.store.max_connections, 16, "defaults fill the rest");
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn defaults_serve_sqlite_on_loopback() -> anyhow::Result<()> {
+        figment::Jail::expect_with(|_| {
+            let c = Config::load(None, &FlagOverrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.server.listen.to_string(), "127.0.0.1:50051");
+            assert_eq!(c.store.url, "sqlite://./data/consent.db");
+            Ok(())
+        });
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_public_bind_without_auth() {
+        let flags = FlagOverrides {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 50051))),
+            ..FlagOverrides::default()
+        };
+        figment::Jail::expect_with(|_| {
+            let err = Config::load(None, &flags)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("auth.mode = none"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("consentd.toml", "[server]\nlisten_addr = \"127.0.0.1:1\"\n")?;
+            let err = Config::load(None, &FlagOverrides::default())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains("listen_addr"), "{err}");
+            Ok(())
+        });
+    }
+}

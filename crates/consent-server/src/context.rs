@@ -1,0 +1,38 @@
+//! Who is calling: the tenant and key every handler and store call is scoped by.
+//!
+//! An interceptor authenticates each request once and stores a [`Principal`] in its
+//! extensions; handlers read it from there, never from request fields.
+
+use tonic::{Request, Status};
+
+/// The tenant used when authentication is off (`auth.mode = none`).
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// Every read and write is scoped to this tenant.
+    pub tenant_id: String,
+    /// The API key used (recorded on every event written), empty when auth is off.
+    pub key_id: String,
+}
+
+/// The interceptor of `auth.mode = none`: every caller is the default tenant.
+#[allow(clippy::result_large_err)]
+pub fn no_auth(mut request: Request<()>) -> Result<Request<()>, Status> {
+    request.extensions_mut().insert(Principal {
+        tenant_id: DEFAULT_TENANT.to_owned(),
+        key_id: String::new(),
+    });
+    Ok(request)
+}
+
+/// The caller of a request, or `UNAUTHENTICATED` if no interceptor vouched for one.
+#[allow(clippy::result_large_err)]
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}

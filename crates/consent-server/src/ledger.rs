@@ -1,0 +1,224 @@
+//! The application layer between the gRPC handlers and the store: validates commands,
+//! plans writes with `consent_core`, reads state and decides. It knows nothing of gRPC.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+
+use consent_core::chain::VerifyReport;
+use consent_core::commands::{RecordConsent, WithdrawConsent, WritePlan};
+use consent_core::{
+    Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
+    Vendor, Verdict, decide,
+};
+use consent_store::{AppendOutcome, EventQuery, LedgerHead, Store, StoredEvent, verify_ledger};
+
+use crate::context::Principal;
+
+/// One check, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckQuery {
+    /// The person.
+    pub subject_id: String,
+    /// The purpose.
+    pub purpose_id: String,
+    /// The vendor, or empty.
+    pub vendor_id: String,
+    /// As-of time; `None` means now.
+    pub at: Option<Timestamp>,
+}
+
+/// A decided check and the revision it was computed at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The decision.
+    pub verdict: Verdict,
+    /// The revision of the state it used.
+    pub revision: Revision,
+}
+
+/// The ledger service logic over a store.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+impl Ledger {
+    /// Logic over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Ledger {
+        Ledger { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Records decisions (validated, checked against the catalogue, appended atomically).
+    pub async fn record(&self, who: &Principal, command: RecordConsent) -> Result<AppendOutcome> {
+        let now = Timestamp::now();
+        command.validate(now)?;
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let events = command.plan(&catalog, now, &who.key_id)?;
+        self.store
+            .append(
+                &who.tenant_id,
+                &WritePlan::Events(events),
+                command.idempotency().as_ref(),
+            )
+            .await
+    }
+
+    /// Withdraws purposes, or every granted choice.
+    pub async fn withdraw(
+        &self,
+        who: &Principal,
+        command: WithdrawConsent,
+    ) -> Result<AppendOutcome> {
+        let now = Timestamp::now();
+        command.validate(now)?;
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let plan = command.plan(&catalog, now, &who.key_id)?;
+        self.store
+            .append(&who.tenant_id, &plan, command.idempotency().as_ref())
+            .await
+    }
+
+    /// The catalogue of the caller's tenant.
+    pub async fn catalog(&self, who: &Principal) -> Result<Catalog> {
+        self.store.catalog(&who.tenant_id).await
+    }
+
+    /// The subject's state as of `at` (now when `None`), at least as new as `min_revision`.
+    async fn state(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        at: Option<Timestamp>,
+        now: Timestamp,
+        min_revision: Option<Revision>,
+    ) -> Result<SubjectState> {
+        let mut state = self.store.subject_state(tenant, subject_id, at).await?;
+        // The projection may hold a choice collected slightly in the future (clock skew);
+        // "now" must not see it, so read the state as of now instead.
+        if at.is_none() && state.has_entries_after(now) {
+            state = self
+                .store
+                .subject_state(tenant, subject_id, Some(now))
+                .await?;
+        }
+        if let Some(min) = min_revision.filter(|min| state.revision < *min) {
+            return Err(ConsentError::FailedPrecondition(format!(
+                "at_least_revision {min} is ahead of the ledger (revision {}); use a revision a write returned",
+                state.revision
+            )));
+        }
+        Ok(state)
+    }
+
+    /// Decides a list of checks against one catalogue read, reading each subject's state once.
+    pub async fn check_many(
+        &self,
+        who: &Principal,
+        queries: &[CheckQuery],
+        min_revision: Option<Revision>,
+    ) -> Result<Vec<Checked>> {
+        let now = Timestamp::now();
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let mut states: HashMap<(&str, Option<Timestamp>), SubjectState> = HashMap::new();
+        let mut results = Vec::with_capacity(queries.len());
+        for q in queries {
+            let purpose = catalog.require_purpose(&q.purpose_id)?;
+            if !q.vendor_id.is_empty() {
+                catalog.require_vendor(&q.vendor_id)?;
+            }
+            let key = (q.subject_id.as_str(), q.at);
+            if let Entry::Vacant(slot) = states.entry(key) {
+                slot.insert(
+                    self.state(&who.tenant_id, &q.subject_id, q.at, now, min_revision)
+                        .await?,
+                );
+            }
+            let Some(state) = states.get(&key) else {
+                return Err(ConsentError::Internal(
+                    "subject state vanished from the batch map".into(),
+                ));
+            };
+            results.push(Checked {
+                verdict: decide(purpose, &q.vendor_id, state, &catalog, q.at.unwrap_or(now)),
+                revision: state.revision,
+            });
+        }
+        Ok(results)
+    }
+
+    /// Every catalogued purpose's decision for one subject, ordered by purpose id.
+    pub async fn subject_decisions(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        at: Option<Timestamp>,
+        min_revision: Option<Revision>,
+    ) -> Result<(Vec<(Purpose, Verdict)>, Revision)> {
+        let now = Timestamp::now();
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let state = self
+            .state(&who.tenant_id, subject_id, at, now, min_revision)
+            .await?;
+        let at = at.unwrap_or(now);
+        let decisions = catalog
+            .purposes
+            .values()
+            .map(|p| (p.clone(), decide(p, "", &state, &catalog, at)))
+            .collect();
+        Ok((decisions, state.revision))
+    }
+
+    /// Events in revision order.
+    pub async fn events(&self, who: &Principal, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        self.store.list_events(&who.tenant_id, query).await
+    }
+
+    /// Stores a purpose whose vendors exist.
+    pub async fn upsert_purpose(&self, who: &Principal, purpose: &Purpose) -> Result<()> {
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        for vendor in &purpose.vendor_ids {
+            catalog.require_vendor(vendor)?;
+        }
+        self.store.upsert_purpose(&who.tenant_id, purpose).await
+    }
+
+    /// Stores a vendor.
+    pub async fn upsert_vendor(&self, who: &Principal, vendor: &Vendor) -> Result<()> {
+        self.store.upsert_vendor(&who.tenant_id, vendor).await
+    }
+
+    /// Publishes a policy version whose purposes and vendors exist.
+    pub async fn publish_policy_version(
+        &self,
+        who: &Principal,
+        policy: &PolicyVersion,
+    ) -> Result<PolicyVersion> {
+        let catalog = self.store.catalog(&who.tenant_id).await?;
+        for purpose in &policy.purpose_ids {
+            catalog.require_purpose(purpose)?;
+        }
+        for vendor in &policy.vendor_ids {
+            catalog.require_vendor(vendor)?;
+        }
+        self.store
+            .publish_policy_version(&who.tenant_id, policy)
+            .await
+    }
+
+    /// Recomputes the tenant's hash chain.
+    pub async fn verify(&self, who: &Principal) -> Result<(VerifyReport, LedgerHead)> {
+        verify_ledger(self.store.as_ref(), &who.tenant_id).await
+    }
+}

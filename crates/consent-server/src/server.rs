@@ -1,0 +1,66 @@
+//! Assembles the gRPC server: the consent services, `grpc.health.v1.Health`, server
+//! reflection (v1 and v1alpha, so every grpcurl works), the auth interceptor and per-RPC
+//! tracing spans; serves it on a listener until a shutdown signal, draining in-flight RPCs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use consent_proto::v1::admin_service_server::AdminServiceServer;
+use consent_proto::v1::catalog_service_server::CatalogServiceServer;
+use consent_proto::v1::consent_service_server::ConsentServiceServer;
+use consent_store::Store;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::InterceptorLayer;
+use tonic::transport::Server;
+
+use crate::context::no_auth;
+use crate::ledger::Ledger;
+use crate::service::Api;
+
+/// Largest request or response message, in bytes (a 10,000-check batch fits comfortably).
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reflection over every file a client may need: the API, the error details, health.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(consent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(consent_proto::ERROR_DETAILS_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves, then lets in-flight RPCs finish.
+pub async fn serve(
+    store: Arc<dyn Store>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let api = Api::new(Ledger::new(store));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ConsentServiceServer<Api>>().await;
+    health.set_serving::<CatalogServiceServer<Api>>().await;
+    health.set_serving::<AdminServiceServer<Api>>().await;
+
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    Server::builder()
+        .timeout(Duration::from_secs(30))
+        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        .layer(InterceptorLayer::new(no_auth))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ConsentServiceServer::new(api.clone())
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(CatalogServiceServer::new(api.clone()))
+        .add_service(AdminServiceServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! The gRPC handlers: thin. Each converts the request (collecting every bad field), calls
+//! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
+
+use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_BATCH_CHECKS, MAX_PAGE_SIZE, Violations};
+use consent_core::{ConsentError, Revision, Timestamp};
+use consent_proto::v1 as pb;
+use consent_proto::v1::admin_service_server::AdminService;
+use consent_proto::v1::catalog_service_server::CatalogService;
+use consent_proto::v1::consent_service_server::ConsentService;
+use consent_store::{AppendOutcome, EventQuery};
+use tonic::{Request, Response, Status};
+
+use crate::context::principal;
+use crate::convert;
+use crate::error::status;
+use crate::ledger::{CheckQuery, Ledger};
+
+/// Implements `consent.v1.ConsentService`, `CatalogService` and `AdminService`.
+#[derive(Clone, Debug)]
+pub struct Api {
+    ledger: Ledger,
+}
+
+impl Api {
+    /// Handlers over `ledger`.
+    pub fn new(ledger: Ledger) -> Api {
+        Api { ledger }
+    }
+}
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+fn finish(v: Violations) -> Result<(), Status> {
+    v.finish().map_err(status)
+}
+
+/// The minimum revision a consistency requirement asks for. Without a cache every read is
+/// served by the ledger itself, so `minimize_latency` and `fully_consistent` need nothing more.
+fn min_revision(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> Option<Revision> {
+    match c.and_then(|c| c.requirement.as_ref()) {
+        Some(pb::consistency::Requirement::AtLeastRevision(r)) if *r < 0 => {
+            v.add(format!("{field}.at_least_revision"), "must not be negative");
+            None
+        }
+        Some(pb::consistency::Requirement::AtLeastRevision(r)) => Some(*r),
+        _ => None,
+    }
+}
+
+fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> CheckQuery {
+    v.id(&format!("{prefix}subject_id"), &r.subject_id);
+    v.id(&format!("{prefix}purpose_id"), &r.purpose_id);
+    v.optional_id(&format!("{prefix}vendor_id"), &r.vendor_id);
+    CheckQuery {
+        subject_id: r.subject_id.clone(),
+        purpose_id: r.purpose_id.clone(),
+        vendor_id: r.vendor_id.clone(),
+        at: convert::time_in(v, &format!("{prefix}at"), r.at.as_ref()),
+    }
+}
+
+fn events_out(outcome: &AppendOutcome) -> Vec<pb::ConsentEvent> {
+    outcome.events.iter().map(convert::event_out).collect()
+}
+
+#[tonic::async_trait]
+impl ConsentService for Api {
+    async fn record_consent(
+        &self,
+        request: Request<pb::RecordConsentRequest>,
+    ) -> RpcResult<pb::RecordConsentResponse> {
+        let who = principal(&request)?;
+        let mut v = Violations::new();
+        let command = convert::record_in(&mut v, request.into_inner());
+        finish(v)?;
+        let outcome = self.ledger.record(&who, command).await.map_err(status)?;
+        Ok(Response::new(pb::RecordConsentResponse {
+            events: events_out(&outcome),
+            revision: outcome.revision,
+        }))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        request: Request<pb::WithdrawConsentRequest>,
+    ) -> RpcResult<pb::WithdrawConsentResponse> {
+        let who = principal(&request)?;
+        let mut v = Violations::new();
+        let command = convert::withdraw_in(&mut v, request.into_inner());
+        finish(v)?;
+        let outcome = self.ledger.withdraw(&who, command).await.map_err(status)?;
+        Ok(Response::new(pb::WithdrawConsentResponse {
+            events: events_out(&outcome),
+            revision: outcome.revision,
+        }))
+    }
+
+    async fn check(&self, request: Request<pb::CheckRequest>) -> RpcResult<pb::CheckResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let query = check_query(&mut v, "", &r);
+        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        finish(v)?;
+        let mut checked = self
+            .ledger
+            .check_many(&who, std::slice::from_ref(&query), min)
+            .await
+            .map_err(status)?;
+        let Some(c) = checked.pop() else {
+            return Err(status(ConsentError::Internal(
+                "a check produced no result".into(),
+            )));
+        };
+        Ok(Response::new(convert::verdict_out(
+            c.verdict,
+            &query.subject_id,
+            &query.purpose_id,
+            &query.vendor_id,
+            c.revision,
+        )))
+    }
+
+    async fn check_batch(
+        &self,
+        request: Request<pb::CheckBatchRequest>,
+    ) -> RpcResult<pb::CheckBatchResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        if r.checks.len() > MAX_BATCH_CHECKS {
+            return Err(status(ConsentError::invalid(
+                "checks",
+                format!(
+                    "must hold at most {MAX_BATCH_CHECKS} checks, got {}",
+                    r.checks.len()
+                ),
+            )));
+        }
+        let mut v = Violations::new();
+        if r.checks.is_empty() {
+            v.add("checks", "must hold at least one check");
+        }
+        let queries: Vec<CheckQuery> = r
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| check_query(&mut v, &format!("checks[{i}]."), c))
+            .collect();
+        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        finish(v)?;
+        let checked = self
+            .ledger
+            .check_many(&who, &queries, min)
+            .await
+            .map_err(status)?;
+        let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
+        let results = checked
+            .into_iter()
+            .zip(&queries)
+            .map(|(c, q)| {
+                convert::verdict_out(
+                    c.verdict,
+                    &q.subject_id,
+                    &q.purpose_id,
+                    &q.vendor_id,
+                    c.revision,
+                )
+            })
+            .collect();
+        Ok(Response::new(pb::CheckBatchResponse { results, revision }))
+    }
+
+    async fn get_subject_state(
+        &self,
+        request: Request<pb::GetSubjectStateRequest>,
+    ) -> RpcResult<pb::GetSubjectStateResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.id("subject_id", &r.subject_id);
+        let at = convert::time_in(&mut v, "at", r.at.as_ref());
+        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        finish(v)?;
+        let (decisions, revision) = self
+            .ledger
+            .subject_decisions(&who, &r.subject_id, at, min)
+            .await
+            .map_err(status)?;
+        let purposes = decisions
+            .into_iter()
+            .map(|(p, verdict)| convert::verdict_out(verdict, &r.subject_id, &p.id, "", revision))
+            .collect();
+        Ok(Response::new(pb::GetSubjectStateResponse {
+            purposes,
+            revision,
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> RpcResult<pb::ListEventsResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.optional_id("subject_id", &r.subject_id);
+        v.optional_id("purpose_id", &r.purpose_id);
+        let from = convert::time_in(&mut v, "from", r.from.as_ref());
+        let to = convert::time_in(&mut v, "to", r.to.as_ref());
+        let page_size = match usize::try_from(r.page_size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) if n <= MAX_PAGE_SIZE => n,
+            _ => {
+                v.add(
+                    "page_size",
+                    format!("must be 0..={MAX_PAGE_SIZE}, got {}", r.page_size),
+                );
+                DEFAULT_PAGE_SIZE
+            }
+        };
+        let after_revision = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token
+                .strip_prefix("r")
+                .and_then(|n| n.parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .unwrap_or_else(|| {
+                    v.add(
+                        "page_token",
+                        "is not a next_page_token of a previous ListEvents page",
+                    );
+                    0
+                })
+        };
+        finish(v)?;
+        let query = EventQuery {
+            subject_id: Some(r.subject_id).filter(|s| !s.is_empty()),
+            purpose_id: Some(r.purpose_id).filter(|s| !s.is_empty()),
+            collected_from: from,
+            collected_to: to,
+            after_revision,
+            until_revision: None,
+            limit: page_size + 1,
+        };
+        let mut events = self.ledger.events(&who, &query).await.map_err(status)?;
+        let next_page_token = if events.len() > page_size {
+            events.truncate(page_size);
+            events
+                .last()
+                .map(|e| format!("r{}", e.event.revision))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events
+                .iter()
+                .map(|e| convert::event_out(&e.event))
+                .collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn required<T>(field: &str, value: Option<T>) -> Result<T, Status> {
+    value.ok_or_else(|| status(ConsentError::invalid(field, "is required")))
+}
+
+#[tonic::async_trait]
+impl CatalogService for Api {
+    async fn upsert_purpose(
+        &self,
+        request: Request<pb::UpsertPurposeRequest>,
+    ) -> RpcResult<pb::UpsertPurposeResponse> {
+        let who = principal(&request)?;
+        let wire = required("purpose", request.into_inner().purpose)?;
+        let mut v = Violations::new();
+        let purpose = convert::purpose_in(&mut v, "purpose", wire);
+        finish(v)?;
+        let Some(purpose) = purpose else {
+            return Err(status(ConsentError::invalid("purpose", "is invalid")));
+        };
+        self.ledger
+            .upsert_purpose(&who, &purpose)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpsertPurposeResponse {
+            purpose: Some(convert::purpose_out(&purpose)),
+        }))
+    }
+
+    async fn get_purpose(
+        &self,
+        request: Request<pb::GetPurposeRequest>,
+    ) -> RpcResult<pb::GetPurposeResponse> {
+        let who = principal(&request)?;
+        let id = request.into_inner().id;
+        let mut v = Violations::new();
+        v.id("id", &id);
+        finish(v)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let purpose = catalog.require_purpose(&id).map_err(status)?;
+        Ok(Response::new(pb::GetPurposeResponse {
+            purpose: Some(convert::purpose_out(purpose)),
+        }))
+    }
+
+    async fn list_purposes(
+        &self,
+        request: Request<pb::ListPurposesRequest>,
+    ) -> RpcResult<pb::ListPurposesResponse> {
+        let who = principal(&request)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListPurposesResponse {
+            purposes: catalog
+                .purposes
+                .values()
+                .map(convert::purpose_out)
+                .collect(),
+        }))
+    }
+
+    async fn upsert_vendor(
+        &self,
+        request: Request<pb::UpsertVendorRequest>,
+    ) -> RpcResult<pb::UpsertVendorResponse> {
+        let who = principal(&request)?;
+        let wire = required("vendor", request.into_inner().vendor)?;
+        let mut v = Violations::new();
+        let vendor = convert::vendor_in(&mut v, "vendor", wire);
+        finish(v)?;
+        self.ledger
+            .upsert_vendor(&who, &vendor)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::UpsertVendorResponse {
+            vendor: Some(convert::vendor_out(&vendor)),
+        }))
+    }
+
+    async fn list_vendors(
+        &self,
+        request: Request<pb::ListVendorsRequest>,
+    ) -> RpcResult<pb::ListVendorsResponse> {
+        let who = principal(&request)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListVendorsResponse {
+            vendors: catalog.vendors.values().map(convert::vendor_out).collect(),
+        }))
+    }
+
+    async fn publish_policy_version(
+        &self,
+        request: Request<pb::PublishPolicyVersionRequest>,
+    ) -> RpcResult<pb::PublishPolicyVersionResponse> {
+        let who = principal(&request)?;
+        let wire = required("policy_version", request.into_inner().policy_version)?;
+        let mut v = Violations::new();
+        let policy = convert::policy_in(&mut v, "policy_version", wire, Timestamp::now());
+        finish(v)?;
+        let stored = self
+            .ledger
+            .publish_policy_version(&who, &policy)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::PublishPolicyVersionResponse {
+            policy_version: Some(convert::policy_out(&stored)),
+        }))
+    }
+
+    async fn get_policy_version(
+        &self,
+        request: Request<pb::GetPolicyVersionRequest>,
+    ) -> RpcResult<pb::GetPolicyVersionResponse> {
+        let who = principal(&request)?;
+        let id = request.into_inner().id;
+        let mut v = Violations::new();
+        v.id("id", &id);
+        finish(v)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let policy = catalog.require_policy_version(&id).map_err(status)?;
+        Ok(Response::new(pb::GetPolicyVersionResponse {
+            policy_version: Some(convert::policy_out(policy)),
+        }))
+    }
+
+    async fn list_policy_versions(
+        &self,
+        request: Request<pb::ListPolicyVersionsRequest>,
+    ) -> RpcResult<pb::ListPolicyVersionsResponse> {
+        let who = principal(&request)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListPolicyVersionsResponse {
+            policy_versions: catalog
+                .policy_versions
+                .iter()
+                .map(convert::policy_out)
+                .collect(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Api {
+    async fn verify_ledger(
+        &self,
+        request: Request<pb::VerifyLedgerRequest>,
+    ) -> RpcResult<pb::VerifyLedgerResponse> {
+        let who = principal(&request)?;
+        let (report, head) = self.ledger.verify(&who).await.map_err(status)?;
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            ok: report.ok,
+            events_checked: report.events_checked,
+            first_bad_event_id: report.first_bad_event_id.unwrap_or_default(),
+            detail: report.detail.unwrap_or_default(),
+            revision: head.revision,
+        }))
+    }
+}
