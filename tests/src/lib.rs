@@ -1,1 +1,207 @@
-//! wip
+//! Harness for the end-to-end tests in `tests/tests/`: a real `consentd` server (the same
+//! `consent_server::server::serve` the binary runs) on a `127.0.0.1:0` listener, over a real
+//! store, reached through `consent-client`.
+//!
+//! [`backends`] yields one server on a fresh SQLite file and, when
+//! `CONSENT_TEST_DATABASE_URL` is set, one on a fresh PostgreSQL database, so every scenario
+//! runs on both. Under `CI=true` a missing PostgreSQL URL fails the run.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use consent_client::{ConsentClient, pb};
+use consent_core::catalog_file::{CatalogFile, parse_catalog_file};
+use consent_server::convert;
+use consent_store_sql::testing::{
+    create_scratch_database, drop_scratch_database, postgres_test_url,
+};
+use consent_store_sql::{SqlOptions, SqlStore};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running server and a client connected to it.
+pub struct TestServer {
+    /// Which backend (`sqlite` or `postgres`), for assertion messages.
+    pub backend: &'static str,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A connected client.
+    pub client: ConsentClient,
+    /// The store underneath (tests use it to simulate faults, e.g. closing the pool).
+    pub store: SqlStore,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    _dir: Option<tempfile::TempDir>,
+    scratch_database: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TestServer({} at {})", self.backend, self.addr)
+    }
+}
+
+fn fail(what: &str, e: impl std::fmt::Display) -> ! {
+    panic!("test setup: {what}: {e}")
+}
+
+impl TestServer {
+    /// A server on a fresh SQLite file.
+    pub async fn sqlite() -> TestServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+        let url = format!("sqlite://{}/consent.db", dir.path().display());
+        Self::start("sqlite", &url, Some(dir)).await
+    }
+
+    /// A server on a fresh PostgreSQL database created from `admin_url` (dropped on stop).
+    pub async fn postgres(admin_url: &str) -> TestServer {
+        let (url, name) = create_scratch_database(admin_url)
+            .await
+            .unwrap_or_else(|e| fail("create scratch database", e));
+        let mut server = Self::start("postgres", &url, None).await;
+        server.scratch_database = Some((admin_url.to_owned(), name));
+        server
+    }
+
+    async fn start(backend: &'static str, url: &str, dir: Option<tempfile::TempDir>) -> TestServer {
+        let store = SqlStore::connect(url, &SqlOptions::default())
+            .await
+            .unwrap_or_else(|e| fail("connect store", e));
+        store.migrate().await.unwrap_or_else(|e| fail("migrate", e));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| fail("bind", e));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| fail("local_addr", e));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(consent_server::server::serve(
+            Arc::new(store.clone()),
+            listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        // The listener is bound before serve starts, so connecting cannot race it.
+        let client = ConsentClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap_or_else(|e| fail("connect client", e));
+        TestServer {
+            backend,
+            addr,
+            client,
+            store,
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: dir,
+            scratch_database: None,
+        }
+    }
+
+    /// Stops the server, waiting for in-flight RPCs.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => fail("server exited with an error", e),
+                Err(e) => fail("server task panicked", e),
+            }
+        }
+        self.store.close().await;
+        if let Some((admin_url, name)) = self.scratch_database.take() {
+            drop_scratch_database(&admin_url, &name)
+                .await
+                .unwrap_or_else(|e| fail("drop scratch database", e));
+        }
+    }
+}
+
+/// One server per available backend: SQLite always, PostgreSQL when configured.
+pub async fn backends() -> Vec<TestServer> {
+    let mut servers = vec![TestServer::sqlite().await];
+    if let Some(url) = postgres_test_url() {
+        servers.push(TestServer::postgres(&url).await);
+    }
+    servers
+}
+
+/// The seed catalogue, `examples/catalog/callnex.toml`.
+pub fn seed_catalog() -> CatalogFile {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/catalog/callnex.toml"
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| fail(path, e));
+    parse_catalog_file(&text).unwrap_or_else(|e| fail("parse seed catalogue", e))
+}
+
+/// Loads the seed catalogue through the CatalogService RPCs.
+pub async fn apply_seed_catalog(client: &ConsentClient) {
+    let file = seed_catalog();
+    let mut catalog = client.catalog();
+    for v in &file.vendors {
+        catalog
+            .upsert_vendor(pb::UpsertVendorRequest {
+                vendor: Some(convert::vendor_out(v)),
+            })
+            .await
+            .unwrap_or_else(|e| fail("upsert vendor", e));
+    }
+    for p in &file.purposes {
+        catalog
+            .upsert_purpose(pb::UpsertPurposeRequest {
+                purpose: Some(convert::purpose_out(p)),
+            })
+            .await
+            .unwrap_or_else(|e| fail("upsert purpose", e));
+    }
+    for p in &file.policy_versions {
+        catalog
+            .publish_policy_version(pb::PublishPolicyVersionRequest {
+                policy_version: Some(convert::policy_out(p)),
+            })
+            .await
+            .unwrap_or_else(|e| fail("publish policy version", e));
+    }
+}
+
+/// A RecordConsent of one or more (purpose, decision) pairs on a channel.
+pub fn record(
+    subject: &str,
+    decisions: &[(&str, pb::Decision)],
+    channel: pb::Channel,
+) -> pb::RecordConsentRequest {
+    pb::RecordConsentRequest {
+        subject_id: subject.into(),
+        decisions: decisions
+            .iter()
+            .map(|(purpose, decision)| pb::PurposeDecision {
+                purpose_id: (*purpose).into(),
+                vendor_id: String::new(),
+                decision: (*decision).into(),
+            })
+            .collect(),
+        channel: channel.into(),
+        ..Default::default()
+    }
+}
+
+/// A time `days` before now, as a wire timestamp.
+pub fn days_ago(days: u64) -> prost_types::Timestamp {
+    consent_client::timestamp(
+        std::time::SystemTime::now() - std::time::Duration::from_secs(days * 86_400),
+    )
+}
+
+/// The fields named in a status's `google.rpc.BadRequest` detail.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

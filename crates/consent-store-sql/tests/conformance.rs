@@ -36,15 +36,9 @@ mod postgres {
     use super::*;
 
     /// `None` (skip with a notice) when no PostgreSQL is configured, except under CI.
+    /// Cases share the database; each uses its own tenant.
     pub(crate) async fn postgres() -> Option<TestStore> {
-        let Ok(url) = std::env::var("CONSENT_TEST_DATABASE_URL") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but CONSENT_TEST_DATABASE_URL is not set: the PostgreSQL suite must run in CI"
-            );
-            eprintln!("skipping PostgreSQL conformance: set CONSENT_TEST_DATABASE_URL to run it");
-            return None;
-        };
+        let url = consent_store_sql::testing::postgres_test_url()?;
         Some(TestStore {
             store: Arc::new(open(&url).await),
             guard: Box::new(()),

@@ -1,0 +1,349 @@
+//! Bad input gets the right code and names the field; a store fault is UNAVAILABLE, never
+//! "allowed".
+
+use consent_client::pb;
+use consent_client::pb::{Channel, Decision};
+use consent_e2e::{TestServer, apply_seed_catalog, bad_fields, record};
+use tonic::Code;
+
+fn check(subject: &str, purpose: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject_id: subject.into(),
+        purpose_id: purpose.into(),
+        ..Default::default()
+    }
+}
+
+fn future(secs: u64) -> prost_types::Timestamp {
+    consent_client::timestamp(std::time::SystemTime::now() + std::time::Duration::from_secs(secs))
+}
+
+async fn expect_check(server: &TestServer, req: pb::CheckRequest, code: Code, field: Option<&str>) {
+    let status = match server.client.check_request(req.clone()).await {
+        Ok(answer) => panic!("{req:?} was answered {answer:?}, expected {code:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), code, "{req:?}: {status:?}");
+    if let Some(field) = field {
+        assert_eq!(bad_fields(&status), [field], "{status:?}");
+        assert!(
+            status.message().contains(field),
+            "the message names the field: {}",
+            status.message()
+        );
+    }
+}
+
+async fn expect_record(
+    server: &TestServer,
+    req: pb::RecordConsentRequest,
+    code: Code,
+    fields: &[&str],
+) {
+    let status = match server.client.consent().record_consent(req.clone()).await {
+        Ok(answer) => panic!("{req:?} was answered {answer:?}, expected {code:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), code, "{req:?}: {status:?}");
+    assert_eq!(bad_fields(&status), fields, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_codes_that_name_the_field() {
+    let server = TestServer::sqlite().await;
+    apply_seed_catalog(&server.client).await;
+    let long = "x".repeat(257);
+
+    expect_check(
+        &server,
+        check("", "analytics"),
+        Code::InvalidArgument,
+        Some("subject_id"),
+    )
+    .await;
+    expect_check(
+        &server,
+        check(&long, "analytics"),
+        Code::InvalidArgument,
+        Some("subject_id"),
+    )
+    .await;
+    expect_check(
+        &server,
+        check("s", ""),
+        Code::InvalidArgument,
+        Some("purpose_id"),
+    )
+    .await;
+    expect_check(&server, check("s", "no_such_purpose"), Code::NotFound, None).await;
+    let mut unknown_vendor = check("s", "analytics");
+    unknown_vendor.vendor_id = "no_such_vendor".into();
+    expect_check(&server, unknown_vendor, Code::NotFound, None).await;
+    let mut bad_time = check("s", "analytics");
+    bad_time.at = Some(prost_types::Timestamp {
+        seconds: 0,
+        nanos: -1,
+    });
+    expect_check(&server, bad_time, Code::InvalidArgument, Some("at")).await;
+    let mut negative_revision = check("s", "analytics");
+    negative_revision.consistency = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::AtLeastRevision(-1)),
+    });
+    expect_check(
+        &server,
+        negative_revision,
+        Code::InvalidArgument,
+        Some("consistency.at_least_revision"),
+    )
+    .await;
+
+    let good = record("s", &[("analytics", Decision::Granted)], Channel::Web);
+    let mut unspecified_decision = good.clone();
+    unspecified_decision.decisions[0].decision = 0;
+    expect_record(
+        &server,
+        unspecified_decision,
+        Code::InvalidArgument,
+        &["decisions[0].decision"],
+    )
+    .await;
+    let mut unknown_enum = good.clone();
+    unknown_enum.channel = 42;
+    expect_record(&server, unknown_enum, Code::InvalidArgument, &["channel"]).await;
+    let mut too_late = good.clone();
+    too_late.collected_at = Some(future(600));
+    expect_record(&server, too_late, Code::InvalidArgument, &["collected_at"]).await;
+    let mut skew_ok = good.clone();
+    skew_ok.collected_at = Some(future(60));
+    assert!(
+        server
+            .client
+            .consent()
+            .record_consent(skew_ok)
+            .await
+            .is_ok(),
+        "small clock skew is accepted"
+    );
+    let mut no_decisions = good.clone();
+    no_decisions.decisions.clear();
+    expect_record(&server, no_decisions, Code::InvalidArgument, &["decisions"]).await;
+    let mut long_key = good.clone();
+    long_key.idempotency_key = long.clone();
+    expect_record(
+        &server,
+        long_key,
+        Code::InvalidArgument,
+        &["idempotency_key"],
+    )
+    .await;
+    let mut bad_digest = good.clone();
+    bad_digest.evidence = Some(pb::Evidence {
+        transcript_sha256: "not-hex".into(),
+        ..Default::default()
+    });
+    expect_record(
+        &server,
+        bad_digest,
+        Code::InvalidArgument,
+        &["evidence.transcript_sha256"],
+    )
+    .await;
+    let mut several = good.clone();
+    several.subject_id.clear();
+    several.channel = 0;
+    expect_record(
+        &server,
+        several,
+        Code::InvalidArgument,
+        &["subject_id", "channel"],
+    )
+    .await;
+    let mut unknown_purpose = good.clone();
+    unknown_purpose.decisions[0].purpose_id = "no_such_purpose".into();
+    expect_record(&server, unknown_purpose, Code::NotFound, &[]).await;
+    let mut unknown_policy = good.clone();
+    unknown_policy.policy_version_id = "1999-01".into();
+    expect_record(&server, unknown_policy, Code::NotFound, &[]).await;
+    let mut foreign_vendor = good.clone();
+    foreign_vendor.decisions[0].vendor_id = "stripe".into();
+    expect_record(
+        &server,
+        foreign_vendor,
+        Code::InvalidArgument,
+        &["decisions[0].vendor_id"],
+    )
+    .await;
+
+    let too_many = pb::CheckBatchRequest {
+        checks: vec![check("s", "analytics"); 10_001],
+        consistency: None,
+    };
+    let status = server.client.consent().check_batch(too_many).await.err();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(Code::InvalidArgument)
+    );
+    assert_eq!(
+        status.map(|s| bad_fields(&s)),
+        Some(vec!["checks".to_string()])
+    );
+    let mut in_batch = vec![check("s", "analytics"); 3];
+    in_batch[2].subject_id.clear();
+    let status = server
+        .client
+        .consent()
+        .check_batch(pb::CheckBatchRequest {
+            checks: in_batch,
+            consistency: None,
+        })
+        .await
+        .err();
+    assert_eq!(
+        status.map(|s| bad_fields(&s)),
+        Some(vec!["checks[2].subject_id".to_string()])
+    );
+
+    let page = server
+        .client
+        .consent()
+        .list_events(pb::ListEventsRequest {
+            page_token: "garbage".into(),
+            ..Default::default()
+        })
+        .await
+        .err();
+    assert_eq!(
+        page.map(|s| bad_fields(&s)),
+        Some(vec!["page_token".to_string()])
+    );
+
+    let missing = server
+        .client
+        .catalog()
+        .upsert_purpose(pb::UpsertPurposeRequest { purpose: None })
+        .await
+        .err();
+    assert_eq!(
+        missing.map(|s| bad_fields(&s)),
+        Some(vec!["purpose".to_string()])
+    );
+    let unspecified_category = server
+        .client
+        .catalog()
+        .upsert_purpose(pb::UpsertPurposeRequest {
+            purpose: Some(pb::Purpose {
+                id: "p".into(),
+                legal_basis: pb::LegalBasis::Consent.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .err();
+    assert_eq!(
+        unspecified_category.map(|s| bad_fields(&s)),
+        Some(vec!["purpose.category".to_string()])
+    );
+    let republish = server
+        .client
+        .catalog()
+        .publish_policy_version(pb::PublishPolicyVersionRequest {
+            policy_version: Some(pb::PolicyVersion {
+                id: "2025-05".into(),
+                purpose_ids: vec!["analytics".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .err();
+    assert_eq!(republish.map(|s| s.code()), Some(Code::AlreadyExists));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recording_needs_a_published_policy() {
+    let server = TestServer::sqlite().await;
+    let status = server
+        .client
+        .consent()
+        .record_consent(record(
+            "s",
+            &[("analytics", Decision::Granted)],
+            Channel::Web,
+        ))
+        .await
+        .err();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(Code::FailedPrecondition),
+        "{status:?}"
+    );
+    assert!(status.is_some_and(|s| s.message().contains("no policy version is published")));
+    apply_seed_catalog(&server.client).await;
+    let mut before_policy = record("s", &[("analytics", Decision::Granted)], Channel::Import);
+    before_policy.collected_at = Some(prost_types::Timestamp {
+        seconds: 1_600_000_000,
+        nanos: 0,
+    });
+    let status = server
+        .client
+        .consent()
+        .record_consent(before_policy)
+        .await
+        .err();
+    assert_eq!(status.map(|s| s.code()), Some(Code::FailedPrecondition));
+    server.stop().await;
+}
+
+/// With the store gone, reads and writes answer UNAVAILABLE, never a verdict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_down_is_unavailable_never_allowed() {
+    let server = TestServer::sqlite().await;
+    apply_seed_catalog(&server.client).await;
+    let granted = server
+        .client
+        .consent()
+        .record_consent(record(
+            "s",
+            &[("analytics", Decision::Granted)],
+            Channel::Web,
+        ))
+        .await;
+    assert!(granted.is_ok());
+    assert!(
+        server
+            .client
+            .check("s", "analytics")
+            .await
+            .is_ok_and(|c| c.allowed)
+    );
+
+    server.store.close().await;
+    let status = server.client.check("s", "analytics").await.err();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(Code::Unavailable),
+        "{status:?}"
+    );
+    let write = server
+        .client
+        .consent()
+        .record_consent(record(
+            "s",
+            &[("analytics", Decision::Withdrawn)],
+            Channel::Web,
+        ))
+        .await
+        .err();
+    assert_eq!(write.map(|s| s.code()), Some(Code::Unavailable));
+    let batch = server
+        .client
+        .consent()
+        .check_batch(pb::CheckBatchRequest {
+            checks: vec![check("s", "analytics")],
+            consistency: None,
+        })
+        .await
+        .err();
+    assert_eq!(batch.map(|s| s.code()), Some(Code::Unavailable));
+    server.stop().await;
+}
