@@ -205,3 +205,13 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// The fields a rejected call named; panics if the call succeeded.
+pub fn rejected_fields<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+) -> Vec<String> {
+    match result {
+        Ok(answer) => panic!("expected a rejection, got {answer:?}"),
+        Err(status) => bad_fields(&status),
+    }
+}

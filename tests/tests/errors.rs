@@ -3,7 +3,7 @@
 
 use consent_client::pb;
 use consent_client::pb::{Channel, Decision};
-use consent_e2e::{TestServer, apply_seed_catalog, bad_fields, record};
+use consent_e2e::{TestServer, apply_seed_catalog, bad_fields, record, rejected_fields};
 use tonic::Code;
 
 fn check(subject: &str, purpose: &str) -> pb::CheckRequest {
@@ -189,60 +189,52 @@ async fn bad_inputs_get_codes_that_name_the_field() {
     );
     let mut in_batch = vec![check("s", "analytics"); 3];
     in_batch[2].subject_id.clear();
-    let status = server
-        .client
-        .consent()
-        .check_batch(pb::CheckBatchRequest {
-            checks: in_batch,
-            consistency: None,
-        })
-        .await
-        .err();
-    assert_eq!(
-        status.map(|s| bad_fields(&s)),
-        Some(vec!["checks[2].subject_id".to_string()])
+    let status = rejected_fields(
+        server
+            .client
+            .consent()
+            .check_batch(pb::CheckBatchRequest {
+                checks: in_batch,
+                consistency: None,
+            })
+            .await,
     );
+    assert_eq!(status, ["checks[2].subject_id"]);
 
-    let page = server
-        .client
-        .consent()
-        .list_events(pb::ListEventsRequest {
-            page_token: "garbage".into(),
-            ..Default::default()
-        })
-        .await
-        .err();
-    assert_eq!(
-        page.map(|s| bad_fields(&s)),
-        Some(vec!["page_token".to_string()])
-    );
-
-    let missing = server
-        .client
-        .catalog()
-        .upsert_purpose(pb::UpsertPurposeRequest { purpose: None })
-        .await
-        .err();
-    assert_eq!(
-        missing.map(|s| bad_fields(&s)),
-        Some(vec!["purpose".to_string()])
-    );
-    let unspecified_category = server
-        .client
-        .catalog()
-        .upsert_purpose(pb::UpsertPurposeRequest {
-            purpose: Some(pb::Purpose {
-                id: "p".into(),
-                legal_basis: pb::LegalBasis::Consent.into(),
+    let page = rejected_fields(
+        server
+            .client
+            .consent()
+            .list_events(pb::ListEventsRequest {
+                page_token: "garbage".into(),
                 ..Default::default()
-            }),
-        })
-        .await
-        .err();
-    assert_eq!(
-        unspecified_category.map(|s| bad_fields(&s)),
-        Some(vec!["purpose.category".to_string()])
+            })
+            .await,
     );
+    assert_eq!(page, ["page_token"]);
+
+    let missing = rejected_fields(
+        server
+            .client
+            .catalog()
+            .upsert_purpose(pb::UpsertPurposeRequest { purpose: None })
+            .await,
+    );
+    assert_eq!(missing, ["purpose"]);
+    let unspecified_category = rejected_fields(
+        server
+            .client
+            .catalog()
+            .upsert_purpose(pb::UpsertPurposeRequest {
+                purpose: Some(pb::Purpose {
+                    id: "p".into(),
+                    legal_basis: pb::LegalBasis::Consent.into(),
+                    ..Default::default()
+                }),
+            })
+            .await,
+    );
+    assert_eq!(unspecified_category, ["purpose.category"]);
     let republish = server
         .client
         .catalog()

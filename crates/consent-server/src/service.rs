@@ -2,7 +2,7 @@
 //! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
 
 use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_BATCH_CHECKS, MAX_PAGE_SIZE, Violations};
-use consent_core::{ConsentError, Revision, Timestamp};
+use consent_core::{Catalog, ConsentError, Revision, Timestamp};
 use consent_proto::v1 as pb;
 use consent_proto::v1::admin_service_server::AdminService;
 use consent_proto::v1::catalog_service_server::CatalogService;
@@ -26,6 +26,19 @@ impl Api {
     pub fn new(ledger: Ledger) -> Api {
         Api { ledger }
     }
+
+    /// The catalogue of the caller's tenant.
+    async fn catalog_for<T>(&self, request: &Request<T>) -> Result<Catalog, Status> {
+        let who = principal(request)?;
+        self.ledger.catalog(&who).await.map_err(status)
+    }
+}
+
+/// A required id field of a lookup request.
+fn lookup_id(id: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.id("id", id);
+    finish(v)
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
@@ -294,13 +307,11 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::GetPurposeRequest>,
     ) -> RpcResult<pb::GetPurposeResponse> {
-        let who = principal(&request)?;
-        let id = request.into_inner().id;
-        let mut v = Violations::new();
-        v.id("id", &id);
-        finish(v)?;
-        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
-        let purpose = catalog.require_purpose(&id).map_err(status)?;
+        lookup_id(&request.get_ref().id)?;
+        let catalog = self.catalog_for(&request).await?;
+        let purpose = catalog
+            .require_purpose(&request.get_ref().id)
+            .map_err(status)?;
         Ok(Response::new(pb::GetPurposeResponse {
             purpose: Some(convert::purpose_out(purpose)),
         }))
@@ -310,8 +321,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ListPurposesRequest>,
     ) -> RpcResult<pb::ListPurposesResponse> {
-        let who = principal(&request)?;
-        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let catalog = self.catalog_for(&request).await?;
         Ok(Response::new(pb::ListPurposesResponse {
             purposes: catalog
                 .purposes
@@ -343,8 +353,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ListVendorsRequest>,
     ) -> RpcResult<pb::ListVendorsResponse> {
-        let who = principal(&request)?;
-        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let catalog = self.catalog_for(&request).await?;
         Ok(Response::new(pb::ListVendorsResponse {
             vendors: catalog.vendors.values().map(convert::vendor_out).collect(),
         }))
@@ -373,13 +382,11 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::GetPolicyVersionRequest>,
     ) -> RpcResult<pb::GetPolicyVersionResponse> {
-        let who = principal(&request)?;
-        let id = request.into_inner().id;
-        let mut v = Violations::new();
-        v.id("id", &id);
-        finish(v)?;
-        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
-        let policy = catalog.require_policy_version(&id).map_err(status)?;
+        lookup_id(&request.get_ref().id)?;
+        let catalog = self.catalog_for(&request).await?;
+        let policy = catalog
+            .require_policy_version(&request.get_ref().id)
+            .map_err(status)?;
         Ok(Response::new(pb::GetPolicyVersionResponse {
             policy_version: Some(convert::policy_out(policy)),
         }))
@@ -389,8 +396,7 @@ impl CatalogService for Api {
         &self,
         request: Request<pb::ListPolicyVersionsRequest>,
     ) -> RpcResult<pb::ListPolicyVersionsResponse> {
-        let who = principal(&request)?;
-        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let catalog = self.catalog_for(&request).await?;
         Ok(Response::new(pb::ListPolicyVersionsResponse {
             policy_versions: catalog
                 .policy_versions

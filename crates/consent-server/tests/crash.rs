@@ -240,3 +240,22 @@ async fn postgres_kill_9_during_writes() {
         .await
         .unwrap_or_else(|e| fail("drop scratch database", e));
 }
+
+/// Without authentication, a non-loopback bind refuses to start and says why.
+#[tokio::test]
+async fn public_bind_without_auth_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+    let url = format!("sqlite://{}/consent.db", dir.path().display());
+    let out = Command::new(CONSENTD)
+        .args(["--store-url", &url, "--listen", "0.0.0.0:0", "serve"])
+        .output()
+        .await
+        .unwrap_or_else(|e| fail("run consentd", e));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("auth.mode = none"), "{stderr}");
+    assert!(
+        !dir.path().join("consent.db").exists(),
+        "nothing is opened before the refusal"
+    );
+}
