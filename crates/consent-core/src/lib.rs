@@ -6,6 +6,7 @@
 //! Storage lives in `consent-store*`, gRPC in `consent-server`; both call into this crate and
 //! never the other way round.
 
+pub mod access;
 pub mod catalog_file;
 pub mod chain;
 pub mod commands;

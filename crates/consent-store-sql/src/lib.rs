@@ -26,6 +26,7 @@ use consent_store::{
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
+mod access;
 mod errors;
 pub mod testing;
 use errors::{corrupt, db};

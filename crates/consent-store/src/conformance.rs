@@ -8,6 +8,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use consent_core::access::{KEY_RANDOM_BYTES, Scope, issue_key, new_tenant};
 use consent_core::chain::GENESIS;
 use consent_core::commands::{Idempotency, WithdrawalTemplate, WritePlan, new_event_id};
 use consent_core::{
@@ -46,6 +47,8 @@ macro_rules! store_conformance_suite {
             list_events_filters_and_pages,
             tenants_are_isolated,
             concurrent_appends_keep_the_chain_whole,
+            tenants_are_created_once,
+            api_keys_belong_to_their_tenant,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -592,4 +595,91 @@ pub async fn concurrent_appends_keep_the_chain_whole(store: &Arc<dyn Store>) {
     let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
     assert!(report.ok, "{report:?}");
     assert_eq!(head.revision, 40);
+}
+
+/// A tenant id is taken once; tenants are listed and found by id.
+pub async fn tenants_are_created_once(store: &Arc<dyn Store>) {
+    let id = tenant();
+    let t = ok(new_tenant(&id, "Acme Voice", Timestamp(1)));
+    assert_eq!(ok(store.get_tenant(&id).await), None);
+    ok(store.create_tenant(&t).await);
+    match store.create_tenant(&t).await {
+        Err(ConsentError::AlreadyExists(msg)) => assert!(msg.contains(&id), "{msg}"),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(ok(store.get_tenant(&id).await), Some(t.clone()));
+    assert!(ok(store.list_tenants().await).contains(&t));
+}
+
+/// Keys are found by id for authentication, listed and revoked only within their tenant.
+pub async fn api_keys_belong_to_their_tenant(store: &Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    ok(store
+        .create_tenant(&ok(new_tenant(&a, "", Timestamp(1))))
+        .await);
+    ok(store
+        .create_tenant(&ok(new_tenant(&b, "", Timestamp(1))))
+        .await);
+    let random = |seed: u8| {
+        let mut bytes = [seed; KEY_RANDOM_BYTES];
+        // The key id is the first 8 bytes: take them from the random half of a UUIDv7.
+        bytes[..8].copy_from_slice(&uuid::Uuid::now_v7().as_bytes()[8..]);
+        bytes
+    };
+    let (key_a, _) = ok(issue_key(
+        &a,
+        "dialer",
+        vec![Scope::ConsentRead, Scope::ConsentWrite],
+        Timestamp(5),
+        Some(60),
+        &random(1),
+    ));
+    let (key_b, _) = ok(issue_key(
+        &b,
+        "pipeline",
+        vec![Scope::ConsentRead],
+        Timestamp(6),
+        None,
+        &random(2),
+    ));
+    ok(store.create_api_key(&key_a).await);
+    ok(store.create_api_key(&key_b).await);
+    let (orphan, _) = ok(issue_key(
+        &tenant(),
+        "x",
+        vec![Scope::Admin],
+        Timestamp(7),
+        None,
+        &random(3),
+    ));
+    assert!(matches!(
+        store.create_api_key(&orphan).await,
+        Err(ConsentError::NotFound { .. })
+    ));
+
+    assert_eq!(
+        ok(store.find_api_key(&key_a.key_id).await),
+        Some(key_a.clone())
+    );
+    assert_eq!(ok(store.find_api_key("0000000000000000").await), None);
+    assert_eq!(ok(store.list_api_keys(&a).await), vec![key_a.clone()]);
+    assert_eq!(ok(store.list_api_keys(&b).await), vec![key_b.clone()]);
+
+    // Tenant B cannot revoke tenant A's key.
+    assert!(matches!(
+        store.revoke_api_key(&b, &key_a.key_id, Timestamp(10)).await,
+        Err(ConsentError::NotFound { .. })
+    ));
+    assert_eq!(
+        ok(store.find_api_key(&key_a.key_id).await).and_then(|k| k.revoked_at),
+        None
+    );
+    let revoked = ok(store.revoke_api_key(&a, &key_a.key_id, Timestamp(10)).await);
+    assert_eq!(revoked.revoked_at, Some(Timestamp(10)));
+    let again = ok(store.revoke_api_key(&a, &key_a.key_id, Timestamp(20)).await);
+    assert_eq!(
+        again.revoked_at,
+        Some(Timestamp(10)),
+        "the first revocation time stands"
+    );
 }

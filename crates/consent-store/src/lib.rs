@@ -10,6 +10,7 @@
 //! the per-subject projection in one transaction; nothing updates or deletes an event.
 
 use async_trait::async_trait;
+use consent_core::access::{ApiKey, Tenant};
 use consent_core::chain::{ChainVerifier, GENESIS, VerifyReport};
 use consent_core::commands::{Idempotency, WritePlan};
 use consent_core::{
@@ -128,10 +129,37 @@ pub trait LedgerStore: Send + Sync {
     async fn head(&self, tenant: &str) -> Result<LedgerHead>;
 }
 
-/// A full store: catalogue and ledger.
-pub trait Store: CatalogStore + LedgerStore {}
+/// Tenants and API keys.
+#[async_trait]
+pub trait AccessStore: Send + Sync {
+    /// Creates a tenant; `AlreadyExists` if the id is taken.
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
 
-impl<T: CatalogStore + LedgerStore> Store for T {}
+    /// A tenant by id.
+    async fn get_tenant(&self, tenant_id: &str) -> Result<Option<Tenant>>;
+
+    /// Every tenant, ordered by id.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+
+    /// Stores a new key; `NotFound` if its tenant does not exist.
+    async fn create_api_key(&self, key: &ApiKey) -> Result<()>;
+
+    /// A key by its id, whatever its tenant: for authentication only, which learns the
+    /// tenant from the key.
+    async fn find_api_key(&self, key_id: &str) -> Result<Option<ApiKey>>;
+
+    /// The keys of one tenant, ordered by creation.
+    async fn list_api_keys(&self, tenant_id: &str) -> Result<Vec<ApiKey>>;
+
+    /// Revokes a key of `tenant_id` at `at` (a second revocation keeps the first time);
+    /// `NotFound` if the tenant has no such key.
+    async fn revoke_api_key(&self, tenant_id: &str, key_id: &str, at: Timestamp) -> Result<ApiKey>;
+}
+
+/// A full store: catalogue, ledger, tenants and keys.
+pub trait Store: CatalogStore + LedgerStore + AccessStore {}
+
+impl<T: CatalogStore + LedgerStore + AccessStore> Store for T {}
 
 /// How many events [`verify_ledger`] reads per page.
 const VERIFY_PAGE: usize = 1000;
