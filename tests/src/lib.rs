@@ -10,8 +10,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use consent_client::{ConsentClient, pb};
+use consent_core::access::{Scope, new_tenant};
 use consent_core::catalog_file::{CatalogFile, parse_catalog_file};
+use consent_server::config::AuthMode;
 use consent_server::convert;
+use consent_server::ledger::new_api_key;
+use consent_server::server::ServerSettings;
+use consent_store::AccessStore;
 use consent_store_sql::testing::{
     create_scratch_database, drop_scratch_database, postgres_test_url,
 };
@@ -47,24 +52,73 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
 }
 
 impl TestServer {
-    /// A server on a fresh SQLite file.
+    /// A server without authentication on a fresh SQLite file.
     pub async fn sqlite() -> TestServer {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
-        let url = format!("sqlite://{}/consent.db", dir.path().display());
-        Self::start("sqlite", &url, Some(dir)).await
+        Self::sqlite_with(ServerSettings::with_auth(AuthMode::None)).await
     }
 
-    /// A server on a fresh PostgreSQL database created from `admin_url` (dropped on stop).
-    pub async fn postgres(admin_url: &str) -> TestServer {
+    /// A server with `settings` on a fresh SQLite file.
+    pub async fn sqlite_with(settings: ServerSettings) -> TestServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+        let url = format!("sqlite://{}/consent.db", dir.path().display());
+        Self::start("sqlite", &url, Some(dir), settings).await
+    }
+
+    /// A server with `settings` on a scratch PostgreSQL database made from `admin_url`
+    /// (dropped on stop).
+    pub async fn postgres_with(admin_url: &str, settings: ServerSettings) -> TestServer {
         let (url, name) = create_scratch_database(admin_url)
             .await
             .unwrap_or_else(|e| fail("create scratch database", e));
-        let mut server = Self::start("postgres", &url, None).await;
+        let mut server = Self::start("postgres", &url, None, settings).await;
         server.scratch_database = Some((admin_url.to_owned(), name));
         server
     }
 
-    async fn start(backend: &'static str, url: &str, dir: Option<tempfile::TempDir>) -> TestServer {
+    /// Creates `tenant` (if new) and a key for it with `scopes`, in the store directly, as
+    /// `consentd keys create` does; returns a client that sends the key.
+    pub async fn client_for(&self, tenant: &str, scopes: &[Scope]) -> ConsentClient {
+        self.client
+            .with_api_key(&self.create_key(tenant, scopes, None).await)
+            .unwrap_or_else(|e| fail("api key", e))
+    }
+
+    /// Creates `tenant` (if new) and a key for it; returns the `ck_...` token.
+    pub async fn create_key(
+        &self,
+        tenant: &str,
+        scopes: &[Scope],
+        expires_in_secs: Option<i64>,
+    ) -> String {
+        if self
+            .store
+            .get_tenant(tenant)
+            .await
+            .unwrap_or_else(|e| fail("get tenant", e))
+            .is_none()
+        {
+            let t = new_tenant(tenant, "", consent_core::Timestamp::now())
+                .unwrap_or_else(|e| fail("tenant", e));
+            self.store
+                .create_tenant(&t)
+                .await
+                .unwrap_or_else(|e| fail("create tenant", e));
+        }
+        let (key, token) = new_api_key(tenant, "test", scopes.to_vec(), expires_in_secs)
+            .unwrap_or_else(|e| fail("issue key", e));
+        self.store
+            .create_api_key(&key)
+            .await
+            .unwrap_or_else(|e| fail("store key", e));
+        token
+    }
+
+    async fn start(
+        backend: &'static str,
+        url: &str,
+        dir: Option<tempfile::TempDir>,
+        settings: ServerSettings,
+    ) -> TestServer {
         let store = SqlStore::connect(url, &SqlOptions::default())
             .await
             .unwrap_or_else(|e| fail("connect store", e));
@@ -77,6 +131,7 @@ impl TestServer {
             .unwrap_or_else(|e| fail("local_addr", e));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(consent_server::server::serve(
+            settings,
             Arc::new(store.clone()),
             listener,
             async move {
@@ -120,11 +175,17 @@ impl TestServer {
     }
 }
 
-/// One server per available backend: SQLite always, PostgreSQL when configured.
+/// One server without authentication per available backend: SQLite always, PostgreSQL
+/// when configured.
 pub async fn backends() -> Vec<TestServer> {
-    let mut servers = vec![TestServer::sqlite().await];
+    backends_with(ServerSettings::with_auth(AuthMode::None)).await
+}
+
+/// One server with `settings` per available backend.
+pub async fn backends_with(settings: ServerSettings) -> Vec<TestServer> {
+    let mut servers = vec![TestServer::sqlite_with(settings.clone()).await];
     if let Some(url) = postgres_test_url() {
-        servers.push(TestServer::postgres(&url).await);
+        servers.push(TestServer::postgres_with(&url, settings).await);
     }
     servers
 }

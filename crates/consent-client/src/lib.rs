@@ -8,7 +8,9 @@
 //! use consent_client::{ConsentClient, pb};
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = ConsentClient::connect("http://127.0.0.1:50051").await?;
+//! let client = ConsentClient::connect("http://127.0.0.1:50051")
+//!     .await?
+//!     .with_api_key("ck_0123456789abcdef_0123456789abcdef0123456789abcdef0123456789abcdef")?;
 //!
 //! // A person agrees, during a call, to be recorded.
 //! let written = client
@@ -38,6 +40,9 @@
 use consent_proto::v1::admin_service_client::AdminServiceClient;
 use consent_proto::v1::catalog_service_client::CatalogServiceClient;
 use consent_proto::v1::consent_service_client::ConsentServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 /// The `consent.v1` wire types and generated clients.
@@ -54,6 +59,9 @@ pub enum ClientError {
         /// Why it is invalid.
         source: tonic::transport::Error,
     },
+    /// The API key cannot be sent as a header (it must be printable ASCII).
+    #[error("the API key is not a valid header value")]
+    InvalidApiKey,
     /// The server could not be reached.
     #[error("cannot connect to {endpoint}: {source}")]
     Connect {
@@ -64,10 +72,34 @@ pub enum ClientError {
     },
 }
 
+/// Adds `authorization: Bearer <key>` to every call when a key is set.
+#[derive(Clone, Debug, Default)]
+pub struct BearerAuth {
+    header: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for BearerAuth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// The transport every generated client of this SDK runs on: the channel plus auth.
+pub type Transport = InterceptedService<Channel, BearerAuth>;
+
 /// A connection to `consentd` with typed access to every service.
 #[derive(Clone, Debug)]
 pub struct ConsentClient {
     channel: Channel,
+    auth: BearerAuth,
 }
 
 impl ConsentClient {
@@ -82,27 +114,42 @@ impl ConsentClient {
             .connect()
             .await
             .map_err(|source| ClientError::Connect { endpoint, source })?;
-        Ok(ConsentClient { channel })
+        Ok(ConsentClient::from_channel(channel))
     }
 
     /// Wraps an existing channel (custom TLS, timeouts or load balancing).
     pub fn from_channel(channel: Channel) -> ConsentClient {
-        ConsentClient { channel }
+        ConsentClient {
+            channel,
+            auth: BearerAuth::default(),
+        }
+    }
+
+    /// The same connection, sending `key` (`ck_...`) as `authorization: Bearer <key>`.
+    pub fn with_api_key(&self, key: &str) -> Result<ConsentClient, ClientError> {
+        let header = MetadataValue::try_from(format!("Bearer {key}"))
+            .map_err(|_| ClientError::InvalidApiKey)?;
+        Ok(ConsentClient {
+            channel: self.channel.clone(),
+            auth: BearerAuth {
+                header: Some(header),
+            },
+        })
     }
 
     /// `consent.v1.ConsentService`: record, withdraw, check, history.
-    pub fn consent(&self) -> ConsentServiceClient<Channel> {
-        ConsentServiceClient::new(self.channel.clone())
+    pub fn consent(&self) -> ConsentServiceClient<Transport> {
+        ConsentServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `consent.v1.CatalogService`: purposes, vendors, policy versions.
-    pub fn catalog(&self) -> CatalogServiceClient<Channel> {
-        CatalogServiceClient::new(self.channel.clone())
+    pub fn catalog(&self) -> CatalogServiceClient<Transport> {
+        CatalogServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
-    /// `consent.v1.AdminService`: ledger verification.
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel.clone())
+    /// `consent.v1.AdminService`: ledger verification, API keys.
+    pub fn admin(&self) -> AdminServiceClient<Transport> {
+        AdminServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// May `purpose_id` be processed for `subject_id` now?

@@ -47,6 +47,9 @@ pub enum ConsentError {
     /// The request is valid but the ledger is not in a state to serve it. Maps to `FAILED_PRECONDITION`.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller is authenticated but may not do this. Maps to `PERMISSION_DENIED`.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The store or cache cannot be reached; safe to retry. Maps to `UNAVAILABLE`.
     #[error("store unavailable: {0}")]
     Unavailable(String),

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use consent_core::Timestamp;
+use consent_core::access::{ApiKey, new_tenant, parse_scopes, scopes_to_text};
 use consent_core::catalog_file::parse_catalog_file;
-use consent_store::{CatalogStore, verify_ledger};
+use consent_store::{AccessStore, CatalogStore, verify_ledger};
 use consent_store_sql::{SqlOptions, SqlStore, redact};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FlagOverrides};
 use crate::context::DEFAULT_TENANT;
+use crate::ledger::new_api_key;
 
 /// consentd: the consent and retention ledger service.
 #[derive(Debug, Parser)]
@@ -48,6 +51,18 @@ pub enum Command {
         #[command(subcommand)]
         action: CatalogCommand,
     },
+    /// Manage tenants directly in the configured store.
+    Tenants {
+        /// Tenant action.
+        #[command(subcommand)]
+        action: TenantCommand,
+    },
+    /// Manage API keys directly in the configured store (for bootstrap).
+    Keys {
+        /// Key action.
+        #[command(subcommand)]
+        action: KeyCommand,
+    },
     /// Recompute a tenant's hash chain; exits 2 if it does not verify.
     Verify {
         /// Tenant whose ledger to verify.
@@ -66,6 +81,53 @@ pub enum CatalogCommand {
         /// Tenant to apply it to.
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
+    },
+}
+
+/// Tenant actions.
+#[derive(Debug, Subcommand)]
+pub enum TenantCommand {
+    /// Create a tenant; NAME is its id (1..=256 bytes).
+    Create {
+        /// The tenant id.
+        name: String,
+        /// A display name (default: the id).
+        #[arg(long, default_value = "")]
+        display_name: String,
+    },
+    /// List tenants.
+    List,
+}
+
+/// API key actions.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print it once (only its hash is stored).
+    Create {
+        /// The tenant the key acts for.
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes: consent:read, consent:write, catalog:write,
+        /// retention:read, retention:write, rights:write, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// What the key is for.
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Lifetime, e.g. 90d or 12h; omitted means until revoked.
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+    },
+    /// List the keys of a tenant (never their secrets).
+    List {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// The key id (the part after `ck_`).
+        key_id: String,
     },
 }
 
@@ -88,6 +150,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Catalog {
             action: CatalogCommand::Apply { file, tenant },
         } => apply_catalog(&config, &file, &tenant).await?,
+        Command::Tenants { action } => tenants(&config, action).await?,
+        Command::Keys { action } => keys(&config, action).await?,
         Command::Verify { tenant } => {
             let store = open(&config).await?;
             let (report, head) = verify_ledger(&store, &tenant).await?;
@@ -118,6 +182,82 @@ async fn open(config: &Config) -> anyhow::Result<SqlStore> {
         ..SqlOptions::default()
     };
     Ok(SqlStore::connect(&config.store.url, &options).await?)
+}
+
+async fn tenants(config: &Config, action: TenantCommand) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    store.migrate().await?;
+    match action {
+        TenantCommand::Create { name, display_name } => {
+            let tenant = new_tenant(&name, &display_name, Timestamp::now())?;
+            store.create_tenant(&tenant).await?;
+            println!("created tenant {}", tenant.tenant_id);
+        }
+        TenantCommand::List => {
+            for t in store.list_tenants().await? {
+                println!("{}\t{}\tcreated {}", t.tenant_id, t.name, t.created_at);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe_key(k: &ApiKey) -> String {
+    let state = match (k.revoked_at, k.expires_at) {
+        (Some(t), _) => format!("revoked {t}"),
+        (None, Some(t)) => format!("expires {t}"),
+        (None, None) => "no expiry".to_owned(),
+    };
+    format!(
+        "{}\t{}\t{}\t{}\tcreated {}\t{state}",
+        k.key_id,
+        k.tenant_id,
+        k.name,
+        scopes_to_text(&k.scopes),
+        k.created_at
+    )
+}
+
+async fn keys(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
+    let store = open(config).await?;
+    store.migrate().await?;
+    match action {
+        KeyCommand::Create {
+            tenant,
+            scopes,
+            name,
+            expires_in,
+        } => {
+            let scopes = parse_scopes("--scopes", &scopes)?;
+            let expires_in = expires_in
+                .map(|d| i64::try_from(d.as_secs()))
+                .transpose()
+                .map_err(|_| anyhow::anyhow!("--expires-in is too long"))?;
+            let (key, token) = new_api_key(&tenant, &name, scopes, expires_in)?;
+            store.create_api_key(&key).await?;
+            eprintln!(
+                "created {}; the key below is shown once, store it now:",
+                describe_key(&key)
+            );
+            println!("{token}");
+        }
+        KeyCommand::List { tenant } => {
+            for k in store.list_api_keys(&tenant).await? {
+                println!("{}", describe_key(&k));
+            }
+        }
+        KeyCommand::Revoke { key_id } => {
+            let key = store
+                .find_api_key(&key_id)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no API key `{key_id}`"))?;
+            let key = store
+                .revoke_api_key(&key.tenant_id, &key_id, Timestamp::now())
+                .await?;
+            println!("revoked {}", describe_key(&key));
+        }
+    }
+    Ok(())
 }
 
 async fn apply_catalog(
@@ -198,7 +338,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = signalled_tx.send(());
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let server = crate::server::serve(Arc::new(store.clone()), listener, shutdown);
+    let settings = crate::server::ServerSettings::from_config(config);
+    let server = crate::server::serve(settings, Arc::new(store.clone()), listener, shutdown);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

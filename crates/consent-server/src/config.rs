@@ -50,14 +50,19 @@ pub struct StoreConfig {
 pub enum AuthMode {
     /// No authentication: one tenant, `default`. Allowed only on a loopback address.
     None,
+    /// Every RPC needs `authorization: Bearer ck_...`; the key gives the tenant and scopes.
+    ApiKey,
 }
 
 /// `[auth]`
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// `none` (`CONSENT__AUTH__MODE`).
+    /// `none` or `api_key` (`CONSENT__AUTH__MODE`).
     pub mode: AuthMode,
+    /// How long a replica trusts a cached key before re-reading it (bounds how long a key
+    /// revoked on another replica keeps working).
+    pub key_cache_ttl_secs: u64,
 }
 
 /// Log output format.
@@ -105,6 +110,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             mode: AuthMode::None,
+            key_cache_ttl_secs: 10,
         }
     }
 }

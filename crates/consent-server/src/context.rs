@@ -1,7 +1,7 @@
 //! Who is calling: the tenant and key every handler and store call is scoped by.
 //!
-//! An interceptor authenticates each request once and stores a [`Principal`] in its
-//! extensions; handlers read it from there, never from request fields.
+//! [`crate::auth::AuthLayer`] authenticates each request once and stores a [`Principal`] in
+//! its extensions; handlers read it from there, never from request fields.
 
 use tonic::{Request, Status};
 
@@ -15,16 +15,6 @@ pub struct Principal {
     pub tenant_id: String,
     /// The API key used (recorded on every event written), empty when auth is off.
     pub key_id: String,
-}
-
-/// The interceptor of `auth.mode = none`: every caller is the default tenant.
-#[allow(clippy::result_large_err)]
-pub fn no_auth(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request.extensions_mut().insert(Principal {
-        tenant_id: DEFAULT_TENANT.to_owned(),
-        key_id: String::new(),
-    });
-    Ok(request)
 }
 
 /// The caller of a request, or `UNAUTHENTICATED` if no interceptor vouched for one.

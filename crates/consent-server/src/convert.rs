@@ -324,6 +324,19 @@ pub fn verdict_out(
     }
 }
 
+/// A stored API key to the wire (never its secret or hash).
+pub fn api_key_out(k: &consent_core::access::ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: k.key_id.clone(),
+        tenant_id: k.tenant_id.clone(),
+        name: k.name.clone(),
+        scopes: k.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+        created_at: Some(timestamp(k.created_at)),
+        expires_at: k.expires_at.map(timestamp),
+        revoked_at: k.revoked_at.map(timestamp),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,9 @@ pub fn status(error: ConsentError) -> Status {
         ConsentError::FailedPrecondition(_) => {
             info(Code::FailedPrecondition, "FAILED_PRECONDITION", vec![])
         }
+        ConsentError::PermissionDenied(_) => {
+            info(Code::PermissionDenied, "PERMISSION_DENIED", vec![])
+        }
         ConsentError::Unavailable(detail) => {
             tracing::warn!(%detail, "store unavailable");
             info(Code::Unavailable, "STORE_UNAVAILABLE", vec![])
@@ -93,6 +96,10 @@ mod tests {
         assert_eq!(
             status(ConsentError::FailedPrecondition("p".into())).code(),
             Code::FailedPrecondition
+        );
+        assert_eq!(
+            status(ConsentError::PermissionDenied("no".into())).code(),
+            Code::PermissionDenied
         );
         assert_eq!(
             status(ConsentError::Unavailable("db".into())).code(),

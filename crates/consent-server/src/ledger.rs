@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
 use consent_core::chain::VerifyReport;
 use consent_core::commands::{RecordConsent, WithdrawConsent, WritePlan};
 use consent_core::{
@@ -14,6 +15,27 @@ use consent_core::{
 use consent_store::{AppendOutcome, EventQuery, LedgerHead, Store, StoredEvent, verify_ledger};
 
 use crate::context::Principal;
+
+/// Issues a key for `tenant_id` with fresh randomness from the operating system.
+pub fn new_api_key(
+    tenant_id: &str,
+    name: &str,
+    scopes: Vec<Scope>,
+    expires_in_secs: Option<i64>,
+) -> Result<(ApiKey, String)> {
+    let mut random = [0u8; KEY_RANDOM_BYTES];
+    getrandom::fill(&mut random).map_err(|e| {
+        ConsentError::Unavailable(format!("no randomness from the operating system: {e}"))
+    })?;
+    issue_key(
+        tenant_id,
+        name,
+        scopes,
+        Timestamp::now(),
+        expires_in_secs,
+        &random,
+    )
+}
 
 /// One check, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -214,6 +236,38 @@ impl Ledger {
         }
         self.store
             .publish_policy_version(&who.tenant_id, policy)
+            .await
+    }
+
+    /// Issues an API key for the caller's tenant (`tenant_id` empty or the caller's own).
+    pub async fn create_api_key(
+        &self,
+        who: &Principal,
+        tenant_id: &str,
+        name: &str,
+        scopes: Vec<Scope>,
+        expires_in_secs: Option<i64>,
+    ) -> Result<(ApiKey, String)> {
+        if !tenant_id.is_empty() && tenant_id != who.tenant_id {
+            return Err(ConsentError::PermissionDenied(format!(
+                "an admin key of tenant `{}` cannot create keys for tenant `{tenant_id}`",
+                who.tenant_id
+            )));
+        }
+        let (key, token) = new_api_key(&who.tenant_id, name, scopes, expires_in_secs)?;
+        self.store.create_api_key(&key).await?;
+        Ok((key, token))
+    }
+
+    /// The keys of the caller's tenant.
+    pub async fn api_keys(&self, who: &Principal) -> Result<Vec<ApiKey>> {
+        self.store.list_api_keys(&who.tenant_id).await
+    }
+
+    /// Revokes a key of the caller's tenant.
+    pub async fn revoke_api_key(&self, who: &Principal, key_id: &str) -> Result<ApiKey> {
+        self.store
+            .revoke_api_key(&who.tenant_id, key_id, Timestamp::now())
             .await
     }
 

@@ -3,6 +3,7 @@
 //! [`service`] (convert, validate) -> [`ledger`] (plan, read, decide with `consent_core`) ->
 //! `consent_store` (SQL). Errors become gRPC statuses in [`error`] only.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod context;

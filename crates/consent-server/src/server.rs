@@ -12,10 +12,10 @@ use consent_proto::v1::consent_service_server::ConsentServiceServer;
 use consent_store::Store;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::InterceptorLayer;
 use tonic::transport::Server;
 
-use crate::context::no_auth;
+use crate::auth::{AuthLayer, Authenticator};
+use crate::config::{AuthMode, Config};
 use crate::ledger::Ledger;
 use crate::service::Api;
 
@@ -30,13 +30,47 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
+/// What the server needs beyond the store: how callers authenticate.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// `none` (single `default` tenant) or `api_key`.
+    pub auth_mode: AuthMode,
+    /// How long a cached API key is trusted.
+    pub key_cache_ttl: Duration,
+}
+
+impl ServerSettings {
+    /// The settings a configuration asks for.
+    pub fn from_config(config: &Config) -> ServerSettings {
+        ServerSettings {
+            auth_mode: config.auth.mode,
+            key_cache_ttl: Duration::from_secs(config.auth.key_cache_ttl_secs),
+        }
+    }
+
+    /// Settings with the given auth mode and the default key cache TTL.
+    pub fn with_auth(auth_mode: AuthMode) -> ServerSettings {
+        ServerSettings {
+            auth_mode,
+            ..ServerSettings::from_config(&Config::default())
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight RPCs finish.
 pub async fn serve(
+    settings: ServerSettings,
     store: Arc<dyn Store>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let api = Api::new(Ledger::new(store));
+    let access: Arc<dyn consent_store::AccessStore> = store.clone();
+    let auth = Arc::new(Authenticator::new(
+        settings.auth_mode,
+        access,
+        settings.key_cache_ttl,
+    ));
+    let api = Api::new(Ledger::new(store), Arc::clone(&auth));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConsentServiceServer<Api>>().await;
@@ -49,7 +83,7 @@ pub async fn serve(
     Server::builder()
         .timeout(Duration::from_secs(30))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .layer(InterceptorLayer::new(no_auth))
+        .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

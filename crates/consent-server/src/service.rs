@@ -1,6 +1,7 @@
 //! The gRPC handlers: thin. Each converts the request (collecting every bad field), calls
 //! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
 
+use consent_core::access::parse_scopes;
 use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_BATCH_CHECKS, MAX_PAGE_SIZE, Violations};
 use consent_core::{Catalog, ConsentError, Revision, Timestamp};
 use consent_proto::v1 as pb;
@@ -8,8 +9,10 @@ use consent_proto::v1::admin_service_server::AdminService;
 use consent_proto::v1::catalog_service_server::CatalogService;
 use consent_proto::v1::consent_service_server::ConsentService;
 use consent_store::{AppendOutcome, EventQuery};
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Authenticator;
 use crate::context::principal;
 use crate::convert;
 use crate::error::status;
@@ -19,12 +22,13 @@ use crate::ledger::{CheckQuery, Ledger};
 #[derive(Clone, Debug)]
 pub struct Api {
     ledger: Ledger,
+    auth: Arc<Authenticator>,
 }
 
 impl Api {
     /// Handlers over `ledger`.
-    pub fn new(ledger: Ledger) -> Api {
-        Api { ledger }
+    pub fn new(ledger: Ledger, auth: Arc<Authenticator>) -> Api {
+        Api { ledger, auth }
     }
 
     /// The catalogue of the caller's tenant.
@@ -421,6 +425,61 @@ impl AdminService for Api {
             first_bad_event_id: report.first_bad_event_id.unwrap_or_default(),
             detail: report.detail.unwrap_or_default(),
             revision: head.revision,
+        }))
+    }
+
+    async fn create_api_key(
+        &self,
+        request: Request<pb::CreateApiKeyRequest>,
+    ) -> RpcResult<pb::CreateApiKeyResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.optional_id("tenant_id", &r.tenant_id);
+        let expires_in = convert::duration_in(&mut v, "expires_in", r.expires_in.as_ref());
+        finish(v)?;
+        let scopes = parse_scopes("scopes", &r.scopes).map_err(status)?;
+        let (key, token) = self
+            .ledger
+            .create_api_key(&who, &r.tenant_id, &r.name, scopes, expires_in)
+            .await
+            .map_err(status)?;
+        tracing::info!(tenant = %key.tenant_id, key_id = %key.key_id, by = %who.key_id, "API key created");
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            key: token,
+            api_key: Some(convert::api_key_out(&key)),
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        request: Request<pb::ListApiKeysRequest>,
+    ) -> RpcResult<pb::ListApiKeysResponse> {
+        let who = principal(&request)?;
+        let keys = self.ledger.api_keys(&who).await.map_err(status)?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            api_keys: keys.iter().map(convert::api_key_out).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        request: Request<pb::RevokeApiKeyRequest>,
+    ) -> RpcResult<pb::RevokeApiKeyResponse> {
+        let who = principal(&request)?;
+        let key_id = request.into_inner().key_id;
+        let mut v = Violations::new();
+        v.id("key_id", &key_id);
+        finish(v)?;
+        let key = self
+            .ledger
+            .revoke_api_key(&who, &key_id)
+            .await
+            .map_err(status)?;
+        self.auth.forget(&key.key_id);
+        tracing::info!(tenant = %key.tenant_id, key_id = %key.key_id, by = %who.key_id, "API key revoked");
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            api_key: Some(convert::api_key_out(&key)),
         }))
     }
 }
