@@ -3,89 +3,24 @@
 //! SQLite, and on a scratch PostgreSQL database when `CONSENT_TEST_DATABASE_URL` is set.
 //! Also covers the CLI (`catalog apply`, `verify`) and a clean exit 0 on SIGTERM.
 
+mod common;
+
 use std::collections::HashSet;
-use std::process::Stdio;
-use std::time::Duration;
+
+use common::{CATALOG, CONSENTD, fail, run_cli, start, terminate};
 
 use consent_client::{ConsentClient, pb};
 use consent_store_sql::testing::{
     create_scratch_database, drop_scratch_database, postgres_test_url,
 };
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 
-const CONSENTD: &str = env!("CARGO_BIN_EXE_consentd");
-const CATALOG: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../examples/catalog/callnex.toml"
-);
 /// Writers stop after this many writes each if the kill has not stopped them first.
 const WRITES_PER_WRITER: usize = 400;
 const WRITERS: usize = 4;
 /// The kill comes once this many writes were acknowledged.
 const ACKS_BEFORE_KILL: usize = 120;
-/// A safety net against a hung child, never an assertion on speed.
-const STARTUP_LIMIT: Duration = Duration::from_secs(120);
-
-fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    panic!("{what}: {e}")
-}
-
-/// Runs `consentd ARGS` to completion and returns its exit code and stdout.
-async fn run_cli(store_url: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(CONSENTD)
-        .args(["--store-url", store_url, "--log-level", "warn"])
-        .args(args)
-        .env_remove("CONSENT__SERVER__LISTEN")
-        .output()
-        .await
-        .unwrap_or_else(|e| fail("run consentd", e));
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-/// Starts `consentd serve` on a free loopback port; returns the child and its address
-/// (read from its "listening on" line, so no sleeping).
-async fn start(store_url: &str) -> (Child, String) {
-    let mut child = Command::new(CONSENTD)
-        .args([
-            "--store-url",
-            store_url,
-            "--listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-            "serve",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| fail("spawn consentd", e));
-    let stdout = child
-        .stdout
-        .take()
-        .unwrap_or_else(|| fail("stdout", "not piped"));
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = tokio::time::timeout(STARTUP_LIMIT, async {
-        while let Some(line) = lines
-            .next_line()
-            .await
-            .unwrap_or_else(|e| fail("read stdout", e))
-        {
-            if let Some(addr) = line.strip_prefix("consentd listening on ") {
-                return addr.to_owned();
-            }
-        }
-        fail("consentd", "exited before listening")
-    })
-    .await
-    .unwrap_or_else(|e| fail("consentd did not start", e));
-    (child, addr)
-}
 
 async fn writer(client: ConsentClient, w: usize, acks: mpsc::UnboundedSender<(String, i64)>) {
     for i in 0..WRITES_PER_WRITER {
@@ -140,11 +75,14 @@ async fn all_event_ids(client: &ConsentClient) -> HashSet<String> {
 }
 
 async fn kill_during_writes_loses_nothing_acknowledged(store_url: &str) {
-    let (code, out) = run_cli(store_url, &["catalog", "apply", CATALOG]).await;
-    assert_eq!(code, Some(0), "catalog apply: {out}");
-    assert!(out.contains("applied 8 vendors, 11 purposes"), "{out}");
+    let out = run_cli(store_url, &[], &["catalog", "apply", CATALOG]).await;
+    assert_eq!(out.code, Some(0), "catalog apply: {out:?}");
+    assert!(
+        out.stdout.contains("applied 8 vendors, 11 purposes"),
+        "{out:?}"
+    );
 
-    let (mut child, addr) = start(store_url).await;
+    let (mut child, addr) = start(store_url, &[]).await;
     let client = ConsentClient::connect(format!("http://{addr}"))
         .await
         .unwrap_or_else(|e| fail("connect", e));
@@ -174,7 +112,7 @@ async fn kill_during_writes_loses_nothing_acknowledged(store_url: &str) {
     assert!(acknowledged.len() >= ACKS_BEFORE_KILL);
 
     // Restart on the same store: every acknowledged event is there and the chain verifies.
-    let (mut child, addr) = start(store_url).await;
+    let (child, addr) = start(store_url, &[]).await;
     let client = ConsentClient::connect(format!("http://{addr}"))
         .await
         .unwrap_or_else(|e| fail("reconnect", e));
@@ -203,21 +141,12 @@ async fn kill_during_writes_loses_nothing_acknowledged(store_url: &str) {
     assert!(verify.revision >= highest_ack);
 
     // SIGTERM drains and exits 0.
-    let pid = child
-        .id()
-        .unwrap_or_else(|| fail("pid", "child already exited"));
-    let term = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap_or_else(|e| fail("kill -TERM", e));
-    assert!(term.success());
-    let status = child.wait().await.unwrap_or_else(|e| fail("wait", e));
+    let status = terminate(child).await;
     assert!(status.success(), "SIGTERM must exit 0, got {status}");
 
-    let (code, out) = run_cli(store_url, &["verify"]).await;
-    assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("tenant default: ok"), "{out}");
+    let out = run_cli(store_url, &[], &["verify"]).await;
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("tenant default: ok"), "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
