@@ -15,8 +15,8 @@ use tonic::Code;
 
 fn api_key_settings(key_cache_ttl: Duration) -> ServerSettings {
     ServerSettings {
-        auth_mode: AuthMode::ApiKey,
         key_cache_ttl,
+        ..ServerSettings::with_auth(AuthMode::ApiKey)
     }
 }
 

@@ -320,6 +320,8 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
+    // TLS files are read first so a bad path fails before anything is opened or bound.
+    let settings = crate::server::ServerSettings::from_config(config)?;
     let store = open(config).await?;
     if config.store.auto_migrate {
         store.migrate().await?;
@@ -338,7 +340,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = signalled_tx.send(());
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let settings = crate::server::ServerSettings::from_config(config);
+    if settings.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "serving plaintext on a non-loopback address: API keys cross the network in clear unless TLS terminates in front; set tls.cert and tls.key");
+    }
     let server = crate::server::serve(settings, Arc::new(store.clone()), listener, shutdown);
     tokio::pin!(server);
     tokio::select! {

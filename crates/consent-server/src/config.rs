@@ -18,6 +18,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Authentication.
     pub auth: AuthConfig,
+    /// TLS for the gRPC port.
+    pub tls: TlsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -63,6 +65,19 @@ pub struct AuthConfig {
     /// How long a replica trusts a cached key before re-reading it (bounds how long a key
     /// revoked on another replica keeps working).
     pub key_cache_ttl_secs: u64,
+}
+
+/// `[tls]`: serve TLS (rustls) when `cert` and `key` are set; verify client certificates
+/// against `client_ca` when it is set (mTLS).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server (`CONSENT__TLS__CERT`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server (`CONSENT__TLS__KEY`).
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must chain to (`CONSENT__TLS__CLIENT_CA`).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -178,6 +193,20 @@ impl Config {
                 self.server.listen
             );
         }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(_), None) => {
+                anyhow::bail!("tls.cert is set but tls.key is not: set both to serve TLS")
+            }
+            (None, Some(_)) => {
+                anyhow::bail!("tls.key is set but tls.cert is not: set both to serve TLS")
+            }
+            (None, None) if self.tls.client_ca.is_some() => {
+                anyhow::bail!(
+                    "tls.client_ca needs tls.cert and tls.key: client certificates are verified over TLS"
+                )
+            }
+            _ => {}
+        }
         if self.store.max_connections == 0 {
             anyhow::bail!("store.max_connections must be at least 1");
         }
@@ -252,5 +281,37 @@ mod tests {
             assert!(err.contains("listen_addr"), "{err}");
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_must_come_in_pairs() {
+        let mut c = Config::default();
+        c.tls.cert = Some("server.pem".into());
+        assert!(
+            c.check()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("tls.key")
+        );
+        let mut c = Config::default();
+        c.tls.client_ca = Some("ca.pem".into());
+        assert!(
+            c.check()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("tls.client_ca")
+        );
+        let mut c = Config::default();
+        c.tls.cert = Some("server.pem".into());
+        c.tls.key = Some("server.key".into());
+        assert!(c.check().is_ok());
     }
 }

@@ -10,9 +10,10 @@ use consent_proto::v1::admin_service_server::AdminServiceServer;
 use consent_proto::v1::catalog_service_server::CatalogServiceServer;
 use consent_proto::v1::consent_service_server::ConsentServiceServer;
 use consent_store::Store;
+use std::path::Path;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::{AuthMode, Config};
@@ -30,29 +31,50 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// What the server needs beyond the store: how callers authenticate.
+/// What the server needs beyond the store: how callers authenticate, and TLS.
 #[derive(Clone, Debug)]
 pub struct ServerSettings {
     /// `none` (single `default` tenant) or `api_key`.
     pub auth_mode: AuthMode,
     /// How long a cached API key is trusted.
     pub key_cache_ttl: Duration,
+    /// TLS (and client verification) when set; plaintext otherwise.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {setting} {}: {e}", path.display()))
 }
 
 impl ServerSettings {
-    /// The settings a configuration asks for.
-    pub fn from_config(config: &Config) -> ServerSettings {
-        ServerSettings {
+    /// The settings a configuration asks for, reading the TLS files it names.
+    pub fn from_config(config: &Config) -> anyhow::Result<ServerSettings> {
+        let tls = match (&config.tls.cert, &config.tls.key) {
+            (Some(cert), Some(key)) => {
+                let identity =
+                    Identity::from_pem(read_pem("tls.cert", cert)?, read_pem("tls.key", key)?);
+                let mut tls = ServerTlsConfig::new().identity(identity);
+                if let Some(ca) = &config.tls.client_ca {
+                    tls = tls.client_ca_root(Certificate::from_pem(read_pem("tls.client_ca", ca)?));
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        Ok(ServerSettings {
             auth_mode: config.auth.mode,
             key_cache_ttl: Duration::from_secs(config.auth.key_cache_ttl_secs),
-        }
+            tls,
+        })
     }
 
-    /// Settings with the given auth mode and the default key cache TTL.
+    /// Plaintext settings with the given auth mode and the default key cache TTL.
     pub fn with_auth(auth_mode: AuthMode) -> ServerSettings {
         ServerSettings {
             auth_mode,
-            ..ServerSettings::from_config(&Config::default())
+            key_cache_ttl: Duration::from_secs(Config::default().auth.key_cache_ttl_secs),
+            tls: None,
         }
     }
 }
@@ -80,7 +102,13 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = settings.tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| anyhow::anyhow!("invalid TLS configuration: {e}"))?;
+    }
+    builder
         .timeout(Duration::from_secs(30))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(AuthLayer::new(auth))
