@@ -10,6 +10,7 @@
 //! and within that TTL on the others.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,10 +18,13 @@ use std::time::{Duration, Instant};
 use consent_core::Timestamp;
 use consent_core::access::{ApiKey, KeyRejection, Scope, parse_key};
 use consent_store::AccessStore;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::Status;
 use tonic::body::Body;
+use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::config::AuthMode;
+use crate::config::{AuthMode, LimitsConfig};
 use crate::context::{DEFAULT_TENANT, Principal};
 use crate::error::status;
 
@@ -92,12 +96,56 @@ pub fn required_scope(path: &str) -> Option<Scope> {
 /// Most keys kept in the cache; past it the cache is emptied (keys are re-read on demand).
 const MAX_CACHED_KEYS: usize = 100_000;
 
+/// A per-key request rate (`limits.per_key_requests_per_minute`), enforced after
+/// authentication so a key's tenant cannot starve others.
+pub struct KeyRateLimit {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for KeyRateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyRateLimit")
+    }
+}
+
+impl KeyRateLimit {
+    /// The limit the configuration asks for, or `None` when it is off.
+    pub fn from_limits(limits: &LimitsConfig) -> Option<KeyRateLimit> {
+        let per_minute = NonZeroU32::new(limits.per_key_requests_per_minute)?;
+        let burst = NonZeroU32::new(limits.per_key_burst).unwrap_or(per_minute);
+        Some(KeyRateLimit {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst)),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    /// `RESOURCE_EXHAUSTED` with a retry delay when `key_id` is over its rate.
+    fn check(&self, key_id: &str) -> Result<(), Status> {
+        match self.limiter.check_key(&key_id.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(self.clock.now());
+                Err(Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "API key `{key_id}` is over its request rate; retry in {} ms",
+                        wait.as_millis()
+                    ),
+                    ErrorDetails::with_retry_info(Some(wait)),
+                ))
+            }
+        }
+    }
+}
+
 /// Decides who a request comes from and whether it may call what it calls.
 pub struct Authenticator {
     mode: AuthMode,
     store: Arc<dyn AccessStore>,
     ttl: Duration,
     cache: RwLock<HashMap<String, (ApiKey, Instant)>>,
+    rate: Option<KeyRateLimit>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -116,13 +164,20 @@ fn unauthenticated(why: impl std::fmt::Display) -> Status {
 }
 
 impl Authenticator {
-    /// An authenticator in `mode`, reading keys from `store`, caching them for `ttl`.
-    pub fn new(mode: AuthMode, store: Arc<dyn AccessStore>, ttl: Duration) -> Authenticator {
+    /// An authenticator in `mode`, reading keys from `store`, caching them for `ttl`,
+    /// limiting each key's rate when `rate` is set.
+    pub fn new(
+        mode: AuthMode,
+        store: Arc<dyn AccessStore>,
+        ttl: Duration,
+        rate: Option<KeyRateLimit>,
+    ) -> Authenticator {
         Authenticator {
             mode,
             store,
             ttl,
             cache: RwLock::new(HashMap::new()),
+            rate,
         }
     }
 
@@ -187,6 +242,9 @@ impl Authenticator {
         if !key.allows(scope) {
             return Err(status_for_scope(&key, scope));
         }
+        if let Some(rate) = &self.rate {
+            rate.check(&key.key_id)?;
+        }
         Ok(Some(Principal {
             tenant_id: key.tenant_id,
             key_id: key.key_id,
@@ -201,16 +259,53 @@ fn status_for_scope(key: &ApiKey, scope: Scope) -> Status {
     ))
 }
 
-/// Tower layer that runs [`Authenticator::authorize`] before the wrapped service.
+/// Refuses requests whose metadata (all headers, names and values) exceeds `max_bytes`,
+/// with `RESOURCE_EXHAUSTED` naming the limit. (HTTP/2 itself stops far larger header
+/// lists before they are read; see `server::serve`.)
+fn check_metadata(headers: &http::HeaderMap, max_bytes: usize) -> Result<(), Status> {
+    let total: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if total > max_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "request metadata is {total} bytes; limits.max_metadata_bytes is {max_bytes}"
+        )));
+    }
+    Ok(())
+}
+
+/// tonic answers a request over the decoding limit with OUT_OF_RANGE; gRPC's status-code
+/// guide and this API say RESOURCE_EXHAUSTED for an exceeded limit, so the code is
+/// corrected here (the message, naming both sizes, is kept).
+fn oversized_is_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Tower layer that checks metadata size and runs [`Authenticator::authorize`] before the
+/// wrapped service.
 #[derive(Clone, Debug)]
 pub struct AuthLayer {
     auth: Arc<Authenticator>,
+    max_metadata_bytes: usize,
 }
 
 impl AuthLayer {
-    /// A layer over `auth`.
-    pub fn new(auth: Arc<Authenticator>) -> AuthLayer {
-        AuthLayer { auth }
+    /// A layer over `auth`, refusing metadata over `max_metadata_bytes`.
+    pub fn new(auth: Arc<Authenticator>, max_metadata_bytes: usize) -> AuthLayer {
+        AuthLayer {
+            auth,
+            max_metadata_bytes,
+        }
     }
 }
 
@@ -220,6 +315,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: Arc::clone(&self.auth),
+            max_metadata_bytes: self.max_metadata_bytes,
         }
     }
 }
@@ -229,6 +325,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
+    max_metadata_bytes: usize,
 }
 
 impl<S> tower::Service<http::Request<Body>> for AuthService<S>
@@ -254,7 +351,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = Arc::clone(&self.auth);
+        let max_metadata_bytes = self.max_metadata_bytes;
         Box::pin(async move {
+            if let Err(status) = check_metadata(request.headers(), max_metadata_bytes) {
+                return Ok(status.into_http());
+            }
             match auth
                 .authorize(request.uri().path(), request.headers())
                 .await
@@ -263,7 +364,10 @@ where
                     if let Some(principal) = principal {
                         request.extensions_mut().insert(principal);
                     }
-                    inner.call(request).await
+                    inner
+                        .call(request)
+                        .await
+                        .map(oversized_is_resource_exhausted)
                 }
                 Err(status) => Ok(status.into_http()),
             }

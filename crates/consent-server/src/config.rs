@@ -20,6 +20,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// TLS for the gRPC port.
     pub tls: TlsConfig,
+    /// Limits on requests.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -78,6 +80,38 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// PEM CA certificate(s) that client certificates must chain to (`CONSENT__TLS__CLIENT_CA`).
     pub client_ca: Option<PathBuf>,
+}
+
+/// `[limits]`: bounds on what one request or one key may use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request or response message; larger is `RESOURCE_EXHAUSTED`.
+    pub max_message_bytes: usize,
+    /// Largest total of request headers (metadata) per request.
+    pub max_metadata_bytes: u32,
+    /// Longest time one RPC may run before it is cancelled (`CANCELLED`/`DEADLINE_EXCEEDED`).
+    pub request_timeout_secs: u64,
+    /// Most concurrent RPCs on one HTTP/2 connection; more wait for a free slot.
+    pub max_concurrent_streams: u32,
+    /// Requests per minute each API key may make; 0 turns the limit off. Over it is
+    /// `RESOURCE_EXHAUSTED` with a `google.rpc.RetryInfo` delay.
+    pub per_key_requests_per_minute: u32,
+    /// Requests a key may make at once before the rate applies; 0 means a minute's worth.
+    pub per_key_burst: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_bytes: 8 * 1024 * 1024,
+            max_metadata_bytes: 16 * 1024,
+            request_timeout_secs: 30,
+            max_concurrent_streams: 256,
+            per_key_requests_per_minute: 0,
+            per_key_burst: 0,
+        }
+    }
 }
 
 /// Log output format.
@@ -206,6 +240,14 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if self.limits.max_message_bytes < 64 * 1024 {
+            anyhow::bail!("limits.max_message_bytes must be at least 65536");
+        }
+        if self.limits.request_timeout_secs == 0 || self.limits.max_concurrent_streams == 0 {
+            anyhow::bail!(
+                "limits.request_timeout_secs and limits.max_concurrent_streams must be at least 1"
+            );
         }
         if self.store.max_connections == 0 {
             anyhow::bail!("store.max_connections must be at least 1");

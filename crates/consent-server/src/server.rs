@@ -15,13 +15,10 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::auth::{AuthLayer, Authenticator};
-use crate::config::{AuthMode, Config};
+use crate::auth::{AuthLayer, Authenticator, KeyRateLimit};
+use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::ledger::Ledger;
 use crate::service::Api;
-
-/// Largest request or response message, in bytes (a 10,000-check batch fits comfortably).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Reflection over every file a client may need: the API, the error details, health.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -40,6 +37,8 @@ pub struct ServerSettings {
     pub key_cache_ttl: Duration,
     /// TLS (and client verification) when set; plaintext otherwise.
     pub tls: Option<ServerTlsConfig>,
+    /// Request limits.
+    pub limits: LimitsConfig,
 }
 
 fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -66,6 +65,7 @@ impl ServerSettings {
             auth_mode: config.auth.mode,
             key_cache_ttl: Duration::from_secs(config.auth.key_cache_ttl_secs),
             tls,
+            limits: config.limits.clone(),
         })
     }
 
@@ -75,6 +75,7 @@ impl ServerSettings {
             auth_mode,
             key_cache_ttl: Duration::from_secs(Config::default().auth.key_cache_ttl_secs),
             tls: None,
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -87,11 +88,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let access: Arc<dyn consent_store::AccessStore> = store.clone();
+    let rate = KeyRateLimit::from_limits(&settings.limits);
     let auth = Arc::new(Authenticator::new(
         settings.auth_mode,
         access,
         settings.key_cache_ttl,
+        rate,
     ));
+    let limits = settings.limits.clone();
+    let max_message = limits.max_message_bytes;
     let api = Api::new(Ledger::new(store), Arc::clone(&auth));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -109,19 +114,31 @@ pub async fn serve(
             .map_err(|e| anyhow::anyhow!("invalid TLS configuration: {e}"))?;
     }
     builder
-        .timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(limits.request_timeout_secs))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // HTTP/2 drops absurd header lists outright; up to that, the auth layer answers
+        // RESOURCE_EXHAUSTED at limits.max_metadata_bytes.
+        .http2_max_header_list_size(limits.max_metadata_bytes.saturating_mul(4))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth, limits.max_metadata_bytes as usize))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             ConsentServiceServer::new(api.clone())
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
         )
-        .add_service(CatalogServiceServer::new(api.clone()))
-        .add_service(AdminServiceServer::new(api))
+        .add_service(
+            CatalogServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            AdminServiceServer::new(api)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
