@@ -7,7 +7,7 @@
 use serde::Deserialize;
 
 use crate::error::{ConsentError, Result};
-use crate::model::{Cookie, LegalBasis, PolicyVersion, Purpose, PurposeCategory, Vendor};
+use crate::model::{Catalog, Cookie, LegalBasis, PolicyVersion, Purpose, PurposeCategory, Vendor};
 use crate::time::Timestamp;
 use crate::validate::Violations;
 
@@ -20,6 +20,20 @@ pub struct CatalogFile {
     pub purposes: Vec<Purpose>,
     /// Policy versions (applied last: they reference both).
     pub policy_versions: Vec<PolicyVersion>,
+}
+
+impl CatalogFile {
+    /// The catalogue this file describes on its own (as an empty tenant would have it after
+    /// `consentd catalog apply`).
+    pub fn to_catalog(&self) -> Catalog {
+        let mut policy_versions = self.policy_versions.clone();
+        policy_versions.sort_by(|a, b| (a.published_at, &a.id).cmp(&(b.published_at, &b.id)));
+        Catalog {
+            purposes: self.purposes.iter().map(|p| (p.id.clone(), p.clone())).collect(),
+            vendors: self.vendors.iter().map(|v| (v.id.clone(), v.clone())).collect(),
+            policy_versions,
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -1,0 +1,115 @@
+//! The decision engine on arbitrary purposes, choices and policy histories: never a panic,
+//! and never "allowed" without a reason that allows.
+
+#![no_main]
+
+use arbitrary::Arbitrary;
+use consent_core::{
+    Catalog, Decision, LegalBasis, PolicyVersion, Purpose, PurposeCategory, Reason, StateEntry,
+    SubjectState, Timestamp, decide,
+};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Choice {
+    vendor: u8,
+    decision: u8,
+    collected_at: i64,
+    policy: u8,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Policy {
+    published_at: i64,
+    material: bool,
+    changes_purpose: bool,
+    lists_vendor: u8,
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    category: u8,
+    basis: u8,
+    validity_secs: Option<i64>,
+    vendor: u8,
+    at: i64,
+    choices: Vec<Choice>,
+    policies: Vec<Policy>,
+}
+
+const VENDORS: [&str; 3] = ["", "ga4", "hubspot"];
+
+fn pick<T: Copy>(all: &[T], n: u8) -> T {
+    all[usize::from(n) % all.len()]
+}
+
+fuzz_target!(|input: Input| {
+    let purpose = Purpose {
+        id: "analytics".into(),
+        name: String::new(),
+        description: String::new(),
+        category: pick(PurposeCategory::ALL, input.category),
+        legal_basis: pick(LegalBasis::ALL, input.basis),
+        vendor_ids: vec!["ga4".into()],
+        validity_secs: input.validity_secs,
+    };
+    let catalog = Catalog {
+        policy_versions: input
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PolicyVersion {
+                id: format!("v{i}"),
+                published_at: Timestamp(p.published_at),
+                purpose_ids: vec!["analytics".into()],
+                vendor_ids: vec![pick(&VENDORS, p.lists_vendor).to_owned()],
+                material: p.material,
+                changed_purpose_ids: if p.changes_purpose {
+                    vec!["analytics".into()]
+                } else {
+                    vec![]
+                },
+                text_sha256: String::new(),
+            })
+            .collect(),
+        ..Catalog::default()
+    };
+    let state = SubjectState {
+        entries: input
+            .choices
+            .iter()
+            .enumerate()
+            .map(|(i, c)| StateEntry {
+                purpose_id: "analytics".into(),
+                vendor_id: pick(&VENDORS, c.vendor).to_owned(),
+                decision: pick(Decision::ALL, c.decision),
+                event_id: format!("e{i}"),
+                policy_version_id: format!("v{}", c.policy),
+                collected_at: Timestamp(c.collected_at),
+                revision: i64::try_from(i).unwrap_or(i64::MAX),
+            })
+            .collect(),
+        revision: 0,
+    };
+    let verdict = decide(
+        &purpose,
+        pick(&VENDORS, input.vendor),
+        &state,
+        &catalog,
+        Timestamp(input.at),
+    );
+    assert_eq!(verdict.allowed, verdict.reason.allows());
+    if verdict.allowed
+        && purpose.legal_basis == LegalBasis::Consent
+        && purpose.category != PurposeCategory::StrictlyNecessary
+    {
+        assert_eq!(verdict.reason, Reason::Granted);
+        let proof = state
+            .entries
+            .iter()
+            .find(|e| Some(&e.event_id) == verdict.event_id.as_ref());
+        assert!(proof.is_some_and(
+            |e| e.decision == Decision::Granted && e.collected_at <= Timestamp(input.at)
+        ));
+    }
+});
