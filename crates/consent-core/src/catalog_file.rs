@@ -29,8 +29,16 @@ impl CatalogFile {
         let mut policy_versions = self.policy_versions.clone();
         policy_versions.sort_by(|a, b| (a.published_at, &a.id).cmp(&(b.published_at, &b.id)));
         Catalog {
-            purposes: self.purposes.iter().map(|p| (p.id.clone(), p.clone())).collect(),
-            vendors: self.vendors.iter().map(|v| (v.id.clone(), v.clone())).collect(),
+            purposes: self
+                .purposes
+                .iter()
+                .map(|p| (p.id.clone(), p.clone()))
+                .collect(),
+            vendors: self
+                .vendors
+                .iter()
+                .map(|v| (v.id.clone(), v.clone()))
+                .collect(),
             policy_versions,
         }
     }

@@ -245,28 +245,30 @@ pub async fn append_links_the_chain_and_bumps_the_revision(store: &Arc<dyn Store
     assert_eq!(report.events_checked, 3);
 }
 
+/// Alice grants on day 1 and withdraws on day 5; then an import of a grant she gave on day 3
+/// arrives. Returns the import's revision.
+async fn grant_withdraw_then_late_import(store: &Arc<dyn Store>, t: &str) -> i64 {
+    let history = [
+        (Decision::Granted, 1),
+        (Decision::Withdrawn, 5),
+        (Decision::Granted, 3),
+    ];
+    let mut revision = 0;
+    for (decision, d) in history {
+        revision = append(
+            store,
+            t,
+            vec![event("alice", "analytics", "", decision, day(d))],
+        )
+        .await;
+    }
+    revision
+}
+
 /// The projection holds the latest choice by collection time; an older import does not win.
 pub async fn projection_keeps_the_latest_collected_choice(store: &Arc<dyn Store>) {
     let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
-    append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Withdrawn, day(5))],
-    )
-    .await;
-    // An import of a grant collected on day 3 arrives last.
-    let rev = append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Granted, day(3))],
-    )
-    .await;
+    let rev = grant_withdraw_then_late_import(store, &t).await;
     append(
         store,
         &t,
@@ -298,24 +300,7 @@ pub async fn projection_keeps_the_latest_collected_choice(store: &Arc<dyn Store>
 /// `as_of` gives the latest choice collected at or before that time.
 pub async fn as_of_state_reads_the_past(store: &Arc<dyn Store>) {
     let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
-    append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Withdrawn, day(5))],
-    )
-    .await;
-    append(
-        store,
-        &t,
-        vec![event("alice", "analytics", "", Decision::Granted, day(3))],
-    )
-    .await;
+    grant_withdraw_then_late_import(store, &t).await;
     let decision_at = |entries: Vec<consent_core::StateEntry>| entries.first().map(|e| e.decision);
     let at = |d: i64| store.subject_state(&t, "alice", Some(day(d)));
     assert_eq!(decision_at(ok(at(0).await).entries), None);
