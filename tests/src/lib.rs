@@ -39,6 +39,8 @@ pub struct TestServer {
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
     scratch_database: Option<(String, String)>,
+    url: String,
+    settings: ServerSettings,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -131,7 +133,7 @@ impl TestServer {
             .unwrap_or_else(|e| fail("local_addr", e));
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(consent_server::server::serve(
-            settings,
+            settings.clone(),
             Arc::new(store.clone()),
             listener,
             async move {
@@ -151,7 +153,15 @@ impl TestServer {
             task: Some(task),
             _dir: dir,
             scratch_database: None,
+            url: url.to_owned(),
+            settings,
         }
+    }
+
+    /// A second server (a replica) on the same store, as another pod behind one Service.
+    /// Stop it before the first.
+    pub async fn replica(&self) -> TestServer {
+        Self::start(self.backend, &self.url, None, self.settings.clone()).await
     }
 
     /// Stops the server, waiting for in-flight RPCs.

@@ -379,6 +379,7 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .await,
         ),
         "ListEvents" => code(consent.list_events(pb::ListEventsRequest::default()).await),
+        "Watch" => code(consent.watch(pb::WatchRequest::default()).await),
         "UpsertPurpose" => code(
             catalog
                 .upsert_purpose(pb::UpsertPurposeRequest { purpose: None })

@@ -46,6 +46,7 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
         Scope::ConsentRead,
     ),
     ("/consent.v1.ConsentService/ListEvents", Scope::ConsentRead),
+    ("/consent.v1.ConsentService/Watch", Scope::ConsentRead),
     (
         "/consent.v1.CatalogService/UpsertPurpose",
         Scope::CatalogWrite,

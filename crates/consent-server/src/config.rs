@@ -99,6 +99,9 @@ pub struct LimitsConfig {
     pub per_key_requests_per_minute: u32,
     /// Requests a key may make at once before the rate applies; 0 means a minute's worth.
     pub per_key_burst: u32,
+    /// A Watch consumer that accepts nothing for this long has its stream closed (it
+    /// resumes from its last revision); bounds what a slow consumer holds on the server.
+    pub watch_stall_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -110,6 +113,7 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 256,
             per_key_requests_per_minute: 0,
             per_key_burst: 0,
+            watch_stall_secs: 60,
         }
     }
 }

@@ -13,3 +13,4 @@ pub mod ledger;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod watch;

@@ -19,6 +19,7 @@ use crate::auth::{AuthLayer, Authenticator, KeyRateLimit};
 use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::ledger::Ledger;
 use crate::service::Api;
+use crate::watch::FeedControl;
 
 /// Reflection over every file a client may need: the API, the error details, health.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
@@ -97,7 +98,17 @@ pub async fn serve(
     ));
     let limits = settings.limits.clone();
     let max_message = limits.max_message_bytes;
-    let api = Api::new(Ledger::new(store), Arc::clone(&auth));
+    let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
+    let feeds = FeedControl {
+        stall: Duration::from_secs(settings.limits.watch_stall_secs),
+        shutdown: shutdown_signal,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        // Watch streams end first, or they would hold the graceful shutdown open.
+        let _ = stopping.send(true);
+    };
+    let api = Api::new(Ledger::new(store), Arc::clone(&auth), feeds);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConsentServiceServer<Api>>().await;

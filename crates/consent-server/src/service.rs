@@ -9,7 +9,10 @@ use consent_proto::v1::admin_service_server::AdminService;
 use consent_proto::v1::catalog_service_server::CatalogService;
 use consent_proto::v1::consent_service_server::ConsentService;
 use consent_store::{AppendOutcome, EventQuery};
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
@@ -17,18 +20,24 @@ use crate::context::principal;
 use crate::convert;
 use crate::error::status;
 use crate::ledger::{CheckQuery, Ledger};
+use crate::watch::{self, FeedControl, WatchFilter};
 
 /// Implements `consent.v1.ConsentService`, `CatalogService` and `AdminService`.
 #[derive(Clone, Debug)]
 pub struct Api {
     ledger: Ledger,
     auth: Arc<Authenticator>,
+    feeds: FeedControl,
 }
 
 impl Api {
     /// Handlers over `ledger`.
-    pub fn new(ledger: Ledger, auth: Arc<Authenticator>) -> Api {
-        Api { ledger, auth }
+    pub fn new(ledger: Ledger, auth: Arc<Authenticator>, feeds: FeedControl) -> Api {
+        Api {
+            ledger,
+            auth,
+            feeds,
+        }
     }
 
     /// The catalogue of the caller's tenant.
@@ -277,6 +286,41 @@ impl ConsentService for Api {
                 .collect(),
             next_page_token,
         }))
+    }
+
+    type WatchStream =
+        Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send + 'static>>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> RpcResult<Self::WatchStream> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        if r.from_revision < 0 {
+            v.add("from_revision", "must not be negative");
+        }
+        v.optional_id("subject_id", &r.subject_id);
+        v.id_list("purpose_ids", &r.purpose_ids);
+        finish(v)?;
+        let filter = WatchFilter {
+            subject_id: Some(r.subject_id).filter(|s| !s.is_empty()),
+            purpose_ids: r.purpose_ids,
+        };
+        let batches = watch::start(
+            Arc::clone(self.ledger.store()),
+            who.tenant_id,
+            r.from_revision,
+            filter,
+            self.feeds.clone(),
+        );
+        let stream = ReceiverStream::new(batches).map(|batch| {
+            batch
+                .map(|b| pb::WatchResponse {
+                    events: b.events.iter().map(convert::event_out).collect(),
+                    revision: b.revision,
+                })
+                .map_err(status)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

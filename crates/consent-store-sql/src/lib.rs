@@ -21,13 +21,15 @@ use consent_core::{
     Revision, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AppendOutcome, CatalogStore, EventQuery, LedgerHead, LedgerStore, StoredEvent,
+    AppendOutcome, CatalogStore, Commit, EventQuery, LedgerHead, LedgerStore, StoredEvent,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 mod access;
+mod commits;
 mod errors;
+use commits::{COMMIT_CHANNEL, CommitFeed, commit_payload};
 pub mod testing;
 use errors::{corrupt, db};
 
@@ -82,6 +84,7 @@ impl Default for SqlOptions {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    commits: CommitFeed,
 }
 
 /// Hides a password in a URL for messages and logs.
@@ -159,7 +162,15 @@ impl SqlStore {
         let pool = pool.connect(&url).await.map_err(|e| {
             ConsentError::Unavailable(format!("cannot connect to {}: {e}", redact(&url)))
         })?;
-        Ok(SqlStore { pool, backend })
+        let commits = match backend {
+            Backend::Postgres => CommitFeed::postgres(&url).await?,
+            Backend::Sqlite => CommitFeed::local(),
+        };
+        Ok(SqlStore {
+            pool,
+            backend,
+            commits,
+        })
     }
 
     /// Applies the embedded migrations of this backend (idempotent; safe on every start).
@@ -181,6 +192,7 @@ impl SqlStore {
 
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
+        self.commits.close();
         self.pool.close().await;
     }
 
@@ -588,7 +600,22 @@ impl LedgerStore for SqlStore {
             .await
             .map_err(db)?;
         }
+        if self.backend == Backend::Postgres && revision != head.revision {
+            // Delivered to every listener when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(COMMIT_CHANNEL)
+                .bind(commit_payload(tenant, revision))
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
         tx.commit().await.map_err(db)?;
+        if revision != head.revision {
+            self.commits.publish(Commit {
+                tenant_id: tenant.to_owned(),
+                revision,
+            });
+        }
         Ok(AppendOutcome {
             events: written,
             revision,
@@ -695,6 +722,10 @@ impl LedgerStore for SqlStore {
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let rows = q.bind(limit).fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Commit> {
+        self.commits.subscribe()
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

@@ -47,3 +47,49 @@ mod postgres {
 
     consent_store::store_conformance_suite!(postgres);
 }
+
+/// A commit made through one store (one replica) wakes a subscriber of another store on the
+/// same PostgreSQL database (LISTEN/NOTIFY).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_commits_reach_other_processes() {
+    use consent_core::commands::{WritePlan, new_event_id};
+    use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
+    use consent_store::LedgerStore;
+
+    let Some(url) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let (writer, watcher) = (open(&url).await, open(&url).await);
+    let mut commits = watcher.subscribe();
+    let tenant = format!("t-{}", uuid::Uuid::now_v7());
+    let event = NewEvent {
+        id: new_event_id(),
+        subject_id: "s".into(),
+        purpose_id: "analytics".into(),
+        vendor_id: String::new(),
+        decision: Decision::Granted,
+        policy_version_id: "v1".into(),
+        channel: Channel::Web,
+        collected_at: Timestamp(1),
+        expires_at: None,
+        evidence: Evidence::default(),
+        actor_key_id: String::new(),
+    };
+    // The LISTEN is active once `open` returned; the timeout is a safety net, not a wait.
+    let written = writer
+        .append(&tenant, &WritePlan::Events(vec![event]), None)
+        .await
+        .unwrap_or_else(|e| panic!("append: {e}"));
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match commits.recv().await {
+                Ok(c) if c.tenant_id == tenant => return c.revision,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => panic!("feed closed"),
+            }
+        }
+    })
+    .await;
+    let heard = heard.unwrap_or_else(|_| panic!("no notification crossed the processes"));
+    assert_eq!(heard, written.revision);
+}

@@ -49,6 +49,7 @@ macro_rules! store_conformance_suite {
             concurrent_appends_keep_the_chain_whole,
             tenants_are_created_once,
             api_keys_belong_to_their_tenant,
+            commits_wake_subscribers,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -667,4 +668,28 @@ pub async fn api_keys_belong_to_their_tenant(store: &Arc<dyn Store>) {
         Some(Timestamp(10)),
         "the first revocation time stands"
     );
+}
+
+/// A subscriber hears of every commit made after it subscribed, with its revision.
+pub async fn commits_wake_subscribers(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let mut commits = store.subscribe();
+    let revision = append(
+        store,
+        &t,
+        vec![event("alice", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    // Other cases share the store: skip their commits (bounded: a safety net, not a wait).
+    let heard = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match commits.recv().await {
+                Ok(c) if c.tenant_id == t => return Some(c.revision),
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(heard.ok().flatten(), Some(revision));
 }

@@ -127,6 +127,20 @@ pub trait LedgerStore: Send + Sync {
 
     /// The tenant's chain head.
     async fn head(&self, tenant: &str) -> Result<LedgerHead>;
+
+    /// Wake-ups for committed writes, from this process and (where the backend can tell)
+    /// from other processes sharing the store. A wake-up is a hint to read the ledger, never
+    /// the data itself: receivers that lag or miss one must re-read by revision.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Commit>;
+}
+
+/// A committed write: the tenant and the revision it reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    /// The tenant written to.
+    pub tenant_id: String,
+    /// Its revision after the write.
+    pub revision: Revision,
 }
 
 /// Tenants and API keys.

@@ -1,0 +1,191 @@
+//! The change feed behind `ConsentService.Watch`: a tenant's events in revision order from a
+//! cursor, then live.
+//!
+//! The ledger is the source: each step reads the head, then the events after the cursor up
+//! to it, so a resumed feed misses nothing and repeats nothing. Commit wake-ups (local, and
+//! PostgreSQL `NOTIFY` from other replicas) end the wait early; a poll every
+//! [`POLL_INTERVAL`] covers wake-ups lost while a listener reconnects.
+//!
+//! Memory per watcher is bounded: one page in hand and [`BUFFER`] batches queued. A consumer
+//! that accepts nothing for the stall limit has its stream closed; it resumes from the last
+//! revision it received.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consent_core::{ConsentError, ConsentEvent, Result, Revision};
+use consent_store::{EventQuery, Store};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Events read from the ledger per step.
+pub const PAGE: usize = 500;
+/// Batches queued for a slow consumer before the feed waits for it.
+pub const BUFFER: usize = 8;
+/// Longest wait without a wake-up before the ledger is read again.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// A message (a heartbeat if nothing else) is sent at least this often.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// Which events a watcher wants.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchFilter {
+    /// Only this subject.
+    pub subject_id: Option<String>,
+    /// Only these purposes (empty: all).
+    pub purpose_ids: Vec<String>,
+}
+
+impl WatchFilter {
+    fn matches(&self, event: &ConsentEvent) -> bool {
+        self.purpose_ids.is_empty() || self.purpose_ids.contains(&event.event.purpose_id)
+    }
+}
+
+/// One message of the feed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchBatch {
+    /// Matching events, in revision order (empty for a heartbeat).
+    pub events: Vec<ConsentEvent>,
+    /// Everything matching up to here was delivered.
+    pub revision: Revision,
+}
+
+/// How a feed runs: its stall limit, and the server's shutdown signal, on which every feed
+/// ends its stream so clients resume on another replica instead of holding shutdown up.
+#[derive(Clone, Debug)]
+pub struct FeedControl {
+    /// See `limits.watch_stall_secs`.
+    pub stall: Duration,
+    /// Becomes `true` when the server shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Starts a feed for `tenant` after revision `from`; the receiver yields its batches.
+pub fn start(
+    store: Arc<dyn Store>,
+    tenant: String,
+    from: Revision,
+    filter: WatchFilter,
+    control: FeedControl,
+) -> mpsc::Receiver<Result<WatchBatch>> {
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        if let Err(e) = feed(store.as_ref(), &tenant, from, &filter, &tx, control).await {
+            // Best effort: the consumer may be gone or stalled.
+            let _ = tx.try_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Sends one batch; `false` when the consumer is gone or stalled past `stall`.
+async fn deliver(
+    tx: &mpsc::Sender<Result<WatchBatch>>,
+    batch: WatchBatch,
+    stall: Duration,
+) -> bool {
+    match tokio::time::timeout(stall, tx.send(Ok(batch))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::info!(
+                stall_secs = stall.as_secs(),
+                "watch consumer stalled; closing its stream"
+            );
+            false
+        }
+    }
+}
+
+async fn feed(
+    store: &dyn Store,
+    tenant: &str,
+    from: Revision,
+    filter: &WatchFilter,
+    tx: &mpsc::Sender<Result<WatchBatch>>,
+    control: FeedControl,
+) -> Result<()> {
+    let FeedControl {
+        stall,
+        mut shutdown,
+    } = control;
+    // Subscribe before the first read, so no commit falls between reading and waiting.
+    let mut commits = store.subscribe();
+    let mut cursor = from;
+    let mut last_message = Instant::now();
+    loop {
+        let head = store.head(tenant).await?.revision;
+        if head > cursor {
+            let page = store
+                .list_events(
+                    tenant,
+                    &EventQuery {
+                        subject_id: filter.subject_id.clone(),
+                        after_revision: cursor,
+                        until_revision: Some(head),
+                        limit: PAGE,
+                        ..EventQuery::default()
+                    },
+                )
+                .await?;
+            let full = page.len() == PAGE;
+            // A short page means everything matching up to the head was read.
+            cursor = match page.last() {
+                Some(last) if full => last.event.revision,
+                _ => head,
+            };
+            let events: Vec<ConsentEvent> = page
+                .into_iter()
+                .map(|e| e.event)
+                .filter(|e| filter.matches(e))
+                .collect();
+            if !events.is_empty() {
+                if !deliver(
+                    tx,
+                    WatchBatch {
+                        events,
+                        revision: cursor,
+                    },
+                    stall,
+                )
+                .await
+                {
+                    return Ok(());
+                }
+                last_message = Instant::now();
+            }
+            if full {
+                continue;
+            }
+        }
+        if last_message.elapsed() >= HEARTBEAT {
+            let heartbeat = WatchBatch {
+                events: Vec::new(),
+                revision: cursor,
+            };
+            if !deliver(tx, heartbeat, stall).await {
+                return Ok(());
+            }
+            last_message = Instant::now();
+        }
+        let poll = tokio::time::sleep(POLL_INTERVAL);
+        tokio::pin!(poll);
+        loop {
+            tokio::select! {
+                () = &mut poll => break,
+                () = tx.closed() => return Ok(()),
+                _ = shutdown.wait_for(|stopping| *stopping) => return Ok(()),
+                received = commits.recv() => match received {
+                    Ok(commit) if commit.tenant_id == tenant && commit.revision > cursor => break,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => break,
+                    Err(RecvError::Closed) => {
+                        return Err(ConsentError::Internal("the commit feed closed".into()));
+                    }
+                },
+            }
+        }
+    }
+}
