@@ -40,6 +40,7 @@ impl CatalogFile {
                 .map(|v| (v.id.clone(), v.clone()))
                 .collect(),
             policy_versions,
+            version: 0,
         }
     }
 }

@@ -360,7 +360,7 @@ impl SubjectState {
 }
 
 /// The catalogue a decision needs: purposes and policy versions of one tenant.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// Purposes by id.
     pub purposes: BTreeMap<String, Purpose>,
@@ -368,6 +368,9 @@ pub struct Catalog {
     pub vendors: BTreeMap<String, Vendor>,
     /// Policy versions, oldest first.
     pub policy_versions: Vec<PolicyVersion>,
+    /// Grows with every catalogue write of the tenant (0: never written); caches compare it
+    /// so an older copy never replaces a newer one.
+    pub version: i64,
 }
 
 impl Catalog {

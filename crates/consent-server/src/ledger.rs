@@ -12,9 +12,21 @@ use consent_core::{
     Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
     Vendor, Verdict, decide,
 };
-use consent_store::{AppendOutcome, EventQuery, LedgerHead, Store, StoredEvent, verify_ledger};
+use consent_store::{
+    AppendOutcome, Consistency, EventQuery, LedgerHead, Store, StoredEvent, verify_ledger,
+};
 
 use crate::context::Principal;
+
+/// The catalogue freshness a read needs: revisions are ledger positions, not catalogue
+/// versions, so only "bypass every cache" carries over; a cached catalogue is invalidated by
+/// every catalogue write anyway.
+fn catalog_consistency(consistency: Consistency) -> Consistency {
+    match consistency {
+        Consistency::Full => Consistency::Full,
+        Consistency::MinimizeLatency | Consistency::AtLeast(_) => Consistency::MinimizeLatency,
+    }
+}
 
 /// Issues a key for `tenant_id` with fresh randomness from the operating system.
 pub fn new_api_key(
@@ -86,7 +98,10 @@ impl Ledger {
     pub async fn record(&self, who: &Principal, command: RecordConsent) -> Result<AppendOutcome> {
         let now = Timestamp::now();
         command.validate(now)?;
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, Consistency::Full)
+            .await?;
         let events = command.plan(&catalog, now, &who.key_id)?;
         self.store
             .append(
@@ -105,7 +120,10 @@ impl Ledger {
     ) -> Result<AppendOutcome> {
         let now = Timestamp::now();
         command.validate(now)?;
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, Consistency::Full)
+            .await?;
         let plan = command.plan(&catalog, now, &who.key_id)?;
         self.store
             .append(&who.tenant_id, &plan, command.idempotency().as_ref())
@@ -114,28 +132,35 @@ impl Ledger {
 
     /// The catalogue of the caller's tenant.
     pub async fn catalog(&self, who: &Principal) -> Result<Catalog> {
-        self.store.catalog(&who.tenant_id).await
+        self.store
+            .catalog(&who.tenant_id, Consistency::MinimizeLatency)
+            .await
     }
 
-    /// The subject's state as of `at` (now when `None`), at least as new as `min_revision`.
+    /// The subject's state as of `at` (now when `None`), as fresh as `consistency` asks.
     async fn state(
         &self,
         tenant: &str,
         subject_id: &str,
         at: Option<Timestamp>,
         now: Timestamp,
-        min_revision: Option<Revision>,
+        consistency: Consistency,
     ) -> Result<SubjectState> {
-        let mut state = self.store.subject_state(tenant, subject_id, at).await?;
+        let mut state = self
+            .store
+            .subject_state(tenant, subject_id, at, consistency)
+            .await?;
         // The projection may hold a choice collected slightly in the future (clock skew);
         // "now" must not see it, so read the state as of now instead.
         if at.is_none() && state.has_entries_after(now) {
             state = self
                 .store
-                .subject_state(tenant, subject_id, Some(now))
+                .subject_state(tenant, subject_id, Some(now), consistency)
                 .await?;
         }
-        if let Some(min) = min_revision.filter(|min| state.revision < *min) {
+        if let Consistency::AtLeast(min) = consistency
+            && state.revision < min
+        {
             return Err(ConsentError::FailedPrecondition(format!(
                 "at_least_revision {min} is ahead of the ledger (revision {}); use a revision a write returned",
                 state.revision
@@ -149,10 +174,13 @@ impl Ledger {
         &self,
         who: &Principal,
         queries: &[CheckQuery],
-        min_revision: Option<Revision>,
+        consistency: Consistency,
     ) -> Result<Vec<Checked>> {
         let now = Timestamp::now();
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, catalog_consistency(consistency))
+            .await?;
         let mut states: HashMap<(&str, Option<Timestamp>), SubjectState> = HashMap::new();
         let mut results = Vec::with_capacity(queries.len());
         for q in queries {
@@ -163,7 +191,7 @@ impl Ledger {
             let key = (q.subject_id.as_str(), q.at);
             if let Entry::Vacant(slot) = states.entry(key) {
                 slot.insert(
-                    self.state(&who.tenant_id, &q.subject_id, q.at, now, min_revision)
+                    self.state(&who.tenant_id, &q.subject_id, q.at, now, consistency)
                         .await?,
                 );
             }
@@ -186,12 +214,15 @@ impl Ledger {
         who: &Principal,
         subject_id: &str,
         at: Option<Timestamp>,
-        min_revision: Option<Revision>,
+        consistency: Consistency,
     ) -> Result<(Vec<(Purpose, Verdict)>, Revision)> {
         let now = Timestamp::now();
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, catalog_consistency(consistency))
+            .await?;
         let state = self
-            .state(&who.tenant_id, subject_id, at, now, min_revision)
+            .state(&who.tenant_id, subject_id, at, now, consistency)
             .await?;
         let at = at.unwrap_or(now);
         let decisions = catalog
@@ -209,7 +240,10 @@ impl Ledger {
 
     /// Stores a purpose whose vendors exist.
     pub async fn upsert_purpose(&self, who: &Principal, purpose: &Purpose) -> Result<()> {
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, Consistency::Full)
+            .await?;
         for vendor in &purpose.vendor_ids {
             catalog.require_vendor(vendor)?;
         }
@@ -227,7 +261,10 @@ impl Ledger {
         who: &Principal,
         policy: &PolicyVersion,
     ) -> Result<PolicyVersion> {
-        let catalog = self.store.catalog(&who.tenant_id).await?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, Consistency::Full)
+            .await?;
         for purpose in &policy.purpose_ids {
             catalog.require_purpose(purpose)?;
         }

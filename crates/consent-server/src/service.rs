@@ -3,12 +3,12 @@
 
 use consent_core::access::parse_scopes;
 use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_BATCH_CHECKS, MAX_PAGE_SIZE, Violations};
-use consent_core::{Catalog, ConsentError, Revision, Timestamp};
+use consent_core::{Catalog, ConsentError, Timestamp};
 use consent_proto::v1 as pb;
 use consent_proto::v1::admin_service_server::AdminService;
 use consent_proto::v1::catalog_service_server::CatalogService;
 use consent_proto::v1::consent_service_server::ConsentService;
-use consent_store::{AppendOutcome, EventQuery};
+use consent_store::{AppendOutcome, Consistency, EventQuery};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -60,16 +60,19 @@ fn finish(v: Violations) -> Result<(), Status> {
     v.finish().map_err(status)
 }
 
-/// The minimum revision a consistency requirement asks for. Without a cache every read is
-/// served by the ledger itself, so `minimize_latency` and `fully_consistent` need nothing more.
-fn min_revision(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> Option<Revision> {
+/// The consistency a request asks for (none set: minimize latency).
+fn consistency(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> Consistency {
+    use pb::consistency::Requirement;
     match c.and_then(|c| c.requirement.as_ref()) {
-        Some(pb::consistency::Requirement::AtLeastRevision(r)) if *r < 0 => {
+        Some(Requirement::AtLeastRevision(r)) if *r < 0 => {
             v.add(format!("{field}.at_least_revision"), "must not be negative");
-            None
+            Consistency::Full
         }
-        Some(pb::consistency::Requirement::AtLeastRevision(r)) => Some(*r),
-        _ => None,
+        Some(Requirement::AtLeastRevision(r)) => Consistency::AtLeast(*r),
+        Some(Requirement::FullyConsistent(true)) => Consistency::Full,
+        Some(Requirement::FullyConsistent(false) | Requirement::MinimizeLatency(_)) | None => {
+            Consistency::MinimizeLatency
+        }
     }
 }
 
@@ -126,11 +129,11 @@ impl ConsentService for Api {
         let r = request.into_inner();
         let mut v = Violations::new();
         let query = check_query(&mut v, "", &r);
-        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
         let mut checked = self
             .ledger
-            .check_many(&who, std::slice::from_ref(&query), min)
+            .check_many(&who, std::slice::from_ref(&query), consistency)
             .await
             .map_err(status)?;
         let Some(c) = checked.pop() else {
@@ -172,11 +175,11 @@ impl ConsentService for Api {
             .enumerate()
             .map(|(i, c)| check_query(&mut v, &format!("checks[{i}]."), c))
             .collect();
-        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
         let checked = self
             .ledger
-            .check_many(&who, &queries, min)
+            .check_many(&who, &queries, consistency)
             .await
             .map_err(status)?;
         let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
@@ -205,11 +208,11 @@ impl ConsentService for Api {
         let mut v = Violations::new();
         v.id("subject_id", &r.subject_id);
         let at = convert::time_in(&mut v, "at", r.at.as_ref());
-        let min = min_revision(&mut v, "consistency", r.consistency.as_ref());
+        let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
         let (decisions, revision) = self
             .ledger
-            .subject_decisions(&who, &r.subject_id, at, min)
+            .subject_decisions(&who, &r.subject_id, at, consistency)
             .await
             .map_err(status)?;
         let purposes = decisions

@@ -21,7 +21,8 @@ use consent_core::{
     Revision, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AppendOutcome, CatalogStore, Commit, EventQuery, LedgerHead, LedgerStore, StoredEvent,
+    AppendOutcome, CatalogStore, Commit, Consistency, EventQuery, LedgerHead, LedgerStore,
+    StoredEvent,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
@@ -228,70 +229,56 @@ where
 
 #[async_trait]
 impl CatalogStore for SqlStore {
-    async fn catalog(&self, tenant: &str) -> Result<Catalog> {
-        let mut catalog = Catalog::default();
-        let rows = sqlx::query("SELECT body FROM purposes WHERE tenant_id = $1")
+    async fn catalog(&self, tenant: &str, _consistency: Consistency) -> Result<Catalog> {
+        // The version is read first, so the documents are at least that new.
+        let version = sqlx::query("SELECT catalog_version FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
-            .fetch_all(&self.pool)
+            .fetch_optional(&self.pool)
             .await
-            .map_err(db)?;
-        for row in rows {
-            let p: Purpose = from_json(&row.try_get::<String, _>(0).map_err(db)?, "purpose")?;
+            .map_err(db)?
+            .map(|row| row.try_get::<i64, _>(0))
+            .transpose()
+            .map_err(db)?
+            .unwrap_or(0);
+        let mut catalog = Catalog {
+            version,
+            ..Catalog::default()
+        };
+        for body in self
+            .documents("SELECT body FROM purposes WHERE tenant_id = $1", tenant)
+            .await?
+        {
+            let p: Purpose = from_json(&body, "purpose")?;
             catalog.purposes.insert(p.id.clone(), p);
         }
-        let rows = sqlx::query("SELECT body FROM vendors WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        for row in rows {
-            let v: Vendor = from_json(&row.try_get::<String, _>(0).map_err(db)?, "vendor")?;
+        for body in self
+            .documents("SELECT body FROM vendors WHERE tenant_id = $1", tenant)
+            .await?
+        {
+            let v: Vendor = from_json(&body, "vendor")?;
             catalog.vendors.insert(v.id.clone(), v);
         }
-        let rows = sqlx::query(
-            "SELECT body FROM policy_versions WHERE tenant_id = $1 ORDER BY published_at, policy_version_id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        for row in rows {
-            catalog.policy_versions.push(from_json(
-                &row.try_get::<String, _>(0).map_err(db)?,
-                "policy version",
-            )?);
+        let sql = "SELECT body FROM policy_versions WHERE tenant_id = $1 ORDER BY published_at, policy_version_id";
+        for body in self.documents(sql, tenant).await? {
+            catalog
+                .policy_versions
+                .push(from_json(&body, "policy version")?);
         }
         Ok(catalog)
     }
 
     async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO purposes (tenant_id, purpose_id, body, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, purpose_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-        )
-        .bind(tenant)
-        .bind(&purpose.id)
-        .bind(to_json(purpose)?)
-        .bind(Timestamp::now().as_micros())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+        let sql = "INSERT INTO purposes (tenant_id, purpose_id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, purpose_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at";
+        self.write_document(sql, tenant, &purpose.id, &to_json(purpose)?)
+            .await
     }
 
     async fn upsert_vendor(&self, tenant: &str, vendor: &Vendor) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO vendors (tenant_id, vendor_id, body, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (tenant_id, vendor_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
-        )
-        .bind(tenant)
-        .bind(&vendor.id)
-        .bind(to_json(vendor)?)
-        .bind(Timestamp::now().as_micros())
-        .execute(&self.pool)
-        .await
-        .map_err(db)?;
-        Ok(())
+        let sql = "INSERT INTO vendors (tenant_id, vendor_id, body, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (tenant_id, vendor_id) DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at";
+        self.write_document(sql, tenant, &vendor.id, &to_json(vendor)?)
+            .await
     }
 
     async fn publish_policy_version(
@@ -299,6 +286,7 @@ impl CatalogStore for SqlStore {
         tenant: &str,
         policy: &PolicyVersion,
     ) -> Result<PolicyVersion> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
         let inserted = sqlx::query(
             "INSERT INTO policy_versions (tenant_id, policy_version_id, published_at, body) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (tenant_id, policy_version_id) DO NOTHING",
@@ -307,11 +295,13 @@ impl CatalogStore for SqlStore {
         .bind(&policy.id)
         .bind(policy.published_at.as_micros())
         .bind(to_json(policy)?)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db)?
         .rows_affected();
         if inserted == 1 {
+            bump_catalog_version(&mut tx, tenant).await?;
+            tx.commit().await.map_err(db)?;
             return Ok(policy.clone());
         }
         let row = sqlx::query(
@@ -319,9 +309,10 @@ impl CatalogStore for SqlStore {
         )
         .bind(tenant)
         .bind(&policy.id)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
+        tx.rollback().await.map_err(db)?;
         let stored: PolicyVersion =
             from_json(&row.try_get::<String, _>(0).map_err(db)?, "policy version")?;
         if stored == *policy {
@@ -332,6 +323,52 @@ impl CatalogStore for SqlStore {
                 policy.id
             )))
         }
+    }
+}
+
+/// Bumps the tenant's catalogue version inside a catalogue write (creating the tenant row).
+async fn bump_catalog_version(tx: &mut Transaction<'_, Any>, tenant: &str) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO tenants (tenant_id, revision, head_hash, created_at, catalog_version) VALUES ($1, 0, $2, $3, 1) \
+         ON CONFLICT (tenant_id) DO UPDATE SET catalog_version = tenants.catalog_version + 1",
+    )
+    .bind(tenant)
+    .bind(GENESIS.to_vec())
+    .bind(Timestamp::now().as_micros())
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+impl SqlStore {
+    /// The `body` column of every row `sql` selects for `tenant`.
+    async fn documents(&self, sql: &str, tenant: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(sql)
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>(0).map_err(db))
+            .collect()
+    }
+
+    /// Upserts one catalogue document and bumps the catalogue version, atomically.
+    async fn write_document(&self, sql: &str, tenant: &str, id: &str, body: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        // Version first: it serialises catalogue writers of the tenant on its row.
+        bump_catalog_version(&mut tx, tenant).await?;
+        sqlx::query(sql)
+            .bind(tenant)
+            .bind(id)
+            .bind(body)
+            .bind(Timestamp::now().as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 }
 
@@ -628,6 +665,7 @@ impl LedgerStore for SqlStore {
         tenant: &str,
         subject_id: &str,
         as_of: Option<Timestamp>,
+        _consistency: Consistency,
     ) -> Result<SubjectState> {
         // The revision is read before the data, so the data is at least that new.
         let revision = self.head(tenant).await?.revision;

@@ -16,7 +16,7 @@ use consent_core::{
     Purpose, PurposeCategory, Timestamp, Vendor,
 };
 
-use crate::{EventQuery, Store, verify_ledger};
+use crate::{Consistency, EventQuery, Store, verify_ledger};
 
 /// A store under test and whatever must live as long as it (a temp dir, a server).
 pub struct TestStore {
@@ -50,6 +50,7 @@ macro_rules! store_conformance_suite {
             tenants_are_created_once,
             api_keys_belong_to_their_tenant,
             commits_wake_subscribers,
+            catalog_version_grows_with_each_write,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -139,7 +140,7 @@ fn ok<T>(r: consent_core::Result<T>) -> T {
 pub async fn catalog_round_trip(store: &Arc<dyn Store>) {
     let t = tenant();
     assert_eq!(
-        ok(store.catalog(&t).await),
+        ok(store.catalog(&t, Consistency::default()).await),
         consent_core::Catalog::default()
     );
     let vendor = Vendor {
@@ -169,7 +170,7 @@ pub async fn catalog_round_trip(store: &Arc<dyn Store>) {
         .publish_policy_version(&t, &policy("v1", day(10)))
         .await);
 
-    let catalog = ok(store.catalog(&t).await);
+    let catalog = ok(store.catalog(&t, Consistency::default()).await);
     assert_eq!(catalog.vendors.get("ga4"), Some(&vendor));
     assert_eq!(catalog.purposes.get("analytics"), Some(&changed));
     assert_eq!(catalog.purposes.len(), 2);
@@ -194,7 +195,10 @@ pub async fn policy_versions_are_immutable(store: &Arc<dyn Store>) {
         Err(ConsentError::AlreadyExists(msg)) => assert!(msg.contains("v1"), "{msg}"),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
-    assert_eq!(ok(store.catalog(&t).await).policy_versions, vec![v1]);
+    assert_eq!(
+        ok(store.catalog(&t, Consistency::default()).await).policy_versions,
+        vec![v1]
+    );
 }
 
 /// Revisions count up from 1 per tenant and each event links to the previous hash.
@@ -277,7 +281,9 @@ pub async fn projection_keeps_the_latest_collected_choice(store: &Arc<dyn Store>
     )
     .await;
 
-    let state = ok(store.subject_state(&t, "alice", None).await);
+    let state = ok(store
+        .subject_state(&t, "alice", None, Consistency::default())
+        .await);
     assert_eq!(state.revision, rev + 1);
     let mut entries = state.entries.clone();
     entries.sort_by(|a, b| a.vendor_id.cmp(&b.vendor_id));
@@ -292,9 +298,11 @@ pub async fn projection_keeps_the_latest_collected_choice(store: &Arc<dyn Store>
         ("ga4", Decision::Denied)
     );
     assert!(
-        ok(store.subject_state(&t, "nobody", None).await)
-            .entries
-            .is_empty()
+        ok(store
+            .subject_state(&t, "nobody", None, Consistency::default())
+            .await)
+        .entries
+        .is_empty()
     );
 }
 
@@ -303,7 +311,7 @@ pub async fn as_of_state_reads_the_past(store: &Arc<dyn Store>) {
     let t = tenant();
     grant_withdraw_then_late_import(store, &t).await;
     let decision_at = |entries: Vec<consent_core::StateEntry>| entries.first().map(|e| e.decision);
-    let at = |d: i64| store.subject_state(&t, "alice", Some(day(d)));
+    let at = |d: i64| store.subject_state(&t, "alice", Some(day(d)), Consistency::default());
     assert_eq!(decision_at(ok(at(0).await).entries), None);
     assert_eq!(
         decision_at(ok(at(2).await).entries),
@@ -420,7 +428,9 @@ pub async fn withdraw_all_withdraws_only_granted_choices(store: &Arc<dyn Store>)
     let again = ok(store.append(&t, &plan, None).await);
     assert!(again.events.is_empty());
     assert_eq!(again.revision, 6);
-    let bob = ok(store.subject_state(&t, "bob", None).await);
+    let bob = ok(store
+        .subject_state(&t, "bob", None, Consistency::default())
+        .await);
     assert_eq!(
         bob.entries[0].decision,
         Decision::Granted,
@@ -509,17 +519,29 @@ pub async fn tenants_are_isolated(store: &Arc<dyn Store>) {
     )
     .await;
 
-    assert!(ok(store.catalog(&b).await).purposes.is_empty());
-    assert!(ok(store.catalog(&b).await).policy_versions.is_empty());
     assert!(
-        ok(store.subject_state(&b, "alice", None).await)
-            .entries
+        ok(store.catalog(&b, Consistency::default()).await)
+            .purposes
             .is_empty()
     );
     assert!(
-        ok(store.subject_state(&b, "alice", Some(day(9))).await)
-            .entries
+        ok(store.catalog(&b, Consistency::default()).await)
+            .policy_versions
             .is_empty()
+    );
+    assert!(
+        ok(store
+            .subject_state(&b, "alice", None, Consistency::default())
+            .await)
+        .entries
+        .is_empty()
+    );
+    assert!(
+        ok(store
+            .subject_state(&b, "alice", Some(day(9)), Consistency::default())
+            .await)
+        .entries
+        .is_empty()
     );
     assert!(
         ok(store
@@ -542,7 +564,9 @@ pub async fn tenants_are_isolated(store: &Arc<dyn Store>) {
     )
     .await;
     assert_eq!(b_rev, 1);
-    let a_state = ok(store.subject_state(&a, "alice", None).await);
+    let a_state = ok(store
+        .subject_state(&a, "alice", None, Consistency::default())
+        .await);
     assert_eq!(a_state.entries[0].decision, Decision::Granted);
     assert!(ok(verify_ledger(store.as_ref(), &a).await).0.ok);
     assert!(ok(verify_ledger(store.as_ref(), &b).await).0.ok);
@@ -692,4 +716,31 @@ pub async fn commits_wake_subscribers(store: &Arc<dyn Store>) {
     })
     .await;
     assert_eq!(heard.ok().flatten(), Some(revision));
+}
+
+/// Every catalogue write raises the tenant's catalogue version; a no-op republish does not.
+pub async fn catalog_version_grows_with_each_write(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let version = |store: Arc<dyn Store>, t: String| async move {
+        ok(store.catalog(&t, Consistency::default()).await).version
+    };
+    assert_eq!(version(store.clone(), t.clone()).await, 0);
+    ok(store.upsert_purpose(&t, &purpose("analytics", &[])).await);
+    let v1 = version(store.clone(), t.clone()).await;
+    ok(store
+        .upsert_purpose(&t, &purpose("call_recording", &[]))
+        .await);
+    let v2 = version(store.clone(), t.clone()).await;
+    ok(store
+        .publish_policy_version(&t, &policy("v1", day(1)))
+        .await);
+    let v3 = version(store.clone(), t.clone()).await;
+    ok(store
+        .publish_policy_version(&t, &policy("v1", day(1)))
+        .await);
+    let v4 = version(store.clone(), t.clone()).await;
+    assert!(0 < v1 && v1 < v2 && v2 < v3, "{v1} {v2} {v3}");
+    assert_eq!(v3, v4, "republishing the same version changes nothing");
+    // Catalogue writes do not move the ledger.
+    assert_eq!(ok(store.head(&t).await).revision, 0);
 }

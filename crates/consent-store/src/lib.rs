@@ -20,11 +20,24 @@ use consent_core::{
 
 pub mod conformance;
 
+/// How fresh a read must be. The ledger itself is always current and ignores it; a cache
+/// in front of it (`consent-cache`) honours it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Any cached answer will do (a cache is kept coherent with writes).
+    #[default]
+    MinimizeLatency,
+    /// Data at least as new as this revision (one a write returned): read your writes.
+    AtLeast(Revision),
+    /// Bypass every cache.
+    Full,
+}
+
 /// Purposes, vendors and policy versions of a tenant.
 #[async_trait]
 pub trait CatalogStore: Send + Sync {
-    /// The whole catalogue of `tenant` (empty when nothing was stored).
-    async fn catalog(&self, tenant: &str) -> Result<Catalog>;
+    /// The whole catalogue of `tenant` (empty when nothing was stored), with its version.
+    async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Catalog>;
 
     /// Creates or replaces a purpose.
     async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()>;
@@ -120,6 +133,7 @@ pub trait LedgerStore: Send + Sync {
         tenant: &str,
         subject_id: &str,
         as_of: Option<Timestamp>,
+        consistency: Consistency,
     ) -> Result<SubjectState>;
 
     /// Events matching `query`, in revision order.
