@@ -1,0 +1,217 @@
+//! Redis backend, standalone or cluster. Every replica's writes tombstone the entries they
+//! change before the write is acknowledged, so a check on any replica sees them.
+//!
+//! Keys are hash-tagged by a digest of tenant and subject (`consent:v1:{<digest>}:s`), so a
+//! cluster spreads subjects over slots and no caller-chosen id can break the key format.
+//! Values are `L<version>:<json>` (live) or `T<version>:` (tombstone); one Lua script applies
+//! the version rules atomically per key. Entries expire after the TTL, which bounds how long
+//! a stale entry can live if a post-commit tombstone could not be written.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncCommands, Script};
+use sha2::{Digest, Sha256};
+
+use crate::{CacheBackend, Versioned};
+
+/// Compare-and-set by version. KEYS[1] the key; ARGV: version, `fill` or `tomb`, value,
+/// TTL in ms. Returns 1 when stored, 0 when the current entry wins.
+const PUT_IF: &str = r#"
+local current = redis.call('GET', KEYS[1])
+local version = tonumber(ARGV[1])
+if current then
+  local colon = string.find(current, ':', 1, true)
+  local live = string.sub(current, 1, 1) == 'L'
+  local current_version = tonumber(string.sub(current, 2, colon - 1))
+  if ARGV[2] == 'fill' then
+    if live and version <= current_version then return 0 end
+    if (not live) and version < current_version then return 0 end
+  else
+    if version <= current_version then return 0 end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
+
+#[derive(Clone)]
+enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The Redis backend.
+#[derive(Clone)]
+pub struct RedisCache {
+    connection: Connection,
+    ttl: Duration,
+    put_if: Script,
+    description: String,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisCache({})", self.description)
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ConsentError {
+    ConsentError::Unavailable(format!("redis: {e}"))
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hex::encode(&hash.finalize()[..16])
+}
+
+fn state_key(tenant: &str, subject: &str) -> String {
+    format!("consent:v1:{{{}}}:s", digest(&[tenant, subject]))
+}
+
+fn catalog_key(tenant: &str) -> String {
+    format!("consent:v1:{{{}}}:c", digest(&[tenant]))
+}
+
+fn encode<T: serde::Serialize>(entry: &Versioned<T>) -> Result<String> {
+    match &entry.value {
+        Some(value) => serde_json::to_string(value)
+            .map(|json| format!("L{}:{json}", entry.version))
+            .map_err(|e| ConsentError::Internal(format!("cannot encode cache entry: {e}"))),
+        None => Ok(format!("T{}:", entry.version)),
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Option<T> {
+    let rest = raw.strip_prefix('L')?;
+    let (_, json) = rest.split_once(':')?;
+    // An undecodable entry is a miss: the ledger answers and the next fill replaces it.
+    serde_json::from_str(json).ok()
+}
+
+impl RedisCache {
+    /// Connects to a standalone Redis (`redis://host:port`).
+    pub async fn standalone(url: &str, ttl: Duration) -> Result<RedisCache> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let manager = ConnectionManager::new(client).await.map_err(unavailable)?;
+        Ok(RedisCache::with(Connection::Standalone(manager), ttl, format!("redis {url}")))
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes`.
+    pub async fn cluster(nodes: &[String], ttl: Duration) -> Result<RedisCache> {
+        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(unavailable)?;
+        let connection = client.get_async_connection().await.map_err(unavailable)?;
+        Ok(RedisCache::with(
+            Connection::Cluster(connection),
+            ttl,
+            format!("redis cluster {}", nodes.join(",")),
+        ))
+    }
+
+    fn with(connection: Connection, ttl: Duration, description: String) -> RedisCache {
+        RedisCache {
+            connection,
+            ttl,
+            put_if: Script::new(PUT_IF),
+            description,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<String>> {
+        match self.connection.clone() {
+            Connection::Standalone(mut c) => c.get(key).await.map_err(unavailable),
+            Connection::Cluster(mut c) => c.get(key).await.map_err(unavailable),
+        }
+    }
+
+    async fn put<T: serde::Serialize>(&self, key: &str, entry: &Versioned<T>, kind: &str) -> Result<()> {
+        let value = encode(entry)?;
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = self.put_if.key(key);
+        invocation.arg(entry.version).arg(kind).arg(value).arg(ttl_ms);
+        let stored: i64 = match self.connection.clone() {
+            Connection::Standalone(mut c) => invoke(&invocation, &mut c).await?,
+            Connection::Cluster(mut c) => invoke(&invocation, &mut c).await?,
+        };
+        let _ = stored;
+        Ok(())
+    }
+}
+
+async fn invoke<C: ConnectionLike + Send>(invocation: &redis::ScriptInvocation<'_>, connection: &mut C) -> Result<i64> {
+    invocation.invoke_async(connection).await.map_err(unavailable)
+}
+
+#[async_trait]
+impl CacheBackend for RedisCache {
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>> {
+        Ok(self.get(&state_key(tenant, subject)).await?.and_then(|raw| decode(&raw)))
+    }
+
+    async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {
+        let entry = Versioned {
+            version: state.revision,
+            value: Some(state),
+        };
+        self.put(&state_key(tenant, subject), &entry, "fill").await
+    }
+
+    async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision) -> Result<()> {
+        let tomb: Versioned<()> = Versioned {
+            version: revision,
+            value: None,
+        };
+        self.put(&state_key(tenant, subject), &tomb, "tomb").await
+    }
+
+    async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>> {
+        Ok(self.get(&catalog_key(tenant)).await?.and_then(|raw| decode(&raw)))
+    }
+
+    async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {
+        let entry = Versioned {
+            version: catalog.version,
+            value: Some(catalog),
+        };
+        self.put(&catalog_key(tenant), &entry, "fill").await
+    }
+
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_hash_tagged_and_immune_to_odd_ids() {
+        let k = state_key("acme", "{weird}:subject");
+        assert!(k.starts_with("consent:v1:{") && k.ends_with("}:s"), "{k}");
+        assert_eq!(k.matches('{').count(), 1);
+        assert_ne!(state_key("a", "bc"), state_key("ab", "c"));
+        assert_ne!(catalog_key("acme"), state_key("acme", ""));
+    }
+
+    #[test]
+    fn entries_round_trip_and_tombstones_read_as_misses() {
+        let live = Versioned {
+            version: 7,
+            value: Some(SubjectState::default()),
+        };
+        let raw = encode(&live).unwrap_or_default();
+        assert!(raw.starts_with("L7:"));
+        assert_eq!(decode::<SubjectState>(&raw), Some(SubjectState::default()));
+        let tomb: Versioned<()> = Versioned { version: 7, value: None };
+        assert_eq!(decode::<SubjectState>(&encode(&tomb).unwrap_or_default()), None);
+        assert_eq!(decode::<SubjectState>("garbage"), None);
+    }
+}
