@@ -18,16 +18,19 @@
 //!   counter records the fallback. If the post-commit tombstone cannot be written (cache
 //!   down), a stale entry can live at most the entry TTL (`cache.ttl_secs`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
 use consent_core::commands::{Idempotency, WritePlan};
-use consent_core::{Catalog, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp, Vendor};
+use consent_core::{
+    Catalog, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp, Vendor,
+};
 use consent_store::{
-    AccessStore, AppendOutcome, CatalogStore, Commit, Consistency, EventQuery, LedgerHead, LedgerStore, Store,
-    StoredEvent,
+    AccessStore, AppendOutcome, CatalogStore, Commit, Consistency, EventQuery, LedgerHead,
+    LedgerStore, Store, StoredEvent,
 };
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +75,8 @@ pub trait CacheBackend: Send + Sync {
     /// Caches a projection read at `state.revision` unless the entry is newer.
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()>;
     /// Marks the subject's entry stale as of the write at `revision`.
-    async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision) -> Result<()>;
+    async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision)
+    -> Result<()>;
     /// The tenant's cached catalogue; `None` on a miss.
     async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>>;
     /// Caches a catalogue unless the entry holds a newer version.
@@ -107,11 +111,20 @@ impl CacheStats {
     }
 }
 
+/// After a cache fault, reads skip the cache this long (they go to the ledger), so an
+/// outage costs one timeout per window instead of one per read. Invalidations after writes
+/// are always attempted.
+pub const SKIP_AFTER_FAULT: Duration = Duration::from_secs(1);
+
 /// A [`Store`] that answers reads from a [`CacheBackend`] and keeps it coherent with writes.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
     cache: Arc<dyn CacheBackend>,
     stats: Arc<CacheStats>,
+    /// Reads skip the cache until this instant (after a fault).
+    skip_until: Mutex<Option<Instant>>,
+    /// How long reads skip the cache after a fault.
+    fault_skip: Duration,
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -127,7 +140,28 @@ impl CachedStore {
             inner,
             cache,
             stats: Arc::new(CacheStats::default()),
+            skip_until: Mutex::new(None),
+            fault_skip: SKIP_AFTER_FAULT,
         }
+    }
+
+    /// Changes how long reads skip the cache after a fault (default [`SKIP_AFTER_FAULT`]).
+    pub fn with_fault_skip(mut self, fault_skip: Duration) -> CachedStore {
+        self.fault_skip = fault_skip;
+        self
+    }
+
+    /// Whether reads should skip the cache now (a recent fault); counts the skip as a fallback.
+    fn skipping(&self) -> bool {
+        let skip = self
+            .skip_until
+            .lock()
+            .map(|until| until.is_some_and(|t| Instant::now() < t))
+            .unwrap_or(false);
+        if skip {
+            CacheStats::count(&self.stats.fallbacks);
+        }
+        skip
     }
 
     /// The outcome counters.
@@ -137,6 +171,9 @@ impl CachedStore {
 
     fn fallback(&self, operation: &str, error: &consent_core::ConsentError) {
         CacheStats::count(&self.stats.fallbacks);
+        if let Ok(mut until) = self.skip_until.lock() {
+            *until = Some(Instant::now() + self.fault_skip);
+        }
         tracing::warn!(operation, %error, cache = %self.cache.describe(), "cache unavailable; using the ledger");
     }
 
@@ -157,8 +194,8 @@ impl CachedStore {
 #[async_trait]
 impl CatalogStore for CachedStore {
     async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Catalog> {
-        if consistency == Consistency::Full {
-            return self.inner.catalog(tenant, consistency).await;
+        if consistency == Consistency::Full || self.skipping() {
+            return self.inner.catalog(tenant, Consistency::Full).await;
         }
         match self.cache.get_catalog(tenant).await {
             Ok(Some(catalog)) => {
@@ -190,7 +227,11 @@ impl CatalogStore for CachedStore {
         Ok(())
     }
 
-    async fn publish_policy_version(&self, tenant: &str, policy: &PolicyVersion) -> Result<PolicyVersion> {
+    async fn publish_policy_version(
+        &self,
+        tenant: &str,
+        policy: &PolicyVersion,
+    ) -> Result<PolicyVersion> {
         let stored = self.inner.publish_policy_version(tenant, policy).await?;
         self.refresh_catalog(tenant).await;
         Ok(stored)
@@ -207,11 +248,19 @@ impl LedgerStore for CachedStore {
     ) -> Result<AppendOutcome> {
         let outcome = self.inner.append(tenant, plan, idempotency).await?;
         if !outcome.replayed {
-            let mut subjects: Vec<&str> = outcome.events.iter().map(|e| e.event.subject_id.as_str()).collect();
+            let mut subjects: Vec<&str> = outcome
+                .events
+                .iter()
+                .map(|e| e.event.subject_id.as_str())
+                .collect();
             subjects.sort_unstable();
             subjects.dedup();
             for subject in subjects {
-                if let Err(e) = self.cache.invalidate_state(tenant, subject, outcome.revision).await {
+                if let Err(e) = self
+                    .cache
+                    .invalidate_state(tenant, subject, outcome.revision)
+                    .await
+                {
                     self.fallback("invalidate after write", &e);
                 }
             }
@@ -228,7 +277,16 @@ impl LedgerStore for CachedStore {
     ) -> Result<SubjectState> {
         // Past states are not cached, and Full bypasses the cache.
         if as_of.is_some() || consistency == Consistency::Full {
-            return self.inner.subject_state(tenant, subject_id, as_of, consistency).await;
+            return self
+                .inner
+                .subject_state(tenant, subject_id, as_of, consistency)
+                .await;
+        }
+        if self.skipping() {
+            return self
+                .inner
+                .subject_state(tenant, subject_id, None, Consistency::Full)
+                .await;
         }
         match self.cache.get_state(tenant, subject_id).await {
             Ok(Some(state)) => {
@@ -245,10 +303,16 @@ impl LedgerStore for CachedStore {
             Ok(None) => CacheStats::count(&self.stats.misses),
             Err(e) => {
                 self.fallback("get state", &e);
-                return self.inner.subject_state(tenant, subject_id, None, Consistency::Full).await;
+                return self
+                    .inner
+                    .subject_state(tenant, subject_id, None, Consistency::Full)
+                    .await;
             }
         }
-        let state = self.inner.subject_state(tenant, subject_id, None, Consistency::Full).await?;
+        let state = self
+            .inner
+            .subject_state(tenant, subject_id, None, Consistency::Full)
+            .await?;
         if let Err(e) = self.cache.fill_state(tenant, subject_id, &state).await {
             self.fallback("fill state", &e);
         }
@@ -305,9 +369,15 @@ mod tests {
 
     #[test]
     fn fills_never_replace_newer_entries_and_tombstones_refuse_older_reads() {
-        let live = Versioned { version: 5, value: Some(()) };
+        let live = Versioned {
+            version: 5,
+            value: Some(()),
+        };
         assert!(!live.accepts_fill(5) && !live.accepts_fill(4) && live.accepts_fill(6));
-        let tomb: Versioned<()> = Versioned { version: 5, value: None };
+        let tomb: Versioned<()> = Versioned {
+            version: 5,
+            value: None,
+        };
         assert!(tomb.accepts_fill(5) && tomb.accepts_fill(6) && !tomb.accepts_fill(4));
         assert!(live.accepts_tombstone(6) && !live.accepts_tombstone(5));
         assert!(tomb.accepts_tombstone(6) && !tomb.accepts_tombstone(5));

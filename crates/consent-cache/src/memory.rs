@@ -30,7 +30,10 @@ impl MemoryCache {
     /// At most `max_entries` subject states, each kept at most `ttl`.
     pub fn new(max_entries: u64, ttl: Duration) -> MemoryCache {
         MemoryCache {
-            states: Cache::builder().max_capacity(max_entries).time_to_live(ttl).build(),
+            states: Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
             catalogs: Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(ttl.min(CATALOG_TTL))
@@ -54,7 +57,11 @@ where
                 entry.accepts_fill(new.version)
             }
         });
-        if accepted { Op::Put(Arc::new(new)) } else { Op::Nop }
+        if accepted {
+            Op::Put(Arc::new(new))
+        } else {
+            Op::Nop
+        }
     });
 }
 
@@ -70,21 +77,39 @@ impl CacheBackend for MemoryCache {
             version: state.revision,
             value: Some(state.clone()),
         };
-        put_if(&self.states, (tenant.to_owned(), subject.to_owned()), entry, false);
+        put_if(
+            &self.states,
+            (tenant.to_owned(), subject.to_owned()),
+            entry,
+            false,
+        );
         Ok(())
     }
 
-    async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision) -> Result<()> {
+    async fn invalidate_state(
+        &self,
+        tenant: &str,
+        subject: &str,
+        revision: Revision,
+    ) -> Result<()> {
         let tomb = Versioned {
             version: revision,
             value: None,
         };
-        put_if(&self.states, (tenant.to_owned(), subject.to_owned()), tomb, true);
+        put_if(
+            &self.states,
+            (tenant.to_owned(), subject.to_owned()),
+            tomb,
+            true,
+        );
         Ok(())
     }
 
     async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>> {
-        Ok(self.catalogs.get(tenant).and_then(|entry| entry.value.clone()))
+        Ok(self
+            .catalogs
+            .get(tenant)
+            .and_then(|entry| entry.value.clone()))
     }
 
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {

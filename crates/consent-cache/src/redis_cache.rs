@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
-use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
@@ -37,6 +37,10 @@ end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 "#;
+
+/// Longest a cache operation may take before it counts as a fault (the read then goes to
+/// the ledger).
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(250);
 
 #[derive(Clone)]
 enum Connection {
@@ -100,13 +104,31 @@ impl RedisCache {
     /// Connects to a standalone Redis (`redis://host:port`).
     pub async fn standalone(url: &str, ttl: Duration) -> Result<RedisCache> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let manager = ConnectionManager::new(client).await.map_err(unavailable)?;
-        Ok(RedisCache::with(Connection::Standalone(manager), ttl, format!("redis {url}")))
+        // Fail fast: a cache that cannot answer within this time is skipped, not waited on.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(OPERATION_TIMEOUT))
+            .set_response_timeout(Some(OPERATION_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+        Ok(RedisCache::with(
+            Connection::Standalone(manager),
+            ttl,
+            format!("redis {url}"),
+        ))
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`.
     pub async fn cluster(nodes: &[String], ttl: Duration) -> Result<RedisCache> {
-        let client = redis::cluster::ClusterClient::new(nodes.to_vec()).map_err(unavailable)?;
+        let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+            .connection_timeout(OPERATION_TIMEOUT)
+            .response_timeout(OPERATION_TIMEOUT)
+            .retries(1)
+            .build()
+            .map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
         Ok(RedisCache::with(
             Connection::Cluster(connection),
@@ -131,28 +153,48 @@ impl RedisCache {
         }
     }
 
-    async fn put<T: serde::Serialize>(&self, key: &str, entry: &Versioned<T>, kind: &str) -> Result<()> {
+    async fn put<T: serde::Serialize>(
+        &self,
+        key: &str,
+        entry: &Versioned<T>,
+        kind: &str,
+    ) -> Result<()> {
         let value = encode(entry)?;
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let ttl_ms = u64::try_from(self.ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut invocation = self.put_if.key(key);
-        invocation.arg(entry.version).arg(kind).arg(value).arg(ttl_ms);
-        let stored: i64 = match self.connection.clone() {
+        invocation
+            .arg(entry.version)
+            .arg(kind)
+            .arg(value)
+            .arg(ttl_ms);
+        // 1 stored, 0 kept the newer entry: both are success.
+        let _stored: i64 = match self.connection.clone() {
             Connection::Standalone(mut c) => invoke(&invocation, &mut c).await?,
             Connection::Cluster(mut c) => invoke(&invocation, &mut c).await?,
         };
-        let _ = stored;
         Ok(())
     }
 }
 
-async fn invoke<C: ConnectionLike + Send>(invocation: &redis::ScriptInvocation<'_>, connection: &mut C) -> Result<i64> {
-    invocation.invoke_async(connection).await.map_err(unavailable)
+async fn invoke<C: ConnectionLike + Send>(
+    invocation: &redis::ScriptInvocation<'_>,
+    connection: &mut C,
+) -> Result<i64> {
+    invocation
+        .invoke_async(connection)
+        .await
+        .map_err(unavailable)
 }
 
 #[async_trait]
 impl CacheBackend for RedisCache {
     async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>> {
-        Ok(self.get(&state_key(tenant, subject)).await?.and_then(|raw| decode(&raw)))
+        Ok(self
+            .get(&state_key(tenant, subject))
+            .await?
+            .and_then(|raw| decode(&raw)))
     }
 
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {
@@ -163,7 +205,12 @@ impl CacheBackend for RedisCache {
         self.put(&state_key(tenant, subject), &entry, "fill").await
     }
 
-    async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision) -> Result<()> {
+    async fn invalidate_state(
+        &self,
+        tenant: &str,
+        subject: &str,
+        revision: Revision,
+    ) -> Result<()> {
         let tomb: Versioned<()> = Versioned {
             version: revision,
             value: None,
@@ -172,7 +219,10 @@ impl CacheBackend for RedisCache {
     }
 
     async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>> {
-        Ok(self.get(&catalog_key(tenant)).await?.and_then(|raw| decode(&raw)))
+        Ok(self
+            .get(&catalog_key(tenant))
+            .await?
+            .and_then(|raw| decode(&raw)))
     }
 
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {
@@ -210,8 +260,14 @@ mod tests {
         let raw = encode(&live).unwrap_or_default();
         assert!(raw.starts_with("L7:"));
         assert_eq!(decode::<SubjectState>(&raw), Some(SubjectState::default()));
-        let tomb: Versioned<()> = Versioned { version: 7, value: None };
-        assert_eq!(decode::<SubjectState>(&encode(&tomb).unwrap_or_default()), None);
+        let tomb: Versioned<()> = Versioned {
+            version: 7,
+            value: None,
+        };
+        assert_eq!(
+            decode::<SubjectState>(&encode(&tomb).unwrap_or_default()),
+            None
+        );
         assert_eq!(decode::<SubjectState>("garbage"), None);
     }
 }

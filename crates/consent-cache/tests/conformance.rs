@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
-use consent_store::conformance::TestStore;
 use consent_store::Store;
+use consent_store::conformance::TestStore;
 use consent_store_sql::{SqlOptions, SqlStore};
 
 const TTL: Duration = Duration::from_secs(300);
@@ -18,7 +18,10 @@ async fn ledger() -> (Arc<dyn Store>, tempfile::TempDir) {
     let store = SqlStore::connect(&url, &SqlOptions::default())
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    store.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
     (Arc::new(store), dir)
 }
 
@@ -58,8 +61,11 @@ mod redis {
     async fn cached() -> Option<TestStore> {
         let url = redis_url()?;
         let (inner, dir) = ledger().await;
-        let cache: Arc<dyn CacheBackend> =
-            Arc::new(RedisCache::standalone(&url, TTL).await.unwrap_or_else(|e| panic!("redis: {e}")));
+        let cache: Arc<dyn CacheBackend> = Arc::new(
+            RedisCache::standalone(&url, TTL)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}")),
+        );
         Some(TestStore {
             store: Arc::new(CachedStore::new(inner, cache)),
             guard: Box::new(dir),
