@@ -12,15 +12,15 @@ use std::sync::Arc;
 use consent_client::{ConsentClient, pb};
 use consent_core::access::{Scope, new_tenant};
 use consent_core::catalog_file::{CatalogFile, parse_catalog_file};
-use consent_server::config::AuthMode;
+use consent_server::config::{AuthMode, CacheConfig, Config};
 use consent_server::convert;
 use consent_server::ledger::new_api_key;
 use consent_server::server::ServerSettings;
 use consent_store::AccessStore;
+use consent_store_sql::SqlStore;
 use consent_store_sql::testing::{
     create_scratch_database, drop_scratch_database, postgres_test_url,
 };
-use consent_store_sql::{SqlOptions, SqlStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -33,14 +33,17 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// A connected client.
     pub client: ConsentClient,
-    /// The store underneath (tests use it to simulate faults, e.g. closing the pool).
+    /// The ledger underneath (tests use it to bootstrap keys and to simulate faults).
     pub store: SqlStore,
+    /// The cache's counters, when the server has a cache.
+    pub cache_stats: Option<Arc<consent_cache::CacheStats>>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     _dir: Option<tempfile::TempDir>,
     scratch_database: Option<(String, String)>,
     url: String,
     settings: ServerSettings,
+    cache: CacheConfig,
 }
 
 impl std::fmt::Debug for TestServer {
@@ -59,20 +62,29 @@ impl TestServer {
         Self::sqlite_with(ServerSettings::with_auth(AuthMode::None)).await
     }
 
-    /// A server with `settings` on a fresh SQLite file.
+    /// A server with `settings` and the default (in-process) cache on a fresh SQLite file.
     pub async fn sqlite_with(settings: ServerSettings) -> TestServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
         let url = format!("sqlite://{}/consent.db", dir.path().display());
-        Self::start("sqlite", &url, Some(dir), settings).await
+        Self::start("sqlite", &url, Some(dir), settings, CacheConfig::default()).await
     }
 
-    /// A server with `settings` on a scratch PostgreSQL database made from `admin_url`
-    /// (dropped on stop).
+    /// A server with `settings` and the default cache on a scratch PostgreSQL database made
+    /// from `admin_url` (dropped on stop).
     pub async fn postgres_with(admin_url: &str, settings: ServerSettings) -> TestServer {
+        Self::postgres_with_cache(admin_url, settings, CacheConfig::default()).await
+    }
+
+    /// As [`TestServer::postgres_with`], with the given cache configuration.
+    pub async fn postgres_with_cache(
+        admin_url: &str,
+        settings: ServerSettings,
+        cache: CacheConfig,
+    ) -> TestServer {
         let (url, name) = create_scratch_database(admin_url)
             .await
             .unwrap_or_else(|e| fail("create scratch database", e));
-        let mut server = Self::start("postgres", &url, None, settings).await;
+        let mut server = Self::start("postgres", &url, None, settings, cache).await;
         server.scratch_database = Some((admin_url.to_owned(), name));
         server
     }
@@ -120,11 +132,20 @@ impl TestServer {
         url: &str,
         dir: Option<tempfile::TempDir>,
         settings: ServerSettings,
+        cache: CacheConfig,
     ) -> TestServer {
-        let store = SqlStore::connect(url, &SqlOptions::default())
+        // The production assembly: the configured ledger behind the configured cache.
+        let mut config = Config::default();
+        config.store.url = url.to_owned();
+        config.cache = cache.clone();
+        let stack = consent_server::stack::open(&config)
             .await
-            .unwrap_or_else(|e| fail("connect store", e));
-        store.migrate().await.unwrap_or_else(|e| fail("migrate", e));
+            .unwrap_or_else(|e| fail("open store", e));
+        stack
+            .ledger
+            .migrate()
+            .await
+            .unwrap_or_else(|e| fail("migrate", e));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| fail("bind", e));
@@ -134,7 +155,7 @@ impl TestServer {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(consent_server::server::serve(
             settings.clone(),
-            Arc::new(store.clone()),
+            Arc::clone(&stack.store),
             listener,
             async move {
                 let _ = rx.await;
@@ -148,20 +169,29 @@ impl TestServer {
             backend,
             addr,
             client,
-            store,
+            store: stack.ledger,
+            cache_stats: stack.cache_stats,
             shutdown: Some(tx),
             task: Some(task),
             _dir: dir,
             scratch_database: None,
             url: url.to_owned(),
             settings,
+            cache,
         }
     }
 
     /// A second server (a replica) on the same store, as another pod behind one Service.
     /// Stop it before the first.
     pub async fn replica(&self) -> TestServer {
-        Self::start(self.backend, &self.url, None, self.settings.clone()).await
+        Self::start(
+            self.backend,
+            &self.url,
+            None,
+            self.settings.clone(),
+            self.cache.clone(),
+        )
+        .await
     }
 
     /// Stops the server, waiting for in-flight RPCs.

@@ -286,7 +286,9 @@ async fn recording_needs_a_published_policy() {
     server.stop().await;
 }
 
-/// With the store gone, reads and writes answer UNAVAILABLE, never a verdict.
+/// With the store gone, writes and every read the (coherent, in-process) cache cannot
+/// answer get UNAVAILABLE, never a verdict; what the cache holds is still the truth, since
+/// no write can happen without the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_down_is_unavailable_never_allowed() {
     let server = TestServer::sqlite().await;
@@ -310,12 +312,14 @@ async fn store_down_is_unavailable_never_allowed() {
     );
 
     server.store.close().await;
-    let status = server.client.check("s", "analytics").await.err();
+    let uncached = server.client.check("never-seen", "analytics").await.err();
     assert_eq!(
-        status.as_ref().map(tonic::Status::code),
+        uncached.as_ref().map(tonic::Status::code),
         Some(Code::Unavailable),
-        "{status:?}"
+        "{uncached:?}"
     );
+    let cached = server.client.check("s", "analytics").await;
+    assert!(cached.is_ok_and(|c| c.allowed && c.reason() == pb::Reason::Granted));
     let write = server
         .client
         .consent()
@@ -331,11 +335,25 @@ async fn store_down_is_unavailable_never_allowed() {
         .client
         .consent()
         .check_batch(pb::CheckBatchRequest {
-            checks: vec![check("s", "analytics")],
+            checks: vec![check("s", "analytics"), check("never-seen", "analytics")],
             consistency: None,
         })
         .await
         .err();
-    assert_eq!(batch.map(|s| s.code()), Some(Code::Unavailable));
+    assert_eq!(
+        batch.map(|s| s.code()),
+        Some(Code::Unavailable),
+        "one unanswerable check fails the batch"
+    );
+    let mut full = check("s", "analytics");
+    full.consistency = Some(pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+    });
+    let full = server.client.check_request(full).await.err();
+    assert_eq!(
+        full.map(|s| s.code()),
+        Some(Code::Unavailable),
+        "fully_consistent reads the store"
+    );
     server.stop().await;
 }

@@ -74,3 +74,40 @@ mod redis {
 
     consent_store::store_conformance_suite!(cached);
 }
+
+mod redis_cluster {
+    use super::*;
+
+    /// The cluster's nodes, comma-separated, from `CONSENT_TEST_REDIS_CLUSTER_NODES`.
+    fn nodes() -> Option<Vec<String>> {
+        match std::env::var("CONSENT_TEST_REDIS_CLUSTER_NODES") {
+            Ok(list) if !list.is_empty() => Some(list.split(',').map(str::to_owned).collect()),
+            _ => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true but CONSENT_TEST_REDIS_CLUSTER_NODES is not set: the cluster suite must run in CI"
+                );
+                eprintln!(
+                    "notice: skipping Redis Cluster tests; set CONSENT_TEST_REDIS_CLUSTER_NODES to run them"
+                );
+                None
+            }
+        }
+    }
+
+    async fn cached() -> Option<TestStore> {
+        let nodes = nodes()?;
+        let (inner, dir) = ledger().await;
+        let cache: Arc<dyn CacheBackend> = Arc::new(
+            RedisCache::cluster(&nodes, TTL)
+                .await
+                .unwrap_or_else(|e| panic!("redis cluster: {e}")),
+        );
+        Some(TestStore {
+            store: Arc::new(CachedStore::new(inner, cache)),
+            guard: Box::new(dir),
+        })
+    }
+
+    consent_store::store_conformance_suite!(cached);
+}

@@ -9,13 +9,14 @@ use clap::{Parser, Subcommand};
 use consent_core::Timestamp;
 use consent_core::access::{ApiKey, new_tenant, parse_scopes, scopes_to_text};
 use consent_core::catalog_file::parse_catalog_file;
-use consent_store::{AccessStore, CatalogStore, verify_ledger};
-use consent_store_sql::{SqlOptions, SqlStore, redact};
+use consent_store::verify_ledger;
+use consent_store_sql::redact;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FlagOverrides};
 use crate::context::DEFAULT_TENANT;
 use crate::ledger::new_api_key;
+use crate::stack::StoreStack;
 
 /// consentd: the consent and retention ledger service.
 #[derive(Debug, Parser)]
@@ -143,8 +144,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(&config).await?,
         Command::Migrate => {
-            let store = open(&config).await?;
-            store.migrate().await?;
+            open_migrated(&config).await?;
             println!("migrations applied to {}", redact(&config.store.url));
         }
         Command::Catalog {
@@ -153,8 +153,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Tenants { action } => tenants(&config, action).await?,
         Command::Keys { action } => keys(&config, action).await?,
         Command::Verify { tenant } => {
-            let store = open(&config).await?;
-            let (report, head) = verify_ledger(&store, &tenant).await?;
+            let stack = crate::stack::open(&config).await?;
+            let (report, head) = verify_ledger(&stack.ledger, &tenant).await?;
             println!(
                 "tenant {tenant}: {} at revision {}, {} events checked{}",
                 if report.ok { "ok" } else { "FAILED" },
@@ -176,17 +176,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-async fn open(config: &Config) -> anyhow::Result<SqlStore> {
-    let options = SqlOptions {
-        max_connections: config.store.max_connections,
-        ..SqlOptions::default()
-    };
-    Ok(SqlStore::connect(&config.store.url, &options).await?)
+/// The configured stack, migrated (commands may run before the first `serve`).
+async fn open_migrated(config: &Config) -> anyhow::Result<StoreStack> {
+    let stack = crate::stack::open(config).await?;
+    stack.ledger.migrate().await?;
+    Ok(stack)
 }
 
 async fn tenants(config: &Config, action: TenantCommand) -> anyhow::Result<()> {
-    let store = open(config).await?;
-    store.migrate().await?;
+    let store = open_migrated(config).await?.store;
     match action {
         TenantCommand::Create { name, display_name } => {
             let tenant = new_tenant(&name, &display_name, Timestamp::now())?;
@@ -219,8 +217,7 @@ fn describe_key(k: &ApiKey) -> String {
 }
 
 async fn keys(config: &Config, action: KeyCommand) -> anyhow::Result<()> {
-    let store = open(config).await?;
-    store.migrate().await?;
+    let store = open_migrated(config).await?.store;
     match action {
         KeyCommand::Create {
             tenant,
@@ -269,8 +266,7 @@ async fn apply_catalog(
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
     let catalog =
         parse_catalog_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-    let store = open(config).await?;
-    store.migrate().await?;
+    let store = open_migrated(config).await?.store;
     for vendor in &catalog.vendors {
         store.upsert_vendor(tenant, vendor).await?;
     }
@@ -322,15 +318,15 @@ async fn shutdown_signal() {
 async fn serve(config: &Config) -> anyhow::Result<()> {
     // TLS files are read first so a bad path fails before anything is opened or bound.
     let settings = crate::server::ServerSettings::from_config(config)?;
-    let store = open(config).await?;
+    let stack = crate::stack::open(config).await?;
     if config.store.auto_migrate {
-        store.migrate().await?;
+        stack.ledger.migrate().await?;
     }
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = %redact(&config.store.url), "consentd listening");
+    tracing::info!(%addr, store = %redact(&config.store.url), cache = ?config.cache.mode, "consentd listening");
     // A line on stdout that scripts and tests can wait for (no sleeps needed).
     println!("consentd listening on {addr}");
 
@@ -343,7 +339,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if settings.tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plaintext on a non-loopback address: API keys cross the network in clear unless TLS terminates in front; set tls.cert and tls.key");
     }
-    let server = crate::server::serve(settings, Arc::new(store.clone()), listener, shutdown);
+    let server = crate::server::serve(settings, Arc::clone(&stack.store), listener, shutdown);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
@@ -357,7 +353,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight RPCs did not finish within the grace period");
         }
     }
-    store.close().await;
+    stack.ledger.close().await;
     tracing::info!("consentd stopped");
     Ok(())
 }

@@ -22,6 +22,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Limits on requests.
     pub limits: LimitsConfig,
+    /// The read cache in front of the ledger.
+    pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -80,6 +82,49 @@ pub struct TlsConfig {
     pub key: Option<PathBuf>,
     /// PEM CA certificate(s) that client certificates must chain to (`CONSENT__TLS__CLIENT_CA`).
     pub client_ca: Option<PathBuf>,
+}
+
+/// Which cache answers reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Every read goes to the ledger.
+    None,
+    /// In-process: coherent with writes through this process only, so for a single replica
+    /// that owns its store (the SQLite default). Several replicas: use `redis`.
+    Memory,
+    /// Redis (standalone or cluster), shared and kept coherent by every replica's writes.
+    Redis,
+}
+
+/// `[cache]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// `none`, `memory` or `redis` (`CONSENT__CACHE__MODE`).
+    pub mode: CacheMode,
+    /// Standalone Redis, e.g. `redis://127.0.0.1:6379` (`CONSENT__CACHE__REDIS_URL`).
+    pub redis_url: String,
+    /// Redis Cluster nodes, comma-separated; used instead of `redis_url` when set
+    /// (`CONSENT__CACHE__REDIS_CLUSTER_NODES`).
+    pub redis_cluster_nodes: String,
+    /// Most subjects kept in the in-process cache.
+    pub max_entries: u64,
+    /// Longest life of a cache entry; bounds how long an entry can stay stale if the cache
+    /// was unreachable when a write tried to invalidate it.
+    pub ttl_secs: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            mode: CacheMode::Memory,
+            redis_url: String::new(),
+            redis_cluster_nodes: String::new(),
+            max_entries: 1_000_000,
+            ttl_secs: 300,
+        }
+    }
 }
 
 /// `[limits]`: bounds on what one request or one key may use.
@@ -252,6 +297,15 @@ impl Config {
             anyhow::bail!(
                 "limits.request_timeout_secs and limits.max_concurrent_streams must be at least 1"
             );
+        }
+        if self.cache.mode == CacheMode::Redis
+            && self.cache.redis_url.is_empty()
+            && self.cache.redis_cluster_nodes.is_empty()
+        {
+            anyhow::bail!("cache.mode = redis needs cache.redis_url or cache.redis_cluster_nodes");
+        }
+        if self.cache.ttl_secs == 0 {
+            anyhow::bail!("cache.ttl_secs must be at least 1");
         }
         if self.store.max_connections == 0 {
             anyhow::bail!("store.max_connections must be at least 1");

@@ -12,5 +12,6 @@ pub mod error;
 pub mod ledger;
 pub mod server;
 pub mod service;
+pub mod stack;
 pub mod telemetry;
 pub mod watch;

@@ -1,0 +1,71 @@
+//! The store a configuration describes: the SQL ledger, behind the configured cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consent_cache::{CacheBackend, CacheStats, CachedStore, MemoryCache, RedisCache};
+use consent_store::Store;
+use consent_store_sql::{SqlOptions, SqlStore};
+
+use crate::config::{CacheMode, Config};
+
+/// The ledger and the store every caller uses (the ledger itself, or a cache in front).
+pub struct StoreStack {
+    /// The SQL ledger (migrations, verification, shutdown).
+    pub ledger: SqlStore,
+    /// What handlers and commands read and write through.
+    pub store: Arc<dyn Store>,
+    /// The cache's counters, when there is a cache.
+    pub cache_stats: Option<Arc<CacheStats>>,
+}
+
+impl std::fmt::Debug for StoreStack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreStack")
+            .field("ledger", &self.ledger)
+            .field("cached", &self.cache_stats.is_some())
+            .finish()
+    }
+}
+
+/// Connects the ledger and the cache; does not migrate.
+pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
+    let options = SqlOptions {
+        max_connections: config.store.max_connections,
+        ..SqlOptions::default()
+    };
+    let ledger = SqlStore::connect(&config.store.url, &options).await?;
+    let ttl = Duration::from_secs(config.cache.ttl_secs);
+    let cache: Option<Arc<dyn CacheBackend>> = match config.cache.mode {
+        CacheMode::None => None,
+        CacheMode::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_entries, ttl))),
+        CacheMode::Redis if !config.cache.redis_cluster_nodes.is_empty() => {
+            let nodes: Vec<String> = config
+                .cache
+                .redis_cluster_nodes
+                .split(',')
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            Some(Arc::new(RedisCache::cluster(&nodes, ttl).await?))
+        }
+        CacheMode::Redis => Some(Arc::new(
+            RedisCache::standalone(&config.cache.redis_url, ttl).await?,
+        )),
+    };
+    Ok(match cache {
+        None => StoreStack {
+            store: Arc::new(ledger.clone()),
+            ledger,
+            cache_stats: None,
+        },
+        Some(cache) => {
+            let cached = CachedStore::new(Arc::new(ledger.clone()), cache);
+            StoreStack {
+                cache_stats: Some(cached.stats()),
+                store: Arc::new(cached),
+                ledger,
+            }
+        }
+    })
+}

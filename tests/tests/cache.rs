@@ -1,0 +1,151 @@
+//! Cache coherence through real servers: two replicas sharing one PostgreSQL (and Redis).
+
+use consent_client::pb;
+use consent_client::pb::{Channel, Decision, Reason};
+use consent_e2e::{TestServer, apply_seed_catalog, record};
+use consent_server::config::{AuthMode, CacheConfig, CacheMode};
+use consent_server::server::ServerSettings;
+
+fn redis_url() -> Option<String> {
+    match std::env::var("CONSENT_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but CONSENT_TEST_REDIS_URL is not set"
+            );
+            eprintln!(
+                "notice: skipping the Redis replica test; set CONSENT_TEST_REDIS_URL to run it"
+            );
+            None
+        }
+    }
+}
+
+fn with_consistency(subject: &str, requirement: pb::consistency::Requirement) -> pb::CheckRequest {
+    pb::CheckRequest {
+        subject_id: subject.into(),
+        purpose_id: "call_recording".into(),
+        consistency: Some(pb::Consistency {
+            requirement: Some(requirement),
+        }),
+        ..Default::default()
+    }
+}
+
+async fn reason(server: &TestServer, subject: &str) -> Reason {
+    server
+        .client
+        .check(subject, "call_recording")
+        .await
+        .unwrap_or_else(|e| panic!("check: {e}"))
+        .reason()
+}
+
+/// After WithdrawConsent returns on replica A, Check on replica B answers WITHDRAWN at once,
+/// though B had the grant in the shared Redis cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_on_one_replica_is_seen_on_another_at_once() {
+    let (Some(db), Some(redis)) = (consent_store_sql::testing::postgres_test_url(), redis_url())
+    else {
+        return;
+    };
+    let cache = CacheConfig {
+        mode: CacheMode::Redis,
+        redis_url: redis,
+        ..CacheConfig::default()
+    };
+    let a = TestServer::postgres_with_cache(&db, ServerSettings::with_auth(AuthMode::None), cache)
+        .await;
+    let b = a.replica().await;
+    apply_seed_catalog(&a.client).await;
+    a.client
+        .consent()
+        .record_consent(record(
+            "caller",
+            &[("call_recording", Decision::Granted)],
+            Channel::Voice,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("record: {e}"));
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    let hits = b
+        .cache_stats
+        .as_ref()
+        .map(|s| s.snapshot().0)
+        .unwrap_or_default();
+    assert!(hits >= 1, "B answered from Redis");
+
+    a.client
+        .consent()
+        .withdraw_consent(pb::WithdrawConsentRequest {
+            subject_id: "caller".into(),
+            channel: Channel::Web.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("withdraw: {e}"));
+    assert_eq!(reason(&b, "caller").await, Reason::Withdrawn);
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Even replicas with in-process caches (coherent only with their own writes) answer
+/// `at_least_revision` and `fully_consistent` from the ledger when their cache is behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistency_tokens_cross_replicas_with_in_process_caches() {
+    let Some(db) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let a = TestServer::postgres_with(&db, ServerSettings::with_auth(AuthMode::None)).await;
+    let b = a.replica().await;
+    apply_seed_catalog(&a.client).await;
+    a.client
+        .consent()
+        .record_consent(record(
+            "caller",
+            &[("call_recording", Decision::Granted)],
+            Channel::Voice,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("record: {e}"));
+    assert_eq!(
+        reason(&b, "caller").await,
+        Reason::Granted,
+        "B caches the grant"
+    );
+    let withdrawn = a
+        .client
+        .consent()
+        .record_consent(record(
+            "caller",
+            &[("call_recording", Decision::Withdrawn)],
+            Channel::Web,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("withdraw: {e}"))
+        .into_inner();
+    use pb::consistency::Requirement;
+    let at_least = b
+        .client
+        .check_request(with_consistency(
+            "caller",
+            Requirement::AtLeastRevision(withdrawn.revision),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("check: {e}"));
+    assert_eq!(at_least.reason(), Reason::Withdrawn);
+    assert!(at_least.revision >= withdrawn.revision);
+    let full = b
+        .client
+        .check_request(with_consistency(
+            "caller",
+            Requirement::FullyConsistent(true),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("check: {e}"));
+    assert_eq!(full.reason(), Reason::Withdrawn);
+    b.stop().await;
+    a.stop().await;
+}
