@@ -9,14 +9,17 @@
 //! Coherence, without time-based invalidation:
 //! - entries are versioned (ledger revision for states, catalogue version for catalogues)
 //!   and a fill never replaces a newer entry;
-//! - after a write commits, and before the write is acknowledged, the written subjects'
-//!   entries become tombstones at the write's revision; a fill read before the commit
-//!   carries an older revision and is refused, so no replica can re-cache the old state;
+//! - before a write commits, the written subjects' entries become *pending* markers that
+//!   refuse every fill; after it commits, and before it is acknowledged, they become
+//!   tombstones at the write's revision; a fill read before the commit carries an older
+//!   revision and is refused, so no replica can re-cache the old state;
 //! - a catalogue write is followed by a fill of the fresh catalogue (a newer version);
 //! - `AtLeast(r)` never answers from an entry older than `r`; `Full` bypasses the cache;
 //! - a cache fault never fails a read and never answers: the read goes to the ledger and a
-//!   counter records the fallback. If the post-commit tombstone cannot be written (cache
-//!   down), a stale entry can live at most the entry TTL (`cache.ttl_secs`).
+//!   counter records the fallback. If the post-commit tombstone cannot be written, the
+//!   pending marker stays until it expires (readers miss: slower, not stale); only if the
+//!   cache refused both marker and tombstone (down for the whole write) can an entry stay
+//!   stale, at most the entry TTL (`cache.ttl_secs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,20 +52,37 @@ pub struct Versioned<T> {
     pub value: Option<T>,
 }
 
+/// The version of a *pending* marker: a write to the subject is in flight. It refuses every
+/// fill, and the write's tombstone replaces it.
+pub const PENDING: i64 = i64::MAX;
+
 impl<T> Versioned<T> {
-    /// Whether a fill read at `version` may replace this entry: a live entry only by a newer
-    /// read, a tombstone by a read at or after the write it marks.
-    pub fn accepts_fill(&self, version: i64) -> bool {
-        match self.value {
-            Some(_) => version > self.version,
-            None => version >= self.version,
+    /// The marker set before a write commits.
+    pub fn pending() -> Versioned<T> {
+        Versioned {
+            version: PENDING,
+            value: None,
         }
     }
 
-    /// Whether a write at `version` must turn this entry into a tombstone: only if the entry
-    /// was read before that write.
+    /// Whether this is a pending marker.
+    pub fn is_pending(&self) -> bool {
+        self.value.is_none() && self.version == PENDING
+    }
+
+    /// Whether a fill read at `version` may replace this entry: a live entry only by a newer
+    /// read, a tombstone by a read at or after the write it marks, a pending marker never.
+    pub fn accepts_fill(&self, version: i64) -> bool {
+        match self.value {
+            Some(_) => version > self.version,
+            None => version >= self.version && !self.is_pending(),
+        }
+    }
+
+    /// Whether a write at `version` must turn this entry into a tombstone: if the entry was
+    /// read before that write, or marks a write in flight.
     pub fn accepts_tombstone(&self, version: i64) -> bool {
-        version > self.version
+        version > self.version || self.is_pending()
     }
 }
 
@@ -74,6 +94,9 @@ pub trait CacheBackend: Send + Sync {
     async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>>;
     /// Caches a projection read at `state.revision` unless the entry is newer.
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()>;
+    /// Marks a write to the subject as in flight (before it commits): no fill is accepted
+    /// until the write's tombstone replaces the marker, or the marker expires.
+    async fn begin_write(&self, tenant: &str, subject: &str) -> Result<()>;
     /// Marks the subject's entry stale as of the write at `revision`.
     async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision)
     -> Result<()>;
@@ -115,6 +138,9 @@ impl CacheStats {
 /// outage costs one timeout per window instead of one per read. Invalidations after writes
 /// are always attempted.
 pub const SKIP_AFTER_FAULT: Duration = Duration::from_secs(1);
+
+/// Attempts at the post-commit tombstone before giving up on it.
+const TOMBSTONE_ATTEMPTS: u32 = 3;
 
 /// A [`Store`] that answers reads from a [`CacheBackend`] and keeps it coherent with writes.
 pub struct CachedStore {
@@ -175,6 +201,20 @@ impl CachedStore {
             *until = Some(Instant::now() + self.fault_skip);
         }
         tracing::warn!(operation, %error, cache = %self.cache.describe(), "cache unavailable; using the ledger");
+    }
+
+    /// Writes the post-commit tombstone, retrying a failed attempt a few times: until it is
+    /// written, the pending marker (or, if that failed too, the entry TTL) bounds staleness.
+    async fn tombstone(&self, tenant: &str, subject: &str, revision: Revision) {
+        for attempt in 1..=TOMBSTONE_ATTEMPTS {
+            match self.cache.invalidate_state(tenant, subject, revision).await {
+                Ok(()) => return,
+                Err(e) if attempt == TOMBSTONE_ATTEMPTS => {
+                    self.fallback("invalidate after write", &e)
+                }
+                Err(_) => {}
+            }
+        }
     }
 
     /// Refreshes the cached catalogue after a catalogue write.
@@ -246,24 +286,22 @@ impl LedgerStore for CachedStore {
         plan: &WritePlan,
         idempotency: Option<&Idempotency>,
     ) -> Result<AppendOutcome> {
-        let outcome = self.inner.append(tenant, plan, idempotency).await?;
-        if !outcome.replayed {
-            let mut subjects: Vec<&str> = outcome
-                .events
-                .iter()
-                .map(|e| e.event.subject_id.as_str())
-                .collect();
-            subjects.sort_unstable();
-            subjects.dedup();
-            for subject in subjects {
-                if let Err(e) = self
-                    .cache
-                    .invalidate_state(tenant, subject, outcome.revision)
-                    .await
-                {
-                    self.fallback("invalidate after write", &e);
-                }
+        // Before the commit: mark the subjects' entries as written-to, so that if the
+        // post-commit tombstone cannot be written the entries cost misses, not stale answers.
+        let mut subjects: Vec<&str> = match plan {
+            WritePlan::Events(events) => events.iter().map(|e| e.subject_id.as_str()).collect(),
+            WritePlan::WithdrawAllGranted(template) => vec![template.subject_id.as_str()],
+        };
+        subjects.sort_unstable();
+        subjects.dedup();
+        for subject in &subjects {
+            if let Err(e) = self.cache.begin_write(tenant, subject).await {
+                self.fallback("mark write in flight", &e);
             }
+        }
+        let outcome = self.inner.append(tenant, plan, idempotency).await?;
+        for subject in &subjects {
+            self.tombstone(tenant, subject, outcome.revision).await;
         }
         Ok(outcome)
     }
@@ -381,5 +419,11 @@ mod tests {
         assert!(tomb.accepts_fill(5) && tomb.accepts_fill(6) && !tomb.accepts_fill(4));
         assert!(live.accepts_tombstone(6) && !live.accepts_tombstone(5));
         assert!(tomb.accepts_tombstone(6) && !tomb.accepts_tombstone(5));
+        let pending: Versioned<()> = Versioned::pending();
+        assert!(!pending.accepts_fill(i64::MAX - 1) && !pending.accepts_fill(0));
+        assert!(
+            pending.accepts_tombstone(1),
+            "the write's tombstone replaces its marker"
+        );
     }
 }

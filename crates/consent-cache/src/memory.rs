@@ -42,8 +42,16 @@ impl MemoryCache {
     }
 }
 
+/// How a put relates to the current entry.
+#[derive(Clone, Copy)]
+enum Put {
+    Fill,
+    Tombstone,
+    Pending,
+}
+
 /// Stores `new` under `key` if the current entry accepts it, atomically for that key.
-fn put_if<K, T>(cache: &Cache<K, Arc<Versioned<T>>>, key: K, new: Versioned<T>, tombstone: bool)
+fn put_if<K, T>(cache: &Cache<K, Arc<Versioned<T>>>, key: K, new: Versioned<T>, put: Put)
 where
     K: std::hash::Hash + Eq + Send + Sync + Clone + 'static,
     T: Send + Sync + 'static,
@@ -51,10 +59,10 @@ where
     let _ = cache.entry(key).and_compute_with(|current| {
         let accepted = current.is_none_or(|entry| {
             let entry = entry.value();
-            if tombstone {
-                entry.accepts_tombstone(new.version)
-            } else {
-                entry.accepts_fill(new.version)
+            match put {
+                Put::Fill => entry.accepts_fill(new.version),
+                Put::Tombstone => entry.accepts_tombstone(new.version),
+                Put::Pending => true,
             }
         });
         if accepted {
@@ -81,8 +89,14 @@ impl CacheBackend for MemoryCache {
             &self.states,
             (tenant.to_owned(), subject.to_owned()),
             entry,
-            false,
+            Put::Fill,
         );
+        Ok(())
+    }
+
+    async fn begin_write(&self, tenant: &str, subject: &str) -> Result<()> {
+        let key = (tenant.to_owned(), subject.to_owned());
+        put_if(&self.states, key, Versioned::pending(), Put::Pending);
         Ok(())
     }
 
@@ -100,7 +114,7 @@ impl CacheBackend for MemoryCache {
             &self.states,
             (tenant.to_owned(), subject.to_owned()),
             tomb,
-            true,
+            Put::Tombstone,
         );
         Ok(())
     }
@@ -117,7 +131,7 @@ impl CacheBackend for MemoryCache {
             version: catalog.version,
             value: Some(catalog.clone()),
         };
-        put_if(&self.catalogs, tenant.to_owned(), entry, false);
+        put_if(&self.catalogs, tenant.to_owned(), entry, Put::Fill);
         Ok(())
     }
 

@@ -18,29 +18,38 @@ use sha2::{Digest, Sha256};
 
 use crate::{CacheBackend, Versioned};
 
-/// Compare-and-set by version. KEYS[1] the key; ARGV: version, `fill` or `tomb`, value,
-/// TTL in ms. Returns 1 when stored, 0 when the current entry wins.
+/// Compare-and-set by version (the rules of `Versioned`). KEYS[1] the key; ARGV: version,
+/// `fill`, `tomb` or `pending`, value, TTL in ms. Values: `L<version>:<json>` live,
+/// `T<version>:` tombstone, `P:` pending. Returns 1 when stored, 0 when the entry wins.
 const PUT_IF: &str = r#"
 local current = redis.call('GET', KEYS[1])
-local version = tonumber(ARGV[1])
-if current then
-  local colon = string.find(current, ':', 1, true)
-  local live = string.sub(current, 1, 1) == 'L'
-  local current_version = tonumber(string.sub(current, 2, colon - 1))
-  if ARGV[2] == 'fill' then
-    if live and version <= current_version then return 0 end
-    if (not live) and version < current_version then return 0 end
+local op = ARGV[2]
+if current and op ~= 'pending' then
+  local kind = string.sub(current, 1, 1)
+  if kind == 'P' then
+    if op == 'fill' then return 0 end
   else
-    if version <= current_version then return 0 end
+    local colon = string.find(current, ':', 1, true)
+    local current_version = tonumber(string.sub(current, 2, colon - 1))
+    local version = tonumber(ARGV[1])
+    if op == 'fill' then
+      if kind == 'L' and version <= current_version then return 0 end
+      if kind == 'T' and version < current_version then return 0 end
+    else
+      if version <= current_version then return 0 end
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return 1
 "#;
 
+/// Longest life of a pending marker: a write that never finishes stops blocking fills then.
+const PENDING_TTL: Duration = Duration::from_secs(60);
+
 /// Longest a cache operation may take before it counts as a fault (the read then goes to
 /// the ledger).
-pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(250);
+pub const OPERATION_TIMEOUT: Duration = Duration::from_millis(500);
 
 #[derive(Clone)]
 enum Connection {
@@ -85,6 +94,9 @@ fn catalog_key(tenant: &str) -> String {
 }
 
 fn encode<T: serde::Serialize>(entry: &Versioned<T>) -> Result<String> {
+    if entry.is_pending() {
+        return Ok("P:".to_owned());
+    }
     match &entry.value {
         Some(value) => serde_json::to_string(value)
             .map(|json| format!("L{}:{json}", entry.version))
@@ -160,9 +172,12 @@ impl RedisCache {
         kind: &str,
     ) -> Result<()> {
         let value = encode(entry)?;
-        let ttl_ms = u64::try_from(self.ttl.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let ttl = if entry.is_pending() {
+            self.ttl.min(PENDING_TTL)
+        } else {
+            self.ttl
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let mut invocation = self.put_if.key(key);
         invocation
             .arg(entry.version)
@@ -203,6 +218,12 @@ impl CacheBackend for RedisCache {
             value: Some(state),
         };
         self.put(&state_key(tenant, subject), &entry, "fill").await
+    }
+
+    async fn begin_write(&self, tenant: &str, subject: &str) -> Result<()> {
+        let marker: Versioned<()> = Versioned::pending();
+        self.put(&state_key(tenant, subject), &marker, "pending")
+            .await
     }
 
     async fn invalidate_state(

@@ -340,3 +340,82 @@ async fn after_a_fault_reads_skip_the_cache_for_a_while() {
     assert_eq!((hits, misses), (0, 0), "no read reached the cache");
     assert!(fallbacks >= 5);
 }
+
+/// The real backend, except that post-commit tombstones are lost (as when the cache stops
+/// answering between the commit and the acknowledgement).
+struct LosesTombstones(Arc<dyn CacheBackend>);
+
+#[async_trait::async_trait]
+impl CacheBackend for LosesTombstones {
+    async fn get_state(
+        &self,
+        t: &str,
+        s: &str,
+    ) -> consent_core::Result<Option<consent_core::SubjectState>> {
+        self.0.get_state(t, s).await
+    }
+    async fn fill_state(
+        &self,
+        t: &str,
+        s: &str,
+        state: &consent_core::SubjectState,
+    ) -> consent_core::Result<()> {
+        self.0.fill_state(t, s, state).await
+    }
+    async fn begin_write(&self, t: &str, s: &str) -> consent_core::Result<()> {
+        self.0.begin_write(t, s).await
+    }
+    async fn invalidate_state(&self, _: &str, _: &str, _: i64) -> consent_core::Result<()> {
+        Err(consent_core::ConsentError::Unavailable(
+            "tombstone lost".into(),
+        ))
+    }
+    async fn get_catalog(&self, t: &str) -> consent_core::Result<Option<consent_core::Catalog>> {
+        self.0.get_catalog(t).await
+    }
+    async fn fill_catalog(&self, t: &str, c: &consent_core::Catalog) -> consent_core::Result<()> {
+        self.0.fill_catalog(t, c).await
+    }
+    fn describe(&self) -> String {
+        format!("{} losing tombstones", self.0.describe())
+    }
+}
+
+/// A write whose tombstone is lost leaves its pending marker: other readers miss and read
+/// the ledger (slower), they never answer the old state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tombstone_costs_misses_not_stale_answers() {
+    let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
+    if let Some(url) = redis_url() {
+        backends.push(Arc::new(
+            RedisCache::standalone(&url, TTL)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
+        ));
+    }
+    for shared in backends {
+        let (ledger, _dir) = ledger().await;
+        let writer = CachedStore::new(ledger.clone(), Arc::new(LosesTombstones(shared.clone())));
+        let reader = CachedStore::new(ledger.clone(), shared.clone());
+        let t = tenant();
+        write(&reader, &t, "caller", Decision::Granted).await;
+        assert_eq!(
+            decision(&reader, &t, "caller", Consistency::MinimizeLatency).await,
+            Some(Decision::Granted)
+        );
+        write(&writer, &t, "caller", Decision::Withdrawn).await;
+        for _ in 0..3 {
+            assert_eq!(
+                decision(&reader, &t, "caller", Consistency::MinimizeLatency).await,
+                Some(Decision::Withdrawn),
+                "{}",
+                shared.describe()
+            );
+        }
+        assert_eq!(
+            shared.get_state(&t, "caller").await.ok().flatten(),
+            None,
+            "fills stay refused"
+        );
+    }
+}
