@@ -6,22 +6,6 @@ use consent_e2e::{TestServer, apply_seed_catalog, record};
 use consent_server::config::{AuthMode, CacheConfig, CacheMode};
 use consent_server::server::ServerSettings;
 
-fn redis_url() -> Option<String> {
-    match std::env::var("CONSENT_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but CONSENT_TEST_REDIS_URL is not set"
-            );
-            eprintln!(
-                "notice: skipping the Redis replica test; set CONSENT_TEST_REDIS_URL to run it"
-            );
-            None
-        }
-    }
-}
-
 fn with_consistency(subject: &str, requirement: pb::consistency::Requirement) -> pb::CheckRequest {
     pb::CheckRequest {
         subject_id: subject.into(),
@@ -46,8 +30,10 @@ async fn reason(server: &TestServer, subject: &str) -> Reason {
 /// though B had the grant in the shared Redis cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withdrawal_on_one_replica_is_seen_on_another_at_once() {
-    let (Some(db), Some(redis)) = (consent_store_sql::testing::postgres_test_url(), redis_url())
-    else {
+    let (Some(db), Some(redis)) = (
+        consent_store_sql::testing::postgres_test_url(),
+        consent_cache::testing::redis_test_url(),
+    ) else {
         return;
     };
     let cache = CacheConfig {

@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 
 mod memory;
 mod redis_cache;
+pub mod testing;
 
 pub use memory::MemoryCache;
 pub use redis_cache::RedisCache;

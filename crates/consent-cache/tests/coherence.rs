@@ -3,49 +3,23 @@
 //! latency only: every read stays correct, a counter records the fallbacks, and the cache
 //! refills when Redis returns.
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{TTL, ledger};
+use consent_cache::testing::redis_test_url;
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
 use consent_core::commands::{WritePlan, new_event_id};
 use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
 use consent_store::{Consistency, LedgerStore, Store};
-use consent_store_sql::{SqlOptions, SqlStore};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const TTL: Duration = Duration::from_secs(300);
+/// A safety net on waits for this test's own redis-server; never a timing claim.
 const SAFETY: Duration = Duration::from_secs(30);
-
-async fn ledger() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let url = format!("sqlite://{}/ledger.db", dir.path().display());
-    let store = SqlStore::connect(&url, &SqlOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    store
-        .migrate()
-        .await
-        .unwrap_or_else(|e| panic!("migrate: {e}"));
-    (Arc::new(store), dir)
-}
-
-fn redis_url() -> Option<String> {
-    match std::env::var("CONSENT_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but CONSENT_TEST_REDIS_URL is not set"
-            );
-            eprintln!(
-                "notice: skipping Redis coherence tests; set CONSENT_TEST_REDIS_URL to run them"
-            );
-            None
-        }
-    }
-}
 
 async fn write(store: &dyn Store, tenant: &str, subject: &str, decision: Decision) -> i64 {
     let event = NewEvent {
@@ -91,7 +65,7 @@ fn tenant() -> String {
 /// through A is what B answers next, with no wait, although B had the grant cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_replica_is_seen_by_the_other_at_once() {
-    let Some(url) = redis_url() else { return };
+    let Some(url) = redis_test_url() else { return };
     let (ledger, _dir) = ledger().await;
     let replica = |ledger: Arc<dyn Store>| {
         let url = url.clone();
@@ -129,7 +103,7 @@ async fn a_write_on_one_replica_is_seen_by_the_other_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_read_before_a_write_cannot_outlive_it() {
     let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
-    if let Some(url) = redis_url() {
+    if let Some(url) = redis_test_url() {
         backends.push(Arc::new(
             RedisCache::standalone(&url, TTL)
                 .await
@@ -259,7 +233,7 @@ impl OwnRedis {
 /// writes still succeed; never an answer from nowhere. Redis back: the cache refills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_outage_costs_latency_not_correctness() {
-    if redis_url().is_none() {
+    if redis_test_url().is_none() {
         return;
     }
     let redis = OwnRedis::start(None).await;
@@ -333,7 +307,7 @@ async fn a_redis_outage_costs_latency_not_correctness() {
 /// After a fault, reads skip the cache for the skip window: one timeout per window, not per read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_fault_reads_skip_the_cache_for_a_while() {
-    if redis_url().is_none() {
+    if redis_test_url().is_none() {
         return;
     }
     let redis = OwnRedis::start(None).await;
@@ -404,7 +378,7 @@ impl CacheBackend for LosesTombstones {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tombstone_costs_misses_not_stale_answers() {
     let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
-    if let Some(url) = redis_url() {
+    if let Some(url) = redis_test_url() {
         backends.push(Arc::new(
             RedisCache::standalone(&url, TTL)
                 .await

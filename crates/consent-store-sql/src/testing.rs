@@ -9,17 +9,7 @@ pub const DATABASE_URL_VAR: &str = "CONSENT_TEST_DATABASE_URL";
 /// The PostgreSQL URL for tests, or `None` after printing a notice. Under `CI=true` a
 /// missing URL panics: CI must run the PostgreSQL tests.
 pub fn postgres_test_url() -> Option<String> {
-    match std::env::var(DATABASE_URL_VAR) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "CI=true but {DATABASE_URL_VAR} is not set: the PostgreSQL tests must run in CI"
-            );
-            eprintln!("notice: skipping PostgreSQL tests; set {DATABASE_URL_VAR} to run them");
-            None
-        }
-    }
+    consent_store::conformance::service_from_env(DATABASE_URL_VAR)
 }
 
 /// Creates an empty database beside the one `admin_url` names and returns its URL and name.

@@ -18,6 +18,23 @@ use consent_core::{
 
 use crate::{Consistency, EventQuery, Store, verify_ledger};
 
+/// The value of a test environment variable naming a service (a database, a Redis), or
+/// `None` after printing a notice that the tests needing it are skipped. Under `CI=true` a
+/// missing value panics: CI must run every test.
+pub fn service_from_env(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Some(value),
+        _ => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true but {var} is not set: the tests that need it must run in CI"
+            );
+            eprintln!("notice: skipping tests that need {var}; set it to run them");
+            None
+        }
+    }
+}
+
 /// A store under test and whatever must live as long as it (a temp dir, a server).
 pub struct TestStore {
     /// The store.
