@@ -18,6 +18,18 @@ use consent_store::{Consistency, LedgerStore, Store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The in-process backend, and Redis when a test Redis is configured.
+async fn backends() -> Vec<Arc<dyn CacheBackend>> {
+    let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
+    if let Some(url) = redis_test_url() {
+        let redis = RedisCache::standalone(&url, TTL)
+            .await
+            .unwrap_or_else(|e| panic!("redis: {e}"));
+        backends.push(Arc::new(redis));
+    }
+    backends
+}
+
 /// A safety net on waits for this test's own redis-server; never a timing claim.
 const SAFETY: Duration = Duration::from_secs(30);
 
@@ -102,14 +114,7 @@ async fn a_write_on_one_replica_is_seen_by_the_other_at_once() {
 /// entry, on both backends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_read_before_a_write_cannot_outlive_it() {
-    let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
-    if let Some(url) = redis_test_url() {
-        backends.push(Arc::new(
-            RedisCache::standalone(&url, TTL)
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        ));
-    }
+    let backends = backends().await;
     for cache in backends {
         let (ledger, _dir) = ledger().await;
         let store = CachedStore::new(ledger.clone(), cache.clone());
@@ -377,14 +382,7 @@ impl CacheBackend for LosesTombstones {
 /// the ledger (slower), they never answer the old state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_tombstone_costs_misses_not_stale_answers() {
-    let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
-    if let Some(url) = redis_test_url() {
-        backends.push(Arc::new(
-            RedisCache::standalone(&url, TTL)
-                .await
-                .unwrap_or_else(|e| panic!("{e}")),
-        ));
-    }
+    let backends = backends().await;
     for shared in backends {
         let (ledger, _dir) = ledger().await;
         let writer = CachedStore::new(ledger.clone(), Arc::new(LosesTombstones(shared.clone())));
