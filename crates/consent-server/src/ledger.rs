@@ -2,7 +2,8 @@
 //! plans writes with `consent_core`, reads state and decides. It knows nothing of gRPC.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+
+use futures::stream::{self, StreamExt, TryStreamExt};
 use std::sync::Arc;
 
 use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
@@ -17,6 +18,10 @@ use consent_store::{
 };
 
 use crate::context::Principal;
+
+/// State reads a batch keeps in flight at once (bounded so one batch cannot take the whole
+/// connection pool).
+const BATCH_READ_CONCURRENCY: usize = 8;
 
 /// The catalogue freshness a read needs: revisions are ledger positions, not catalogue
 /// versions, so only "bypass every cache" carries over; a cached catalogue is invalidated by
@@ -181,23 +186,36 @@ impl Ledger {
             .store
             .catalog(&who.tenant_id, catalog_consistency(consistency))
             .await?;
-        let mut states: HashMap<(&str, Option<Timestamp>), SubjectState> = HashMap::new();
-        let mut results = Vec::with_capacity(queries.len());
+        // Validate every reference first: a bad batch costs no state reads.
+        let mut targets = Vec::with_capacity(queries.len());
         for q in queries {
             let purpose = catalog.require_purpose(&q.purpose_id)?;
             if !q.vendor_id.is_empty() {
                 catalog.require_vendor(&q.vendor_id)?;
             }
-            let key = (q.subject_id.as_str(), q.at);
-            if let Entry::Vacant(slot) = states.entry(key) {
-                slot.insert(
-                    self.state(&who.tenant_id, &q.subject_id, q.at, now, consistency)
-                        .await?,
-                );
-            }
-            let Some(state) = states.get(&key) else {
+            targets.push(purpose);
+        }
+        // Each distinct (subject, as-of) state once, several reads in flight at a time.
+        let mut keys: Vec<(String, Option<Timestamp>)> = queries
+            .iter()
+            .map(|q| (q.subject_id.clone(), q.at))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let tenant = who.tenant_id.as_str();
+        let states: HashMap<(String, Option<Timestamp>), SubjectState> = stream::iter(keys)
+            .map(|(subject, at)| async move {
+                let state = self.state(tenant, &subject, at, now, consistency).await?;
+                Ok::<_, ConsentError>(((subject, at), state))
+            })
+            .buffer_unordered(BATCH_READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut results = Vec::with_capacity(queries.len());
+        for (q, purpose) in queries.iter().zip(targets) {
+            let Some(state) = states.get(&(q.subject_id.clone(), q.at)) else {
                 return Err(ConsentError::Internal(
-                    "subject state vanished from the batch map".into(),
+                    "subject state missing from the batch".into(),
                 ));
             };
             results.push(Checked {
