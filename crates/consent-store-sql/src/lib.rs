@@ -537,18 +537,23 @@ impl SqlStore {
         Ok(())
     }
 
-    async fn current_entries(
-        tx: &mut Transaction<'_, Any>,
+    /// The subject's projection rows, read through `executor` (the pool, or a write's
+    /// transaction when a withdrawal must see the state it supersedes).
+    async fn current_entries<'e, E>(
+        executor: E,
         tenant: &str,
         subject: &str,
-    ) -> Result<Vec<StateEntry>> {
+    ) -> Result<Vec<StateEntry>>
+    where
+        E: Executor<'e, Database = Any>,
+    {
         let sql = format!(
             "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
         );
         let rows = sqlx::query(&sql)
             .bind(tenant)
             .bind(subject)
-            .fetch_all(&mut **tx)
+            .fetch_all(executor)
             .await
             .map_err(db)?;
         rows.iter().map(state_from_row).collect()
@@ -600,7 +605,7 @@ impl LedgerStore for SqlStore {
         let planned: Vec<NewEvent> = match plan {
             WritePlan::Events(events) => events.clone(),
             WritePlan::WithdrawAllGranted(template) => template.withdraw_granted(
-                &Self::current_entries(&mut tx, tenant, &template.subject_id).await?,
+                &Self::current_entries(&mut *tx, tenant, &template.subject_id).await?,
             ),
         };
         let mut prev = head.hash;
@@ -670,20 +675,7 @@ impl LedgerStore for SqlStore {
         // The revision is read before the data, so the data is at least that new.
         let revision = self.head(tenant).await?.revision;
         let entries = match as_of {
-            None => {
-                let sql = format!(
-                    "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(tenant)
-                    .bind(subject_id)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
-                rows.iter()
-                    .map(state_from_row)
-                    .collect::<Result<Vec<_>>>()?
-            }
+            None => Self::current_entries(&self.pool, tenant, subject_id).await?,
             Some(at) => {
                 let sql = format!(
                     "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 \
