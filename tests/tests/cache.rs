@@ -17,6 +17,19 @@ fn with_consistency(subject: &str, requirement: pb::consistency::Requirement) ->
     }
 }
 
+/// Records `decision` on call recording for the subject `caller` through `server`; returns
+/// the revision.
+async fn record_on(server: &TestServer, decision: Decision, channel: Channel) -> i64 {
+    server
+        .client
+        .consent()
+        .record_consent(record("caller", &[("call_recording", decision)], channel))
+        .await
+        .unwrap_or_else(|e| panic!("record: {e}"))
+        .into_inner()
+        .revision
+}
+
 async fn reason(server: &TestServer, subject: &str) -> Reason {
     server
         .client
@@ -45,15 +58,7 @@ async fn a_withdrawal_on_one_replica_is_seen_on_another_at_once() {
         .await;
     let b = a.replica().await;
     apply_seed_catalog(&a.client).await;
-    a.client
-        .consent()
-        .record_consent(record(
-            "caller",
-            &[("call_recording", Decision::Granted)],
-            Channel::Voice,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("record: {e}"));
+    record_on(&a, Decision::Granted, Channel::Voice).await;
     assert_eq!(reason(&b, "caller").await, Reason::Granted);
     assert_eq!(reason(&b, "caller").await, Reason::Granted);
     let hits = b
@@ -87,42 +92,24 @@ async fn consistency_tokens_cross_replicas_with_in_process_caches() {
     let a = TestServer::postgres_with(&db, ServerSettings::with_auth(AuthMode::None)).await;
     let b = a.replica().await;
     apply_seed_catalog(&a.client).await;
-    a.client
-        .consent()
-        .record_consent(record(
-            "caller",
-            &[("call_recording", Decision::Granted)],
-            Channel::Voice,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("record: {e}"));
+    record_on(&a, Decision::Granted, Channel::Voice).await;
     assert_eq!(
         reason(&b, "caller").await,
         Reason::Granted,
         "B caches the grant"
     );
-    let withdrawn = a
-        .client
-        .consent()
-        .record_consent(record(
-            "caller",
-            &[("call_recording", Decision::Withdrawn)],
-            Channel::Web,
-        ))
-        .await
-        .unwrap_or_else(|e| panic!("withdraw: {e}"))
-        .into_inner();
+    let withdrawn = record_on(&a, Decision::Withdrawn, Channel::Web).await;
     use pb::consistency::Requirement;
     let at_least = b
         .client
         .check_request(with_consistency(
             "caller",
-            Requirement::AtLeastRevision(withdrawn.revision),
+            Requirement::AtLeastRevision(withdrawn),
         ))
         .await
         .unwrap_or_else(|e| panic!("check: {e}"));
     assert_eq!(at_least.reason(), Reason::Withdrawn);
-    assert!(at_least.revision >= withdrawn.revision);
+    assert!(at_least.revision >= withdrawn);
     let full = b
         .client
         .check_request(with_consistency(

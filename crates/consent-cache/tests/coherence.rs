@@ -234,6 +234,22 @@ impl OwnRedis {
     }
 }
 
+/// A Redis of the test's own, a fresh ledger (with its directory) and a cache on that Redis.
+async fn own_redis_stack() -> (
+    OwnRedis,
+    Arc<dyn Store>,
+    tempfile::TempDir,
+    Arc<dyn CacheBackend>,
+) {
+    let redis = OwnRedis::start(None).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (ledger, dir) = ledger().await;
+    let cache = RedisCache::standalone(&url, TTL)
+        .await
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    (redis, ledger, dir, Arc::new(cache))
+}
+
 /// Redis killed mid-run: reads stay correct from the ledger and are counted as fallbacks;
 /// writes still succeed; never an answer from nowhere. Redis back: the cache refills.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,14 +257,7 @@ async fn a_redis_outage_costs_latency_not_correctness() {
     if redis_test_url().is_none() {
         return;
     }
-    let redis = OwnRedis::start(None).await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let (ledger, _dir) = ledger().await;
-    let cache: Arc<dyn CacheBackend> = Arc::new(
-        RedisCache::standalone(&url, TTL)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let (redis, ledger, _dir, cache) = own_redis_stack().await;
     // No skip window, so the test sees recovery on the next reads rather than after a delay.
     let store = CachedStore::new(ledger, cache).with_fault_skip(Duration::ZERO);
     let t = tenant();
@@ -315,14 +324,7 @@ async fn after_a_fault_reads_skip_the_cache_for_a_while() {
     if redis_test_url().is_none() {
         return;
     }
-    let redis = OwnRedis::start(None).await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let (ledger, _dir) = ledger().await;
-    let cache: Arc<dyn CacheBackend> = Arc::new(
-        RedisCache::standalone(&url, TTL)
-            .await
-            .unwrap_or_else(|e| panic!("{e}")),
-    );
+    let (redis, ledger, _dir, cache) = own_redis_stack().await;
     let store = CachedStore::new(ledger, cache).with_fault_skip(Duration::from_secs(3600));
     let t = tenant();
     write(&store, &t, "caller", Decision::Granted).await;
