@@ -109,14 +109,14 @@ async fn voice_call_consent_then_withdraw_everything() {
             "withdraw",
             &server,
         );
-        let mut purposes: Vec<_> = withdrawn
+        // One subject-wide event: every purpose and vendor, whatever was granted.
+        let written: Vec<_> = withdrawn
             .events
             .iter()
-            .map(|e| e.purpose_id.as_str())
+            .map(|e| (e.purpose_id.as_str(), e.vendor_id.as_str(), e.decision()))
             .collect();
-        purposes.sort_unstable();
-        assert_eq!(purposes, ["ai_transcription", "call_recording"]);
-        assert_eq!(withdrawn.revision, 5);
+        assert_eq!(written, [("", "", Decision::Withdrawn)]);
+        assert_eq!(withdrawn.revision, 4);
         for purpose in ["call_recording", "ai_transcription"] {
             let c = check(&server, check_req(subject, purpose)).await;
             assert_eq!(
@@ -146,7 +146,7 @@ async fn voice_call_consent_then_withdraw_everything() {
             &server,
         );
         assert_eq!(state.purposes.len(), 11);
-        assert_eq!(state.revision, 5);
+        assert_eq!(state.revision, 4);
         assert!(
             state
                 .purposes
@@ -191,7 +191,166 @@ async fn voice_call_consent_then_withdraw_everything() {
             &server,
         );
         assert!(verify.ok, "{verify:?}");
-        assert_eq!(verify.events_checked, 5);
+        assert_eq!(verify.events_checked, 4);
+        server.stop().await;
+    }
+}
+
+fn seconds_from_now(seconds: i64) -> prost_types::Timestamp {
+    let now = consent_client::timestamp(std::time::SystemTime::now());
+    prost_types::Timestamp {
+        seconds: now.seconds + seconds,
+        nanos: now.nanos,
+    }
+}
+
+fn check_at(subject: &str, purpose: &str, at: prost_types::Timestamp) -> pb::CheckRequest {
+    pb::CheckRequest {
+        at: Some(at),
+        ..check_req(subject, purpose)
+    }
+}
+
+/// A grant stamped two minutes ahead (a caller's clock running fast; accepted up to five
+/// minutes) takes effect when it is recorded, so a withdrawal made after it wins, also once
+/// the clock has passed the grant's stamp (checked as of three minutes from now), for a
+/// purpose withdrawal and for a withdraw-all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_stamped_in_the_future_never_beats_a_later_withdrawal() {
+    for server in backends().await {
+        apply_seed_catalog(&server.client).await;
+        for (subject, purposes) in [
+            ("fast-clock-1", vec!["call_recording".to_string()]),
+            ("fast-clock-2", vec![]),
+        ] {
+            let mut grant = record(
+                subject,
+                &[("call_recording", Decision::Granted)],
+                Channel::Api,
+            );
+            grant.collected_at = Some(seconds_from_now(120));
+            let granted = ok(
+                server.client.consent().record_consent(grant).await,
+                "record",
+                &server,
+            );
+            let event = &granted.events[0];
+            let seconds =
+                |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos));
+            assert!(
+                seconds(&event.collected_at) <= seconds(&event.recorded_at),
+                "[{}] stored as of its recording: {event:?}",
+                server.backend
+            );
+            ok(
+                server
+                    .client
+                    .consent()
+                    .withdraw_consent(pb::WithdrawConsentRequest {
+                        subject_id: subject.into(),
+                        purpose_ids: purposes.clone(),
+                        channel: Channel::Web.into(),
+                        ..Default::default()
+                    })
+                    .await,
+                "withdraw",
+                &server,
+            );
+            for req in [
+                check_req(subject, "call_recording"),
+                check_at(subject, "call_recording", seconds_from_now(180)),
+            ] {
+                let c = check(&server, req).await;
+                assert_eq!(
+                    (c.allowed, c.reason()),
+                    (false, Reason::Withdrawn),
+                    "[{}] {subject} withdrew {purposes:?}",
+                    server.backend
+                );
+            }
+        }
+        server.stop().await;
+    }
+}
+
+/// A withdraw-all withdraws every choice collected before it: an import arriving afterwards
+/// with an older grant, for a purpose that was granted then (per vendor) or never, does not
+/// allow; a choice made after the withdrawal does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_import_after_a_withdraw_all_does_not_allow() {
+    for server in backends().await {
+        apply_seed_catalog(&server.client).await;
+        let subject = "imported-later";
+        let mut per_vendor = record(subject, &[("analytics", Decision::Granted)], Channel::Web);
+        per_vendor.decisions[0].vendor_id = "google_analytics_4".into();
+        per_vendor.collected_at = Some(days_ago(2));
+        ok(
+            server.client.consent().record_consent(per_vendor).await,
+            "record",
+            &server,
+        );
+        ok(
+            server
+                .client
+                .consent()
+                .withdraw_consent(pb::WithdrawConsentRequest {
+                    subject_id: subject.into(),
+                    channel: Channel::Web.into(),
+                    collected_at: Some(days_ago(1)),
+                    ..Default::default()
+                })
+                .await,
+            "withdraw all",
+            &server,
+        );
+        let mut import = record(
+            subject,
+            &[
+                ("analytics", Decision::Granted),
+                ("call_recording", Decision::Granted),
+            ],
+            Channel::Import,
+        );
+        import.collected_at = Some(consent_client::timestamp(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(86_400 + 3_600),
+        ));
+        ok(
+            server.client.consent().record_consent(import).await,
+            "import",
+            &server,
+        );
+        for (purpose, vendor) in [
+            ("analytics", ""),
+            ("analytics", "google_analytics_4"),
+            ("call_recording", ""),
+        ] {
+            let c = check(
+                &server,
+                pb::CheckRequest {
+                    vendor_id: vendor.into(),
+                    ..check_req(subject, purpose)
+                },
+            )
+            .await;
+            assert_eq!(
+                (c.allowed, c.reason()),
+                (false, Reason::Withdrawn),
+                "[{}] {purpose} {vendor}",
+                server.backend
+            );
+        }
+        let regrant = record(
+            subject,
+            &[("call_recording", Decision::Granted)],
+            Channel::Web,
+        );
+        ok(
+            server.client.consent().record_consent(regrant).await,
+            "regrant",
+            &server,
+        );
+        let c = check(&server, check_req(subject, "call_recording")).await;
+        assert_eq!((c.allowed, c.reason()), (true, Reason::Granted));
         server.stop().await;
     }
 }

@@ -17,9 +17,13 @@
 //! - `AtLeast(r)` never answers from an entry older than `r`; `Full` bypasses the cache;
 //! - a cache fault never fails a read and never answers: the read goes to the ledger and a
 //!   counter records the fallback. If the post-commit tombstone cannot be written, the
-//!   pending marker stays until it expires (readers miss: slower, not stale); only if the
-//!   cache refused both marker and tombstone (down for the whole write) can an entry stay
-//!   stale, at most the entry TTL (`cache.ttl_secs`).
+//!   pending marker stays until it expires (readers miss: slower, not stale);
+//! - a shared cache can lose what it was told, or never hear it: if the pending marker
+//!   cannot be written, the write records a *fence* in the ledger in its own transaction,
+//!   and every replica stops trusting older cached entries of the tenant within
+//!   [`FENCE_POLL`] (never more than [`FENCE_LEASE`]: see [`fence`]); Redis entries carry
+//!   the run id of the server that stored them, so a restart (from a snapshot or not) or a
+//!   failover makes every older entry a miss.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,20 +31,22 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
-use consent_core::commands::{Idempotency, WritePlan};
+use consent_core::commands::Idempotency;
 use consent_core::{
-    Catalog, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp, Vendor,
+    Catalog, NewEvent, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AccessStore, AppendOutcome, CatalogStore, Commit, Consistency, EventQuery, LedgerHead,
-    LedgerStore, Store, StoredEvent,
+    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
+    FenceRecord, LedgerHead, LedgerStore, Store, StoredEvent,
 };
 use serde::{Deserialize, Serialize};
 
+pub mod fence;
 mod memory;
 mod redis_cache;
 pub mod testing;
 
+pub use fence::{FENCE_LEASE, FENCE_POLL, Fences};
 pub use memory::MemoryCache;
 pub use redis_cache::RedisCache;
 
@@ -105,8 +111,11 @@ pub trait CacheBackend: Send + Sync {
     async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>>;
     /// Caches a catalogue unless the entry holds a newer version.
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()>;
-    /// What the backend is, for logs.
+    /// What the backend is, for logs (no credentials).
     fn describe(&self) -> String;
+    /// Whether other replicas read this cache too (then writes it could not be told of are
+    /// fenced in the ledger, and reads honour the fences).
+    fn is_shared(&self) -> bool;
 }
 
 /// Counters of cache outcomes (exported as metrics by the server).
@@ -140,9 +149,6 @@ impl CacheStats {
 /// are always attempted.
 pub const SKIP_AFTER_FAULT: Duration = Duration::from_secs(1);
 
-/// Attempts at the post-commit tombstone before giving up on it.
-const TOMBSTONE_ATTEMPTS: u32 = 3;
-
 /// A [`Store`] that answers reads from a [`CacheBackend`] and keeps it coherent with writes.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
@@ -152,6 +158,18 @@ pub struct CachedStore {
     skip_until: Mutex<Option<Instant>>,
     /// How long reads skip the cache after a fault.
     fault_skip: Duration,
+    /// The ledger's cache fences, for a shared cache.
+    fences: Option<Arc<Fences>>,
+    /// The task polling them (aborted on drop).
+    fence_poller: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for CachedStore {
+    fn drop(&mut self) {
+        if let Some(poller) = &self.fence_poller {
+            poller.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for CachedStore {
@@ -161,15 +179,62 @@ impl std::fmt::Debug for CachedStore {
 }
 
 impl CachedStore {
-    /// `inner` behind `cache`.
+    /// `inner` behind `cache`. A shared cache gets fences, polled every [`FENCE_POLL`] by a
+    /// task on the current Tokio runtime (without one, a read polls when the lease ran out).
     pub fn new(inner: Arc<dyn Store>, cache: Arc<dyn CacheBackend>) -> CachedStore {
+        let fences = cache
+            .is_shared()
+            .then(|| Arc::new(Fences::new(FENCE_LEASE)));
+        let fence_poller = fences
+            .as_ref()
+            .and_then(|f| fence::spawn_poller(Arc::clone(f), Arc::clone(&inner), FENCE_POLL));
         CachedStore {
             inner,
             cache,
             stats: Arc::new(CacheStats::default()),
             skip_until: Mutex::new(None),
             fault_skip: SKIP_AFTER_FAULT,
+            fences,
+            fence_poller,
         }
+    }
+
+    /// Reads the ledger's cache fences now (the poller does it every [`FENCE_POLL`]); for
+    /// tests and tools that must not wait for the next poll.
+    pub async fn sync_fences(&self) -> Result<()> {
+        match &self.fences {
+            Some(fences) => fences.sync(self.inner.as_ref()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the cache may be used for reads now: no recent fault, and (shared cache)
+    /// the fences are known within their lease, polling them now if the lease ran out.
+    async fn usable(&self) -> bool {
+        if self.skipping() {
+            return false;
+        }
+        let Some(fences) = &self.fences else {
+            return true;
+        };
+        if fences.fresh() {
+            return true;
+        }
+        match fences.sync_if_stale(self.inner.as_ref()).await {
+            Ok(()) => true,
+            Err(e) => {
+                CacheStats::count(&self.stats.fallbacks);
+                tracing::debug!(error = %e, "cache fences unknown; reading the ledger");
+                false
+            }
+        }
+    }
+
+    /// Whether a cached state of `tenant` read at `revision` is behind no fence.
+    fn admits_state(&self, tenant: &str, revision: Revision) -> bool {
+        self.fences
+            .as_ref()
+            .is_none_or(|f| f.admits_state(tenant, revision))
     }
 
     /// Changes how long reads skip the cache after a fault (default [`SKIP_AFTER_FAULT`]).
@@ -178,13 +243,17 @@ impl CachedStore {
         self
     }
 
-    /// Whether reads should skip the cache now (a recent fault); counts the skip as a fallback.
-    fn skipping(&self) -> bool {
-        let skip = self
-            .skip_until
+    /// Whether the cache is in its skip window after a fault.
+    fn in_skip_window(&self) -> bool {
+        self.skip_until
             .lock()
             .map(|until| until.is_some_and(|t| Instant::now() < t))
-            .unwrap_or(false);
+            .unwrap_or(false)
+    }
+
+    /// Whether reads should skip the cache now (a recent fault); counts the skip as a fallback.
+    fn skipping(&self) -> bool {
+        let skip = self.in_skip_window();
         if skip {
             CacheStats::count(&self.stats.fallbacks);
         }
@@ -204,18 +273,51 @@ impl CachedStore {
         tracing::warn!(operation, %error, cache = %self.cache.describe(), "cache unavailable; using the ledger");
     }
 
-    /// Writes the post-commit tombstone, retrying a failed attempt a few times: until it is
-    /// written, the pending marker (or, if that failed too, the entry TTL) bounds staleness.
-    async fn tombstone(&self, tenant: &str, subject: &str, revision: Revision) {
-        for attempt in 1..=TOMBSTONE_ATTEMPTS {
-            match self.cache.invalidate_state(tenant, subject, revision).await {
-                Ok(()) => return,
-                Err(e) if attempt == TOMBSTONE_ATTEMPTS => {
-                    self.fallback("invalidate after write", &e)
-                }
-                Err(_) => {}
+    /// Marks the subjects' entries as written-to before the commit. `false` when the
+    /// cache could not be told (or is in its skip window after a fault, where trying would
+    /// only add a timeout to the write): the write must then be fenced.
+    async fn begin_write(&self, tenant: &str, subjects: &[&str]) -> bool {
+        if self.in_skip_window() {
+            return false;
+        }
+        for subject in subjects {
+            if let Err(e) = self.cache.begin_write(tenant, subject).await {
+                self.fallback("mark write in flight", &e);
+                return false;
             }
         }
+        true
+    }
+
+    /// Replaces the pending markers by tombstones at the write's revision. If that fails, a
+    /// marker still refuses fills until it expires, unless the cache lost it (a restart makes
+    /// every older Redis entry a miss anyway); to leave nothing to chance the tenant is then
+    /// fenced at its current head, in a transaction of its own.
+    async fn tombstone(&self, tenant: &str, subjects: &[&str], revision: Revision) {
+        for subject in subjects {
+            if let Err(e) = self.cache.invalidate_state(tenant, subject, revision).await {
+                self.fallback("invalidate after write", &e);
+                if let Err(e) = self.fence(tenant).await {
+                    tracing::error!(error = %e, tenant, revision, "write committed but neither its tombstone nor a cache fence could be written; its pending marker guards the cache until it expires");
+                }
+                return;
+            }
+        }
+    }
+
+    /// Fences the tenant's cached states at the ledger's current head.
+    async fn fence(&self, tenant: &str) -> Result<()> {
+        if self.fences.is_none() {
+            return Ok(());
+        }
+        let outcome = self
+            .inner
+            .append(tenant, &[], None, CacheFence::States)
+            .await?;
+        if let Some(fences) = &self.fences {
+            fences.raise_states(tenant, outcome.revision);
+        }
+        Ok(())
     }
 
     /// Refreshes the cached catalogue after a catalogue write.
@@ -235,15 +337,20 @@ impl CachedStore {
 #[async_trait]
 impl CatalogStore for CachedStore {
     async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Catalog> {
-        if consistency == Consistency::Full || self.skipping() {
+        if consistency == Consistency::Full || !self.usable().await {
             return self.inner.catalog(tenant, Consistency::Full).await;
         }
         match self.cache.get_catalog(tenant).await {
-            Ok(Some(catalog)) => {
+            Ok(Some(catalog))
+                if self
+                    .fences
+                    .as_ref()
+                    .is_none_or(|f| f.admits_catalog(tenant, catalog.version)) =>
+            {
                 CacheStats::count(&self.stats.hits);
                 return Ok(catalog);
             }
-            Ok(None) => CacheStats::count(&self.stats.misses),
+            Ok(_) => CacheStats::count(&self.stats.misses),
             Err(e) => {
                 self.fallback("get catalogue", &e);
                 return self.inner.catalog(tenant, Consistency::Full).await;
@@ -284,25 +391,25 @@ impl LedgerStore for CachedStore {
     async fn append(
         &self,
         tenant: &str,
-        plan: &WritePlan,
+        events: &[NewEvent],
         idempotency: Option<&Idempotency>,
+        fence: CacheFence,
     ) -> Result<AppendOutcome> {
         // Before the commit: mark the subjects' entries as written-to, so that if the
         // post-commit tombstone cannot be written the entries cost misses, not stale answers.
-        let mut subjects: Vec<&str> = match plan {
-            WritePlan::Events(events) => events.iter().map(|e| e.subject_id.as_str()).collect(),
-            WritePlan::WithdrawAllGranted(template) => vec![template.subject_id.as_str()],
-        };
+        // If the cache cannot be told, the write fences the tenant in its own transaction.
+        let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        for subject in &subjects {
-            if let Err(e) = self.cache.begin_write(tenant, subject).await {
-                self.fallback("mark write in flight", &e);
-            }
-        }
-        let outcome = self.inner.append(tenant, plan, idempotency).await?;
-        for subject in &subjects {
-            self.tombstone(tenant, subject, outcome.revision).await;
+        let told = self.begin_write(tenant, &subjects).await;
+        let fence = if told { fence } else { CacheFence::States };
+        let outcome = self
+            .inner
+            .append(tenant, events, idempotency, fence)
+            .await?;
+        match (&self.fences, fence) {
+            (Some(fences), CacheFence::States) => fences.raise_states(tenant, outcome.revision),
+            _ => self.tombstone(tenant, &subjects, outcome.revision).await,
         }
         Ok(outcome)
     }
@@ -321,7 +428,7 @@ impl LedgerStore for CachedStore {
                 .subject_state(tenant, subject_id, as_of, consistency)
                 .await;
         }
-        if self.skipping() {
+        if !self.usable().await {
             return self
                 .inner
                 .subject_state(tenant, subject_id, None, Consistency::Full)
@@ -329,10 +436,11 @@ impl LedgerStore for CachedStore {
         }
         match self.cache.get_state(tenant, subject_id).await {
             Ok(Some(state)) => {
-                let fresh_enough = match consistency {
-                    Consistency::AtLeast(min) => state.revision >= min,
-                    Consistency::MinimizeLatency | Consistency::Full => true,
-                };
+                let fresh_enough = self.admits_state(tenant, state.revision)
+                    && match consistency {
+                        Consistency::AtLeast(min) => state.revision >= min,
+                        Consistency::MinimizeLatency | Consistency::Full => true,
+                    };
                 if fresh_enough {
                     CacheStats::count(&self.stats.hits);
                     return Ok(state);
@@ -368,6 +476,10 @@ impl LedgerStore for CachedStore {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Commit> {
         self.inner.subscribe()
+    }
+
+    async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>> {
+        self.inner.cache_fences(after).await
     }
 }
 

@@ -138,4 +138,8 @@ impl CacheBackend for MemoryCache {
     fn describe(&self) -> String {
         "in-process".to_owned()
     }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
 }

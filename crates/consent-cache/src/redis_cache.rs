@@ -3,26 +3,52 @@
 //!
 //! Keys are hash-tagged by a digest of tenant and subject (`consent:v1:{<digest>}:s`), so a
 //! cluster spreads subjects over slots and no caller-chosen id can break the key format.
-//! Values are `L<version>:<json>` (live) or `T<version>:` (tombstone); one Lua script applies
-//! the version rules atomically per key. Entries expire after the TTL, which bounds how long
-//! a stale entry can live if a post-commit tombstone could not be written.
+//! Values are `L<version>:<json>` (live), `T<version>:` (tombstone) or `P:` (pending), each
+//! prefixed by the run id of the Redis server that stored it (`<run_id>|...`); one Lua script
+//! applies the version rules atomically per key, another reads.
+//!
+//! The run id changes whenever a Redis server starts, and differs between a primary and the
+//! replica that replaces it. Entries written under another run read as misses, so a Redis
+//! restarted from a snapshot (or an AOF), or a failover to a replica that missed a tombstone,
+//! can never bring back an entry older than a write that was acknowledged meanwhile.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
+use redis::Script;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncCommands, Script};
 use sha2::{Digest, Sha256};
 
 use crate::{CacheBackend, Versioned};
 
+/// The current server run's part of a stored value, or nil. Shared by both scripts: a value
+/// stored under another run (before a restart or a failover) is as good as absent.
+const CURRENT_RUN: &str = r#"
+local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not run then return redis.error_reply('consent cache: the server reports no run_id') end
+local function of_this_run(raw)
+  if not raw then return nil end
+  local bar = string.find(raw, '|', 1, true)
+  if bar and string.sub(raw, 1, bar - 1) == run then return string.sub(raw, bar + 1) end
+  return nil
+end
+"#;
+
+/// Reads an entry stored under the current run. KEYS[1] the key; returns the value or nil.
+const GET_CURRENT: &str = r#"
+local value = of_this_run(redis.call('GET', KEYS[1]))
+if value then return value end
+return false
+"#;
+
 /// Compare-and-set by version (the rules of `Versioned`). KEYS[1] the key; ARGV: version,
 /// `fill`, `tomb` or `pending`, value, TTL in ms. Values: `L<version>:<json>` live,
-/// `T<version>:` tombstone, `P:` pending. Returns 1 when stored, 0 when the entry wins.
+/// `T<version>:` tombstone, `P:` pending, stored as `<run_id>|<value>`. Returns 1 when
+/// stored, 0 when the entry wins.
 const PUT_IF: &str = r#"
-local current = redis.call('GET', KEYS[1])
+local current = of_this_run(redis.call('GET', KEYS[1]))
 local op = ARGV[2]
 if current and op ~= 'pending' then
   local kind = string.sub(current, 1, 1)
@@ -40,7 +66,7 @@ if current and op ~= 'pending' then
     end
   end
 end
-redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+redis.call('SET', KEYS[1], run .. '|' .. ARGV[3], 'PX', ARGV[4])
 return 1
 "#;
 
@@ -62,6 +88,7 @@ enum Connection {
 pub struct RedisCache {
     connection: Connection,
     ttl: Duration,
+    get_current: Script,
     put_if: Script,
     description: String,
 }
@@ -153,15 +180,17 @@ impl RedisCache {
         RedisCache {
             connection,
             ttl,
-            put_if: Script::new(PUT_IF),
+            get_current: Script::new(&format!("{CURRENT_RUN}{GET_CURRENT}")),
+            put_if: Script::new(&format!("{CURRENT_RUN}{PUT_IF}")),
             description,
         }
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {
+        let invocation = self.get_current.key(key);
         match self.connection.clone() {
-            Connection::Standalone(mut c) => c.get(key).await.map_err(unavailable),
-            Connection::Cluster(mut c) => c.get(key).await.map_err(unavailable),
+            Connection::Standalone(mut c) => invoke(&invocation, &mut c).await,
+            Connection::Cluster(mut c) => invoke(&invocation, &mut c).await,
         }
     }
 
@@ -193,10 +222,10 @@ impl RedisCache {
     }
 }
 
-async fn invoke<C: ConnectionLike + Send>(
+async fn invoke<C: ConnectionLike + Send, T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>,
     connection: &mut C,
-) -> Result<i64> {
+) -> Result<T> {
     invocation
         .invoke_async(connection)
         .await
@@ -256,6 +285,10 @@ impl CacheBackend for RedisCache {
 
     fn describe(&self) -> String {
         self.description.clone()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }
 

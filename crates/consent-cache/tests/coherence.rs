@@ -12,9 +12,9 @@ use std::time::Duration;
 use common::{TTL, ledger};
 use consent_cache::testing::redis_test_url;
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
-use consent_core::commands::{WritePlan, new_event_id};
+use consent_core::commands::new_event_id;
 use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
-use consent_store::{Consistency, LedgerStore, Store};
+use consent_store::{CacheFence, Consistency, LedgerStore, Store};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -48,7 +48,7 @@ async fn write(store: &dyn Store, tenant: &str, subject: &str, decision: Decisio
         actor_key_id: String::new(),
     };
     store
-        .append(tenant, &WritePlan::Events(vec![event]), None)
+        .append(tenant, &[event], None, CacheFence::None)
         .await
         .unwrap_or_else(|e| panic!("append: {e}"))
         .revision
@@ -184,7 +184,14 @@ struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// Without persistence.
     async fn start(port: Option<u16>) -> OwnRedis {
+        OwnRedis::start_in(port, None).await
+    }
+
+    /// With its snapshot file (`dump.rdb`) in `dir` when given: loaded at start, written by
+    /// `SAVE` and `SHUTDOWN SAVE` (no automatic snapshots).
+    async fn start_in(port: Option<u16>, dir: Option<&std::path::Path>) -> OwnRedis {
         let port = match port {
             Some(p) => p,
             None => {
@@ -193,17 +200,21 @@ impl OwnRedis {
                 probe.local_addr().unwrap_or_else(|e| panic!("{e}")).port()
             }
         };
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(dir) = dir {
+            command.arg("--dir").arg(dir);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
@@ -223,6 +234,29 @@ impl OwnRedis {
         // Keep draining its output so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         OwnRedis { child, port }
+    }
+
+    /// Runs a command with redis-cli against this server.
+    async fn cli(&self, args: &[&str]) {
+        let status = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .status()
+            .await
+            .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+        assert!(status.success(), "redis-cli {args:?}");
+    }
+
+    /// `SHUTDOWN SAVE`: the server writes its snapshot and exits.
+    async fn shutdown_save(mut self) -> u16 {
+        // redis-cli reports the dropped connection of a SHUTDOWN; the exit is what counts.
+        let _ = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "SHUTDOWN", "SAVE"])
+            .status()
+            .await;
+        let exited = tokio::time::timeout(SAFETY, self.child.wait()).await;
+        assert!(exited.is_ok_and(|s| s.is_ok()), "redis-server did not exit");
+        self.port
     }
 
     async fn kill(mut self) -> u16 {
@@ -378,6 +412,9 @@ impl CacheBackend for LosesTombstones {
     fn describe(&self) -> String {
         format!("{} losing tombstones", self.0.describe())
     }
+    fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
 }
 
 /// A write whose tombstone is lost leaves its pending marker: other readers miss and read
@@ -410,4 +447,193 @@ async fn a_lost_tombstone_costs_misses_not_stale_answers() {
             "fills stay refused"
         );
     }
+}
+
+/// A Redis whose snapshot holds a granted entry comes back after a withdrawal (the withdrawal
+/// was acknowledged and its tombstone delivered, but the server was then killed and restarted
+/// from the older snapshot): the restored entry belongs to another server run, so it reads as
+/// a miss and the ledger answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restored_from_an_older_snapshot_cannot_bring_back_a_grant() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let redis = OwnRedis::start_in(None, Some(dir.path())).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (ledger, _ledger_dir) = ledger().await;
+    let cache: Arc<dyn CacheBackend> = Arc::new(
+        RedisCache::standalone(&url, TTL)
+            .await
+            .unwrap_or_else(|e| panic!("redis: {e}")),
+    );
+    let store = CachedStore::new(ledger, Arc::clone(&cache)).with_fault_skip(Duration::ZERO);
+    let t = tenant();
+    write(&store, &t, "caller", Decision::Granted).await;
+    assert_eq!(
+        decision(&store, &t, "caller", Consistency::MinimizeLatency).await,
+        Some(Decision::Granted)
+    );
+    redis.cli(&["SAVE"]).await;
+    write(&store, &t, "caller", Decision::Withdrawn).await;
+    let port = redis.kill().await;
+    let _restored = OwnRedis::start_in(Some(port), Some(dir.path())).await;
+    for _ in 0..3 {
+        assert_eq!(
+            decision(&store, &t, "caller", Consistency::MinimizeLatency).await,
+            Some(Decision::Withdrawn),
+            "the snapshot's grant must not come back"
+        );
+    }
+}
+
+/// The outside probe's sequence: grant, a check fills Redis, Redis is shut down saving its
+/// snapshot, a withdrawal is acknowledged while it is down, Redis restarts from the snapshot.
+/// Another replica, which saw no fault, must not answer the snapshot's grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawal_made_while_redis_was_down_survives_its_restart_from_a_snapshot() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let redis = OwnRedis::start_in(None, Some(dir.path())).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (ledger, _ledger_dir) = ledger().await;
+    let replica = |ledger: Arc<dyn Store>| {
+        let url = url.clone();
+        async move {
+            let cache: Arc<dyn CacheBackend> = Arc::new(
+                RedisCache::standalone(&url, TTL)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis: {e}")),
+            );
+            CachedStore::new(ledger, cache).with_fault_skip(Duration::ZERO)
+        }
+    };
+    let (writer, reader) = (replica(ledger.clone()).await, replica(ledger).await);
+    let t = tenant();
+    write(&writer, &t, "caller", Decision::Granted).await;
+    assert_eq!(
+        decision(&reader, &t, "caller", Consistency::MinimizeLatency).await,
+        Some(Decision::Granted)
+    );
+    let port = redis.shutdown_save().await;
+    write(&writer, &t, "caller", Decision::Withdrawn).await;
+    let _restored = OwnRedis::start_in(Some(port), Some(dir.path())).await;
+    for _ in 0..3 {
+        assert_eq!(
+            decision(&reader, &t, "caller", Consistency::MinimizeLatency).await,
+            Some(Decision::Withdrawn)
+        );
+    }
+}
+
+/// A TCP relay to a Redis that the test can cut, as a network partition would.
+struct Relay {
+    port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Relay {
+    async fn to(upstream_port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let registry = Arc::clone(&tasks);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                if let Ok(mut t) = registry.lock() {
+                    t.push(relay.abort_handle());
+                }
+            }
+        });
+        if let Ok(mut t) = tasks.lock() {
+            t.push(accept.abort_handle());
+        }
+        Relay { port, tasks }
+    }
+
+    /// Drops every relayed connection and stops accepting: the path is cut.
+    fn cut(&self) {
+        if let Ok(tasks) = self.tasks.lock() {
+            for task in tasks.iter() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// Replica A is cut off from Redis while replica B still reads it. A's withdrawal cannot
+/// reach Redis, so it fences the tenant in the ledger in the same transaction; B stops
+/// trusting its older entries as soon as it has read the fences (it polls them every
+/// `FENCE_POLL`; the test polls explicitly instead of waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(None).await;
+    let relay = Relay::to(redis.port).await;
+    let (ledger, _dir) = ledger().await;
+    let connect = |port: u16| async move {
+        let cache: Arc<dyn CacheBackend> = Arc::new(
+            RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), TTL)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}")),
+        );
+        cache
+    };
+    let a = CachedStore::new(ledger.clone(), connect(relay.port).await);
+    let b = CachedStore::new(ledger.clone(), connect(redis.port).await);
+    let t = tenant();
+    write(&a, &t, "caller", Decision::Granted).await;
+    for _ in 0..2 {
+        assert_eq!(
+            decision(&b, &t, "caller", Consistency::MinimizeLatency).await,
+            Some(Decision::Granted)
+        );
+    }
+    assert!(b.stats().snapshot().0 >= 1, "B answers from Redis");
+
+    relay.cut();
+    let withdrawn = write(&a, &t, "caller", Decision::Withdrawn).await;
+    assert_eq!(
+        decision(&a, &t, "caller", Consistency::MinimizeLatency).await,
+        Some(Decision::Withdrawn),
+        "A itself never answers the old state"
+    );
+    let fences = ledger
+        .cache_fences(0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        fences
+            .iter()
+            .any(|f| f.tenant_id == t && f.revision == withdrawn),
+        "the write fenced its tenant: {fences:?}"
+    );
+    b.sync_fences().await.unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..3 {
+        assert_eq!(
+            decision(&b, &t, "caller", Consistency::MinimizeLatency).await,
+            Some(Decision::Withdrawn),
+            "B must not answer the grant Redis still holds"
+        );
+    }
+    // B refilled Redis at the new revision, so it is used again.
+    let (hits, _, _) = b.stats().snapshot();
+    decision(&b, &t, "caller", Consistency::MinimizeLatency).await;
+    assert!(b.stats().snapshot().0 > hits, "the cache serves again");
 }

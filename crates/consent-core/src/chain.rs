@@ -119,6 +119,10 @@ pub fn seal(
     recorded_at: Timestamp,
     prev_hash: [u8; 32],
 ) -> ConsentEvent {
+    // A choice never takes effect before it is recorded (commands::effective_collected_at
+    // applies the same rule at planning; this holds it even if the clock stepped back since).
+    let mut event = event;
+    event.collected_at = event.collected_at.min(recorded_at);
     let evidence_sha256 = evidence_digest(&event.evidence);
     let bytes = canonical(&ChainFields {
         tenant_id,

@@ -5,7 +5,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 
 use crate::error::{ConsentError, Result};
-use crate::model::{Catalog, Channel, Decision, Evidence, NewEvent, StateEntry};
+use crate::model::{Catalog, Channel, Decision, Evidence, NewEvent, SUBJECT_WIDE};
 use crate::time::Timestamp;
 use crate::validate::{MAX_DECISIONS, MAX_WITHDRAW_PURPOSES, Violations};
 
@@ -74,59 +74,13 @@ pub struct Idempotency {
     pub fingerprint: [u8; 32],
 }
 
-/// Everything a withdrawal event shares, whichever choice it withdraws.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WithdrawalTemplate {
-    /// The person.
-    pub subject_id: String,
-    /// The notice in force when the person withdrew (empty when none was ever published).
-    pub policy_version_id: String,
-    /// Channel.
-    pub channel: Channel,
-    /// When the person withdrew.
-    pub collected_at: Timestamp,
-    /// Proof.
-    pub evidence: Evidence,
-    /// The API key writing it.
-    pub actor_key_id: String,
-}
-
-impl WithdrawalTemplate {
-    /// A WITHDRAWN event for one (purpose, vendor).
-    pub fn event(&self, purpose_id: &str, vendor_id: &str) -> NewEvent {
-        NewEvent {
-            id: new_event_id(),
-            subject_id: self.subject_id.clone(),
-            purpose_id: purpose_id.to_owned(),
-            vendor_id: vendor_id.to_owned(),
-            decision: Decision::Withdrawn,
-            policy_version_id: self.policy_version_id.clone(),
-            channel: self.channel,
-            collected_at: self.collected_at,
-            expires_at: None,
-            evidence: self.evidence.clone(),
-            actor_key_id: self.actor_key_id.clone(),
-        }
-    }
-
-    /// WITHDRAWN events for every granted choice in `current` that the withdrawal supersedes.
-    pub fn withdraw_granted(&self, current: &[StateEntry]) -> Vec<NewEvent> {
-        current
-            .iter()
-            .filter(|e| e.decision == Decision::Granted && e.collected_at <= self.collected_at)
-            .map(|e| self.event(&e.purpose_id, &e.vendor_id))
-            .collect()
-    }
-}
-
-/// What a write asks the store to append.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WritePlan {
-    /// Exactly these events.
-    Events(Vec<NewEvent>),
-    /// A withdrawal of every currently granted choice, resolved inside the store's
-    /// transaction so a grant racing with it cannot survive.
-    WithdrawAllGranted(Box<WithdrawalTemplate>),
+/// When a choice takes effect: when the person made it, but never later than `now`, the
+/// time it is recorded. A `collected_at` slightly in the future is accepted (clock skew, see
+/// [`crate::validate::MAX_FUTURE_SKEW_SECS`]) but stored as `now`, so a choice can never
+/// outrank one recorded after it (a grant stamped two minutes ahead would otherwise beat a
+/// withdrawal made a minute later, once the clock passed the grant's time).
+pub fn effective_collected_at(requested: Option<Timestamp>, now: Timestamp) -> Timestamp {
+    requested.map_or(now, |at| at.min(now))
 }
 
 fn fingerprint<T: Serialize>(op: &str, value: &T) -> [u8; 32] {
@@ -196,7 +150,7 @@ impl RecordConsent {
         now: Timestamp,
         actor_key_id: &str,
     ) -> Result<Vec<NewEvent>> {
-        let collected_at = self.collected_at.unwrap_or(now);
+        let collected_at = effective_collected_at(self.collected_at, now);
         let channel = self.channel.ok_or_else(|| {
             ConsentError::invalid("channel", format!("must be one of {CHANNELS}"))
         })?;
@@ -294,34 +248,47 @@ impl WithdrawConsent {
         idempotency(&self.idempotency_key, fingerprint("withdraw", self))
     }
 
-    /// What to append, checked against the catalogue. Call after [`Self::validate`].
-    pub fn plan(&self, catalog: &Catalog, now: Timestamp, actor_key_id: &str) -> Result<WritePlan> {
-        let collected_at = self.collected_at.unwrap_or(now);
-        let template = WithdrawalTemplate {
+    /// The events to append, checked against the catalogue. Call after [`Self::validate`].
+    ///
+    /// With purposes: one WITHDRAWN event per purpose. Without: one *subject-wide* WITHDRAWN
+    /// event (purpose and vendor empty, [`SUBJECT_WIDE`]) that `decide` applies to every
+    /// purpose and vendor, including purposes catalogued later, so no choice collected
+    /// before it (an import arriving afterwards, say) can allow again. It is written even
+    /// when nothing was granted: the withdrawal is a fact of its own.
+    pub fn plan(
+        &self,
+        catalog: &Catalog,
+        now: Timestamp,
+        actor_key_id: &str,
+    ) -> Result<Vec<NewEvent>> {
+        let collected_at = effective_collected_at(self.collected_at, now);
+        let channel = self.channel.ok_or_else(|| {
+            ConsentError::invalid("channel", format!("must be one of {CHANNELS}"))
+        })?;
+        let policy_version_id = catalog
+            .latest_policy_version(collected_at)
+            .map(|p| p.id.clone())
+            .unwrap_or_default();
+        let withdrawal = |purpose_id: &str| NewEvent {
+            id: new_event_id(),
             subject_id: self.subject_id.clone(),
-            policy_version_id: catalog
-                .latest_policy_version(collected_at)
-                .map(|p| p.id.clone())
-                .unwrap_or_default(),
-            channel: self.channel.ok_or_else(|| {
-                ConsentError::invalid("channel", format!("must be one of {CHANNELS}"))
-            })?,
+            purpose_id: purpose_id.to_owned(),
+            vendor_id: String::new(),
+            decision: Decision::Withdrawn,
+            policy_version_id: policy_version_id.clone(),
+            channel,
             collected_at,
+            expires_at: None,
             evidence: self.evidence.clone(),
             actor_key_id: actor_key_id.to_owned(),
         };
         if self.purpose_ids.is_empty() {
-            return Ok(WritePlan::WithdrawAllGranted(Box::new(template)));
+            return Ok(vec![withdrawal(SUBJECT_WIDE)]);
         }
         self.purpose_ids
             .iter()
-            .map(|id| {
-                catalog
-                    .require_purpose(id)
-                    .map(|p| template.event(&p.id, ""))
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(WritePlan::Events)
+            .map(|id| catalog.require_purpose(id).map(|p| withdrawal(&p.id)))
+            .collect()
     }
 }
 
@@ -467,30 +434,52 @@ mod tests {
     }
 
     #[test]
-    fn withdraw_all_only_supersedes_older_grants() {
-        let template = WithdrawalTemplate {
+    fn future_collection_times_take_effect_when_recorded() {
+        let now = Timestamp(1_000_000);
+        let mut cmd = record(vec![("call_recording", "", Some(Decision::Granted))]);
+        cmd.collected_at = Some(Timestamp(now.0 + 120_000_000));
+        assert_eq!(cmd.validate(now), Ok(()), "within the skew allowance");
+        let events = cmd
+            .plan(&catalog(), now, "")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events[0].collected_at, now);
+        assert_eq!(events[0].expires_at, Some(Timestamp(now.0 + 100_000_000)));
+        cmd.collected_at = Some(Timestamp(5));
+        let past = cmd
+            .plan(&catalog(), now, "")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(past[0].collected_at, Timestamp(5), "past times are kept");
+    }
+
+    #[test]
+    fn withdraw_all_is_one_subject_wide_event() {
+        let cmd = WithdrawConsent {
             subject_id: "s1".into(),
-            policy_version_id: "v1".into(),
-            channel: Channel::Web,
-            collected_at: Timestamp(10),
+            purpose_ids: vec![],
+            channel: Some(Channel::Web),
+            collected_at: Some(Timestamp(10)),
             evidence: Evidence::default(),
-            actor_key_id: String::new(),
+            idempotency_key: String::new(),
         };
-        let entry = |p: &str, d: Decision, at: i64| StateEntry {
-            purpose_id: p.into(),
-            vendor_id: String::new(),
-            decision: d,
-            event_id: "e".into(),
-            policy_version_id: "v1".into(),
-            collected_at: Timestamp(at),
-            revision: 1,
+        let events = cmd
+            .plan(&catalog(), Timestamp(20), "k")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (
+                events[0].purpose_id.as_str(),
+                events[0].vendor_id.as_str(),
+                events[0].decision
+            ),
+            (SUBJECT_WIDE, "", Decision::Withdrawn)
+        );
+        let some = WithdrawConsent {
+            purpose_ids: vec!["call_recording".into()],
+            ..cmd
         };
-        let events = template.withdraw_granted(&[
-            entry("a", Decision::Granted, 5),
-            entry("b", Decision::Denied, 5),
-            entry("c", Decision::Granted, 11),
-        ]);
-        let purposes: Vec<_> = events.iter().map(|e| e.purpose_id.as_str()).collect();
-        assert_eq!(purposes, ["a"]);
+        let events = some
+            .plan(&catalog(), Timestamp(20), "k")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(events[0].purpose_id, "call_recording");
     }
 }

@@ -5,7 +5,9 @@
 //! 1. `STRICTLY_NECESSARY` category: allowed, no consent needed.
 //! 2. A non-consent legal basis: allowed on that basis (`CONTRACT`, `LEGAL_OBLIGATION`, ...).
 //! 3. Consent basis, using the latest choice (by `collected_at`, ties by revision) at or
-//!    before `at` among the purpose-level choice and the choice specific to the vendor:
+//!    before `at` among the purpose-level choice and the choice specific to the vendor; if
+//!    that is a grant and a withdraw-all (a subject-wide withdrawal) was collected after it,
+//!    or there is no choice but a withdraw-all, the withdraw-all:
 //!    `NO_DECISION` (nothing recorded: default deny), `DENIED`, `WITHDRAWN`, then for a grant
 //!    `EXPIRED`, `RECONSENT_REQUIRED`, `VENDOR_NOT_COVERED`, and finally `GRANTED`.
 //!
@@ -118,15 +120,30 @@ pub fn decide(
     verdict(Reason::Granted, false)
 }
 
-/// The latest of the purpose-level and vendor-specific choices collected at or before `at`.
+/// The choice that applies at `at`: the latest of the purpose-level and vendor-specific
+/// choices collected by then, unless it is a grant that a later withdraw-all supersedes (a
+/// refusal stays the refusal it was). With no such choice, the withdraw-all, if any.
 fn latest_applicable<'a>(
     state: &'a SubjectState,
     purpose_id: &'a str,
     vendor_id: &'a str,
     at: Timestamp,
 ) -> Option<&'a StateEntry> {
-    state
-        .entries_for(purpose_id, vendor_id)
+    let specific = latest(state.entries_for(purpose_id, vendor_id), at);
+    let withdraw_all = latest(state.subject_wide(), at);
+    match (specific, withdraw_all) {
+        (Some(s), Some(w)) if s.decision == Decision::Granted && w.supersedes(s) => Some(w),
+        (Some(s), _) => Some(s),
+        (None, w) => w,
+    }
+}
+
+/// The latest of `entries` collected at or before `at`.
+fn latest<'a>(
+    entries: impl Iterator<Item = &'a StateEntry>,
+    at: Timestamp,
+) -> Option<&'a StateEntry> {
+    entries
         .filter(|e| e.collected_at <= at)
         .fold(None, |best: Option<&StateEntry>, e| match best {
             Some(b) if !e.supersedes(b) => Some(b),
@@ -173,7 +190,7 @@ fn vendor_covered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::PolicyVersion;
+    use crate::model::{PolicyVersion, SUBJECT_WIDE};
     use proptest::prelude::*;
 
     const DAY: i64 = 86_400 * Timestamp::MICROS_PER_SECOND;
@@ -445,6 +462,56 @@ mod tests {
         );
     }
 
+    fn withdraw_all(day: i64, revision: i64) -> StateEntry {
+        StateEntry {
+            purpose_id: SUBJECT_WIDE.into(),
+            ..entry("", Decision::Withdrawn, day, revision)
+        }
+    }
+
+    #[test]
+    fn withdraw_all_covers_every_purpose_until_a_later_choice() {
+        // Granted for the vendor on day 1, everything withdrawn on day 3, an import of a
+        // purpose-level grant collected on day 2 recorded afterwards, a fresh grant on day 5.
+        let s = state(vec![
+            entry("ga4", Decision::Granted, 1, 1),
+            withdraw_all(3, 2),
+            entry("", Decision::Granted, 2, 3),
+        ]);
+        for vendor in ["", "ga4", "late_vendor"] {
+            let v = decide(&consent_purpose(), vendor, &s, &catalog(), at_day(4));
+            assert_eq!(
+                (v.allowed, v.reason),
+                (false, Reason::Withdrawn),
+                "{vendor}"
+            );
+            assert_eq!(v.event_id.as_deref(), Some("e2"));
+        }
+        let mut new_purpose = consent_purpose();
+        new_purpose.id = "catalogued_later".into();
+        let v = decide(&new_purpose, "", &s, &catalog(), at_day(4));
+        assert_eq!(v.reason, Reason::Withdrawn, "purposes added later too");
+        assert_eq!(
+            decide(&consent_purpose(), "", &s, &catalog(), at_day(2)).reason,
+            Reason::Granted,
+            "as of before the withdrawal"
+        );
+        let refused = state(vec![entry("", Decision::Denied, 1, 1), withdraw_all(3, 2)]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &refused, &catalog(), at_day(4)).reason,
+            Reason::Denied,
+            "a refusal stays a refusal"
+        );
+        let mut later = s.clone();
+        later.entries.push(entry("", Decision::Granted, 5, 4));
+        let v = decide(&consent_purpose(), "", &later, &catalog(), at_day(6));
+        assert_eq!((v.allowed, v.reason), (true, Reason::Granted));
+        assert_eq!(
+            decide(&new_purpose, "", &later, &catalog(), at_day(6)).reason,
+            Reason::Withdrawn
+        );
+    }
+
     #[test]
     fn non_consent_bases_allow_on_their_basis() {
         let cases = [
@@ -543,6 +610,36 @@ mod tests {
             more.push(entry("", late, at + 1, 99));
             let after = decide(&consent_purpose(), "", &state(more), &catalog(), at_day(at));
             prop_assert_eq!(before, after);
+        }
+
+        #[test]
+        fn nothing_collected_before_a_withdraw_all_allows(
+            entries in arb_entries(),
+            withdrawn_day in 1i64..400,
+            revision in 0i64..20,
+            days_after in 0i64..50,
+            vendor in prop::sample::select(vec!["", "ga4", "late_vendor", "other"]),
+            catalogued_later in any::<bool>(),
+        ) {
+            // Every choice (imports included, recorded in any order) collected before the
+            // withdraw-all, for the purpose checked or one catalogued after it.
+            let mut purpose = consent_purpose();
+            if catalogued_later {
+                purpose.id = "catalogued_later".into();
+            }
+            let mut all: Vec<StateEntry> = entries
+                .into_iter()
+                .map(|mut e| {
+                    e.collected_at = Timestamp(e.collected_at.0.rem_euclid(withdrawn_day * DAY));
+                    e.purpose_id = purpose.id.clone();
+                    e
+                })
+                .collect();
+            all.push(withdraw_all(withdrawn_day, revision));
+            let v = decide(&purpose, vendor, &state(all), &catalog(), at_day(withdrawn_day + days_after));
+            prop_assert!(!v.allowed, "{:?}", v);
+            // The withdraw-all, or a refusal or withdrawal that was already the last word.
+            prop_assert!(matches!(v.reason, Reason::Withdrawn | Reason::Denied), "{:?}", v);
         }
 
         #[test]

@@ -291,10 +291,14 @@ pub struct ConsentEvent {
     pub hash: [u8; 32],
 }
 
+/// The purpose id of a *subject-wide* choice: a withdraw-all, which covers every purpose and
+/// vendor of the subject, including purposes catalogued after it.
+pub const SUBJECT_WIDE: &str = "";
+
 /// The latest choice for one (subject, purpose, vendor): one row of the projection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateEntry {
-    /// Purpose.
+    /// Purpose, or [`SUBJECT_WIDE`] for a choice covering every purpose.
     pub purpose_id: String,
     /// Vendor, or empty for the whole purpose.
     pub vendor_id: String,
@@ -351,6 +355,11 @@ impl SubjectState {
         self.entries.iter().filter(move |e| {
             e.purpose_id == purpose_id && (e.vendor_id.is_empty() || e.vendor_id == vendor_id)
         })
+    }
+
+    /// The subject-wide entries (withdraw-all).
+    pub fn subject_wide(&self) -> impl Iterator<Item = &StateEntry> {
+        self.entries.iter().filter(|e| e.purpose_id == SUBJECT_WIDE)
     }
 
     /// Whether any entry was collected after `at` (so the projection is not the state at `at`).

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
 use consent_core::chain::VerifyReport;
-use consent_core::commands::{RecordConsent, WithdrawConsent, WritePlan};
+use consent_core::commands::{RecordConsent, WithdrawConsent};
 use consent_core::{
     Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
     Vendor, Verdict, decide,
 };
 use consent_store::{
-    AppendOutcome, Consistency, EventQuery, LedgerHead, Store, StoredEvent, verify_ledger,
+    AppendOutcome, CacheFence, Consistency, EventQuery, LedgerHead, Store, StoredEvent,
+    verify_ledger,
 };
 
 use crate::context::Principal;
@@ -111,8 +112,9 @@ impl Ledger {
         self.store
             .append(
                 &who.tenant_id,
-                &WritePlan::Events(events),
+                &events,
                 command.idempotency().as_ref(),
+                CacheFence::None,
             )
             .await
     }
@@ -129,9 +131,14 @@ impl Ledger {
             .store
             .catalog(&who.tenant_id, Consistency::Full)
             .await?;
-        let plan = command.plan(&catalog, now, &who.key_id)?;
+        let events = command.plan(&catalog, now, &who.key_id)?;
         self.store
-            .append(&who.tenant_id, &plan, command.idempotency().as_ref())
+            .append(
+                &who.tenant_id,
+                &events,
+                command.idempotency().as_ref(),
+                CacheFence::None,
+            )
             .await
     }
 

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use consent_core::{ConsentError, ConsentEvent, Result, Revision};
+use consent_core::{ConsentError, ConsentEvent, Result, Revision, SUBJECT_WIDE};
 use consent_store::{EventQuery, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -38,8 +38,11 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
+    /// A subject-wide event (a withdraw-all) bears on every purpose, so every filter has it.
     fn matches(&self, event: &ConsentEvent) -> bool {
-        self.purpose_ids.is_empty() || self.purpose_ids.contains(&event.event.purpose_id)
+        self.purpose_ids.is_empty()
+            || event.event.purpose_id == SUBJECT_WIDE
+            || self.purpose_ids.contains(&event.event.purpose_id)
     }
 }
 

@@ -15,14 +15,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use consent_core::chain::{GENESIS, seal};
-use consent_core::commands::{Idempotency, WritePlan};
+use consent_core::commands::Idempotency;
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, PolicyVersion, Purpose, Result,
-    Revision, StateEntry, SubjectState, Timestamp, Vendor,
+    Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AppendOutcome, CatalogStore, Commit, Consistency, EventQuery, LedgerHead, LedgerStore,
-    StoredEvent,
+    AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery, FenceRecord,
+    LedgerHead, LedgerStore, StoredEvent,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
@@ -326,15 +326,53 @@ impl CatalogStore for SqlStore {
     }
 }
 
-/// Bumps the tenant's catalogue version inside a catalogue write (creating the tenant row).
+/// Bumps the tenant's catalogue version inside a catalogue write (creating the tenant row),
+/// and fences cached catalogues older than the new version.
 async fn bump_catalog_version(tx: &mut Transaction<'_, Any>, tenant: &str) -> Result<()> {
-    sqlx::query(
+    let version: i64 = sqlx::query(
         "INSERT INTO tenants (tenant_id, revision, head_hash, created_at, catalog_version) VALUES ($1, 0, $2, $3, 1) \
-         ON CONFLICT (tenant_id) DO UPDATE SET catalog_version = tenants.catalog_version + 1",
+         ON CONFLICT (tenant_id) DO UPDATE SET catalog_version = tenants.catalog_version + 1 \
+         RETURNING catalog_version",
     )
     .bind(tenant)
     .bind(GENESIS.to_vec())
     .bind(Timestamp::now().as_micros())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db)?
+    .try_get(0)
+    .map_err(db)?;
+    raise_fence(tx, tenant, 0, version).await
+}
+
+/// Raises the tenant's cache fence (never lowers it). Call last in a transaction, after the
+/// tenant row is locked: the clock row it takes is held to commit, so fence sequence numbers
+/// follow commit order (and tenant row, then clock row, is the only lock order).
+async fn raise_fence(
+    tx: &mut Transaction<'_, Any>,
+    tenant: &str,
+    revision: Revision,
+    catalog_version: i64,
+) -> Result<()> {
+    let seq: i64 =
+        sqlx::query("UPDATE cache_fence_clock SET seq = seq + 1 WHERE id = 1 RETURNING seq")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?
+            .try_get(0)
+            .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO cache_fences (tenant_id, revision, catalog_version, seq) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (tenant_id) DO UPDATE SET \
+         revision = CASE WHEN excluded.revision > cache_fences.revision THEN excluded.revision ELSE cache_fences.revision END, \
+         catalog_version = CASE WHEN excluded.catalog_version > cache_fences.catalog_version \
+           THEN excluded.catalog_version ELSE cache_fences.catalog_version END, \
+         seq = excluded.seq",
+    )
+    .bind(tenant)
+    .bind(revision)
+    .bind(catalog_version)
+    .bind(seq)
     .execute(&mut **tx)
     .await
     .map_err(db)?;
@@ -537,23 +575,15 @@ impl SqlStore {
         Ok(())
     }
 
-    /// The subject's projection rows, read through `executor` (the pool, or a write's
-    /// transaction when a withdrawal must see the state it supersedes).
-    async fn current_entries<'e, E>(
-        executor: E,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Vec<StateEntry>>
-    where
-        E: Executor<'e, Database = Any>,
-    {
+    /// The subject's projection rows.
+    async fn current_entries(&self, tenant: &str, subject: &str) -> Result<Vec<StateEntry>> {
         let sql = format!(
             "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
         );
         let rows = sqlx::query(&sql)
             .bind(tenant)
             .bind(subject)
-            .fetch_all(executor)
+            .fetch_all(&self.pool)
             .await
             .map_err(db)?;
         rows.iter().map(state_from_row).collect()
@@ -565,8 +595,9 @@ impl LedgerStore for SqlStore {
     async fn append(
         &self,
         tenant: &str,
-        plan: &WritePlan,
+        events: &[NewEvent],
         idempotency: Option<&Idempotency>,
+        fence: CacheFence,
     ) -> Result<AppendOutcome> {
         let now = Timestamp::now();
         let mut tx = self.pool.begin().await.map_err(db)?;
@@ -602,18 +633,12 @@ impl LedgerStore for SqlStore {
             }
         }
 
-        let planned: Vec<NewEvent> = match plan {
-            WritePlan::Events(events) => events.clone(),
-            WritePlan::WithdrawAllGranted(template) => template.withdraw_granted(
-                &Self::current_entries(&mut *tx, tenant, &template.subject_id).await?,
-            ),
-        };
         let mut prev = head.hash;
         let mut revision = head.revision;
-        let mut written = Vec::with_capacity(planned.len());
-        for new_event in planned {
+        let mut written = Vec::with_capacity(events.len());
+        for new_event in events {
             revision += 1;
-            let sealed = seal(tenant, new_event, revision, now, prev);
+            let sealed = seal(tenant, new_event.clone(), revision, now, prev);
             Self::insert_event(&mut tx, tenant, &sealed).await?;
             prev = sealed.hash;
             written.push(sealed);
@@ -641,6 +666,9 @@ impl LedgerStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        }
+        if fence == CacheFence::States {
+            raise_fence(&mut tx, tenant, revision, 0).await?;
         }
         if self.backend == Backend::Postgres && revision != head.revision {
             // Delivered to every listener when (and only if) the transaction commits.
@@ -675,7 +703,7 @@ impl LedgerStore for SqlStore {
         // The revision is read before the data, so the data is at least that new.
         let revision = self.head(tenant).await?.revision;
         let entries = match as_of {
-            None => Self::current_entries(&self.pool, tenant, subject_id).await?,
+            None => self.current_entries(tenant, subject_id).await?,
             Some(at) => {
                 let sql = format!(
                     "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 \
@@ -713,15 +741,21 @@ impl LedgerStore for SqlStore {
         let mut ints: Vec<i64> = Vec::new();
         let mut n = 2;
         // Parameters are numbered in the order they are bound: texts first, then integers.
-        for (column, value) in [
-            ("subject_id", &query.subject_id),
-            ("purpose_id", &query.purpose_id),
-        ] {
-            if let Some(v) = value {
-                n += 1;
-                sql.push_str(&format!(" AND {column} = ${n}"));
-                texts.push(v);
-            }
+        if let Some(subject) = &query.subject_id {
+            n += 1;
+            sql.push_str(&format!(" AND subject_id = ${n}"));
+            texts.push(subject);
+        }
+        if let Some(purpose) = &query.purpose_id {
+            // A subject-wide choice (withdraw-all) bears on every purpose.
+            n += 1;
+            sql.push_str(&format!(
+                " AND (purpose_id = ${n} OR purpose_id = ${})",
+                n + 1
+            ));
+            n += 1;
+            texts.push(purpose);
+            texts.push(SUBJECT_WIDE);
         }
         for (condition, value) in [
             (
@@ -756,6 +790,26 @@ impl LedgerStore for SqlStore {
 
     fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Commit> {
         self.commits.subscribe()
+    }
+
+    async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>> {
+        let rows = sqlx::query(
+            "SELECT seq, tenant_id, revision, catalog_version FROM cache_fences WHERE seq > $1 ORDER BY seq",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                Ok(FenceRecord {
+                    seq: row.try_get(0).map_err(db)?,
+                    tenant_id: row.try_get(1).map_err(db)?,
+                    revision: row.try_get(2).map_err(db)?,
+                    catalog_version: row.try_get(3).map_err(db)?,
+                })
+            })
+            .collect()
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

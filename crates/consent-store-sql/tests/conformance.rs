@@ -52,9 +52,9 @@ mod postgres {
 /// same PostgreSQL database (LISTEN/NOTIFY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_commits_reach_other_processes() {
-    use consent_core::commands::{WritePlan, new_event_id};
+    use consent_core::commands::new_event_id;
     use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
-    use consent_store::LedgerStore;
+    use consent_store::{CacheFence, LedgerStore};
 
     let Some(url) = consent_store_sql::testing::postgres_test_url() else {
         return;
@@ -77,7 +77,7 @@ async fn postgres_commits_reach_other_processes() {
     };
     // The LISTEN is active once `open` returned; the timeout is a safety net, not a wait.
     let written = writer
-        .append(&tenant, &WritePlan::Events(vec![event]), None)
+        .append(&tenant, &[event], None, CacheFence::None)
         .await
         .unwrap_or_else(|e| panic!("append: {e}"));
     let heard = tokio::time::timeout(std::time::Duration::from_secs(30), async {

@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use consent_core::access::{KEY_RANDOM_BYTES, Scope, issue_key, new_tenant};
 use consent_core::chain::GENESIS;
-use consent_core::commands::{Idempotency, WithdrawalTemplate, WritePlan, new_event_id};
+use consent_core::commands::{Idempotency, new_event_id};
 use consent_core::{
     Channel, ConsentError, Cookie, Decision, Evidence, LegalBasis, NewEvent, PolicyVersion,
-    Purpose, PurposeCategory, Timestamp, Vendor,
+    Purpose, PurposeCategory, SUBJECT_WIDE, Timestamp, Vendor,
 };
 
-use crate::{Consistency, EventQuery, Store, verify_ledger};
+use crate::{CacheFence, Consistency, EventQuery, FenceRecord, Store, verify_ledger};
 
 /// The value of a test environment variable naming a service (a database, a Redis), or
 /// `None` after printing a notice that the tests needing it are skipped. Under `CI=true` a
@@ -60,7 +60,7 @@ macro_rules! store_conformance_suite {
             projection_keeps_the_latest_collected_choice,
             as_of_state_reads_the_past,
             idempotent_replay_returns_the_original_write,
-            withdraw_all_withdraws_only_granted_choices,
+            a_subject_wide_withdrawal_is_projected_and_listed,
             list_events_filters_and_pages,
             tenants_are_isolated,
             concurrent_appends_keep_the_chain_whole,
@@ -68,6 +68,7 @@ macro_rules! store_conformance_suite {
             api_keys_belong_to_their_tenant,
             commits_wake_subscribers,
             catalog_version_grows_with_each_write,
+            fences_are_recorded_in_commit_order,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -143,7 +144,7 @@ fn event(
 }
 
 async fn append(store: &Arc<dyn Store>, tenant: &str, events: Vec<NewEvent>) -> i64 {
-    match store.append(tenant, &WritePlan::Events(events), None).await {
+    match store.append(tenant, &events, None, CacheFence::None).await {
         Ok(outcome) => outcome.revision,
         Err(e) => panic!("append failed: {e}"),
     }
@@ -225,11 +226,12 @@ pub async fn append_links_the_chain_and_bumps_the_revision(store: &Arc<dyn Store
     let first = ok(store
         .append(
             &t,
-            &WritePlan::Events(vec![
+            &[
                 event("alice", "analytics", "", Decision::Granted, day(1)),
                 event("alice", "call_recording", "", Decision::Denied, day(1)),
-            ]),
+            ],
             None,
+            CacheFence::None,
         )
         .await);
     assert_eq!(first.revision, 2);
@@ -352,14 +354,8 @@ pub async fn idempotent_replay_returns_the_original_write(store: &Arc<dyn Store>
         key: "req-1".into(),
         fingerprint: [7; 32],
     };
-    let plan = WritePlan::Events(vec![event(
-        "alice",
-        "analytics",
-        "",
-        Decision::Granted,
-        day(1),
-    )]);
-    let first = ok(store.append(&t, &plan, Some(&key)).await);
+    let plan = [event("alice", "analytics", "", Decision::Granted, day(1))];
+    let first = ok(store.append(&t, &plan, Some(&key), CacheFence::None).await);
     append(
         store,
         &t,
@@ -367,14 +363,10 @@ pub async fn idempotent_replay_returns_the_original_write(store: &Arc<dyn Store>
     )
     .await;
     // A retry carries freshly generated event ids; the original ones come back.
-    let retry_plan = WritePlan::Events(vec![event(
-        "alice",
-        "analytics",
-        "",
-        Decision::Granted,
-        day(1),
-    )]);
-    let replay = ok(store.append(&t, &retry_plan, Some(&key)).await);
+    let retry_plan = [event("alice", "analytics", "", Decision::Granted, day(1))];
+    let replay = ok(store
+        .append(&t, &retry_plan, Some(&key), CacheFence::None)
+        .await);
     assert!(replay.replayed);
     assert_eq!(replay.events, first.events);
     assert_eq!(replay.revision, first.revision);
@@ -388,71 +380,88 @@ pub async fn idempotent_replay_returns_the_original_write(store: &Arc<dyn Store>
         key: "req-1".into(),
         fingerprint: [8; 32],
     };
-    match store.append(&t, &plan, Some(&different)).await {
+    match store
+        .append(&t, &plan, Some(&different), CacheFence::None)
+        .await
+    {
         Err(ConsentError::AlreadyExists(msg)) => assert!(msg.contains("req-1"), "{msg}"),
         other => panic!("expected AlreadyExists, got {other:?}"),
     }
     // Keys are per tenant.
-    let other_tenant = ok(store.append(&tenant(), &plan, Some(&different)).await);
+    let other_tenant = ok(store
+        .append(&tenant(), &plan, Some(&different), CacheFence::None)
+        .await);
     assert!(!other_tenant.replayed);
 }
 
-/// Withdraw-all writes one WITHDRAWN event per granted (purpose, vendor), nothing else.
-pub async fn withdraw_all_withdraws_only_granted_choices(store: &Arc<dyn Store>) {
+/// A withdraw-all is one subject-wide WITHDRAWN event (purpose and vendor empty): it has its
+/// own projection row, an older choice imported after it does not replace that row, and a
+/// purpose filter on the history still shows it (it bears on every purpose).
+pub async fn a_subject_wide_withdrawal_is_projected_and_listed(store: &Arc<dyn Store>) {
     let t = tenant();
     append(
         store,
         &t,
         vec![
-            event("alice", "analytics", "", Decision::Granted, day(1)),
             event("alice", "analytics", "ga4", Decision::Granted, day(1)),
-            event("alice", "call_recording", "", Decision::Denied, day(1)),
-            event("bob", "analytics", "", Decision::Granted, day(1)),
+            event("alice", SUBJECT_WIDE, "", Decision::Withdrawn, day(3)),
+            event("alice", "analytics", "", Decision::Granted, day(2)),
+            event("bob", "analytics", "", Decision::Granted, day(2)),
         ],
     )
     .await;
-    let template = WithdrawalTemplate {
-        subject_id: "alice".into(),
-        policy_version_id: "v1".into(),
-        channel: Channel::Web,
-        collected_at: day(2),
-        evidence: Evidence::default(),
-        actor_key_id: String::new(),
-    };
-    let plan = WritePlan::WithdrawAllGranted(Box::new(template));
-    let outcome = ok(store.append(&t, &plan, None).await);
-    let mut withdrawn: Vec<_> = outcome
-        .events
+    append(
+        store,
+        &t,
+        vec![event(
+            "alice",
+            SUBJECT_WIDE,
+            "",
+            Decision::Withdrawn,
+            day(2),
+        )],
+    )
+    .await;
+    let alice = ok(store
+        .subject_state(&t, "alice", None, Consistency::default())
+        .await);
+    let wide: Vec<_> = alice
+        .entries
         .iter()
-        .map(|e| {
-            (
-                e.event.purpose_id.as_str(),
-                e.event.vendor_id.as_str(),
-                e.event.decision,
-            )
-        })
+        .filter(|e| e.purpose_id == SUBJECT_WIDE)
+        .map(|e| (e.collected_at, e.revision))
         .collect();
-    withdrawn.sort();
     assert_eq!(
-        withdrawn,
-        [
-            ("analytics", "", Decision::Withdrawn),
-            ("analytics", "ga4", Decision::Withdrawn)
-        ]
+        wide,
+        [(day(3), 2)],
+        "the later withdraw-all stays projected"
     );
-    assert_eq!(outcome.revision, 6);
-    // Nothing granted any more: a second withdraw-all writes nothing.
-    let again = ok(store.append(&t, &plan, None).await);
-    assert!(again.events.is_empty());
-    assert_eq!(again.revision, 6);
+    let past = ok(store
+        .subject_state(&t, "alice", Some(day(2)), Consistency::default())
+        .await);
+    assert!(
+        past.entries
+            .iter()
+            .any(|e| e.purpose_id == SUBJECT_WIDE && e.revision == 5),
+        "as of day 2, the withdraw-all collected that day: {past:?}"
+    );
+    let analytics = ok(store
+        .list_events(
+            &t,
+            &EventQuery {
+                subject_id: Some("alice".into()),
+                purpose_id: Some("analytics".into()),
+                limit: 100,
+                ..EventQuery::default()
+            },
+        )
+        .await);
+    let revisions: Vec<_> = analytics.iter().map(|e| e.event.revision).collect();
+    assert_eq!(revisions, [1, 2, 3, 5]);
     let bob = ok(store
         .subject_state(&t, "bob", None, Consistency::default())
         .await);
-    assert_eq!(
-        bob.entries[0].decision,
-        Decision::Granted,
-        "other subjects untouched"
-    );
+    assert_eq!(bob.entries.len(), 1, "other subjects untouched");
     assert!(ok(verify_ledger(store.as_ref(), &t).await).0.ok);
 }
 
@@ -601,7 +610,7 @@ pub async fn concurrent_appends_keep_the_chain_whole(store: &Arc<dyn Store>) {
                 for i in 0..5 {
                     let subject = format!("s{w}-{i}");
                     let e = event(&subject, "analytics", "", Decision::Granted, day(1));
-                    match store.append(&t, &WritePlan::Events(vec![e]), None).await {
+                    match store.append(&t, &[e], None, CacheFence::None).await {
                         Ok(o) => revisions.push(o.revision),
                         Err(e) => panic!("append failed: {e}"),
                     }
@@ -760,4 +769,69 @@ pub async fn catalog_version_grows_with_each_write(store: &Arc<dyn Store>) {
     assert_eq!(v3, v4, "republishing the same version changes nothing");
     // Catalogue writes do not move the ledger.
     assert_eq!(ok(store.head(&t).await).revision, 0);
+}
+
+/// A write that asks for a cache fence records one at its revision, in the same transaction;
+/// every catalogue write fences the catalogue at its new version; fences only grow, and
+/// `cache_fences(after)` returns the changes after a sequence number, in commit order.
+pub async fn fences_are_recorded_in_commit_order(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let fence_of = |fences: &[FenceRecord], t: &str| {
+        fences
+            .iter()
+            .rfind(|f| f.tenant_id == t)
+            .map(|f| (f.revision, f.catalog_version))
+    };
+    let start = ok(store.cache_fences(0).await).last().map_or(0, |f| f.seq);
+    append(
+        store,
+        &t,
+        vec![event("alice", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    assert_eq!(
+        fence_of(&ok(store.cache_fences(start).await), &t),
+        None,
+        "no fence unless asked"
+    );
+    let fenced = ok(store
+        .append(
+            &t,
+            &[event("alice", "analytics", "", Decision::Withdrawn, day(2))],
+            None,
+            CacheFence::States,
+        )
+        .await);
+    let after_write = ok(store.cache_fences(start).await);
+    assert_eq!(fence_of(&after_write, &t), Some((fenced.revision, 0)));
+    let seq = after_write.last().map_or(0, |f| f.seq);
+    assert!(seq > start);
+
+    ok(store.upsert_purpose(&t, &purpose("analytics", &[])).await);
+    let version = ok(store.catalog(&t, Consistency::Full).await).version;
+    let after_catalog = ok(store.cache_fences(seq).await);
+    assert_eq!(
+        fence_of(&after_catalog, &t),
+        Some((fenced.revision, version)),
+        "the catalogue fence keeps the state fence"
+    );
+    assert!(after_catalog.iter().all(|f| f.seq > seq));
+    // A later fenced write moves the fence forward; still one row per tenant.
+    let again = ok(store
+        .append(
+            &t,
+            &[event("bob", "analytics", "", Decision::Granted, day(1))],
+            None,
+            CacheFence::States,
+        )
+        .await);
+    let all: Vec<_> = ok(store.cache_fences(0).await)
+        .into_iter()
+        .filter(|f| f.tenant_id == t)
+        .collect();
+    assert_eq!(all.len(), 1, "one row per tenant: {all:?}");
+    assert_eq!(
+        (all[0].revision, all[0].catalog_version),
+        (again.revision, version)
+    );
 }

@@ -12,10 +12,10 @@
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
 use consent_core::chain::{ChainVerifier, GENESIS, VerifyReport};
-use consent_core::commands::{Idempotency, WritePlan};
+use consent_core::commands::Idempotency;
 use consent_core::{
-    Catalog, ConsentEvent, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
-    Vendor,
+    Catalog, ConsentEvent, NewEvent, PolicyVersion, Purpose, Result, Revision, SubjectState,
+    Timestamp, Vendor,
 };
 
 pub mod conformance;
@@ -111,19 +111,53 @@ pub struct StoredEvent {
     pub evidence_erased: bool,
 }
 
+/// Whether a write must also fence the tenant's cached states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CacheFence {
+    /// Nothing to fence: the shared cache was told of the write (or there is none).
+    #[default]
+    None,
+    /// The shared cache could not be told of this write: record, in the same transaction,
+    /// a fence at the write's revision, so that every replica stops trusting the tenant's
+    /// cached states read before it (see [`FenceRecord`]).
+    States,
+}
+
+/// The fence of one tenant: cached copies older than it must not be used. States are
+/// fenced when a write could not reach the shared cache; catalogues by every catalogue
+/// write. Fences only grow. Every store numbers fence changes with a sequence that follows
+/// commit order, so a replica that polls [`LedgerStore::cache_fences`] after the last
+/// sequence it saw misses none.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FenceRecord {
+    /// Position in the store's fence sequence.
+    pub seq: i64,
+    /// The tenant.
+    pub tenant_id: String,
+    /// A cached subject state read at a revision below this one is stale.
+    pub revision: Revision,
+    /// A cached catalogue with a version below this one is stale.
+    pub catalog_version: i64,
+}
+
 /// The append-only consent ledger of each tenant and its projection.
 #[async_trait]
 pub trait LedgerStore: Send + Sync {
-    /// Appends the planned events as one transaction: assigns revisions, links the hash
-    /// chain, moves the projection, bumps the tenant revision, records the idempotency key.
-    /// A replay with the same key and fingerprint returns the original outcome; the same
-    /// key with another fingerprint is `AlreadyExists`.
+    /// Appends the events as one transaction: assigns revisions, links the hash chain,
+    /// moves the projection, bumps the tenant revision, records the idempotency key and,
+    /// when asked, the cache fence. A replay with the same key and fingerprint returns the
+    /// original outcome and writes nothing (it changes no state, so it needs no fence); the
+    /// same key with another fingerprint is `AlreadyExists`.
     async fn append(
         &self,
         tenant: &str,
-        plan: &WritePlan,
+        events: &[NewEvent],
         idempotency: Option<&Idempotency>,
+        fence: CacheFence,
     ) -> Result<AppendOutcome>;
+
+    /// Fences changed after sequence `after` (0: all), in sequence order.
+    async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>>;
 
     /// The subject's choices: the current projection when `as_of` is `None`, otherwise the
     /// latest choice per (purpose, vendor) collected at or before `as_of`. The returned
