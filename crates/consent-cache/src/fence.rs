@@ -139,7 +139,10 @@ pub(crate) fn spawn_poller(
 ) -> Option<tokio::task::AbortHandle> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let task = runtime.spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
+        // The first poll one interval from now: a store opened before its migrations (the
+        // commands migrate right after opening) is ready by then; until the first poll, a
+        // read that needs the fences polls itself.
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
         loop {

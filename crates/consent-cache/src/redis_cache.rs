@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use consent_core::redact::redact;
 use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
 use redis::Script;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -99,8 +100,9 @@ impl std::fmt::Debug for RedisCache {
     }
 }
 
+/// A Redis error as `Unavailable`; its text may quote the URL, so it is redacted.
 fn unavailable(e: impl std::fmt::Display) -> ConsentError {
-    ConsentError::Unavailable(format!("redis: {e}"))
+    ConsentError::Unavailable(format!("redis: {}", redact(&e.to_string())))
 }
 
 fn digest(parts: &[&str]) -> String {
@@ -156,7 +158,7 @@ impl RedisCache {
         Ok(RedisCache::with(
             Connection::Standalone(manager),
             ttl,
-            format!("redis {url}"),
+            format!("redis {}", redact(url)),
         ))
     }
 
@@ -172,7 +174,7 @@ impl RedisCache {
         Ok(RedisCache::with(
             Connection::Cluster(connection),
             ttl,
-            format!("redis cluster {}", nodes.join(",")),
+            format!("redis cluster {}", redact(&nodes.join(","))),
         ))
     }
 

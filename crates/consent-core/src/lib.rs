@@ -13,6 +13,7 @@ pub mod commands;
 pub mod decide;
 pub mod error;
 pub mod model;
+pub mod redact;
 pub mod time;
 pub mod validate;
 

@@ -9,8 +9,8 @@ use clap::{Parser, Subcommand};
 use consent_core::Timestamp;
 use consent_core::access::{ApiKey, new_tenant, parse_scopes, scopes_to_text};
 use consent_core::catalog_file::parse_catalog_file;
+use consent_core::redact::redact;
 use consent_store::verify_ledger;
-use consent_store_sql::redact;
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FlagOverrides};
@@ -326,7 +326,8 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = %redact(&config.store.url), cache = ?config.cache.mode, "consentd listening");
+    let effective = serde_json::to_string(&config.redacted())?;
+    tracing::info!(%addr, config = %effective, "consentd listening (effective configuration, credentials hidden)");
     // A line on stdout that scripts and tests can wait for (no sleeps needed).
     println!("consentd listening on {addr}");
 

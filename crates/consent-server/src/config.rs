@@ -237,6 +237,17 @@ pub struct FlagOverrides {
 pub const DEFAULT_CONFIG_FILE: &str = "consentd.toml";
 
 impl Config {
+    /// This configuration with every credential hidden (URLs and node lists through
+    /// [`consent_core::redact::redact`]), for logs.
+    pub fn redacted(&self) -> Config {
+        use consent_core::redact::redact;
+        let mut shown = self.clone();
+        shown.store.url = redact(&shown.store.url);
+        shown.cache.redis_url = redact(&shown.cache.redis_url);
+        shown.cache.redis_cluster_nodes = redact(&shown.cache.redis_cluster_nodes);
+        shown
+    }
+
     /// Loads the layers. `file` must exist when given explicitly.
     pub fn load(file: Option<&Path>, flags: &FlagOverrides) -> anyhow::Result<Config> {
         Self::figment(file, flags, Env::prefixed("CONSENT__").split("__"))
@@ -368,6 +379,20 @@ mod tests {
             assert!(err.contains("auth.mode = none"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_logged_configuration_hides_credentials() {
+        let mut config = Config::default();
+        config.store.url =
+            "postgres://consent:pg-secret@db:5432/consent?sslpassword=key-secret".into();
+        config.cache.redis_url = "redis://:redis-secret@cache:6379".into();
+        config.cache.redis_cluster_nodes = "redis://u:node-secret@a:7101,redis://b:7102".into();
+        let shown = format!("{:?}", config.redacted());
+        for secret in ["pg-secret", "key-secret", "redis-secret", "node-secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("db:5432") && shown.contains("b:7102"));
     }
 
     #[test]

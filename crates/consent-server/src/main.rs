@@ -8,7 +8,9 @@ async fn main() -> std::process::ExitCode {
     match consent_server::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("consentd: error: {e:#}");
+            // Errors may quote a configured URL: never print its credentials.
+            let message = consent_core::redact::redact(&format!("{e:#}"));
+            eprintln!("consentd: error: {message}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -1,9 +1,16 @@
-//! Maps sqlx errors to the ledger's error kinds: anything that a retry may cure (connection,
-//! pool, lock contention, failover) is `Unavailable`; anything else is `Internal`.
+//! Maps sqlx errors to the ledger's error kinds by their real kind: the SQLSTATE class for
+//! PostgreSQL, the primary result code for SQLite. Anything that a retry may cure
+//! (connection, pool, lock contention, failover) is `Unavailable`; anything else is
+//! `Internal`. Messages pass through [`redact`]: a driver error may quote a URL.
 
 use consent_core::ConsentError;
+use consent_core::redact::redact;
+use sqlx::error::DatabaseError;
+use sqlx::postgres::PgDatabaseError;
+use sqlx::sqlite::SqliteError;
 
-/// SQLite result codes for a busy or locked database (primary code in the low byte).
+/// SQLite primary result codes for a busy or locked database (the low byte of an extended
+/// result code).
 const SQLITE_BUSY: i64 = 5;
 const SQLITE_LOCKED: i64 = 6;
 
@@ -11,22 +18,30 @@ const SQLITE_LOCKED: i64 = 6;
 /// rollback (serialization, deadlock), insufficient resources, operator intervention.
 const RETRYABLE_PG_CLASSES: [&str; 4] = ["08", "40", "53", "57"];
 
+/// Whether a database's own error is worth a retry, judged by the driver that raised it.
+fn retryable(d: &dyn DatabaseError) -> bool {
+    if let Some(pg) = d.try_downcast_ref::<PgDatabaseError>() {
+        return RETRYABLE_PG_CLASSES
+            .iter()
+            .any(|class| pg.code().starts_with(class));
+    }
+    if d.try_downcast_ref::<SqliteError>().is_some() {
+        return d
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
+    }
+    false
+}
+
 pub(crate) fn db(e: sqlx::Error) -> ConsentError {
     match &e {
+        sqlx::Error::Database(d) if retryable(d.as_ref()) => ConsentError::Unavailable(format!(
+            "database busy or unavailable: {}",
+            redact(&d.to_string())
+        )),
         sqlx::Error::Database(d) => {
-            let code = d.code().unwrap_or_default();
-            let sqlite_busy = code
-                .parse::<i64>()
-                .is_ok_and(|c| matches!(c & 0xff, SQLITE_BUSY | SQLITE_LOCKED));
-            let pg_retryable = code.len() == 5
-                && RETRYABLE_PG_CLASSES
-                    .iter()
-                    .any(|class| code.starts_with(class));
-            if sqlite_busy || pg_retryable {
-                ConsentError::Unavailable(format!("database busy or unavailable: {d}"))
-            } else {
-                ConsentError::Internal(format!("database error: {d}"))
-            }
+            ConsentError::Internal(format!("database error: {}", redact(&d.to_string())))
         }
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -34,9 +49,9 @@ pub(crate) fn db(e: sqlx::Error) -> ConsentError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => {
-            ConsentError::Unavailable(format!("database unavailable: {e}"))
+            ConsentError::Unavailable(format!("database unavailable: {}", redact(&e.to_string())))
         }
-        _ => ConsentError::Internal(format!("database error: {e}")),
+        _ => ConsentError::Internal(format!("database error: {}", redact(&e.to_string()))),
     }
 }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use consent_core::chain::{GENESIS, seal};
 use consent_core::commands::Idempotency;
+use consent_core::redact::redact;
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, PolicyVersion, Purpose, Result,
     Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
@@ -88,23 +89,51 @@ pub struct SqlStore {
     commits: CommitFeed,
 }
 
-/// Hides a password in a URL for messages and logs.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &url[at..]
+/// The query parameters sqlx's PostgreSQL driver understands. Others it ignores with a
+/// warning that quotes the value (a password, for `sslpassword`), so they are refused here,
+/// naming only the parameter: no setting is silently ignored, no secret is logged.
+const POSTGRES_URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// Refuses a PostgreSQL URL with a query parameter the driver would ignore.
+fn check_postgres_url(url: &str) -> Result<()> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+        let known = POSTGRES_URL_PARAMETERS.contains(&name)
+            || (name.starts_with("options[") && name.ends_with(']'));
+        if !known {
+            return Err(ConsentError::invalid(
+                "store.url",
+                format!(
+                    "query parameter `{}` is not supported for PostgreSQL (supported: {}, options[NAME])",
+                    name.escape_default(),
+                    POSTGRES_URL_PARAMETERS.join(", ")
                 ),
-                None => url.to_owned(),
-            }
+            ));
         }
-        _ => url.to_owned(),
     }
+    Ok(())
 }
 
 /// SQLite URL with `mode=rwc` (create the file) unless a mode was given, and the file's
@@ -147,7 +176,10 @@ impl SqlStore {
         let backend = Backend::from_url(url)?;
         let url = match backend {
             Backend::Sqlite => prepare_sqlite_url(url)?,
-            Backend::Postgres => url.to_owned(),
+            Backend::Postgres => {
+                check_postgres_url(url)?;
+                url.to_owned()
+            }
         };
         let mut pool = AnyPoolOptions::new()
             .max_connections(options.max_connections)
@@ -853,16 +885,18 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("postgres://u:pw@h:5432/db"),
-            "postgres://u:***@h:5432/db"
+    fn postgres_urls_with_parameters_the_driver_ignores_are_refused() {
+        assert!(check_postgres_url("postgres://u:pw@h/db?sslmode=require&password=x").is_ok());
+        assert!(check_postgres_url("postgres://h/db?options[search_path]=x").is_ok());
+        let refused = check_postgres_url("postgres://h/db?sslmode=require&sslpassword=key-secret");
+        assert!(
+            refused.as_ref().is_err_and(|e| {
+                let text = e.to_string();
+                text.contains("sslpassword") && !text.contains("key-secret")
+            }),
+            "{refused:?}"
         );
-        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(
-            redact("sqlite://./data/consent.db"),
-            "sqlite://./data/consent.db"
-        );
+        assert!(check_postgres_url("postgres://h/db?connect_timeout=5").is_err());
     }
 
     #[test]
