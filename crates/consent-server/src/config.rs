@@ -127,6 +127,12 @@ impl Default for CacheConfig {
     }
 }
 
+/// The smallest `limits.max_message_bytes`: the answer to any request the input limits
+/// accept must fit in a message. The largest write answer (256 events without evidence,
+/// every id at its limit) is about 0.4 MiB; the largest single event with its evidence
+/// (ListEvents, which cuts pages by size) about 0.15 MiB. `tests` below prove both.
+pub const MIN_MESSAGE_BYTES: usize = 1024 * 1024;
+
 /// `[limits]`: bounds on what one request or one key may use.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -301,8 +307,10 @@ impl Config {
             }
             _ => {}
         }
-        if self.limits.max_message_bytes < 64 * 1024 {
-            anyhow::bail!("limits.max_message_bytes must be at least 65536");
+        if self.limits.max_message_bytes < MIN_MESSAGE_BYTES {
+            anyhow::bail!(
+                "limits.max_message_bytes must be at least {MIN_MESSAGE_BYTES} (1 MiB): the answer to any accepted request must fit"
+            );
         }
         if self.limits.request_timeout_secs == 0 || self.limits.max_concurrent_streams == 0 {
             anyhow::bail!(

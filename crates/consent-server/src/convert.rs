@@ -130,7 +130,17 @@ pub fn evidence_out(e: &Evidence) -> pb::Evidence {
 }
 
 /// A stored event to the wire.
+/// An event with its evidence (ListEvents).
 pub fn event_out(e: &ConsentEvent) -> pb::ConsentEvent {
+    pb::ConsentEvent {
+        evidence: Some(evidence_out(&e.event.evidence)),
+        ..event_digest_out(e)
+    }
+}
+
+/// An event with only the digest of its evidence (write responses, Watch): the size of
+/// these answers depends on the events' ids, never on the evidence they carry.
+pub fn event_digest_out(e: &ConsentEvent) -> pb::ConsentEvent {
     let n = &e.event;
     pb::ConsentEvent {
         id: n.id.clone(),
@@ -143,11 +153,12 @@ pub fn event_out(e: &ConsentEvent) -> pb::ConsentEvent {
         collected_at: Some(timestamp(n.collected_at)),
         recorded_at: Some(timestamp(e.recorded_at)),
         expires_at: n.expires_at.map(timestamp),
-        evidence: Some(evidence_out(&n.evidence)),
+        evidence: None,
         revision: e.revision,
         prev_hash: hex::encode(e.prev_hash),
         hash: hex::encode(e.hash),
         actor_key_id: n.actor_key_id.clone(),
+        evidence_sha256: hex::encode(e.evidence_sha256),
     }
 }
 

@@ -108,7 +108,7 @@ pub async fn serve(
         // Watch streams end first, or they would hold the graceful shutdown open.
         let _ = stopping.send(true);
     };
-    let api = Api::new(Ledger::new(store), Arc::clone(&auth), feeds);
+    let api = Api::new(Ledger::new(store), Arc::clone(&auth), feeds, max_message);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConsentServiceServer<Api>>().await;

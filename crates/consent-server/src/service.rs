@@ -11,8 +11,8 @@ use consent_proto::v1::consent_service_server::ConsentService;
 use consent_store::{AppendOutcome, Consistency, EventQuery};
 use std::pin::Pin;
 use std::sync::Arc;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
@@ -22,22 +22,54 @@ use crate::error::status;
 use crate::ledger::{CheckQuery, Ledger};
 use crate::watch::{self, FeedControl, WatchFilter};
 
+/// Room kept in every answer for framing and the fields beside its repeated ones.
+pub const RESPONSE_HEADROOM: usize = 16 * 1024;
+
 /// Implements `consent.v1.ConsentService`, `CatalogService` and `AdminService`.
 #[derive(Clone, Debug)]
 pub struct Api {
     ledger: Ledger,
     auth: Arc<Authenticator>,
     feeds: FeedControl,
+    /// `limits.max_message_bytes`: no answer may be larger.
+    max_message_bytes: usize,
 }
 
 impl Api {
-    /// Handlers over `ledger`.
-    pub fn new(ledger: Ledger, auth: Arc<Authenticator>, feeds: FeedControl) -> Api {
+    /// Handlers over `ledger`; answers are kept within `max_message_bytes`.
+    pub fn new(
+        ledger: Ledger,
+        auth: Arc<Authenticator>,
+        feeds: FeedControl,
+        max_message_bytes: usize,
+    ) -> Api {
         Api {
             ledger,
             auth,
             feeds,
+            max_message_bytes,
         }
+    }
+
+    /// How many bytes of repeated entries one answer may carry.
+    fn entry_budget(&self) -> usize {
+        self.max_message_bytes.saturating_sub(RESPONSE_HEADROOM)
+    }
+
+    /// A read's answer, or `INVALID_ARGUMENT` naming the message limit when it would not fit
+    /// (nothing was written, so the caller can ask for less).
+    fn deliverable<T: prost::Message>(&self, answer: T, field: &str, advice: &str) -> RpcResult<T> {
+        let size = answer.encoded_len();
+        if size > self.max_message_bytes {
+            return Err(status(ConsentError::invalid(
+                field,
+                format!(
+                    "the answer would be {size} bytes, over limits.max_message_bytes ({}); {advice}",
+                    self.max_message_bytes
+                ),
+            )));
+        }
+        Ok(Response::new(answer))
     }
 
     /// The catalogue of the caller's tenant.
@@ -55,6 +87,32 @@ fn lookup_id(id: &str) -> Result<(), Status> {
 }
 
 type RpcResult<T> = Result<Response<T>, Status>;
+
+/// Bytes an entry adds to a repeated message field: tag, length, body.
+fn entry_bytes<M: prost::Message>(entry: &M) -> usize {
+    let len = entry.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// Splits `events` into runs whose entries total at most `budget` bytes each (a run holds
+/// at least one event, whatever its size: every single event fits a message by
+/// construction of the limits, see `config::MIN_MESSAGE_BYTES`).
+fn runs_within(events: Vec<pb::ConsentEvent>, budget: usize) -> Vec<Vec<pb::ConsentEvent>> {
+    let mut runs: Vec<Vec<pb::ConsentEvent>> = Vec::new();
+    let mut used = 0;
+    for event in events {
+        let size = entry_bytes(&event);
+        match runs.last_mut() {
+            Some(run) if used + size <= budget => run.push(event),
+            _ => {
+                runs.push(vec![event]);
+                used = 0;
+            }
+        }
+        used += size;
+    }
+    runs
+}
 
 fn finish(v: Violations) -> Result<(), Status> {
     v.finish().map_err(status)
@@ -88,8 +146,14 @@ fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> CheckQ
     }
 }
 
+/// A write's events, without their evidence: the caller sent it, and its size must not
+/// multiply by the number of decisions (70 decisions with maximal evidence would be 10 MB).
 fn events_out(outcome: &AppendOutcome) -> Vec<pb::ConsentEvent> {
-    outcome.events.iter().map(convert::event_out).collect()
+    outcome
+        .events
+        .iter()
+        .map(convert::event_digest_out)
+        .collect()
 }
 
 #[tonic::async_trait]
@@ -196,7 +260,11 @@ impl ConsentService for Api {
                 )
             })
             .collect();
-        Ok(Response::new(pb::CheckBatchResponse { results, revision }))
+        self.deliverable(
+            pb::CheckBatchResponse { results, revision },
+            "checks",
+            "send fewer checks per batch",
+        )
     }
 
     async fn get_subject_state(
@@ -219,10 +287,11 @@ impl ConsentService for Api {
             .into_iter()
             .map(|(p, verdict)| convert::verdict_out(verdict, &r.subject_id, &p.id, "", revision))
             .collect();
-        Ok(Response::new(pb::GetSubjectStateResponse {
-            purposes,
-            revision,
-        }))
+        self.deliverable(
+            pb::GetSubjectStateResponse { purposes, revision },
+            "subject_id",
+            "the catalogue has too many purposes for one answer",
+        )
     }
 
     async fn list_events(
@@ -272,21 +341,30 @@ impl ConsentService for Api {
             until_revision: None,
             limit: page_size + 1,
         };
-        let mut events = self.ledger.events(&who, &query).await.map_err(status)?;
-        let next_page_token = if events.len() > page_size {
-            events.truncate(page_size);
+        let stored = self.ledger.events(&who, &query).await.map_err(status)?;
+        let more = stored.len() > page_size;
+        let events: Vec<pb::ConsentEvent> = stored
+            .iter()
+            .take(page_size)
+            .map(|e| convert::event_out(&e.event))
+            .collect();
+        // A page is cut by size as well as count, so any page is deliverable whatever the
+        // events' evidence holds; the rest follows with the next token.
+        let listed = events.len();
+        let events = runs_within(events, self.entry_budget())
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let next_page_token = if more || events.len() < listed {
             events
                 .last()
-                .map(|e| format!("r{}", e.event.revision))
+                .map(|e| format!("r{}", e.revision))
                 .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(pb::ListEventsResponse {
-            events: events
-                .iter()
-                .map(|e| convert::event_out(&e.event))
-                .collect(),
+            events,
             next_page_token,
         }))
     }
@@ -315,13 +393,35 @@ impl ConsentService for Api {
             filter,
             self.feeds.clone(),
         );
-        let stream = ReceiverStream::new(batches).map(|batch| {
-            batch
-                .map(|b| pb::WatchResponse {
-                    events: b.events.iter().map(convert::event_out).collect(),
+        let budget = self.entry_budget();
+        // Events go out without their evidence (ListEvents has it), in messages cut by size.
+        let stream = futures::StreamExt::flat_map(ReceiverStream::new(batches), move |batch| {
+            let messages: Vec<Result<pb::WatchResponse, Status>> = match batch {
+                Err(e) => vec![Err(status(e))],
+                Ok(b) if b.events.is_empty() => vec![Ok(pb::WatchResponse {
+                    events: Vec::new(),
                     revision: b.revision,
-                })
-                .map_err(status)
+                })],
+                Ok(b) => {
+                    let events = b.events.iter().map(convert::event_digest_out).collect();
+                    let runs = runs_within(events, budget);
+                    let last = runs.len().saturating_sub(1);
+                    runs.into_iter()
+                        .enumerate()
+                        .map(|(i, events)| {
+                            // Everything up to a run's last event was delivered; the last
+                            // run carries the batch's cursor.
+                            let revision = if i == last {
+                                b.revision
+                            } else {
+                                events.last().map_or(b.revision, |e| e.revision)
+                            };
+                            Ok(pb::WatchResponse { events, revision })
+                        })
+                        .collect()
+                }
+            };
+            futures::stream::iter(messages)
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -528,5 +628,93 @@ impl AdminService for Api {
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(convert::api_key_out(&key)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MIN_MESSAGE_BYTES;
+    use consent_core::chain::seal;
+    use consent_core::validate::{
+        MAX_ATTRIBUTES, MAX_DECISIONS, MAX_ID_BYTES, MAX_TEXT_BYTES, MAX_WITHDRAW_PURPOSES,
+    };
+    use consent_core::{Channel, Decision, Evidence, NewEvent};
+    use prost::Message;
+
+    /// An event with every id and every evidence field at its limit.
+    fn largest_event(revision: i64) -> consent_core::ConsentEvent {
+        let id = |c: char| c.to_string().repeat(MAX_ID_BYTES);
+        let evidence = Evidence {
+            call_id: id('c'),
+            recording_id: id('r'),
+            transcript_sha256: "a".repeat(64),
+            notice_text_sha256: "b".repeat(64),
+            ip_address: id('i'),
+            user_agent: "u".repeat(MAX_TEXT_BYTES),
+            attributes: (0..MAX_ATTRIBUTES)
+                .map(|i| (format!("{i:0>256}"), "v".repeat(MAX_TEXT_BYTES)))
+                .collect(),
+        };
+        let event = NewEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            subject_id: id('s'),
+            purpose_id: id('p'),
+            vendor_id: id('v'),
+            decision: Decision::Granted,
+            policy_version_id: id('v'),
+            channel: Channel::Import,
+            collected_at: Timestamp(i64::MAX / 2),
+            expires_at: Some(Timestamp(i64::MAX / 2)),
+            evidence,
+            actor_key_id: id('k'),
+        };
+        seal(
+            &id('t'),
+            event,
+            revision,
+            Timestamp(i64::MAX / 2),
+            [0xff; 32],
+        )
+    }
+
+    #[test]
+    fn the_largest_answers_the_input_limits_allow_fit_the_smallest_message_limit() {
+        let events = (0..MAX_DECISIONS.max(MAX_WITHDRAW_PURPOSES))
+            .map(|i| convert::event_digest_out(&largest_event(i64::MAX - 1_000 + i as i64)))
+            .collect();
+        let write = pb::RecordConsentResponse {
+            events,
+            revision: i64::MAX,
+        };
+        assert!(
+            write.encoded_len() + RESPONSE_HEADROOM <= MIN_MESSAGE_BYTES,
+            "largest write answer: {} bytes",
+            write.encoded_len()
+        );
+        let one = pb::ListEventsResponse {
+            events: vec![convert::event_out(&largest_event(i64::MAX))],
+            next_page_token: format!("r{}", i64::MAX),
+        };
+        assert!(
+            one.encoded_len() + RESPONSE_HEADROOM <= MIN_MESSAGE_BYTES,
+            "largest event with its evidence: {} bytes",
+            one.encoded_len()
+        );
+    }
+
+    #[test]
+    fn runs_are_cut_by_size_and_hold_at_least_one_event() {
+        let event = convert::event_out(&largest_event(1));
+        let size = entry_bytes(&event);
+        let runs = runs_within(vec![event.clone(); 5], 2 * size + 1);
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+        let tiny = runs_within(vec![event; 2], 1);
+        assert_eq!(
+            tiny.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1, 1],
+            "an event larger than the budget still goes, alone"
+        );
+        assert!(runs_within(Vec::new(), 10).is_empty());
     }
 }
