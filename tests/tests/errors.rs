@@ -357,3 +357,58 @@ async fn store_down_is_unavailable_never_allowed() {
     );
     server.stop().await;
 }
+
+/// The size of the metadata a status travels in (headers or trailers).
+fn metadata_bytes(status: &tonic::Status) -> usize {
+    let mut headers = http::HeaderMap::new();
+    if status.add_header(&mut headers).is_err() {
+        return usize::MAX;
+    }
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum::<usize>()
+        + status.metadata().as_ref().len()
+}
+
+/// 60 bad checks, or a 4 MB evidence key, still give an error under 8 KiB of metadata (the
+/// default limit of gRPC C-core clients): violations capped and clipped, none lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_fit_a_clients_metadata_limit() {
+    let server = TestServer::sqlite().await;
+    apply_seed_catalog(&server.client).await;
+    let batch = pb::CheckBatchRequest {
+        checks: (0..60).map(|_| check("", "")).collect(),
+        consistency: None,
+    };
+    let status = server
+        .client
+        .consent()
+        .check_batch(batch)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields = bad_fields(&status);
+    assert_eq!(fields.len(), 11, "{fields:?}");
+    assert_eq!(fields[0], "checks[0].subject_id");
+    assert_eq!(fields[10], "(more)");
+    assert!(metadata_bytes(&status) < 8 * 1024, "{}", metadata_bytes(&status));
+
+    let mut req = record("s", &[("analytics", Decision::Granted)], Channel::Web);
+    req.evidence = Some(pb::Evidence {
+        attributes: [("k".repeat(4 << 20), "v".into())].into(),
+        ..Default::default()
+    });
+    let status = server
+        .client
+        .consent()
+        .record_consent(req)
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(metadata_bytes(&status) < 8 * 1024, "{}", metadata_bytes(&status));
+    assert!(bad_fields(&status).iter().all(|f| f.len() <= 128));
+    server.stop().await;
+}

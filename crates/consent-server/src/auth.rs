@@ -276,22 +276,6 @@ fn check_metadata(headers: &http::HeaderMap, max_bytes: usize) -> Result<(), Sta
     Ok(())
 }
 
-/// tonic answers a request over the decoding limit with OUT_OF_RANGE; gRPC's status-code
-/// guide and this API say RESOURCE_EXHAUSTED for an exceeded limit, so the code is
-/// corrected here (the message, naming both sizes, is kept).
-fn oversized_is_resource_exhausted(mut response: http::Response<Body>) -> http::Response<Body> {
-    let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|v| v == "11");
-    let too_large = headers
-        .get("grpc-message")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
-    }
-    response
-}
-
 /// Tower layer that checks metadata size and runs [`Authenticator::authorize`] before the
 /// wrapped service.
 #[derive(Clone, Debug)]
@@ -368,7 +352,7 @@ where
                     inner
                         .call(request)
                         .await
-                        .map(oversized_is_resource_exhausted)
+                        .map(crate::transport_status::correct)
                 }
                 Err(status) => Ok(status.into_http()),
             }

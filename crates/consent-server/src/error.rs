@@ -8,6 +8,71 @@ use tonic_types::{ErrorDetails, StatusExt};
 /// The `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "consent.v1";
 
+/// Most field violations one answer lists in its `BadRequest`; the rest are counted. With
+/// the clipping below, an error stays under 8 KiB of metadata, the default limit of gRPC
+/// C-core clients (which would otherwise report RESOURCE_EXHAUSTED and lose the fields).
+pub const MAX_REPORTED_VIOLATIONS: usize = 10;
+/// Violations also spelled out in the status message (the rest are in the details).
+const MAX_VIOLATIONS_IN_MESSAGE: usize = 3;
+/// Longest field name echoed back, in bytes (a field name can quote a caller's map key).
+const MAX_FIELD_BYTES: usize = 128;
+/// Longest violation description echoed back, in bytes.
+const MAX_DESCRIPTION_BYTES: usize = 256;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+/// The status of invalid input: every violation (up to a cap, clipped) in a BadRequest,
+/// the first few in the message.
+fn invalid_argument(violations: Vec<consent_core::FieldViolation>) -> Status {
+    let total = violations.len();
+    let shown: Vec<(String, String)> = violations
+        .into_iter()
+        .take(MAX_REPORTED_VIOLATIONS)
+        .map(|v| {
+            (
+                clip(&v.field, MAX_FIELD_BYTES),
+                clip(&v.description, MAX_DESCRIPTION_BYTES),
+            )
+        })
+        .collect();
+    let mut message = shown
+        .iter()
+        .take(MAX_VIOLATIONS_IN_MESSAGE)
+        .map(|(field, description)| clip(&format!("{field}: {description}"), 160))
+        .collect::<Vec<_>>()
+        .join("; ");
+    if total > MAX_VIOLATIONS_IN_MESSAGE {
+        message.push_str(&format!(
+            "; {} invalid fields in all (google.rpc.BadRequest lists up to {MAX_REPORTED_VIOLATIONS})",
+            total
+        ));
+    }
+    let mut details = ErrorDetails::new();
+    for (field, description) in shown {
+        details.add_bad_request_violation(field, description);
+    }
+    if total > MAX_REPORTED_VIOLATIONS {
+        details.add_bad_request_violation(
+            "(more)",
+            format!(
+                "{} more invalid fields are not listed; fix these and retry",
+                total - MAX_REPORTED_VIOLATIONS
+            ),
+        );
+    }
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
 /// Maps an error to its status. Internal details are logged, not sent.
 pub fn status(error: ConsentError) -> Status {
     let message = error.to_string();
@@ -23,13 +88,7 @@ pub fn status(error: ConsentError) -> Status {
         )
     };
     match error {
-        ConsentError::InvalidArgument(violations) => {
-            let mut details = ErrorDetails::new();
-            for v in violations {
-                details.add_bad_request_violation(v.field, v.description);
-            }
-            Status::with_error_details(Code::InvalidArgument, message, details)
-        }
+        ConsentError::InvalidArgument(violations) => invalid_argument(violations),
         ConsentError::NotFound { kind, id } => info(
             Code::NotFound,
             "NOT_FOUND",
@@ -81,6 +140,35 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(bad.len(), 1);
         assert_eq!(bad[0].field, "subject_id");
+    }
+
+    #[test]
+    fn many_or_huge_violations_stay_small() {
+        let huge_key = "k".repeat(4 << 20);
+        let violations: Vec<FieldViolation> = (0..60)
+            .map(|i| {
+                FieldViolation::new(
+                    format!("evidence.attributes[{huge_key:?}].key{i}"),
+                    "é".repeat(3000),
+                )
+            })
+            .collect();
+        let s = status(ConsentError::InvalidArgument(violations));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        let mut headers = http::HeaderMap::new();
+        assert!(s.add_header(&mut headers).is_ok());
+        let size: usize = headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len())
+            .sum();
+        assert!(size < 8 * 1024, "{size} bytes of metadata");
+        let listed = s
+            .get_details_bad_request()
+            .map(|b| b.field_violations)
+            .unwrap_or_default();
+        assert_eq!(listed.len(), MAX_REPORTED_VIOLATIONS + 1);
+        assert_eq!(listed[MAX_REPORTED_VIOLATIONS].field, "(more)");
+        assert!(s.message().contains("60 invalid fields"));
     }
 
     #[test]

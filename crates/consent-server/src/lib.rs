@@ -14,4 +14,5 @@ pub mod server;
 pub mod service;
 pub mod stack;
 pub mod telemetry;
+pub mod transport_status;
 pub mod watch;
