@@ -393,7 +393,11 @@ async fn errors_fit_a_clients_metadata_limit() {
     assert_eq!(fields.len(), 11, "{fields:?}");
     assert_eq!(fields[0], "checks[0].subject_id");
     assert_eq!(fields[10], "(more)");
-    assert!(metadata_bytes(&status) < 8 * 1024, "{}", metadata_bytes(&status));
+    assert!(
+        metadata_bytes(&status) < 8 * 1024,
+        "{}",
+        metadata_bytes(&status)
+    );
 
     let mut req = record("s", &[("analytics", Decision::Granted)], Channel::Web);
     req.evidence = Some(pb::Evidence {
@@ -408,7 +412,75 @@ async fn errors_fit_a_clients_metadata_limit() {
         .err()
         .unwrap_or_else(|| panic!("accepted"));
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(metadata_bytes(&status) < 8 * 1024, "{}", metadata_bytes(&status));
+    assert!(
+        metadata_bytes(&status) < 8 * 1024,
+        "{}",
+        metadata_bytes(&status)
+    );
     assert!(bad_fields(&status).iter().all(|f| f.len() <= 128));
     server.stop().await;
+}
+
+/// Input an outside probe used: a NUL byte in a key name (PostgreSQL answered UNAVAILABLE with
+/// database text), times outside the protobuf range, a 1000-year key lifetime, ids with
+/// zero-width, bidi or byte-order-mark characters. Each is INVALID_ARGUMENT naming the field,
+/// on every backend, before anything reaches the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_text_times_and_ids_are_refused_naming_the_field() {
+    for server in consent_e2e::backends().await {
+        apply_seed_catalog(&server.client).await;
+        // The tenant of `auth.mode = none` callers, so a valid key can be created.
+        server
+            .create_key("default", &[consent_core::access::Scope::ConsentRead], None)
+            .await;
+        let mut admin = server.client.admin();
+        let key = |name: &str, expires_in: Option<i64>| pb::CreateApiKeyRequest {
+            name: name.into(),
+            scopes: vec!["consent:read".into()],
+            expires_in: expires_in.map(|seconds| prost_types::Duration { seconds, nanos: 0 }),
+            ..Default::default()
+        };
+        let nul = admin.create_api_key(key("ops\0key", None)).await;
+        assert_eq!(rejected_fields(nul), ["name"], "[{}]", server.backend);
+        let escape = admin.create_api_key(key("\u{1b}[2Jops", None)).await;
+        assert_eq!(rejected_fields(escape), ["name"]);
+        let millennium = admin
+            .create_api_key(key("ops", Some(1000 * 31_557_600)))
+            .await;
+        assert_eq!(rejected_fields(millennium), ["expires_in"]);
+        let multiline = admin
+            .create_api_key(key("ops\tteam\nA", Some(86_400)))
+            .await;
+        assert!(
+            multiline.is_ok(),
+            "tab and newline are fine in free text: {multiline:?}"
+        );
+
+        for seconds in [-62_135_596_801_i64, 253_402_300_800] {
+            let mut req = record("s", &[("analytics", Decision::Granted)], Channel::Web);
+            req.collected_at = Some(prost_types::Timestamp { seconds, nanos: 0 });
+            expect_record(&server, req, Code::InvalidArgument, &["collected_at"]).await;
+            let at = pb::CheckRequest {
+                at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+                ..check("s", "analytics")
+            };
+            expect_check(&server, at, Code::InvalidArgument, Some("at")).await;
+        }
+
+        for id in [
+            "alice\u{200B}",
+            "\u{202E}ecila",
+            "\u{FEFF}alice",
+            "al\u{AD}ice",
+        ] {
+            expect_check(
+                &server,
+                check(id, "analytics"),
+                Code::InvalidArgument,
+                Some("subject_id"),
+            )
+            .await;
+        }
+        server.stop().await;
+    }
 }

@@ -351,3 +351,27 @@ async fn a_batch_whose_answer_cannot_fit_is_refused_naming_the_limit() {
     assert!(answered.results.iter().all(|r| r.allowed));
     server.stop().await;
 }
+
+/// Metadata far over `limits.max_metadata_bytes` (100 KiB) still gets a gRPC answer,
+/// RESOURCE_EXHAUSTED naming the limit, not HTTP 431 (which clients read as UNKNOWN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_metadata_is_resource_exhausted_not_an_http_error() {
+    let server = TestServer::sqlite().await;
+    let mut request = tonic::Request::new(check("s"));
+    for i in 0..25 {
+        let filler = "x".repeat(4096);
+        request.metadata_mut().insert(
+            tonic::metadata::MetadataKey::from_bytes(format!("x-filler-{i}").as_bytes())
+                .unwrap_or_else(|e| panic!("{e}")),
+            filler.parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+    }
+    let status = server.client.consent().check(request).await.err();
+    assert_eq!(
+        status.as_ref().map(tonic::Status::code),
+        Some(Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(status.is_some_and(|s| s.message().contains("limits.max_metadata_bytes")));
+    server.stop().await;
+}

@@ -24,9 +24,19 @@ impl Timestamp {
         Timestamp(micros)
     }
 
-    /// From seconds and nanoseconds (the protobuf `Timestamp` form); `None` when out of range.
+    /// The earliest time a protobuf `Timestamp` may hold: 0001-01-01T00:00:00Z, in seconds.
+    pub const MIN_SECONDS: i64 = -62_135_596_800;
+    /// The latest: 9999-12-31T23:59:59Z, in seconds.
+    pub const MAX_SECONDS: i64 = 253_402_300_799;
+    /// What [`Timestamp::from_parts`] accepts, for error messages.
+    pub const RANGE: &'static str = "0001-01-01T00:00:00Z..=9999-12-31T23:59:59.999999999Z (the protobuf Timestamp range), nanos 0..1e9";
+
+    /// From seconds and nanoseconds (the protobuf `Timestamp` form); `None` outside the
+    /// protobuf range ([`Timestamp::RANGE`]).
     pub fn from_parts(seconds: i64, nanos: i32) -> Option<Timestamp> {
-        if !(0..1_000_000_000).contains(&nanos) {
+        if !(0..1_000_000_000).contains(&nanos)
+            || !(Self::MIN_SECONDS..=Self::MAX_SECONDS).contains(&seconds)
+        {
             return None;
         }
         seconds
@@ -94,5 +104,17 @@ mod tests {
         assert_eq!(Timestamp::from_parts(0, -1), None);
         assert_eq!(Timestamp::from_parts(0, 1_000_000_000), None);
         assert_eq!(Timestamp::from_parts(i64::MAX, 0), None);
+    }
+
+    #[test]
+    fn accepts_exactly_the_protobuf_range() {
+        assert!(Timestamp::from_parts(Timestamp::MIN_SECONDS, 0).is_some());
+        assert!(Timestamp::from_parts(Timestamp::MAX_SECONDS, 999_999_999).is_some());
+        assert_eq!(Timestamp::from_parts(Timestamp::MIN_SECONDS - 1, 0), None);
+        assert_eq!(Timestamp::from_parts(Timestamp::MAX_SECONDS + 1, 0), None);
+        assert_eq!(
+            Timestamp::from_parts(Timestamp::MAX_SECONDS, 0).map(|t| t.to_string()),
+            Some("9999-12-31T23:59:59.000000Z".to_string())
+        );
     }
 }

@@ -2,6 +2,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+
 use crate::error::{ConsentError, FieldViolation, Result};
 use crate::model::{Cookie, Evidence, PolicyVersion, Purpose, Vendor};
 use crate::time::Timestamp;
@@ -22,10 +24,17 @@ pub const MAX_ATTRIBUTES: usize = 32;
 pub const MAX_LIST_ENTRIES: usize = 1024;
 /// How far in the future a `collected_at` may be (clock skew), in seconds.
 pub const MAX_FUTURE_SKEW_SECS: i64 = 300;
+/// Longest duration (consent validity, cookie lifetime, key lifetime): 100 years.
+pub const MAX_DURATION_SECS: i64 = 100 * 31_557_600;
 /// Largest ListEvents page.
 pub const MAX_PAGE_SIZE: usize = 1000;
 /// ListEvents page when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+
+/// Whether `c` is a Unicode format character (general category Cf).
+pub fn is_format(c: char) -> bool {
+    c.general_category() == GeneralCategory::Format
+}
 
 /// Collects violations so one response can name every bad field at once.
 #[derive(Debug, Default)]
@@ -42,7 +51,7 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    /// A required id: 1..=256 bytes, no control characters.
+    /// A required id: 1..=256 bytes, no control or format characters.
     pub fn id(&mut self, field: &str, value: &str) {
         if value.is_empty() {
             self.add(field, "must not be empty");
@@ -51,7 +60,10 @@ impl Violations {
         }
     }
 
-    /// An optional id: empty, or as [`Violations::id`].
+    /// An optional id: empty, or as [`Violations::id`]. Ids are opaque and compared byte
+    /// for byte, so characters that change nothing visible would make look-alike ids:
+    /// Unicode format characters (category Cf: zero-width spaces and joiners, bidi
+    /// controls such as U+202E, the byte order mark) are refused like control characters.
     pub fn optional_id(&mut self, field: &str, value: &str) {
         if value.len() > MAX_ID_BYTES {
             self.add(
@@ -60,10 +72,19 @@ impl Violations {
             );
         } else if value.chars().any(char::is_control) {
             self.add(field, "must not contain control characters");
+        } else if let Some(c) = value.chars().find(|c| is_format(*c)) {
+            self.add(
+                field,
+                format!(
+                    "must not contain invisible format characters (Unicode category Cf), found U+{:04X}; ids are compared byte for byte, normalise them before sending",
+                    u32::from(c)
+                ),
+            );
         }
     }
 
-    /// Free text up to [`MAX_TEXT_BYTES`].
+    /// Free text up to [`MAX_TEXT_BYTES`], with no control characters but tab and newline
+    /// (a NUL cannot be stored by PostgreSQL; escape sequences would reach terminals).
     pub fn text(&mut self, field: &str, value: &str) {
         if value.len() > MAX_TEXT_BYTES {
             self.add(
@@ -72,6 +93,14 @@ impl Violations {
                     "must be at most {MAX_TEXT_BYTES} bytes, got {}",
                     value.len()
                 ),
+            );
+        } else if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            self.add(
+                field,
+                "must not contain control characters other than tab and newline",
             );
         }
     }
@@ -119,10 +148,15 @@ impl Violations {
         }
     }
 
-    /// A non-negative duration in seconds.
+    /// A positive duration in seconds, at most [`MAX_DURATION_SECS`] (100 years).
     pub fn duration(&mut self, field: &str, secs: Option<i64>) {
-        if secs.is_some_and(|s| s <= 0) {
-            self.add(field, "must be positive");
+        match secs {
+            Some(s) if s <= 0 => self.add(field, "must be positive"),
+            Some(s) if s > MAX_DURATION_SECS => self.add(
+                field,
+                format!("must be at most 100 years ({MAX_DURATION_SECS} seconds), got {s} seconds"),
+            ),
+            _ => {}
         }
     }
 
@@ -264,6 +298,38 @@ mod tests {
         assert_eq!(v[1].field, "purpose_id");
         assert!(v[1].description.contains("at most 256 bytes, got 257"));
         assert!(v[2].description.contains("control"));
+    }
+
+    #[test]
+    fn ids_refuse_invisible_characters_and_texts_refuse_controls() {
+        let v = violations(|v| {
+            v.id("zero_width", "alice\u{200B}");
+            v.id("bidi", "\u{202E}ecila");
+            v.id("bom", "\u{FEFF}alice");
+            v.id("soft_hyphen", "al\u{AD}ice");
+            v.id("fine", "Zoë-Ærøskøbing_+32 470 00 00 01");
+            v.text("nul", "a\0b");
+            v.text("escape", "\u{1b}[31mred");
+            v.text("multiline", "line one\n\tline two");
+        });
+        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["zero_width", "bidi", "bom", "soft_hyphen", "nul", "escape"]
+        );
+        assert!(v[0].description.contains("U+200B"));
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let v = violations(|v| {
+            v.duration("zero", Some(0));
+            v.duration("century", Some(MAX_DURATION_SECS));
+            v.duration("longer", Some(MAX_DURATION_SECS + 1));
+            v.duration("none", None);
+        });
+        let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+        assert_eq!(fields, ["zero", "longer"]);
     }
 
     #[test]

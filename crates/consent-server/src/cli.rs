@@ -193,7 +193,13 @@ async fn tenants(config: &Config, action: TenantCommand) -> anyhow::Result<()> {
         }
         TenantCommand::List => {
             for t in store.list_tenants().await? {
-                println!("{}\t{}\tcreated {}", t.tenant_id, t.name, t.created_at);
+                // Escaped: a stored name must not steer the terminal or break the columns.
+                println!(
+                    "{}\t{}\tcreated {}",
+                    t.tenant_id.escape_debug(),
+                    t.name.escape_debug(),
+                    t.created_at
+                );
             }
         }
     }
@@ -209,8 +215,8 @@ fn describe_key(k: &ApiKey) -> String {
     format!(
         "{}\t{}\t{}\t{}\tcreated {}\t{state}",
         k.key_id,
-        k.tenant_id,
-        k.name,
+        k.tenant_id.escape_debug(),
+        k.name.escape_debug(),
         scopes_to_text(&k.scopes),
         k.created_at
     )

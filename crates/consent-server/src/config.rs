@@ -110,8 +110,8 @@ pub struct CacheConfig {
     pub redis_cluster_nodes: String,
     /// Most subjects kept in the in-process cache.
     pub max_entries: u64,
-    /// Longest life of a cache entry; bounds how long an entry can stay stale if the cache
-    /// was unreachable when a write tried to invalidate it.
+    /// Longest life of a cache entry (memory use). Staleness does not depend on it: writes
+    /// the shared cache could not be told of are fenced in the ledger (see consent-cache).
     pub ttl_secs: u64,
 }
 

@@ -5,7 +5,7 @@
 //! caller gets every bad field in one `INVALID_ARGUMENT`.
 
 use consent_core::commands::{DecisionInput, RecordConsent, WithdrawConsent};
-use consent_core::validate::Violations;
+use consent_core::validate::{MAX_DURATION_SECS, Violations};
 use consent_core::{
     Channel, ConsentEvent, Cookie, Decision, Evidence, LegalBasis, PolicyVersion, Purpose,
     PurposeCategory, Reason, Timestamp, Vendor, Verdict,
@@ -27,27 +27,27 @@ pub fn time_in(
     let t = t?;
     let converted = Timestamp::from_parts(t.seconds, t.nanos);
     if converted.is_none() {
-        v.add(
-            field,
-            "is not a valid timestamp (nanos must be 0..1e9, seconds in range)",
-        );
+        v.add(field, format!("must be within {}", Timestamp::RANGE));
     }
     converted
 }
 
-/// Wire duration to whole seconds; negative or out-of-range is a violation of `field`.
+/// Wire duration to whole seconds; not positive, malformed or longer than
+/// [`MAX_DURATION_SECS`] is a violation of `field`.
 pub fn duration_in(
     v: &mut Violations,
     field: &str,
     d: Option<&prost_types::Duration>,
 ) -> Option<i64> {
     let d = d?;
-    if d.seconds < 0 || d.nanos < 0 || (d.seconds == 0 && d.nanos == 0) {
-        v.add(field, "must be a positive duration");
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) || (d.seconds == 0 && d.nanos == 0) {
+        v.add(field, "must be a positive duration (nanos 0..1e9)");
         return None;
     }
-    // Sub-second precision has no meaning for consent validity or cookie lifetimes.
-    Some(d.seconds.max(1))
+    // Sub-second precision has no meaning for consent validity, cookie or key lifetimes.
+    let secs = d.seconds.max(1);
+    v.duration(field, Some(secs));
+    (secs <= MAX_DURATION_SECS).then_some(secs)
 }
 
 /// Whole seconds to a wire duration.

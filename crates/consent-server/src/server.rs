@@ -81,6 +81,13 @@ impl ServerSettings {
     }
 }
 
+/// The HTTP/2 header list size past which streams are refused before any handler: far above
+/// `limits.max_metadata_bytes`, so oversized metadata gets its gRPC answer, yet bounded
+/// (each stream's headers are held in memory while they arrive).
+pub fn header_list_ceiling(max_metadata_bytes: u32) -> u32 {
+    max_metadata_bytes.saturating_mul(4).max(256 * 1024)
+}
+
 /// Serves the API on `listener` until `shutdown` resolves, then lets in-flight RPCs finish.
 pub async fn serve(
     settings: ServerSettings,
@@ -127,9 +134,10 @@ pub async fn serve(
     builder
         .timeout(Duration::from_secs(limits.request_timeout_secs))
         .max_concurrent_streams(limits.max_concurrent_streams)
-        // HTTP/2 drops absurd header lists outright; up to that, the auth layer answers
-        // RESOURCE_EXHAUSTED at limits.max_metadata_bytes.
-        .http2_max_header_list_size(limits.max_metadata_bytes.saturating_mul(4))
+        // HTTP/2 refuses absurd header lists outright (HTTP 431, which clients read as
+        // UNKNOWN); up to that ceiling the auth layer answers RESOURCE_EXHAUSTED naming
+        // limits.max_metadata_bytes.
+        .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(AuthLayer::new(auth, limits.max_metadata_bytes as usize))
         .add_service(health_service)

@@ -93,3 +93,40 @@ async fn postgres_commits_reach_other_processes() {
     let heard = heard.unwrap_or_else(|_| panic!("no notification crossed the processes"));
     assert_eq!(heard, written.revision);
 }
+
+/// A value PostgreSQL refuses as data (a NUL byte in text: SQLSTATE 22021) is INTERNAL, not
+/// UNAVAILABLE: the old mapping read SQLSTATE 22021 as a number whose low byte is SQLite's
+/// BUSY code, so callers were told to retry what can never succeed. (The service refuses
+/// such input before the store; this is the store's own mapping.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_data_errors_are_not_reported_as_unavailable() {
+    use consent_core::ConsentError;
+    use consent_core::access::{Scope, issue_key};
+    use consent_store::AccessStore;
+
+    let Some(url) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let store = open(&url).await;
+    let tenant_id = format!("t-{}", uuid::Uuid::now_v7());
+    let tenant = consent_core::access::new_tenant(&tenant_id, "", consent_core::Timestamp::now())
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .create_tenant(&tenant)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut key, _) = issue_key(
+        &tenant_id,
+        "ops",
+        vec![Scope::Admin],
+        consent_core::Timestamp::now(),
+        None,
+        &[7; consent_core::access::KEY_RANDOM_BYTES],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    key.name = "bad\0name".into();
+    match store.create_api_key(&key).await {
+        Err(ConsentError::Internal(detail)) => assert!(detail.contains("database error")),
+        other => panic!("expected Internal, got {other:?}"),
+    }
+}
