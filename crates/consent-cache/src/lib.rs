@@ -466,6 +466,10 @@ impl LedgerStore for CachedStore {
         Ok(state)
     }
 
+    async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {
+        self.inner.subject_history(tenant, subject_id).await
+    }
+
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
         self.inner.list_events(tenant, query).await
     }

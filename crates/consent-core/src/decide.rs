@@ -53,9 +53,11 @@ impl Reason {
     }
 }
 
-/// Decides one check. `state` must hold the subject's choices as of `at` (entries collected
-/// later are ignored here, so a caller that passes the current projection for a past `at`
-/// gets a deny-leaning answer, never a wrong allow). `vendor_id` is empty for "any vendor".
+/// Decides one check. `state` holds the subject's choices: its projection, or its whole
+/// history (any number of entries per purpose and vendor). Choices collected after `at` are
+/// ignored, so one history answers for every `at`; a caller that passes the current
+/// projection for a past `at` gets a deny-leaning answer, never a wrong allow. `vendor_id`
+/// is empty for "any vendor".
 pub fn decide(
     purpose: &Purpose,
     vendor_id: &str,

@@ -50,6 +50,10 @@ pub enum ConsentError {
     /// The caller is authenticated but may not do this. Maps to `PERMISSION_DENIED`.
     #[error("{0}")]
     PermissionDenied(String),
+    /// A limit on concurrent use is reached (open streams, say); retry later or use less.
+    /// Maps to `RESOURCE_EXHAUSTED`.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store or cache cannot be reached; safe to retry. Maps to `UNAVAILABLE`.
     #[error("store unavailable: {0}")]
     Unavailable(String),

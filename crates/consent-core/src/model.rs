@@ -366,6 +366,22 @@ impl SubjectState {
     pub fn has_entries_after(&self, at: Timestamp) -> bool {
         self.entries.iter().any(|e| e.collected_at > at)
     }
+
+    /// The state as of `at` from a history (every choice, any order): per (purpose, vendor),
+    /// the choice collected at or before `at` that supersedes the others.
+    pub fn as_of(&self, at: Timestamp) -> SubjectState {
+        let mut latest: BTreeMap<(&str, &str), &StateEntry> = BTreeMap::new();
+        for e in self.entries.iter().filter(|e| e.collected_at <= at) {
+            let key = (e.purpose_id.as_str(), e.vendor_id.as_str());
+            if latest.get(&key).is_none_or(|best| e.supersedes(best)) {
+                latest.insert(key, e);
+            }
+        }
+        SubjectState {
+            entries: latest.into_values().cloned().collect(),
+            revision: self.revision,
+        }
+    }
 }
 
 /// The catalogue a decision needs: purposes and policy versions of one tenant.

@@ -96,6 +96,69 @@ pub fn required_scope(path: &str) -> Option<Scope> {
 
 /// Most keys kept in the cache; past it the cache is emptied (keys are re-read on demand).
 const MAX_CACHED_KEYS: usize = 100_000;
+/// Most unknown key ids remembered; past it that list is emptied.
+const MAX_UNKNOWN_KEYS: usize = 10_000;
+/// Most client addresses tracked for failed authentications.
+const MAX_TRACKED_PEERS: usize = 100_000;
+
+/// Failed authentications per client address (`limits.auth_failures_per_minute`): past
+/// the rate, the address is refused for the wait the rate implies, before any key lookup,
+/// so guessing keys costs the store nothing and gets nowhere fast.
+pub struct FailedAuthLimit {
+    limiter: governor::DefaultKeyedRateLimiter<std::net::IpAddr>,
+    clock: DefaultClock,
+    blocked: RwLock<HashMap<std::net::IpAddr, Instant>>,
+}
+
+impl std::fmt::Debug for FailedAuthLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailedAuthLimit")
+    }
+}
+
+impl FailedAuthLimit {
+    /// The limit the configuration asks for, or `None` when it is off.
+    pub fn from_limits(limits: &LimitsConfig) -> Option<FailedAuthLimit> {
+        let per_minute = NonZeroU32::new(limits.auth_failures_per_minute)?;
+        Some(FailedAuthLimit {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            clock: DefaultClock::default(),
+            blocked: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// `RESOURCE_EXHAUSTED` with a retry delay while `peer` is refused.
+    fn check(&self, peer: std::net::IpAddr) -> Result<(), Status> {
+        let until = self.blocked.read().ok().and_then(|b| b.get(&peer).copied());
+        match until {
+            Some(until) if until > Instant::now() => {
+                let wait = until - Instant::now();
+                Err(Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!(
+                        "too many failed authentications from this address; retry in {} ms",
+                        wait.as_millis()
+                    ),
+                    ErrorDetails::with_retry_info(Some(wait)),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication of `peer`; past the rate, refuses it for a while.
+    fn failed(&self, peer: std::net::IpAddr) {
+        if let Err(not_until) = self.limiter.check_key(&peer) {
+            let wait = not_until.wait_time_from(self.clock.now());
+            if let Ok(mut blocked) = self.blocked.write() {
+                if blocked.len() >= MAX_TRACKED_PEERS {
+                    blocked.retain(|_, until| *until > Instant::now());
+                }
+                blocked.insert(peer, Instant::now() + wait);
+            }
+        }
+    }
+}
 
 /// A per-key request rate (`limits.per_key_requests_per_minute`), enforced after
 /// authentication so a key's tenant cannot starve others.
@@ -146,7 +209,10 @@ pub struct Authenticator {
     store: Arc<dyn AccessStore>,
     ttl: Duration,
     cache: RwLock<HashMap<String, (ApiKey, Instant)>>,
+    /// Key ids the store did not know, and when it said so (kept as long as known keys).
+    unknown: RwLock<HashMap<String, Instant>>,
     rate: Option<KeyRateLimit>,
+    failures: Option<FailedAuthLimit>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -165,20 +231,24 @@ fn unauthenticated(why: impl std::fmt::Display) -> Status {
 }
 
 impl Authenticator {
-    /// An authenticator in `mode`, reading keys from `store`, caching them for `ttl`,
-    /// limiting each key's rate when `rate` is set.
+    /// An authenticator in `mode`, reading keys from `store`, caching them (and the ids it
+    /// does not know) for `ttl`, limiting each key's rate when `rate` is set and each
+    /// address's failed authentications when `failures` is.
     pub fn new(
         mode: AuthMode,
         store: Arc<dyn AccessStore>,
         ttl: Duration,
         rate: Option<KeyRateLimit>,
+        failures: Option<FailedAuthLimit>,
     ) -> Authenticator {
         Authenticator {
             mode,
             store,
             ttl,
             cache: RwLock::new(HashMap::new()),
+            unknown: RwLock::new(HashMap::new()),
             rate,
+            failures,
         }
     }
 
@@ -196,22 +266,42 @@ impl Authenticator {
         {
             return Ok(Some(key.clone()));
         }
+        if let Ok(unknown) = self.unknown.read()
+            && unknown
+                .get(key_id)
+                .is_some_and(|asked| asked.elapsed() < self.ttl)
+        {
+            return Ok(None);
+        }
         let key = self.store.find_api_key(key_id).await.map_err(status)?;
-        if let (Some(key), Ok(mut cache)) = (&key, self.cache.write()) {
-            if cache.len() >= MAX_CACHED_KEYS {
-                cache.clear();
+        match &key {
+            Some(key) => {
+                if let Ok(mut cache) = self.cache.write() {
+                    if cache.len() >= MAX_CACHED_KEYS {
+                        cache.clear();
+                    }
+                    cache.insert(key_id.to_owned(), (key.clone(), Instant::now()));
+                }
             }
-            cache.insert(key_id.to_owned(), (key.clone(), Instant::now()));
+            None => {
+                if let Ok(mut unknown) = self.unknown.write() {
+                    if unknown.len() >= MAX_UNKNOWN_KEYS {
+                        unknown.clear();
+                    }
+                    unknown.insert(key_id.to_owned(), Instant::now());
+                }
+            }
         }
         Ok(key)
     }
 
-    /// The caller of a request to `path`, or the status refusing it. `None` for public
-    /// methods, which carry no principal.
+    /// The caller of a request to `path` from `peer`, or the status refusing it. `None`
+    /// for public methods, which carry no principal.
     pub async fn authorize(
         &self,
         path: &str,
         headers: &http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Option<Principal>, Status> {
         if PUBLIC_SERVICES.iter().any(|p| path.starts_with(p)) {
             return Ok(None);
@@ -222,6 +312,34 @@ impl Authenticator {
                 key_id: String::new(),
             }));
         }
+        let failures = self.failures.as_ref().zip(peer);
+        if let Some((failures, peer)) = failures {
+            failures.check(peer)?;
+        }
+        let key = self.authenticate(headers).await;
+        if let (Err(refused), Some((failures, peer))) = (&key, failures)
+            && refused.code() == tonic::Code::Unauthenticated
+        {
+            failures.failed(peer);
+        }
+        let key = key?;
+        let Some(scope) = required_scope(path) else {
+            return Err(Status::permission_denied(format!("no scope grants {path}")));
+        };
+        if !key.allows(scope) {
+            return Err(status_for_scope(&key, scope));
+        }
+        if let Some(rate) = &self.rate {
+            rate.check(&key.key_id)?;
+        }
+        Ok(Some(Principal {
+            tenant_id: key.tenant_id,
+            key_id: key.key_id,
+        }))
+    }
+
+    /// The valid key the request presents.
+    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<ApiKey, Status> {
         let header = headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| unauthenticated("no API key"))?;
@@ -237,19 +355,7 @@ impl Authenticator {
             .ok_or_else(|| unauthenticated(KeyRejection::Invalid))?;
         key.verify(secret, Timestamp::now())
             .map_err(unauthenticated)?;
-        let Some(scope) = required_scope(path) else {
-            return Err(Status::permission_denied(format!("no scope grants {path}")));
-        };
-        if !key.allows(scope) {
-            return Err(status_for_scope(&key, scope));
-        }
-        if let Some(rate) = &self.rate {
-            rate.check(&key.key_id)?;
-        }
-        Ok(Some(Principal {
-            tenant_id: key.tenant_id,
-            key_id: key.key_id,
-        }))
+        Ok(key)
     }
 }
 
@@ -258,6 +364,20 @@ fn status_for_scope(key: &ApiKey, scope: Scope) -> Status {
         "API key `{}` lacks the `{scope}` scope this method requires",
         key.key_id
     ))
+}
+
+/// The client's IP address, as tonic recorded it for the connection (plain or TLS).
+fn peer_address(extensions: &http::Extensions) -> Option<std::net::IpAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    extensions
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        })
+        .map(|addr| addr.ip())
 }
 
 /// Refuses requests whose metadata (all headers, names and values) exceeds `max_bytes`,
@@ -341,8 +461,9 @@ where
             if let Err(status) = check_metadata(request.headers(), max_metadata_bytes) {
                 return Ok(status.into_http());
             }
+            let peer = peer_address(request.extensions());
             match auth
-                .authorize(request.uri().path(), request.headers())
+                .authorize(request.uri().path(), request.headers(), peer)
                 .await
             {
                 Ok(principal) => {

@@ -153,6 +153,22 @@ pub struct LimitsConfig {
     /// A Watch consumer that accepts nothing for this long has its stream closed (it
     /// resumes from its last revision); bounds what a slow consumer holds on the server.
     pub watch_stall_secs: u64,
+    /// Most Watch streams open at once on this replica; past it `RESOURCE_EXHAUSTED`.
+    pub max_watches: usize,
+    /// Most Watch streams one tenant may hold open at once on this replica.
+    pub max_watches_per_tenant: usize,
+    /// Most connections open at once; past it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a new connection has to send its first bytes (HTTP/2 preface or TLS hello).
+    pub handshake_timeout_secs: u64,
+    /// Seconds between HTTP/2 keepalive pings on an idle connection.
+    pub keepalive_interval_secs: u64,
+    /// Seconds to wait for a ping's answer before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// Failed authentications each client address may make per minute; past it its
+    /// requests are `RESOURCE_EXHAUSTED` (with a retry delay) before any key is looked up.
+    /// 0 turns the limit off.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for LimitsConfig {
@@ -165,6 +181,13 @@ impl Default for LimitsConfig {
             per_key_requests_per_minute: 0,
             per_key_burst: 0,
             watch_stall_secs: 60,
+            max_watches: 256,
+            max_watches_per_tenant: 64,
+            max_connections: 4096,
+            handshake_timeout_secs: 10,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            auth_failures_per_minute: 30,
         }
     }
 }
@@ -312,9 +335,42 @@ impl Config {
                 "limits.max_message_bytes must be at least {MIN_MESSAGE_BYTES} (1 MiB): the answer to any accepted request must fit"
             );
         }
-        if self.limits.request_timeout_secs == 0 || self.limits.max_concurrent_streams == 0 {
+        let limits = &self.limits;
+        for (name, value) in [
+            ("limits.request_timeout_secs", limits.request_timeout_secs),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(limits.max_concurrent_streams),
+            ),
+            ("limits.watch_stall_secs", limits.watch_stall_secs),
+            ("limits.max_watches", limits.max_watches as u64),
+            (
+                "limits.max_watches_per_tenant",
+                limits.max_watches_per_tenant as u64,
+            ),
+            ("limits.max_connections", limits.max_connections as u64),
+            (
+                "limits.handshake_timeout_secs",
+                limits.handshake_timeout_secs,
+            ),
+            (
+                "limits.keepalive_interval_secs",
+                limits.keepalive_interval_secs,
+            ),
+            (
+                "limits.keepalive_timeout_secs",
+                limits.keepalive_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        if limits.max_watches_per_tenant > limits.max_watches {
             anyhow::bail!(
-                "limits.request_timeout_secs and limits.max_concurrent_streams must be at least 1"
+                "limits.max_watches_per_tenant ({}) is more than limits.max_watches ({}): lower it or raise limits.max_watches",
+                limits.max_watches_per_tenant,
+                limits.max_watches
             );
         }
         if self.cache.mode == CacheMode::Redis

@@ -101,6 +101,9 @@ pub fn status(error: ConsentError) -> Status {
         ConsentError::PermissionDenied(_) => {
             info(Code::PermissionDenied, "PERMISSION_DENIED", vec![])
         }
+        ConsentError::ResourceExhausted(_) => {
+            info(Code::ResourceExhausted, "RESOURCE_EXHAUSTED", vec![])
+        }
         ConsentError::Unavailable(detail) => {
             tracing::warn!(%detail, "store unavailable");
             info(Code::Unavailable, "STORE_UNAVAILABLE", vec![])

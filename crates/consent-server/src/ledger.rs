@@ -149,7 +149,10 @@ impl Ledger {
             .await
     }
 
-    /// The subject's state as of `at` (now when `None`), as fresh as `consistency` asks.
+    /// What `decide` needs about a subject: its current state (`at` = `None`: the
+    /// projection, through the cache) or its whole history (`at` set: `decide` takes the
+    /// latest choice collected by then, so one read serves every as-of time), as fresh as
+    /// `consistency` asks.
     async fn state(
         &self,
         tenant: &str,
@@ -158,17 +161,19 @@ impl Ledger {
         now: Timestamp,
         consistency: Consistency,
     ) -> Result<SubjectState> {
-        let mut state = self
-            .store
-            .subject_state(tenant, subject_id, at, consistency)
-            .await?;
-        // The projection may hold a choice collected slightly in the future (clock skew);
-        // "now" must not see it, so read the state as of now instead.
+        let mut state = match at {
+            Some(_) => self.store.subject_history(tenant, subject_id).await?,
+            None => {
+                self.store
+                    .subject_state(tenant, subject_id, None, consistency)
+                    .await?
+            }
+        };
+        // A projection written before choices were capped at their recording time may hold
+        // one collected slightly in the future; "now" must see the choice before it, which
+        // the history has.
         if at.is_none() && state.has_entries_after(now) {
-            state = self
-                .store
-                .subject_state(tenant, subject_id, Some(now), consistency)
-                .await?;
+            state = self.store.subject_history(tenant, subject_id).await?;
         }
         if let Consistency::AtLeast(min) = consistency
             && state.revision < min
@@ -181,7 +186,9 @@ impl Ledger {
         Ok(state)
     }
 
-    /// Decides a list of checks against one catalogue read, reading each subject's state once.
+    /// Decides a list of checks against one catalogue read, reading each subject's current
+    /// state at most once and its history at most once, whatever the number of checks and
+    /// of distinct as-of times.
     pub async fn check_many(
         &self,
         who: &Principal,
@@ -202,25 +209,24 @@ impl Ledger {
             }
             targets.push(purpose);
         }
-        // Each distinct (subject, as-of) state once, several reads in flight at a time.
-        let mut keys: Vec<(String, Option<Timestamp>)> = queries
-            .iter()
-            .map(|q| (q.subject_id.clone(), q.at))
-            .collect();
+        // (subject, whether as of a time): the history serves every as-of time.
+        let key = |q: &CheckQuery| (q.subject_id.clone(), q.at.is_some());
+        let mut keys: Vec<(String, bool)> = queries.iter().map(key).collect();
         keys.sort_unstable();
         keys.dedup();
         let tenant = who.tenant_id.as_str();
-        let states: HashMap<(String, Option<Timestamp>), SubjectState> = stream::iter(keys)
-            .map(|(subject, at)| async move {
+        let states: HashMap<(String, bool), SubjectState> = stream::iter(keys)
+            .map(|(subject, as_of)| async move {
+                let at = as_of.then_some(now);
                 let state = self.state(tenant, &subject, at, now, consistency).await?;
-                Ok::<_, ConsentError>(((subject, at), state))
+                Ok::<_, ConsentError>(((subject, as_of), state))
             })
             .buffer_unordered(BATCH_READ_CONCURRENCY)
             .try_collect()
             .await?;
         let mut results = Vec::with_capacity(queries.len());
         for (q, purpose) in queries.iter().zip(targets) {
-            let Some(state) = states.get(&(q.subject_id.clone(), q.at)) else {
+            let Some(state) = states.get(&key(q)) else {
                 return Err(ConsentError::Internal(
                     "subject state missing from the batch".into(),
                 ));

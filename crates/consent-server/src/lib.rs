@@ -10,6 +10,8 @@ pub mod context;
 pub mod convert;
 pub mod error;
 pub mod ledger;
+pub mod listener;
+pub mod request_bounds;
 pub mod server;
 pub mod service;
 pub mod stack;

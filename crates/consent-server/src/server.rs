@@ -12,12 +12,13 @@ use consent_proto::v1::consent_service_server::ConsentServiceServer;
 use consent_store::Store;
 use std::path::Path;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::auth::{AuthLayer, Authenticator, KeyRateLimit};
+use crate::auth::{AuthLayer, Authenticator, FailedAuthLimit, KeyRateLimit};
 use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::ledger::Ledger;
+use crate::listener::ConnectionLimits;
+use crate::request_bounds::RequestBoundsLayer;
 use crate::service::Api;
 use crate::watch::FeedControl;
 
@@ -96,20 +97,22 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let access: Arc<dyn consent_store::AccessStore> = store.clone();
-    let rate = KeyRateLimit::from_limits(&settings.limits);
     let auth = Arc::new(Authenticator::new(
         settings.auth_mode,
         access,
         settings.key_cache_ttl,
-        rate,
+        KeyRateLimit::from_limits(&settings.limits),
+        FailedAuthLimit::from_limits(&settings.limits),
     ));
     let limits = settings.limits.clone();
     let max_message = limits.max_message_bytes;
     let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
-    let feeds = FeedControl {
-        stall: Duration::from_secs(settings.limits.watch_stall_secs),
-        shutdown: shutdown_signal,
-    };
+    let feeds = FeedControl::new(
+        Duration::from_secs(limits.watch_stall_secs),
+        shutdown_signal,
+        limits.max_watches,
+        limits.max_watches_per_tenant,
+    );
     let shutdown = async move {
         shutdown.await;
         // Watch streams end first, or they would hold the graceful shutdown open.
@@ -134,12 +137,16 @@ pub async fn serve(
     builder
         .timeout(Duration::from_secs(limits.request_timeout_secs))
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
         // HTTP/2 refuses absurd header lists outright (HTTP 431, which clients read as
         // UNKNOWN); up to that ceiling the auth layer answers RESOURCE_EXHAUSTED naming
         // limits.max_metadata_bytes.
         .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
         .layer(AuthLayer::new(auth, limits.max_metadata_bytes as usize))
+        // After authentication: only authorised bodies are read ahead of the decoder.
+        .layer(RequestBoundsLayer::new(max_message))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -158,7 +165,16 @@ pub async fn serve(
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            crate::listener::incoming(
+                listener,
+                ConnectionLimits {
+                    max_connections: limits.max_connections,
+                    handshake_timeout: Duration::from_secs(limits.handshake_timeout_secs),
+                },
+            ),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

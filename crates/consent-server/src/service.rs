@@ -340,6 +340,7 @@ impl ConsentService for Api {
             after_revision,
             until_revision: None,
             limit: page_size + 1,
+            without_evidence: false,
         };
         let stored = self.ledger.events(&who, &query).await.map_err(status)?;
         let more = stored.len() > page_size;
@@ -392,7 +393,8 @@ impl ConsentService for Api {
             r.from_revision,
             filter,
             self.feeds.clone(),
-        );
+        )
+        .map_err(status)?;
         let budget = self.entry_budget();
         // Events go out without their evidence (ListEvents has it), in messages cut by size.
         let stream = futures::StreamExt::flat_map(ReceiverStream::new(batches), move |batch| {

@@ -6,23 +6,34 @@
 //! PostgreSQL `NOTIFY` from other replicas) end the wait early; a poll every
 //! [`POLL_INTERVAL`] covers wake-ups lost while a listener reconnects.
 //!
-//! Memory per watcher is bounded: one page in hand and [`BUFFER`] batches queued. A consumer
-//! that accepts nothing for the stall limit has its stream closed; it resumes from the last
-//! revision it received.
+//! What watchers may hold is bounded:
+//! - memory: events are read without their evidence (ListEvents has it), so a watcher holds
+//!   one page in hand and [`BUFFER`] batches queued, each at most [`PAGE`] evidence-free
+//!   events (ids of at most 256 bytes: about 0.7 MB in the worst case, typically tens of KB);
+//! - the store: all feeds of a replica share [`READ_CONCURRENCY`] ledger reads at a time, and
+//!   hold no connection while they wait, so watchers can never take the pool from `Check`;
+//! - their number: `limits.max_watches` per replica and `limits.max_watches_per_tenant`;
+//!   past them a new Watch is `RESOURCE_EXHAUSTED`.
+//!
+//! A consumer that accepts nothing for the stall limit has its stream closed; it resumes from
+//! the last revision it received.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use consent_core::{ConsentError, ConsentEvent, Result, Revision, SUBJECT_WIDE};
 use consent_store::{EventQuery, Store};
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 /// Events read from the ledger per step.
 pub const PAGE: usize = 500;
 /// Batches queued for a slow consumer before the feed waits for it.
-pub const BUFFER: usize = 8;
+pub const BUFFER: usize = 2;
+/// Ledger reads all the feeds of a replica make at once.
+pub const READ_CONCURRENCY: usize = 4;
 /// Longest wait without a wake-up before the ledger is read again.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// A message (a heartbeat if nothing else) is sent at least this often.
@@ -55,32 +66,118 @@ pub struct WatchBatch {
     pub revision: Revision,
 }
 
-/// How a feed runs: its stall limit, and the server's shutdown signal, on which every feed
-/// ends its stream so clients resume on another replica instead of holding shutdown up.
+/// How feeds run: their stall limit, the server's shutdown signal (on which every feed ends
+/// its stream, so clients resume on another replica instead of holding shutdown up), the
+/// ledger reads they share and the count of open feeds.
 #[derive(Clone, Debug)]
 pub struct FeedControl {
     /// See `limits.watch_stall_secs`.
     pub stall: Duration,
     /// Becomes `true` when the server shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Ledger reads in flight for all feeds.
+    pub reads: Arc<Semaphore>,
+    /// Open feeds, per tenant and in all.
+    pub open: Arc<OpenFeeds>,
+}
+
+impl FeedControl {
+    /// Control for a server with these limits.
+    pub fn new(
+        stall: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        max_watches: usize,
+        max_watches_per_tenant: usize,
+    ) -> FeedControl {
+        FeedControl {
+            stall,
+            shutdown,
+            reads: Arc::new(Semaphore::new(READ_CONCURRENCY)),
+            open: Arc::new(OpenFeeds {
+                max: max_watches,
+                max_per_tenant: max_watches_per_tenant,
+                by_tenant: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// The feeds open on this replica.
+#[derive(Debug)]
+pub struct OpenFeeds {
+    max: usize,
+    max_per_tenant: usize,
+    by_tenant: Mutex<HashMap<String, usize>>,
+}
+
+/// A slot held by one open feed; freed when dropped.
+#[derive(Debug)]
+pub struct FeedSlot {
+    open: Arc<OpenFeeds>,
+    tenant: String,
+}
+
+impl Drop for FeedSlot {
+    fn drop(&mut self) {
+        if let Ok(mut by_tenant) = self.open.by_tenant.lock()
+            && let Some(count) = by_tenant.get_mut(&self.tenant)
+        {
+            *count -= 1;
+            if *count == 0 {
+                by_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl OpenFeeds {
+    /// A slot for one more feed of `tenant`, or `ResourceExhausted` naming the limit.
+    pub fn open(self: &Arc<Self>, tenant: &str) -> Result<FeedSlot> {
+        let mut by_tenant = self
+            .by_tenant
+            .lock()
+            .map_err(|_| ConsentError::Internal("the feed registry is poisoned".into()))?;
+        let total: usize = by_tenant.values().sum();
+        let mine = by_tenant.get(tenant).copied().unwrap_or(0);
+        if total >= self.max {
+            return Err(ConsentError::ResourceExhausted(format!(
+                "{total} Watch streams are open on this replica, limits.max_watches is {}; retry later or on another replica",
+                self.max
+            )));
+        }
+        if mine >= self.max_per_tenant {
+            return Err(ConsentError::ResourceExhausted(format!(
+                "this tenant has {mine} Watch streams open on this replica, limits.max_watches_per_tenant is {}; close one (a stream can carry every purpose)",
+                self.max_per_tenant
+            )));
+        }
+        *by_tenant.entry(tenant.to_owned()).or_insert(0) += 1;
+        Ok(FeedSlot {
+            open: Arc::clone(self),
+            tenant: tenant.to_owned(),
+        })
+    }
 }
 
 /// Starts a feed for `tenant` after revision `from`; the receiver yields its batches.
+/// `ResourceExhausted` when the replica or the tenant has too many feeds open.
 pub fn start(
     store: Arc<dyn Store>,
     tenant: String,
     from: Revision,
     filter: WatchFilter,
     control: FeedControl,
-) -> mpsc::Receiver<Result<WatchBatch>> {
+) -> Result<mpsc::Receiver<Result<WatchBatch>>> {
+    let slot = control.open.open(&tenant)?;
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(async move {
+        let _slot = slot;
         if let Err(e) = feed(store.as_ref(), &tenant, from, &filter, &tx, control).await {
             // Best effort: the consumer may be gone or stalled.
             let _ = tx.try_send(Err(e));
         }
     });
-    rx
+    Ok(rx)
 }
 
 /// Sends one batch; `false` when the consumer is gone or stalled past `stall`.
@@ -113,15 +210,21 @@ async fn feed(
     let FeedControl {
         stall,
         mut shutdown,
+        reads,
+        open: _,
     } = control;
     // Subscribe before the first read, so no commit falls between reading and waiting.
     let mut commits = store.subscribe();
     let mut cursor = from;
     let mut last_message = Instant::now();
     loop {
+        let read = reads
+            .acquire()
+            .await
+            .map_err(|_| ConsentError::Internal("the feed read limiter closed".into()))?;
         let head = store.head(tenant).await?.revision;
-        if head > cursor {
-            let page = store
+        let page = if head > cursor {
+            store
                 .list_events(
                     tenant,
                     &EventQuery {
@@ -129,10 +232,16 @@ async fn feed(
                         after_revision: cursor,
                         until_revision: Some(head),
                         limit: PAGE,
+                        without_evidence: true,
                         ..EventQuery::default()
                     },
                 )
-                .await?;
+                .await?
+        } else {
+            Vec::new()
+        };
+        drop(read);
+        if head > cursor {
             let full = page.len() == PAGE;
             // A short page means everything matching up to the head was read.
             cursor = match page.last() {

@@ -607,6 +607,20 @@ impl SqlStore {
         Ok(())
     }
 
+    /// Every event of the subject as a state entry, in revision order.
+    async fn history_entries(&self, tenant: &str, subject: &str) -> Result<Vec<StateEntry>> {
+        let sql = format!(
+            "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 ORDER BY revision"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant)
+            .bind(subject)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        rows.iter().map(state_from_row).collect()
+    }
+
     /// The subject's projection rows.
     async fn current_entries(&self, tenant: &str, subject: &str) -> Result<Vec<StateEntry>> {
         let sql = format!(
@@ -732,43 +746,36 @@ impl LedgerStore for SqlStore {
         as_of: Option<Timestamp>,
         _consistency: Consistency,
     ) -> Result<SubjectState> {
+        if let Some(at) = as_of {
+            return Ok(self.subject_history(tenant, subject_id).await?.as_of(at));
+        }
         // The revision is read before the data, so the data is at least that new.
         let revision = self.head(tenant).await?.revision;
-        let entries = match as_of {
-            None => self.current_entries(tenant, subject_id).await?,
-            Some(at) => {
-                let sql = format!(
-                    "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 \
-                     AND collected_at <= $3 ORDER BY purpose_id, vendor_id, collected_at DESC, revision DESC"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(tenant)
-                    .bind(subject_id)
-                    .bind(at.as_micros())
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
-                let mut entries: Vec<StateEntry> = Vec::new();
-                for row in &rows {
-                    let entry = state_from_row(row)?;
-                    // Rows are sorted newest first within each key: keep the first per key.
-                    let same_key = entries.last().is_some_and(|l| {
-                        l.purpose_id == entry.purpose_id && l.vendor_id == entry.vendor_id
-                    });
-                    if !same_key {
-                        entries.push(entry);
-                    }
-                }
-                entries
-            }
-        };
+        let entries = self.current_entries(tenant, subject_id).await?;
+        Ok(SubjectState { entries, revision })
+    }
+
+    async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {
+        // The revision is read before the data, so the data is at least that new.
+        let revision = self.head(tenant).await?.revision;
+        let entries = self.history_entries(tenant, subject_id).await?;
         Ok(SubjectState { entries, revision })
     }
 
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
-        let mut sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND revision > $2"
-        );
+        let columns = if query.without_evidence {
+            // Erased stays NULL (so erasure is still told); present evidence reads as empty.
+            let empty = to_json(&Evidence::default())?;
+            EVENT_COLUMNS.replacen(
+                " evidence,",
+                &format!(" CASE WHEN evidence IS NULL THEN NULL ELSE '{empty}' END AS evidence,"),
+                1,
+            )
+        } else {
+            EVENT_COLUMNS.to_owned()
+        };
+        let mut sql =
+            format!("SELECT {columns} FROM consent_events WHERE tenant_id = $1 AND revision > $2");
         let mut texts: Vec<&str> = Vec::new();
         let mut ints: Vec<i64> = Vec::new();
         let mut n = 2;

@@ -59,6 +59,7 @@ macro_rules! store_conformance_suite {
             append_links_the_chain_and_bumps_the_revision,
             projection_keeps_the_latest_collected_choice,
             as_of_state_reads_the_past,
+            history_holds_every_choice,
             idempotent_replay_returns_the_original_write,
             a_subject_wide_withdrawal_is_projected_and_listed,
             list_events_filters_and_pages,
@@ -392,6 +393,51 @@ pub async fn idempotent_replay_returns_the_original_write(store: &Arc<dyn Store>
         .append(&tenant(), &plan, Some(&different), CacheFence::None)
         .await);
     assert!(!other_tenant.replayed);
+}
+
+/// The history holds one entry per event of the subject, in revision order, read at a
+/// revision at least as new; the state as of any time follows from it.
+pub async fn history_holds_every_choice(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let revision = append(
+        store,
+        &t,
+        vec![
+            event("alice", "analytics", "", Decision::Granted, day(1)),
+            event("bob", "analytics", "", Decision::Granted, day(1)),
+            event("alice", "analytics", "", Decision::Withdrawn, day(3)),
+            event("alice", "analytics", "", Decision::Granted, day(2)),
+        ],
+    )
+    .await;
+    let history = ok(store.subject_history(&t, "alice").await);
+    assert!(history.revision >= revision);
+    let seen: Vec<_> = history
+        .entries
+        .iter()
+        .map(|e| (e.revision, e.decision))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, Decision::Granted),
+            (3, Decision::Withdrawn),
+            (4, Decision::Granted)
+        ]
+    );
+    let on_day = |d: i64| history.as_of(day(d)).entries.first().map(|e| e.decision);
+    assert_eq!(on_day(0), None);
+    assert_eq!(on_day(2), Some(Decision::Granted));
+    assert_eq!(
+        on_day(3),
+        Some(Decision::Withdrawn),
+        "the late import of day 2 does not win"
+    );
+    assert!(
+        ok(store.subject_history(&t, "nobody").await)
+            .entries
+            .is_empty()
+    );
 }
 
 /// A withdraw-all is one subject-wide WITHDRAWN event (purpose and vendor empty): it has its

@@ -100,6 +100,10 @@ pub struct EventQuery {
     pub until_revision: Option<Revision>,
     /// At most this many events.
     pub limit: usize,
+    /// Leave the evidence out (each event then has the default, empty evidence; whether it
+    /// was erased is still told): for readers that only need the choices, such as the
+    /// change feed, so a page's size does not depend on what the evidence holds.
+    pub without_evidence: bool,
 }
 
 /// An event as read back, with whether its evidence was erased.
@@ -169,6 +173,12 @@ pub trait LedgerStore: Send + Sync {
         as_of: Option<Timestamp>,
         consistency: Consistency,
     ) -> Result<SubjectState>;
+
+    /// Every choice the subject made, one entry per event in revision order, with the
+    /// revision it was read at (read first). `decide` answers for any time from it (it takes
+    /// the latest choice collected by then), so a batch reads a subject's history once
+    /// however many as-of times it asks about.
+    async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState>;
 
     /// Events matching `query`, in revision order.
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>>;

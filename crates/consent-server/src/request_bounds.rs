@@ -1,0 +1,284 @@
+//! Bounds what a request costs to decode, before tonic decodes it.
+//!
+//! A message within `limits.max_message_bytes` can still decode to far more memory than it
+//! takes on the wire: 8 MB of empty `CheckRequest`s is 4 million structs (about 420 MB)
+//! before the handler could count them. For each method with a repeated top-level field,
+//! this layer reads the (size-limited) body, counts that field's entries by walking the
+//! protobuf wire format without decoding anything, and refuses more than the method accepts
+//! with `INVALID_ARGUMENT` naming the field, the way the handler would have. A body it
+//! cannot walk is passed on unchanged: tonic's decoder then rejects it.
+
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use consent_core::ConsentError;
+use consent_core::validate::{
+    MAX_BATCH_CHECKS, MAX_DECISIONS, MAX_LIST_ENTRIES, MAX_WITHDRAW_PURPOSES,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use tonic::Status;
+use tonic::body::Body;
+
+use crate::error::status;
+
+/// A repeated top-level field of a method's request, and how many entries it may hold.
+#[derive(Clone, Copy, Debug)]
+struct RepeatedLimit {
+    path: &'static str,
+    field_number: u64,
+    field: &'static str,
+    what: &'static str,
+    max: usize,
+}
+
+/// Every method whose request has a repeated top-level field (proto field numbers).
+const REPEATED_LIMITS: &[RepeatedLimit] = &[
+    RepeatedLimit {
+        path: "/consent.v1.ConsentService/CheckBatch",
+        field_number: 1,
+        field: "checks",
+        what: "checks",
+        max: MAX_BATCH_CHECKS,
+    },
+    RepeatedLimit {
+        path: "/consent.v1.ConsentService/RecordConsent",
+        field_number: 2,
+        field: "decisions",
+        what: "decisions",
+        max: MAX_DECISIONS,
+    },
+    RepeatedLimit {
+        path: "/consent.v1.ConsentService/WithdrawConsent",
+        field_number: 2,
+        field: "purpose_ids",
+        what: "purposes",
+        max: MAX_WITHDRAW_PURPOSES,
+    },
+    RepeatedLimit {
+        path: "/consent.v1.ConsentService/Watch",
+        field_number: 3,
+        field: "purpose_ids",
+        what: "entries",
+        max: MAX_LIST_ENTRIES,
+    },
+    RepeatedLimit {
+        path: "/consent.v1.AdminService/CreateApiKey",
+        field_number: 3,
+        field: "scopes",
+        what: "entries",
+        max: MAX_LIST_ENTRIES,
+    },
+];
+
+/// Reads one varint, or `None` if the buffer ends inside it or it is longer than 10 bytes.
+fn varint(buf: &mut &[u8]) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in (0..70).step_by(7) {
+        if !buf.has_remaining() {
+            return None;
+        }
+        let byte = buf.get_u8();
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// How many times `field_number` occurs at the top level of a protobuf message, or `None`
+/// when the bytes are not a well-formed message (left to the decoder to reject).
+pub fn count_field(mut message: &[u8], field_number: u64) -> Option<usize> {
+    let mut count = 0;
+    while message.has_remaining() {
+        let key = varint(&mut message)?;
+        let skip = match key & 0x7 {
+            0 => {
+                varint(&mut message)?;
+                0
+            }
+            1 => 8,
+            2 => usize::try_from(varint(&mut message)?).ok()?,
+            5 => 4,
+            // Groups (3, 4) are not used by this API; 6 and 7 do not exist.
+            _ => return None,
+        };
+        if skip > message.remaining() {
+            return None;
+        }
+        message.advance(skip);
+        if key >> 3 == field_number {
+            count += 1;
+        }
+    }
+    Some(count)
+}
+
+/// The limit a request to `path` is checked against, if any.
+fn limit_of(path: &str) -> Option<RepeatedLimit> {
+    REPEATED_LIMITS.iter().copied().find(|l| l.path == path)
+}
+
+/// Checks a gRPC request body (frames of flag, length, message) against `limit`; `Err` is
+/// the status to answer.
+fn check_frames(mut body: &[u8], limit: &RepeatedLimit) -> Result<(), Status> {
+    while body.remaining() >= 5 {
+        let compressed = body.get_u8();
+        let len = usize::try_from(body.get_u32()).unwrap_or(usize::MAX);
+        if compressed != 0 || len > body.remaining() {
+            // Compressed or truncated: tonic's decoder answers it.
+            return Ok(());
+        }
+        let count = count_field(&body[..len], limit.field_number).unwrap_or(0);
+        if count > limit.max {
+            return Err(status(ConsentError::invalid(
+                limit.field,
+                format!(
+                    "must hold at most {} {}, got {count}",
+                    limit.max, limit.what
+                ),
+            )));
+        }
+        body.advance(len);
+    }
+    Ok(())
+}
+
+/// Reads the body of a request to a bounded method (at most `max_message_bytes` plus its
+/// frame header) and checks it; returns the request to pass on, with the same body.
+async fn bounded(
+    request: http::Request<Body>,
+    limit: RepeatedLimit,
+    max_message_bytes: usize,
+) -> Result<http::Request<Body>, Status> {
+    let (parts, body) = request.into_parts();
+    let bytes: Bytes = match Limited::new(body, max_message_bytes.saturating_add(5))
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(Status::resource_exhausted(format!(
+                "the request is larger than limits.max_message_bytes ({max_message_bytes})"
+            )));
+        }
+        Err(e) => {
+            return Err(Status::cancelled(format!(
+                "the request body ended early: {e}"
+            )));
+        }
+    };
+    check_frames(&bytes, &limit)?;
+    Ok(http::Request::from_parts(
+        parts,
+        Body::new(Full::new(bytes)),
+    ))
+}
+
+/// Tower layer applying the bounds above.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestBoundsLayer {
+    max_message_bytes: usize,
+}
+
+impl RequestBoundsLayer {
+    /// Bodies are read up to `max_message_bytes` (tonic refuses more anyway).
+    pub fn new(max_message_bytes: usize) -> RequestBoundsLayer {
+        RequestBoundsLayer { max_message_bytes }
+    }
+}
+
+impl<S> tower::Layer<S> for RequestBoundsLayer {
+    type Service = RequestBounds<S>;
+    fn layer(&self, inner: S) -> RequestBounds<S> {
+        RequestBounds {
+            inner,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+}
+
+/// The service [`RequestBoundsLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct RequestBounds<S> {
+    inner: S,
+    max_message_bytes: usize,
+}
+
+impl<S> tower::Service<http::Request<Body>> for RequestBounds<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        // The clone is not ready; keep the ready one for this call (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let max_message_bytes = self.max_message_bytes;
+        Box::pin(async move {
+            let Some(limit) = limit_of(request.uri().path()) else {
+                return inner.call(request).await;
+            };
+            match bounded(request, limit, max_message_bytes).await {
+                Ok(request) => inner.call(request).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0];
+        f.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(0).to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn counts_top_level_entries_without_decoding() {
+        // Field 1 (length-delimited) three times, field 2 (varint) once, nested field 1
+        // inside the second entry not counted.
+        let message = [0x0a, 0x00, 0x0a, 0x02, 0x08, 0x01, 0x10, 0x05, 0x0a, 0x00];
+        assert_eq!(count_field(&message, 1), Some(3));
+        assert_eq!(count_field(&message, 2), Some(1));
+        assert_eq!(count_field(&[0x0a, 0x05, 0x00], 1), None, "truncated");
+        assert_eq!(count_field(&[0x0f], 1), None, "wire type 7");
+        assert_eq!(count_field(&[], 1), Some(0));
+    }
+
+    #[test]
+    fn too_many_entries_are_refused_naming_the_field() {
+        let Some(limit) = limit_of("/consent.v1.ConsentService/CheckBatch") else {
+            panic!("CheckBatch is bounded");
+        };
+        let empties = |n: usize| frame(&[0x0a, 0x00].repeat(n));
+        assert!(check_frames(&empties(MAX_BATCH_CHECKS), &limit).is_ok());
+        let refused = check_frames(&empties(MAX_BATCH_CHECKS + 1), &limit).err();
+        assert_eq!(
+            refused.as_ref().map(Status::code),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(refused.is_some_and(|s| s.message().contains("checks")));
+        assert!(
+            check_frames(&frame(&[0x0f]), &limit).is_ok(),
+            "left to the decoder"
+        );
+    }
+}
