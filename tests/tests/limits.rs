@@ -375,3 +375,94 @@ async fn large_metadata_is_resource_exhausted_not_an_http_error() {
     assert!(status.is_some_and(|s| s.message().contains("limits.max_metadata_bytes")));
     server.stop().await;
 }
+
+/// `limits.max_watches_per_tenant`: past it a new Watch is RESOURCE_EXHAUSTED naming the
+/// limit; when a stream is closed its slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_are_capped_per_tenant() {
+    let server = TestServer::sqlite_with(ServerSettings {
+        limits: LimitsConfig {
+            max_watches: 10,
+            max_watches_per_tenant: 2,
+            ..LimitsConfig::default()
+        },
+        ..ServerSettings::with_auth(AuthMode::None)
+    })
+    .await;
+    let watch = || {
+        let mut consent = server.client.consent();
+        async move { consent.watch(pb::WatchRequest::default()).await }
+    };
+    let first = watch().await.unwrap_or_else(|e| panic!("{e:?}"));
+    let _second = watch().await.unwrap_or_else(|e| panic!("{e:?}"));
+    let third = watch().await.err();
+    assert_eq!(
+        third.as_ref().map(tonic::Status::code),
+        Some(Code::ResourceExhausted),
+        "{third:?}"
+    );
+    assert!(third.is_some_and(|s| s.message().contains("limits.max_watches_per_tenant")));
+    drop(first);
+    // The server frees the slot once it sees the stream closed; bounded retries.
+    let mut reopened = false;
+    for _ in 0..500 {
+        if watch().await.is_ok() {
+            reopened = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reopened, "a closed stream frees its slot");
+    server.stop().await;
+}
+
+/// `limits.max_connections` and `limits.handshake_timeout_secs`: with two connections
+/// allowed and the test client holding one, a silent socket takes the other, so a new
+/// client gets no answer; the handshake deadline closes the silent socket and the new
+/// client is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_holds_a_slot_only_until_its_handshake_deadline() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::sqlite_with(ServerSettings {
+        limits: LimitsConfig {
+            max_connections: 2,
+            handshake_timeout_secs: 5,
+            ..LimitsConfig::default()
+        },
+        ..ServerSettings::with_auth(AuthMode::None)
+    })
+    .await;
+    let addr = server.addr;
+    let served = || async move {
+        let client = consent_client::ConsentClient::connect(format!("http://{addr}")).await?;
+        let code = client.check("s", "analytics").await.err().map(|s| s.code());
+        Ok::<_, consent_client::ClientError>(code)
+    };
+    assert_eq!(
+        served().await.ok().flatten(),
+        Some(Code::NotFound),
+        "a second connection is served (and closed again)"
+    );
+    let mut silent = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let blocked = tokio::time::timeout(Duration::from_millis(300), served()).await;
+    assert!(
+        blocked.is_err(),
+        "with both slots taken no third client is answered: {blocked:?}"
+    );
+    // The server sends its HTTP/2 settings, then closes the silent socket at its deadline
+    // (the safety net is far longer).
+    let mut sink = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut sink)).await;
+    assert!(
+        closed.is_ok(),
+        "the silent connection is closed: {closed:?}"
+    );
+    assert_eq!(
+        served().await.ok().flatten(),
+        Some(Code::NotFound),
+        "served once the slot is free"
+    );
+    server.stop().await;
+}

@@ -462,3 +462,45 @@ async fn every_rpc_requires_its_scope() {
     }
     server.stop().await;
 }
+
+/// Guessing keys gets nowhere fast: after `limits.auth_failures_per_minute` failed
+/// authentications from one address, its requests are RESOURCE_EXHAUSTED with a retry delay
+/// before any key is looked up, even with a valid key, until the delay passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let mut settings = api_key_settings(Duration::from_secs(60));
+    settings.limits.auth_failures_per_minute = 3;
+    let server = TestServer::sqlite_with(settings).await;
+    let valid = server.client_for("acme", &[Scope::ConsentRead]).await;
+    assert_eq!(
+        check_code(&valid).await,
+        Code::NotFound,
+        "a valid key works"
+    );
+    let guesser = server
+        .client
+        .with_api_key(&format!("ck_{}_{}", "0".repeat(16), "0".repeat(64)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answers = Vec::new();
+    // Bounded: the limit is 3 a minute.
+    for _ in 0..6 {
+        answers.push(check_code(&guesser).await);
+    }
+    assert_eq!(&answers[..3], [Code::Unauthenticated; 3], "{answers:?}");
+    assert_eq!(
+        answers.last(),
+        Some(&Code::ResourceExhausted),
+        "{answers:?}"
+    );
+    let refused = valid.check("s", "analytics").await.err();
+    assert_eq!(
+        refused.as_ref().map(tonic::Status::code),
+        Some(Code::ResourceExhausted)
+    );
+    let retry = refused.and_then(|s| {
+        use tonic_types::StatusExt;
+        s.get_details_retry_info().and_then(|r| r.retry_delay)
+    });
+    assert!(retry.is_some_and(|d| d > Duration::ZERO), "{retry:?}");
+    server.stop().await;
+}

@@ -484,7 +484,44 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use consent_store::counting::CountingStore;
     use prost::Message;
+
+    /// Unknown key ids are remembered like known keys: guessing costs the store one query
+    /// per id and TTL, not one per request.
+    #[tokio::test]
+    async fn unknown_keys_are_looked_up_once_per_ttl() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/keys.db", dir.path().display());
+        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sql.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(CountingStore::new(Arc::new(sql)));
+        let auth = Authenticator::new(
+            AuthMode::ApiKey,
+            store.clone(),
+            Duration::from_secs(60),
+            None,
+            None,
+        );
+        let mut headers = http::HeaderMap::new();
+        let token = format!("Bearer ck_{}_{}", "ab".repeat(8), "0".repeat(64));
+        headers.insert(
+            http::header::AUTHORIZATION,
+            token.parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        for _ in 0..5 {
+            let refused = auth
+                .authorize("/consent.v1.ConsentService/Check", &headers, None)
+                .await;
+            assert_eq!(
+                refused.err().map(|s| s.code()),
+                Some(tonic::Code::Unauthenticated)
+            );
+        }
+        assert_eq!(store.calls("find_api_key"), 1);
+    }
 
     /// Every method of the compiled `consent.v1` API has a scope, and the table names no
     /// method that does not exist. A new RPC without a scope fails here.

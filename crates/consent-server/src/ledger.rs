@@ -344,3 +344,111 @@ impl Ledger {
         verify_ledger(self.store.as_ref(), &who.tenant_id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consent_core::commands::new_event_id;
+    use consent_core::{Channel, Decision, Evidence, LegalBasis, NewEvent, PurposeCategory};
+    use consent_store::counting::CountingStore;
+    use consent_store::{CacheFence, CatalogStore, LedgerStore};
+
+    const HOUR: i64 = 3_600 * Timestamp::MICROS_PER_SECOND;
+
+    /// A batch with thousands of distinct as-of times for one subject reads its history once
+    /// (and its current state once), and answers each time as the history says.
+    #[tokio::test]
+    async fn a_batch_reads_each_history_once_whatever_the_times() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| ConsentError::Internal(e.to_string()))?;
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default()).await?;
+        sql.migrate().await?;
+        let store = Arc::new(CountingStore::new(Arc::new(sql)));
+        let tenant = "t";
+        store
+            .upsert_purpose(
+                tenant,
+                &Purpose {
+                    id: "analytics".into(),
+                    name: "Analytics".into(),
+                    description: String::new(),
+                    category: PurposeCategory::Analytics,
+                    legal_basis: LegalBasis::Consent,
+                    vendor_ids: vec![],
+                    validity_secs: None,
+                },
+            )
+            .await?;
+        store
+            .publish_policy_version(
+                tenant,
+                &PolicyVersion {
+                    id: "v1".into(),
+                    published_at: Timestamp(0),
+                    purpose_ids: vec!["analytics".into()],
+                    vendor_ids: vec![],
+                    material: false,
+                    changed_purpose_ids: vec![],
+                    text_sha256: String::new(),
+                },
+            )
+            .await?;
+        // 200 choices an hour apart, alternating grant and withdrawal.
+        let start = Timestamp::now().as_micros() - 300 * HOUR;
+        let events: Vec<NewEvent> = (0..200)
+            .map(|i| NewEvent {
+                id: new_event_id(),
+                subject_id: "alice".into(),
+                purpose_id: "analytics".into(),
+                vendor_id: String::new(),
+                decision: if i % 2 == 0 {
+                    Decision::Granted
+                } else {
+                    Decision::Withdrawn
+                },
+                policy_version_id: "v1".into(),
+                channel: Channel::Import,
+                collected_at: Timestamp(start + i * HOUR),
+                expires_at: None,
+                evidence: Evidence::default(),
+                actor_key_id: String::new(),
+            })
+            .collect();
+        store
+            .append(tenant, &events, None, CacheFence::None)
+            .await?;
+        let ledger = Ledger::new(store.clone());
+        let who = Principal {
+            tenant_id: tenant.into(),
+            key_id: String::new(),
+        };
+        let mut queries: Vec<CheckQuery> = (0..4_000)
+            .map(|i| CheckQuery {
+                subject_id: "alice".into(),
+                purpose_id: "analytics".into(),
+                vendor_id: String::new(),
+                at: Some(Timestamp(start + i * (HOUR / 20) + 1)),
+            })
+            .collect();
+        queries.push(CheckQuery {
+            at: None,
+            ..queries[0].clone()
+        });
+        let before = (store.calls("subject_history"), store.calls("subject_state"));
+        let checked = ledger
+            .check_many(&who, &queries, Consistency::MinimizeLatency)
+            .await?;
+        assert_eq!(store.calls("subject_history") - before.0, 1);
+        assert_eq!(store.calls("subject_state") - before.1, 1);
+        for (q, c) in queries.iter().zip(&checked).take(4_000) {
+            // Within hour h after the start, choice h is the latest: even hours grant.
+            let hour = q.at.map_or(0, |t| (t.as_micros() - start) / HOUR);
+            assert_eq!(c.verdict.allowed, hour % 2 == 0, "{q:?}");
+        }
+        assert!(
+            !checked[4_000].verdict.allowed,
+            "now: the last choice withdrew"
+        );
+        Ok(())
+    }
+}

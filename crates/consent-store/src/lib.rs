@@ -19,6 +19,7 @@ use consent_core::{
 };
 
 pub mod conformance;
+pub mod counting;
 
 /// How fresh a read must be. The ledger itself is always current and ignores it; a cache
 /// in front of it (`consent-cache`) honours it.
