@@ -149,6 +149,23 @@ impl CacheStats {
 /// are always attempted.
 pub const SKIP_AFTER_FAULT: Duration = Duration::from_secs(1);
 
+/// The most a write waits for the cache, before its commit (pending markers) and after it
+/// (tombstones) each: past it the cache counts as unreachable and the write is fenced
+/// instead, so a slow or dead cache adds at most this much to a write, twice.
+pub const WRITE_CACHE_BUDGET: Duration = Duration::from_millis(100);
+
+/// A cache call on the write path, within [`WRITE_CACHE_BUDGET`].
+async fn within_budget(call: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::time::timeout(WRITE_CACHE_BUDGET, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(consent_core::ConsentError::Unavailable(format!(
+                "no answer within {} ms",
+                WRITE_CACHE_BUDGET.as_millis()
+            )))
+        })
+}
+
 /// A [`Store`] that answers reads from a [`CacheBackend`] and keeps it coherent with writes.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
@@ -280,13 +297,21 @@ impl CachedStore {
         if self.in_skip_window() {
             return false;
         }
-        for subject in subjects {
-            if let Err(e) = self.cache.begin_write(tenant, subject).await {
+        let cache = &self.cache;
+        let marked = within_budget(async {
+            for subject in subjects {
+                cache.begin_write(tenant, subject).await?;
+            }
+            Ok(())
+        })
+        .await;
+        match marked {
+            Ok(()) => true,
+            Err(e) => {
                 self.fallback("mark write in flight", &e);
-                return false;
+                false
             }
         }
-        true
     }
 
     /// Replaces the pending markers by tombstones at the write's revision. If that fails, a
@@ -294,13 +319,18 @@ impl CachedStore {
     /// every older Redis entry a miss anyway); to leave nothing to chance the tenant is then
     /// fenced at its current head, in a transaction of its own.
     async fn tombstone(&self, tenant: &str, subjects: &[&str], revision: Revision) {
-        for subject in subjects {
-            if let Err(e) = self.cache.invalidate_state(tenant, subject, revision).await {
-                self.fallback("invalidate after write", &e);
-                if let Err(e) = self.fence(tenant).await {
-                    tracing::error!(error = %e, tenant, revision, "write committed but neither its tombstone nor a cache fence could be written; its pending marker guards the cache until it expires");
-                }
-                return;
+        let cache = &self.cache;
+        let buried = within_budget(async {
+            for subject in subjects {
+                cache.invalidate_state(tenant, subject, revision).await?;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = buried {
+            self.fallback("invalidate after write", &e);
+            if let Err(e) = self.fence(tenant).await {
+                tracing::error!(error = %e, tenant, revision, "write committed but neither its tombstone nor a cache fence could be written; its pending marker guards the cache until it expires");
             }
         }
     }

@@ -48,6 +48,8 @@ pub struct StoreConfig {
     pub max_connections: u32,
     /// Apply migrations when `serve` starts.
     pub auto_migrate: bool,
+    /// Longest wait for a pooled connection before a request answers `UNAVAILABLE`.
+    pub acquire_timeout_ms: u64,
 }
 
 /// How callers are authenticated.
@@ -229,6 +231,7 @@ impl Default for StoreConfig {
             url: "sqlite://./data/consent.db".into(),
             max_connections: 16,
             auto_migrate: true,
+            acquire_timeout_ms: 1000,
         }
     }
 }
@@ -337,6 +340,11 @@ impl Config {
         }
         let limits = &self.limits;
         for (name, value) in [
+            (
+                "store.max_connections",
+                u64::from(self.store.max_connections),
+            ),
+            ("store.acquire_timeout_ms", self.store.acquire_timeout_ms),
             ("limits.request_timeout_secs", limits.request_timeout_secs),
             (
                 "limits.max_concurrent_streams",

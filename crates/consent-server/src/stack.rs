@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use consent_cache::{CacheBackend, CacheStats, CachedStore, MemoryCache, RedisCache};
 use consent_store::Store;
+use consent_store::breaker::{BreakerSettings, BreakerStore};
 use consent_store_sql::{SqlOptions, SqlStore};
 
 use crate::config::{CacheMode, Config};
@@ -32,9 +33,15 @@ impl std::fmt::Debug for StoreStack {
 pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
     let options = SqlOptions {
         max_connections: config.store.max_connections,
-        ..SqlOptions::default()
+        acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
     };
     let ledger = SqlStore::connect(&config.store.url, &options).await?;
+    // While the database is down, requests fail fast instead of each waiting for a pool
+    // connection that cannot come.
+    let guarded: Arc<dyn Store> = Arc::new(BreakerStore::new(
+        Arc::new(ledger.clone()),
+        BreakerSettings::default(),
+    ));
     let ttl = Duration::from_secs(config.cache.ttl_secs);
     let cache: Option<Arc<dyn CacheBackend>> = match config.cache.mode {
         CacheMode::None => None,
@@ -55,12 +62,12 @@ pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
     };
     Ok(match cache {
         None => StoreStack {
-            store: Arc::new(ledger.clone()),
+            store: guarded,
             ledger,
             cache_stats: None,
         },
         Some(cache) => {
-            let cached = CachedStore::new(Arc::new(ledger.clone()), cache);
+            let cached = CachedStore::new(guarded, cache);
             StoreStack {
                 cache_stats: Some(cached.stats()),
                 store: Arc::new(cached),

@@ -32,6 +32,26 @@ mod sqlite {
     consent_store::store_conformance_suite!(sqlite);
 }
 
+/// The breaker layer passes every call through unchanged while the store answers.
+mod sqlite_behind_a_breaker {
+    use super::*;
+    use consent_store::breaker::{BreakerSettings, BreakerStore};
+
+    async fn guarded() -> Option<TestStore> {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        Some(TestStore {
+            store: Arc::new(BreakerStore::new(
+                Arc::new(open(&url).await),
+                BreakerSettings::default(),
+            )),
+            guard: Box::new(dir),
+        })
+    }
+
+    consent_store::store_conformance_suite!(guarded);
+}
+
 mod postgres {
     use super::*;
 
@@ -129,4 +149,41 @@ async fn postgres_data_errors_are_not_reported_as_unavailable() {
         Err(ConsentError::Internal(detail)) => assert!(detail.contains("database error")),
         other => panic!("expected Internal, got {other:?}"),
     }
+}
+
+/// A store that is down (here: its pool closed) answers UNAVAILABLE; after `trip_after`
+/// such answers in a row the breaker answers at once without touching it, until a probe
+/// finds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_is_down_is_not_waited_on() {
+    use consent_core::ConsentError;
+    use consent_store::LedgerStore;
+    use consent_store::breaker::{BreakerSettings, BreakerStore};
+    use consent_store::counting::CountingStore;
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let url = format!("sqlite://{}/ledger.db", dir.path().display());
+    let sql = open(&url).await;
+    let counting = Arc::new(CountingStore::new(Arc::new(sql.clone())));
+    let breaker = BreakerStore::new(
+        counting.clone(),
+        BreakerSettings {
+            trip_after: 3,
+            open_for: std::time::Duration::from_secs(3600),
+        },
+    );
+    assert!(breaker.head("t").await.is_ok());
+    sql.close().await;
+    for _ in 0..100 {
+        assert!(matches!(
+            breaker.head("t").await,
+            Err(ConsentError::Unavailable(_))
+        ));
+    }
+    assert_eq!(
+        counting.calls("head"),
+        1 + 3,
+        "after 3 failures the store is not asked again until the probe is due"
+    );
+    assert!(breaker.is_open());
 }

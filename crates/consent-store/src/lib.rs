@@ -18,8 +18,10 @@ use consent_core::{
     Timestamp, Vendor,
 };
 
+pub mod breaker;
 pub mod conformance;
 pub mod counting;
+mod proxy;
 
 /// How fresh a read must be. The ledger itself is always current and ignores it; a cache
 /// in front of it (`consent-cache`) honours it.
