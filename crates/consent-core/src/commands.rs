@@ -83,6 +83,11 @@ pub fn effective_collected_at(requested: Option<Timestamp>, now: Timestamp) -> T
     requested.map_or(now, |at| at.min(now))
 }
 
+/// The channel of a validated command.
+fn channel_of(channel: Option<Channel>) -> Result<Channel> {
+    channel.ok_or_else(|| ConsentError::invalid("channel", format!("must be one of {CHANNELS}")))
+}
+
 fn fingerprint<T: Serialize>(op: &str, value: &T) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(op.as_bytes());
@@ -151,9 +156,7 @@ impl RecordConsent {
         actor_key_id: &str,
     ) -> Result<Vec<NewEvent>> {
         let collected_at = effective_collected_at(self.collected_at, now);
-        let channel = self.channel.ok_or_else(|| {
-            ConsentError::invalid("channel", format!("must be one of {CHANNELS}"))
-        })?;
+        let channel = channel_of(self.channel)?;
         let policy = if self.policy_version_id.is_empty() {
             catalog.latest_policy_version(collected_at).ok_or_else(|| {
                 ConsentError::FailedPrecondition(
@@ -262,9 +265,7 @@ impl WithdrawConsent {
         actor_key_id: &str,
     ) -> Result<Vec<NewEvent>> {
         let collected_at = effective_collected_at(self.collected_at, now);
-        let channel = self.channel.ok_or_else(|| {
-            ConsentError::invalid("channel", format!("must be one of {CHANNELS}"))
-        })?;
+        let channel = channel_of(self.channel)?;
         let policy_version_id = catalog
             .latest_policy_version(collected_at)
             .map(|p| p.id.clone())

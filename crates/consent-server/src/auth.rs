@@ -1,9 +1,10 @@
 //! Authentication and authorisation, once per request, before any handler runs.
 //!
-//! [`AuthLayer`] wraps every gRPC service. It finds the scope the called method requires in
-//! [`METHOD_SCOPES`] (a method missing from that table is refused: fail closed), checks the
-//! `authorization: Bearer ck_...` key, and puts a [`Principal`] (tenant and key id) in the
-//! request extensions, where handlers take the tenant from. Health and reflection are public.
+//! [`AuthGate`] stands in front of every gRPC service (in a [`crate::gate::GateLayer`]). It
+//! finds the scope the called method requires in [`METHOD_SCOPES`] (a method missing from
+//! that table is refused: fail closed), checks the `authorization: Bearer ck_...` key, and
+//! puts a [`Principal`] (tenant and key id) in the request extensions, where handlers take
+//! the tenant from. Health and reflection are public.
 //!
 //! Keys are cached in memory for `auth.key_cache_ttl_secs` so authentication costs no store
 //! round trip per RPC. A revocation takes effect at once on the replica that performed it
@@ -12,7 +13,6 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use consent_core::Timestamp;
@@ -396,88 +396,36 @@ fn check_metadata(headers: &http::HeaderMap, max_bytes: usize) -> Result<(), Sta
     Ok(())
 }
 
-/// Tower layer that checks metadata size and runs [`Authenticator::authorize`] before the
-/// wrapped service.
-#[derive(Clone, Debug)]
-pub struct AuthLayer {
+/// The gate in front of every service: checks the metadata size, runs
+/// [`Authenticator::authorize`], and puts the [`Principal`] in the request extensions.
+#[derive(Debug)]
+pub struct AuthGate {
     auth: Arc<Authenticator>,
     max_metadata_bytes: usize,
 }
 
-impl AuthLayer {
-    /// A layer over `auth`, refusing metadata over `max_metadata_bytes`.
-    pub fn new(auth: Arc<Authenticator>, max_metadata_bytes: usize) -> AuthLayer {
-        AuthLayer {
+impl AuthGate {
+    /// A gate over `auth`, refusing metadata over `max_metadata_bytes`.
+    pub fn new(auth: Arc<Authenticator>, max_metadata_bytes: usize) -> AuthGate {
+        AuthGate {
             auth,
             max_metadata_bytes,
         }
     }
 }
 
-impl<S> tower::Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
-    fn layer(&self, inner: S) -> AuthService<S> {
-        AuthService {
-            inner,
-            auth: Arc::clone(&self.auth),
-            max_metadata_bytes: self.max_metadata_bytes,
+impl crate::gate::Gate for AuthGate {
+    async fn admit(&self, mut request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+        check_metadata(request.headers(), self.max_metadata_bytes)?;
+        let peer = peer_address(request.extensions());
+        let principal = self
+            .auth
+            .authorize(request.uri().path(), request.headers(), peer)
+            .await?;
+        if let Some(principal) = principal {
+            request.extensions_mut().insert(principal);
         }
-    }
-}
-
-/// The service [`AuthLayer`] produces.
-#[derive(Clone, Debug)]
-pub struct AuthService<S> {
-    inner: S,
-    auth: Arc<Authenticator>,
-    max_metadata_bytes: usize,
-}
-
-impl<S> tower::Service<http::Request<Body>> for AuthService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        // The clone is not ready; keep the ready one for this call (tower's usual dance).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let auth = Arc::clone(&self.auth);
-        let max_metadata_bytes = self.max_metadata_bytes;
-        Box::pin(async move {
-            if let Err(status) = check_metadata(request.headers(), max_metadata_bytes) {
-                return Ok(status.into_http());
-            }
-            let peer = peer_address(request.extensions());
-            match auth
-                .authorize(request.uri().path(), request.headers(), peer)
-                .await
-            {
-                Ok(principal) => {
-                    if let Some(principal) = principal {
-                        request.extensions_mut().insert(principal);
-                    }
-                    inner
-                        .call(request)
-                        .await
-                        .map(crate::transport_status::correct)
-                }
-                Err(status) => Ok(status.into_http()),
-            }
-        })
+        Ok(request)
     }
 }
 

@@ -1,6 +1,6 @@
 //! Who is calling: the tenant and key every handler and store call is scoped by.
 //!
-//! [`crate::auth::AuthLayer`] authenticates each request once and stores a [`Principal`] in
+//! [`crate::auth::AuthGate`] authenticates each request once and stores a [`Principal`] in
 //! its extensions; handlers read it from there, never from request fields.
 
 use tonic::{Request, Status};

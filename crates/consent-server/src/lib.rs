@@ -9,6 +9,7 @@ pub mod config;
 pub mod context;
 pub mod convert;
 pub mod error;
+pub mod gate;
 pub mod ledger;
 pub mod listener;
 pub mod request_bounds;

@@ -8,8 +8,6 @@
 //! with `INVALID_ARGUMENT` naming the field, the way the handler would have. A body it
 //! cannot walk is passed on unchanged: tonic's decoder then rejects it.
 
-use std::task::{Context, Poll};
-
 use bytes::{Buf, Bytes};
 use consent_core::ConsentError;
 use consent_core::validate::{
@@ -175,68 +173,25 @@ async fn bounded(
     ))
 }
 
-/// Tower layer applying the bounds above.
+/// The gate applying the bounds above.
 #[derive(Clone, Copy, Debug)]
-pub struct RequestBoundsLayer {
+pub struct RequestBounds {
     max_message_bytes: usize,
 }
 
-impl RequestBoundsLayer {
+impl RequestBounds {
     /// Bodies are read up to `max_message_bytes` (tonic refuses more anyway).
-    pub fn new(max_message_bytes: usize) -> RequestBoundsLayer {
-        RequestBoundsLayer { max_message_bytes }
+    pub fn new(max_message_bytes: usize) -> RequestBounds {
+        RequestBounds { max_message_bytes }
     }
 }
 
-impl<S> tower::Layer<S> for RequestBoundsLayer {
-    type Service = RequestBounds<S>;
-    fn layer(&self, inner: S) -> RequestBounds<S> {
-        RequestBounds {
-            inner,
-            max_message_bytes: self.max_message_bytes,
+impl crate::gate::Gate for RequestBounds {
+    async fn admit(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
+        match limit_of(request.uri().path()) {
+            Some(limit) => bounded(request, limit, self.max_message_bytes).await,
+            None => Ok(request),
         }
-    }
-}
-
-/// The service [`RequestBoundsLayer`] makes.
-#[derive(Clone, Debug)]
-pub struct RequestBounds<S> {
-    inner: S,
-    max_message_bytes: usize,
-}
-
-impl<S> tower::Service<http::Request<Body>> for RequestBounds<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        // The clone is not ready; keep the ready one for this call (tower's usual dance).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let max_message_bytes = self.max_message_bytes;
-        Box::pin(async move {
-            let Some(limit) = limit_of(request.uri().path()) else {
-                return inner.call(request).await;
-            };
-            match bounded(request, limit, max_message_bytes).await {
-                Ok(request) => inner.call(request).await,
-                Err(status) => Ok(status.into_http()),
-            }
-        })
     }
 }
 

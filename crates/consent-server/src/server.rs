@@ -14,11 +14,12 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::auth::{AuthLayer, Authenticator, FailedAuthLimit, KeyRateLimit};
+use crate::auth::{AuthGate, Authenticator, FailedAuthLimit, KeyRateLimit};
 use crate::config::{AuthMode, Config, LimitsConfig};
+use crate::gate::GateLayer;
 use crate::ledger::Ledger;
 use crate::listener::ConnectionLimits;
-use crate::request_bounds::RequestBoundsLayer;
+use crate::request_bounds::RequestBounds;
 use crate::service::Api;
 use crate::watch::FeedControl;
 
@@ -144,9 +145,12 @@ pub async fn serve(
         // limits.max_metadata_bytes.
         .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .layer(AuthLayer::new(auth, limits.max_metadata_bytes as usize))
+        .layer(GateLayer::new(AuthGate::new(
+            auth,
+            limits.max_metadata_bytes as usize,
+        )))
         // After authentication: only authorised bodies are read ahead of the decoder.
-        .layer(RequestBoundsLayer::new(max_message))
+        .layer(GateLayer::new(RequestBounds::new(max_message)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -612,13 +612,7 @@ impl SqlStore {
         let sql = format!(
             "SELECT {STATE_COLUMNS} FROM consent_events WHERE tenant_id = $1 AND subject_id = $2 ORDER BY revision"
         );
-        let rows = sqlx::query(&sql)
-            .bind(tenant)
-            .bind(subject)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
-        rows.iter().map(state_from_row).collect()
+        self.state_entries(&sql, tenant, subject).await
     }
 
     /// The subject's projection rows.
@@ -626,7 +620,17 @@ impl SqlStore {
         let sql = format!(
             "SELECT {STATE_COLUMNS} FROM consent_state WHERE tenant_id = $1 AND subject_id = $2"
         );
-        let rows = sqlx::query(&sql)
+        self.state_entries(&sql, tenant, subject).await
+    }
+
+    /// The rows of `sql` (selecting `STATE_COLUMNS` by tenant and subject) as state entries.
+    async fn state_entries(
+        &self,
+        sql: &str,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Vec<StateEntry>> {
+        let rows = sqlx::query(sql)
             .bind(tenant)
             .bind(subject)
             .fetch_all(&self.pool)
