@@ -2,10 +2,12 @@
 //! [`Gate`], which sees each request before the service and either passes it on (possibly
 //! changed) or answers it with a status. Answers from the service pass through
 //! [`crate::transport_status::correct`]. The gates: authentication (`auth::AuthGate`) and
-//! request bounds (`request_bounds::RequestBounds`).
+//! request bounds (`request_bounds::RequestBounds`). A layer can also count the requests
+//! waiting for their answer ([`InFlight`]), which shutdown uses.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tonic::Status;
@@ -20,16 +22,56 @@ pub trait Gate: Send + Sync + 'static {
     ) -> impl Future<Output = Result<http::Request<Body>, Status>> + Send;
 }
 
+/// Requests whose answer is not ready yet: unary RPCs until they are answered, streaming
+/// RPCs only until their stream starts. Shutdown waits for it to reach zero, then ends the
+/// streams that remain instead of waiting for stalled readers.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Resolves when no request is waiting for its answer.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(Arc::clone(self))
+    }
+}
+
+/// One request in flight; counted out when dropped.
+struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// A tower layer putting `G` in front of a service.
 #[derive(Debug)]
 pub struct GateLayer<G> {
     gate: Arc<G>,
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl<G> Clone for GateLayer<G> {
     fn clone(&self) -> Self {
         GateLayer {
             gate: Arc::clone(&self.gate),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -39,7 +81,14 @@ impl<G: Gate> GateLayer<G> {
     pub fn new(gate: G) -> GateLayer<G> {
         GateLayer {
             gate: Arc::new(gate),
+            in_flight: None,
         }
+    }
+
+    /// Counts the requests passing this layer in `in_flight` until they are answered.
+    pub fn counting(mut self, in_flight: Arc<InFlight>) -> GateLayer<G> {
+        self.in_flight = Some(in_flight);
+        self
     }
 }
 
@@ -49,6 +98,7 @@ impl<S, G> tower::Layer<S> for GateLayer<G> {
         Gated {
             inner,
             gate: Arc::clone(&self.gate),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -58,6 +108,7 @@ impl<S, G> tower::Layer<S> for GateLayer<G> {
 pub struct Gated<S, G> {
     inner: S,
     gate: Arc<G>,
+    in_flight: Option<Arc<InFlight>>,
 }
 
 impl<S: Clone, G> Clone for Gated<S, G> {
@@ -65,6 +116,7 @@ impl<S: Clone, G> Clone for Gated<S, G> {
         Gated {
             inner: self.inner.clone(),
             gate: Arc::clone(&self.gate),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -92,7 +144,9 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let gate = Arc::clone(&self.gate);
+        let counted = self.in_flight.as_ref().map(InFlight::enter);
         Box::pin(async move {
+            let _counted = counted;
             match gate.admit(request).await {
                 Ok(request) => inner
                     .call(request)

@@ -16,7 +16,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 use crate::auth::{AuthGate, Authenticator, FailedAuthLimit, KeyRateLimit};
 use crate::config::{AuthMode, Config, LimitsConfig};
-use crate::gate::GateLayer;
+use crate::gate::{GateLayer, InFlight};
 use crate::ledger::Ledger;
 use crate::listener::ConnectionLimits;
 use crate::request_bounds::RequestBounds;
@@ -114,11 +114,13 @@ pub async fn serve(
         limits.max_watches,
         limits.max_watches_per_tenant,
     );
+    let mut stopped = stopping.subscribe();
     let shutdown = async move {
         shutdown.await;
         // Watch streams end first, or they would hold the graceful shutdown open.
         let _ = stopping.send(true);
     };
+    let in_flight = Arc::new(InFlight::default());
     let api = Api::new(Ledger::new(store), Arc::clone(&auth), feeds, max_message);
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -135,7 +137,7 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| anyhow::anyhow!("invalid TLS configuration: {e}"))?;
     }
-    builder
+    let serving = builder
         .timeout(Duration::from_secs(limits.request_timeout_secs))
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
@@ -145,10 +147,10 @@ pub async fn serve(
         // limits.max_metadata_bytes.
         .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
         .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
-        .layer(GateLayer::new(AuthGate::new(
-            auth,
-            limits.max_metadata_bytes as usize,
-        )))
+        .layer(
+            GateLayer::new(AuthGate::new(auth, limits.max_metadata_bytes as usize))
+                .counting(Arc::clone(&in_flight)),
+        )
         // After authentication: only authorised bodies are read ahead of the decoder.
         .layer(GateLayer::new(RequestBounds::new(max_message)))
         .add_service(health_service)
@@ -178,7 +180,23 @@ pub async fn serve(
                 },
             ),
             shutdown,
-        )
-        .await?;
+        );
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => served?,
+        () = async {
+            let _ = stopped.wait_for(|stopping| *stopping).await;
+            // Every unary RPC answered: what remains are streams, which were told to end.
+            // A reader that stalled cannot take their last message, and would hold the
+            // drain open for the whole grace period; give them a moment, then close.
+            in_flight.idle().await;
+            tokio::time::sleep(STREAM_FLUSH).await;
+        } => {
+            tracing::info!("in-flight RPCs answered; remaining streams closed");
+        }
+    }
     Ok(())
 }
+
+/// How long streams get to send their last messages once every unary RPC is answered.
+const STREAM_FLUSH: Duration = Duration::from_secs(1);
