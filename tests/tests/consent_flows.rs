@@ -697,3 +697,57 @@ async fn batch_consistency_and_paging() {
         server.stop().await;
     }
 }
+
+/// Times differing by less than a microsecond tie once stored: a withdraw-all at T+999 ns and
+/// a grant imported afterwards, collected at T+500 ns, must not allow (a tie goes to the
+/// withdrawal); nor a purpose withdrawal at T+999 ns against an import at T+1 ns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choices_a_few_nanoseconds_apart_never_allow_after_a_withdrawal() {
+    let at = |nanos: i32| {
+        let mut t = days_ago(1);
+        t.nanos = nanos;
+        t
+    };
+    for server in backends().await {
+        apply_seed_catalog(&server.client).await;
+        for (subject, purposes) in [
+            ("ns-all", vec![]),
+            ("ns-purpose", vec!["call_recording".to_string()]),
+        ] {
+            ok(
+                server
+                    .client
+                    .consent()
+                    .withdraw_consent(pb::WithdrawConsentRequest {
+                        subject_id: subject.into(),
+                        purpose_ids: purposes,
+                        channel: Channel::Web.into(),
+                        collected_at: Some(at(999)),
+                        ..Default::default()
+                    })
+                    .await,
+                "withdraw",
+                &server,
+            );
+            let mut import = record(
+                subject,
+                &[("call_recording", Decision::Granted)],
+                Channel::Import,
+            );
+            import.collected_at = Some(at(500));
+            ok(
+                server.client.consent().record_consent(import).await,
+                "import",
+                &server,
+            );
+            let c = check(&server, check_req(subject, "call_recording")).await;
+            assert_eq!(
+                (c.allowed, c.reason()),
+                (false, Reason::Withdrawn),
+                "[{}] {subject}",
+                server.backend
+            );
+        }
+        server.stop().await;
+    }
+}

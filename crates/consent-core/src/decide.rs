@@ -4,7 +4,8 @@
 //!
 //! 1. `STRICTLY_NECESSARY` category: allowed, no consent needed.
 //! 2. A non-consent legal basis: allowed on that basis (`CONTRACT`, `LEGAL_OBLIGATION`, ...).
-//! 3. Consent basis, using the latest choice (by `collected_at`, ties by revision) at or
+//! 3. Consent basis, using the latest choice (by `collected_at`; a tie goes to a refusal or
+//!    withdrawal, then to the later revision: see `StateEntry::supersedes`) at or
 //!    before `at` among the purpose-level choice and the choice specific to the vendor; if
 //!    that is a grant and a withdraw-all (a subject-wide withdrawal) was collected after it,
 //!    or there is no choice but a withdraw-all, the withdraw-all:
@@ -498,6 +499,21 @@ mod tests {
             Reason::Granted,
             "as of before the withdrawal"
         );
+        // A tie of collection times (a grant imported later, stamped the same microsecond)
+        // goes to the withdrawal, never to the grant.
+        let tie = state(vec![withdraw_all(3, 1), entry("", Decision::Granted, 3, 2)]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &tie, &catalog(), at_day(4)).reason,
+            Reason::Withdrawn
+        );
+        let purpose_tie = state(vec![
+            entry("", Decision::Withdrawn, 3, 1),
+            entry("", Decision::Granted, 3, 2),
+        ]);
+        assert_eq!(
+            decide(&consent_purpose(), "", &purpose_tie, &catalog(), at_day(4)).reason,
+            Reason::Withdrawn
+        );
         let refused = state(vec![entry("", Decision::Denied, 1, 1), withdraw_all(3, 2)]);
         assert_eq!(
             decide(&consent_purpose(), "", &refused, &catalog(), at_day(4)).reason,
@@ -623,8 +639,8 @@ mod tests {
             vendor in prop::sample::select(vec!["", "ga4", "late_vendor", "other"]),
             catalogued_later in any::<bool>(),
         ) {
-            // Every choice (imports included, recorded in any order) collected before the
-            // withdraw-all, for the purpose checked or one catalogued after it.
+            // Every choice (imports included, recorded in any order) collected at or before
+            // the withdraw-all, for the purpose checked or one catalogued after it.
             let mut purpose = consent_purpose();
             if catalogued_later {
                 purpose.id = "catalogued_later".into();
@@ -632,7 +648,8 @@ mod tests {
             let mut all: Vec<StateEntry> = entries
                 .into_iter()
                 .map(|mut e| {
-                    e.collected_at = Timestamp(e.collected_at.0.rem_euclid(withdrawn_day * DAY));
+                    // At or before the withdraw-all: a tie never allows either.
+                    e.collected_at = Timestamp(e.collected_at.0.rem_euclid(withdrawn_day * DAY + 1));
                     e.purpose_id = purpose.id.clone();
                     e
                 })

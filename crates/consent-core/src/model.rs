@@ -329,10 +329,19 @@ impl StateEntry {
     }
 
     /// Order of precedence between two choices for the same key: the later `collected_at`
-    /// wins, ties go to the later revision. An imported older grant never overrides a newer
-    /// withdrawal.
+    /// wins; at the same time (times compare in microseconds, so choices a few nanoseconds
+    /// apart tie) a refusal or withdrawal wins over a grant; between equal kinds, the later
+    /// revision. An imported older grant never overrides a newer withdrawal, and a tie never
+    /// turns into an allow.
     pub fn supersedes(&self, other: &StateEntry) -> bool {
-        (self.collected_at, self.revision) > (other.collected_at, other.revision)
+        (self.collected_at, self.restrictiveness(), self.revision)
+            > (other.collected_at, other.restrictiveness(), other.revision)
+    }
+
+    /// 0 for a grant, 1 for a refusal or withdrawal: what breaks a tie of collection times.
+    /// The SQL projection applies the same rule (`consent-store-sql`, `insert_event`).
+    pub fn restrictiveness(&self) -> u8 {
+        u8::from(self.decision != Decision::Granted)
     }
 }
 

@@ -582,7 +582,9 @@ impl SqlStore {
             .execute(&mut **tx)
             .await
             .map_err(db)?;
-        // Move the projection only if this choice is the latest collected one.
+        // Move the projection only if this choice supersedes the stored one: later collected,
+        // or at the same time more restrictive, or as restrictive and later written
+        // (`StateEntry::supersedes`).
         sqlx::query(
             "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, event_id, \
              policy_version_id, collected_at, revision) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -590,7 +592,8 @@ impl SqlStore {
              decision = excluded.decision, event_id = excluded.event_id, \
              policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
              revision = excluded.revision \
-             WHERE (excluded.collected_at, excluded.revision) > (consent_state.collected_at, consent_state.revision)",
+             WHERE (excluded.collected_at, CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
+               > (consent_state.collected_at, CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, consent_state.revision)",
         )
         .bind(tenant)
         .bind(&n.subject_id)

@@ -60,6 +60,7 @@ macro_rules! store_conformance_suite {
             projection_keeps_the_latest_collected_choice,
             as_of_state_reads_the_past,
             history_holds_every_choice,
+            a_tie_of_collection_times_goes_to_the_refusal,
             idempotent_replay_returns_the_original_write,
             a_subject_wide_withdrawal_is_projected_and_listed,
             list_events_filters_and_pages,
@@ -438,6 +439,41 @@ pub async fn history_holds_every_choice(store: &Arc<dyn Store>) {
             .entries
             .is_empty()
     );
+}
+
+/// Choices collected at the same microsecond: the projection keeps the withdrawal, whichever
+/// was written last; between two grants, the later written.
+pub async fn a_tie_of_collection_times_goes_to_the_refusal(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![
+            event("alice", "analytics", "", Decision::Withdrawn, day(2)),
+            event("alice", "analytics", "", Decision::Granted, day(2)),
+            event("bob", "analytics", "", Decision::Granted, day(2)),
+            event("bob", "analytics", "", Decision::Granted, day(2)),
+        ],
+    )
+    .await;
+    let alice = ok(store
+        .subject_state(&t, "alice", None, Consistency::default())
+        .await);
+    assert_eq!(
+        alice.entries.iter().map(|e| e.decision).collect::<Vec<_>>(),
+        [Decision::Withdrawn]
+    );
+    let bob = ok(store
+        .subject_state(&t, "bob", None, Consistency::default())
+        .await);
+    assert_eq!(
+        bob.entries.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        [4]
+    );
+    let as_of = ok(store
+        .subject_state(&t, "alice", Some(day(2)), Consistency::default())
+        .await);
+    assert_eq!(as_of.entries[0].decision, Decision::Withdrawn);
 }
 
 /// A withdraw-all is one subject-wide WITHDRAWN event (purpose and vendor empty): it has its
