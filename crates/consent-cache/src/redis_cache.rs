@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use consent_core::redact::redact;
+use consent_core::redact::{redact, redact_url, register_secrets_of};
 use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
 use redis::Script;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -144,6 +144,7 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Option<T> {
 impl RedisCache {
     /// Connects to a standalone Redis (`redis://host:port`).
     pub async fn standalone(url: &str, ttl: Duration) -> Result<RedisCache> {
+        register_secrets_of(url);
         let client = redis::Client::open(url).map_err(unavailable)?;
         // Fail fast: a cache that cannot answer within this time is skipped, not waited on.
         let config = ConnectionManagerConfig::new()
@@ -158,12 +159,15 @@ impl RedisCache {
         Ok(RedisCache::with(
             Connection::Standalone(manager),
             ttl,
-            format!("redis {}", redact(url)),
+            format!("redis {}", redact_url(url)),
         ))
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`.
     pub async fn cluster(nodes: &[String], ttl: Duration) -> Result<RedisCache> {
+        for node in nodes {
+            register_secrets_of(node);
+        }
         let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(OPERATION_TIMEOUT)
             .response_timeout(OPERATION_TIMEOUT)
@@ -174,7 +178,14 @@ impl RedisCache {
         Ok(RedisCache::with(
             Connection::Cluster(connection),
             ttl,
-            format!("redis cluster {}", redact(&nodes.join(","))),
+            format!(
+                "redis cluster {}",
+                nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
         ))
     }
 

@@ -1,8 +1,15 @@
-//! Hides credentials in anything that may be printed: one function, [`redact`], used by every
-//! crate for logs, errors, CLI output and `describe()` strings.
+//! Hides credentials in anything that may be printed, for every crate: logs, errors, CLI
+//! output and `describe()` strings.
 //!
-//! It takes any text (a URL, a comma-separated list of URLs, an error message quoting a URL)
-//! and replaces
+//! - [`redact_url`] for a configured URL (the whole string is one URL): everything between
+//!   the scheme and the last `@` after the user name is hidden, whatever characters the
+//!   password holds (spaces, `#`, `?`... which a strict parser would stop at), and a URL
+//!   missing its `//` (`postgres:secret@host`) still hides what stands before the `@`.
+//! - [`register_secrets_of`] remembers the passwords of the configured URLs (as written and
+//!   percent-decoded), and [`redact`] removes them from any text, wherever a driver's
+//!   message quotes them.
+//! - [`redact`] also takes any text (a URL, a comma-separated list of URLs, an error
+//!   message quoting a URL) and replaces
 //! - the password of every `scheme://user:password@host` (also `scheme://:password@host`,
 //!   Redis's form without a user name) by `***`, keeping the user name;
 //! - the value of every query parameter whose name says it is a secret (`password`,
@@ -17,6 +24,7 @@ pub const REDACTED: &str = "***";
 /// Query parameter names whose values are secrets (compared case-insensitively).
 const SECRET_PARAMETERS: &[&str] = &[
     "password",
+    "options",
     "sslpassword",
     "pass",
     "passwd",
@@ -32,9 +40,120 @@ fn ends_url(b: u8) -> bool {
     b.is_ascii_whitespace() || matches!(b, b',' | b'"' | b'\'' | b'`' | b'<' | b'>' | b')' | b';')
 }
 
+/// Secrets shorter than this are not registered: hiding every "pw" in every log line would
+/// hide more than it protects.
+const MIN_REGISTERED_SECRET: usize = 4;
+
+/// The passwords of the configured URLs, removed from every text [`redact`] shows.
+static SECRETS: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
 /// `text` with every credential hidden (see the module docs).
 pub fn redact(text: &str) -> String {
-    redact_parameters(&redact_userinfo(text))
+    let mut shown = text.to_owned();
+    if let Ok(secrets) = SECRETS.read() {
+        for secret in secrets.iter() {
+            if shown.contains(secret.as_str()) {
+                shown = shown.replace(secret.as_str(), REDACTED);
+            }
+        }
+    }
+    redact_parameters(&redact_userinfo(&shown))
+}
+
+/// Where the user information of a configured URL starts and ends (the last `@`), and
+/// whether the URL has its `//`.
+fn userinfo_span(url: &str) -> Option<(usize, usize, bool)> {
+    let (start, with_slashes) = match url.find("://") {
+        Some(i) => (i + 3, true),
+        None => (url.find(':')? + 1, false),
+    };
+    let at = url.rfind('@').filter(|at| *at >= start)?;
+    Some((start, at, with_slashes))
+}
+
+/// A configured URL with its credentials hidden (see the module docs).
+pub fn redact_url(url: &str) -> String {
+    let masked = match userinfo_span(url) {
+        Some((start, at, with_slashes)) => {
+            let userinfo = &url[start..at];
+            match userinfo.find(':') {
+                Some(colon) => format!("{}{REDACTED}{}", &url[..start + colon + 1], &url[at..]),
+                // `scheme://user@host`: a user name only. Without the `//`, what stands
+                // before the `@` may well be a password.
+                None if with_slashes => url.to_owned(),
+                None => format!("{}{REDACTED}{}", &url[..start], &url[at..]),
+            }
+        }
+        None => url.to_owned(),
+    };
+    redact(&masked)
+}
+
+/// The query of a configured URL: what follows the first `?` after its user information
+/// (a `?` inside a password is not the start of the query).
+pub fn query_of(url: &str) -> Option<&str> {
+    let from = userinfo_span(url).map_or(0, |(_, at, _)| at);
+    url[from..].split_once('?').map(|(_, query)| query)
+}
+
+/// Remembers the password of `url` (and the values of its secret query parameters), as
+/// written and percent-decoded, so [`redact`] hides them in any text.
+pub fn register_secrets_of(url: &str) {
+    let mut found = Vec::new();
+    if let Some((start, at, with_slashes)) = userinfo_span(url) {
+        let userinfo = &url[start..at];
+        match userinfo.find(':') {
+            Some(colon) => found.push(userinfo[colon + 1..].to_owned()),
+            None if !with_slashes => found.push(userinfo.to_owned()),
+            None => {}
+        }
+    }
+    if let Some(query) = query_of(url) {
+        for pair in query.split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && SECRET_PARAMETERS
+                    .iter()
+                    .any(|s| s.eq_ignore_ascii_case(name))
+            {
+                found.push(value.to_owned());
+            }
+        }
+    }
+    let Ok(mut secrets) = SECRETS.write() else {
+        return;
+    };
+    for secret in found {
+        for form in [percent_decoded(&secret), secret] {
+            if form.len() >= MIN_REGISTERED_SECRET && !secrets.contains(&form) {
+                secrets.push(form);
+            }
+        }
+    }
+    // Longest first, so a secret containing another is hidden whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+}
+
+/// `%XX` sequences decoded (others kept as they are).
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(Some(hi)), Some(Some(lo))) = (
+                bytes.get(i + 1).map(|b| hex(*b)),
+                bytes.get(i + 2).map(|b| hex(*b)),
+            )
+        {
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Hides the password part of every `scheme://user:password@` in `text`.
@@ -153,6 +272,46 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(redact(input), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn configured_urls_hide_passwords_a_strict_parser_would_miss() {
+        for (url, shown) in [
+            (
+                "postgres://postgres:Zq7Secr Ww9@127.0.0.1:5432/db",
+                "postgres://postgres:***@127.0.0.1:5432/db",
+            ),
+            ("postgres://u:ab#cd@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres://u:ab?cd@h/db?sslmode=require",
+                "postgres://u:***@h/db?sslmode=require",
+            ),
+            ("postgres://u:a\tb\"c`d<e@h/db", "postgres://u:***@h/db"),
+            (
+                "postgres:PgS3cretQ9@127.0.0.1/db",
+                "postgres:***@127.0.0.1/db",
+            ),
+            ("redis://:pw@h:6379", "redis://:***@h:6379"),
+            ("postgres://postgres@h/db", "postgres://postgres@h/db"),
+            ("sqlite://./data/consent.db", "sqlite://./data/consent.db"),
+            (
+                "postgres://h/db?options=-c%20secret%3Dx",
+                "postgres://h/db?options=***",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn registered_passwords_are_hidden_in_any_text() {
+        register_secrets_of("postgres://u:Reg1stered%20Pw@h/db?sslpassword=k3y-s3cret");
+        let text = "driver said: password Reg1stered Pw rejected; Reg1stered%20Pw; key k3y-s3cret";
+        let shown = redact(text);
+        for secret in ["Reg1stered Pw", "Reg1stered%20Pw", "k3y-s3cret"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(shown.starts_with("driver said: password ***"));
     }
 
     #[test]

@@ -31,9 +31,36 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// ListEvents page when none is asked for.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
 
-/// Whether `c` is a Unicode format character (general category Cf).
-pub fn is_format(c: char) -> bool {
-    c.general_category() == GeneralCategory::Format
+/// Whether `c` shows nothing (or only a blank) where it stands, so two ids differing by it
+/// look the same: format characters (Cf: zero-width spaces and joiners, bidi controls, the
+/// byte order mark), line and paragraph separators, spaces other than the ASCII space,
+/// unassigned code points and noncharacters, and the default-ignorable or blank characters
+/// of other categories (variation selectors, the combining grapheme joiner, Hangul fillers,
+/// Khmer inherent vowels, Mongolian variation selectors, the braille blank).
+/// Look-alike letters of different scripts (Latin `a`, Cyrillic `а`) are not caught here:
+/// ids are compared byte for byte, and callers normalise them.
+pub fn is_invisible(c: char) -> bool {
+    use GeneralCategory::{
+        Format, LineSeparator, ParagraphSeparator, SpaceSeparator, Surrogate, Unassigned,
+    };
+    match c.general_category() {
+        Format | LineSeparator | ParagraphSeparator | Unassigned | Surrogate => true,
+        SpaceSeparator => c != ' ',
+        _ => matches!(
+            c,
+            '\u{034F}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FFA0}'
+                | '\u{E0100}'..='\u{E01EF}'
+        ),
+    }
 }
 
 /// Collects violations so one response can name every bad field at once.
@@ -61,9 +88,8 @@ impl Violations {
     }
 
     /// An optional id: empty, or as [`Violations::id`]. Ids are opaque and compared byte
-    /// for byte, so characters that change nothing visible would make look-alike ids:
-    /// Unicode format characters (category Cf: zero-width spaces and joiners, bidi
-    /// controls such as U+202E, the byte order mark) are refused like control characters.
+    /// for byte, so characters that show nothing would make ids that look the same: they
+    /// are refused like control characters (see [`is_invisible`]).
     pub fn optional_id(&mut self, field: &str, value: &str) {
         if value.len() > MAX_ID_BYTES {
             self.add(
@@ -72,11 +98,11 @@ impl Violations {
             );
         } else if value.chars().any(char::is_control) {
             self.add(field, "must not contain control characters");
-        } else if let Some(c) = value.chars().find(|c| is_format(*c)) {
+        } else if let Some(c) = value.chars().find(|c| is_invisible(*c)) {
             self.add(
                 field,
                 format!(
-                    "must not contain invisible format characters (Unicode category Cf), found U+{:04X}; ids are compared byte for byte, normalise them before sending",
+                    "must not contain invisible or blank characters (format characters, separators, spaces other than U+0020, variation selectors, fillers), found U+{:04X}; ids are compared byte for byte, normalise them before sending",
                     u32::from(c)
                 ),
             );
@@ -307,7 +333,15 @@ mod tests {
             v.id("bidi", "\u{202E}ecila");
             v.id("bom", "\u{FEFF}alice");
             v.id("soft_hyphen", "al\u{AD}ice");
-            v.id("fine", "Zoë-Ærøskøbing_+32 470 00 00 01");
+            v.id("hangul_filler", "alice\u{3164}");
+            v.id("braille_blank", "alice\u{2800}");
+            v.id("grapheme_joiner", "alice\u{34F}");
+            v.id("variation_selector", "alice\u{FE0F}");
+            v.id("ideographic_variation", "alice\u{E0100}");
+            v.id("nbsp", "alice\u{A0}");
+            v.id("line_separator", "alice\u{2028}");
+            v.id("noncharacter", "alice\u{FFFF}");
+            v.id("fine", "Zoë-Ærøskøbing_+32 470 00 00 01 日本 😀");
             v.text("nul", "a\0b");
             v.text("escape", "\u{1b}[31mred");
             v.text("multiline", "line one\n\tline two");
@@ -315,7 +349,22 @@ mod tests {
         let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
         assert_eq!(
             fields,
-            ["zero_width", "bidi", "bom", "soft_hyphen", "nul", "escape"]
+            [
+                "zero_width",
+                "bidi",
+                "bom",
+                "soft_hyphen",
+                "hangul_filler",
+                "braille_blank",
+                "grapheme_joiner",
+                "variation_selector",
+                "ideographic_variation",
+                "nbsp",
+                "line_separator",
+                "noncharacter",
+                "nul",
+                "escape"
+            ]
         );
         assert!(v[0].description.contains("U+200B"));
     }

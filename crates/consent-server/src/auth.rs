@@ -101,6 +101,45 @@ const MAX_UNKNOWN_KEYS: usize = 10_000;
 /// Most client addresses tracked for failed authentications.
 const MAX_TRACKED_PEERS: usize = 100_000;
 
+/// Store lookups of key ids this replica has not seen lately, from all addresses together
+/// (`limits.key_lookups_per_second`): an attacker rotating addresses cannot make the store
+/// answer more than that, while keys already verified keep working from memory.
+pub struct KeyLookupLimit {
+    limiter: governor::DefaultDirectRateLimiter,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for KeyLookupLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyLookupLimit")
+    }
+}
+
+impl KeyLookupLimit {
+    /// The limit the configuration asks for, or `None` when it is off.
+    pub fn from_limits(limits: &LimitsConfig) -> Option<KeyLookupLimit> {
+        let per_second = NonZeroU32::new(limits.key_lookups_per_second)?;
+        Some(KeyLookupLimit {
+            limiter: RateLimiter::direct(Quota::per_second(per_second)),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        self.limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "too many API keys to look up at once; retry in {} ms",
+                    wait.as_millis()
+                ),
+                ErrorDetails::with_retry_info(Some(wait)),
+            )
+        })
+    }
+}
+
 /// Failed authentications per client address (`limits.auth_failures_per_minute`): past
 /// the rate, the address is refused for the wait the rate implies, before any key lookup,
 /// so guessing keys costs the store nothing and gets nowhere fast.
@@ -213,6 +252,7 @@ pub struct Authenticator {
     unknown: RwLock<HashMap<String, Instant>>,
     rate: Option<KeyRateLimit>,
     failures: Option<FailedAuthLimit>,
+    lookups: Option<KeyLookupLimit>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -231,15 +271,14 @@ fn unauthenticated(why: impl std::fmt::Display) -> Status {
 }
 
 impl Authenticator {
-    /// An authenticator in `mode`, reading keys from `store`, caching them (and the ids it
-    /// does not know) for `ttl`, limiting each key's rate when `rate` is set and each
-    /// address's failed authentications when `failures` is.
+    /// An authenticator in `mode`, reading keys from `store` and caching them (and the ids
+    /// it does not know) for `ttl`, with the limits of `limits`: each key's request rate,
+    /// each address's failed authentications, the replica's key lookups.
     pub fn new(
         mode: AuthMode,
         store: Arc<dyn AccessStore>,
         ttl: Duration,
-        rate: Option<KeyRateLimit>,
-        failures: Option<FailedAuthLimit>,
+        limits: &LimitsConfig,
     ) -> Authenticator {
         Authenticator {
             mode,
@@ -247,8 +286,9 @@ impl Authenticator {
             ttl,
             cache: RwLock::new(HashMap::new()),
             unknown: RwLock::new(HashMap::new()),
-            rate,
-            failures,
+            rate: KeyRateLimit::from_limits(limits),
+            failures: FailedAuthLimit::from_limits(limits),
+            lookups: KeyLookupLimit::from_limits(limits),
         }
     }
 
@@ -259,7 +299,13 @@ impl Authenticator {
         }
     }
 
-    async fn key(&self, key_id: &str) -> Result<Option<ApiKey>, Status> {
+    /// The key `key_id` names: from the cache (known keys and unknown ids), or from the
+    /// store unless `lookup_refused` says why this request may not cost a lookup now.
+    async fn key(
+        &self,
+        key_id: &str,
+        lookup_refused: impl FnOnce() -> Result<(), Status>,
+    ) -> Result<Option<ApiKey>, Status> {
         if let Ok(cache) = self.cache.read()
             && let Some((key, fetched)) = cache.get(key_id)
             && fetched.elapsed() < self.ttl
@@ -273,6 +319,7 @@ impl Authenticator {
         {
             return Ok(None);
         }
+        lookup_refused()?;
         let key = self.store.find_api_key(key_id).await.map_err(status)?;
         match &key {
             Some(key) => {
@@ -313,10 +360,19 @@ impl Authenticator {
             }));
         }
         let failures = self.failures.as_ref().zip(peer);
-        if let Some((failures, peer)) = failures {
-            failures.check(peer)?;
-        }
-        let key = self.authenticate(headers).await;
+        // A key this replica verified recently is checked in memory, whatever the address
+        // did (clients behind one NAT or ingress share it); only a store lookup is refused
+        // to an address over its failure rate, or past the replica's lookup rate.
+        let lookup_refused = || {
+            if let Some((failures, peer)) = failures {
+                failures.check(peer)?;
+            }
+            if let Some(lookups) = &self.lookups {
+                lookups.check()?;
+            }
+            Ok(())
+        };
+        let key = self.authenticate(headers, lookup_refused).await;
         if let (Err(refused), Some((failures, peer))) = (&key, failures)
             && refused.code() == tonic::Code::Unauthenticated
         {
@@ -339,7 +395,11 @@ impl Authenticator {
     }
 
     /// The valid key the request presents.
-    async fn authenticate(&self, headers: &http::HeaderMap) -> Result<ApiKey, Status> {
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        lookup_refused: impl FnOnce() -> Result<(), Status>,
+    ) -> Result<ApiKey, Status> {
         let header = headers
             .get(http::header::AUTHORIZATION)
             .ok_or_else(|| unauthenticated("no API key"))?;
@@ -350,7 +410,7 @@ impl Authenticator {
             .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <key>`"))?;
         let (key_id, secret) = parse_key(token.trim()).map_err(unauthenticated)?;
         let key = self
-            .key(key_id)
+            .key(key_id, lookup_refused)
             .await?
             .ok_or_else(|| unauthenticated(KeyRejection::Invalid))?;
         key.verify(secret, Timestamp::now())
@@ -450,8 +510,7 @@ mod tests {
             AuthMode::ApiKey,
             store.clone(),
             Duration::from_secs(60),
-            None,
-            None,
+            &LimitsConfig::default(),
         );
         let mut headers = http::HeaderMap::new();
         let token = format!("Bearer ck_{}_{}", "ab".repeat(8), "0".repeat(64));
@@ -469,6 +528,38 @@ mod tests {
             );
         }
         assert_eq!(store.calls("find_api_key"), 1);
+
+        // Distinct unknown ids from anywhere: past the replica's lookup rate, refused
+        // without a lookup.
+        let limited = Authenticator::new(
+            AuthMode::ApiKey,
+            store.clone(),
+            Duration::from_secs(60),
+            &LimitsConfig {
+                key_lookups_per_second: 2,
+                ..LimitsConfig::default()
+            },
+        );
+        let mut codes = Vec::new();
+        for i in 0..5 {
+            let mut headers = http::HeaderMap::new();
+            let token = format!("Bearer ck_{i:016x}_{}", "0".repeat(64));
+            headers.insert(
+                http::header::AUTHORIZATION,
+                token.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+            let answer = limited
+                .authorize("/consent.v1.ConsentService/Check", &headers, None)
+                .await;
+            codes.push(answer.err().map(|s| s.code()));
+        }
+        assert_eq!(
+            &codes[..2],
+            [Some(tonic::Code::Unauthenticated); 2],
+            "{codes:?}"
+        );
+        assert_eq!(codes[4], Some(tonic::Code::ResourceExhausted), "{codes:?}");
+        assert_eq!(store.calls("find_api_key"), 1 + 2);
     }
 
     /// Every method of the compiled `consent.v1` API has a scope, and the table names no

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use consent_core::Timestamp;
 use consent_core::access::{ApiKey, new_tenant, parse_scopes, scopes_to_text};
 use consent_core::catalog_file::parse_catalog_file;
-use consent_core::redact::redact;
+use consent_core::redact::redact_url;
 use consent_store::verify_ledger;
 use tokio::net::TcpListener;
 
@@ -145,7 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Serve => serve(&config).await?,
         Command::Migrate => {
             open_migrated(&config).await?;
-            println!("migrations applied to {}", redact(&config.store.url));
+            println!("migrations applied to {}", redact_url(&config.store.url));
         }
         Command::Catalog {
             action: CatalogCommand::Apply { file, tenant },

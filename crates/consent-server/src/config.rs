@@ -167,10 +167,14 @@ pub struct LimitsConfig {
     pub keepalive_interval_secs: u64,
     /// Seconds to wait for a ping's answer before the connection is closed.
     pub keepalive_timeout_secs: u64,
-    /// Failed authentications each client address may make per minute; past it its
-    /// requests are `RESOURCE_EXHAUSTED` (with a retry delay) before any key is looked up.
-    /// 0 turns the limit off.
+    /// Failed authentications each client address may make per minute; past it, requests
+    /// from it that would need a key lookup are `RESOURCE_EXHAUSTED` (with a retry delay);
+    /// keys verified lately still work. 0 turns the limit off.
     pub auth_failures_per_minute: u32,
+    /// Store lookups per second of API key ids this replica has not seen lately, from all
+    /// addresses together; past it such requests are `RESOURCE_EXHAUSTED` (keys verified
+    /// lately keep working from memory). 0 turns the limit off.
+    pub key_lookups_per_second: u32,
 }
 
 impl Default for LimitsConfig {
@@ -190,6 +194,7 @@ impl Default for LimitsConfig {
             keepalive_interval_secs: 30,
             keepalive_timeout_secs: 10,
             auth_failures_per_minute: 30,
+            key_lookups_per_second: 200,
         }
     }
 }
@@ -272,12 +277,25 @@ impl Config {
     /// This configuration with every credential hidden (URLs and node lists through
     /// [`consent_core::redact::redact`]), for logs.
     pub fn redacted(&self) -> Config {
-        use consent_core::redact::redact;
+        use consent_core::redact::redact_url;
         let mut shown = self.clone();
-        shown.store.url = redact(&shown.store.url);
-        shown.cache.redis_url = redact(&shown.cache.redis_url);
-        shown.cache.redis_cluster_nodes = redact(&shown.cache.redis_cluster_nodes);
+        shown.store.url = redact_url(&shown.store.url);
+        shown.cache.redis_url = redact_url(&shown.cache.redis_url);
+        shown.cache.redis_cluster_nodes = shown
+            .cache
+            .redis_cluster_nodes
+            .split(',')
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",");
         shown
+    }
+
+    /// Every configured URL that can hold a credential (for [`consent_core::redact`]).
+    fn credential_urls(&self) -> impl Iterator<Item = &str> {
+        [self.store.url.as_str(), self.cache.redis_url.as_str()]
+            .into_iter()
+            .chain(self.cache.redis_cluster_nodes.split(','))
     }
 
     /// Loads the layers. `file` must exist when given explicitly.
@@ -306,6 +324,10 @@ impl Config {
         let config: Config = figment
             .extract()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // From here on no text this process prints shows these passwords.
+        for url in config.credential_urls() {
+            consent_core::redact::register_secrets_of(url);
+        }
         config.check()?;
         Ok(config)
     }
@@ -459,9 +481,16 @@ mod tests {
         config.store.url =
             "postgres://consent:pg-secret@db:5432/consent?sslpassword=key-secret".into();
         config.cache.redis_url = "redis://:redis-secret@cache:6379".into();
-        config.cache.redis_cluster_nodes = "redis://u:node-secret@a:7101,redis://b:7102".into();
+        config.cache.redis_cluster_nodes =
+            "redis://u:node-secret@a:7101,redis://b:7102,redis://:sp ace#secret@c:7103".into();
         let shown = format!("{:?}", config.redacted());
-        for secret in ["pg-secret", "key-secret", "redis-secret", "node-secret"] {
+        for secret in [
+            "pg-secret",
+            "key-secret",
+            "redis-secret",
+            "node-secret",
+            "ace#secret",
+        ] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("db:5432") && shown.contains("b:7102"));

@@ -14,7 +14,7 @@ use std::path::Path;
 use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
-use crate::auth::{AuthGate, Authenticator, FailedAuthLimit, KeyRateLimit};
+use crate::auth::{AuthGate, Authenticator};
 use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::gate::{GateLayer, InFlight};
 use crate::ledger::Ledger;
@@ -102,8 +102,7 @@ pub async fn serve(
         settings.auth_mode,
         access,
         settings.key_cache_ttl,
-        KeyRateLimit::from_limits(&settings.limits),
-        FailedAuthLimit::from_limits(&settings.limits),
+        &settings.limits,
     ));
     let limits = settings.limits.clone();
     let max_message = limits.max_message_bytes;

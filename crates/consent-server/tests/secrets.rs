@@ -17,7 +17,8 @@ use consent_store_sql::testing::{
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const PG_SECRET: &str = "pg-Secret-4c1e";
+/// With a space, which a strict URL parser stops at (the driver accepts it).
+const PG_SECRET: &str = "pg-Secret 4c1e";
 const REDIS_SECRET: &str = "redis-Secret-9f2b";
 /// A safety net against a hung child, never an assertion on speed.
 const SAFETY: Duration = Duration::from_secs(120);
@@ -245,6 +246,22 @@ async fn logs_and_terminal_output_never_show_credentials() {
     assert_ne!(failed.code, Some(0));
     assert!(failed.stderr.contains("***"), "{failed:?}");
     assert_no_secret("a failed migrate", &format!("{failed:?}"));
+    // Passwords a strict URL parser would cut short, and a URL missing its `//`.
+    for url in [
+        format!(
+            "postgres://postgres:{PG_SECRET}#x@127.0.0.1:{}/nowhere",
+            free_port()
+        ),
+        format!(
+            "postgres://postgres:{PG_SECRET}?x@127.0.0.1:{}/nowhere",
+            free_port()
+        ),
+        format!("postgres:{PG_SECRET}@127.0.0.1:{}/nowhere", free_port()),
+    ] {
+        let failed = run_cli(&url, &[], &["migrate"]).await;
+        assert_ne!(failed.code, Some(0), "{failed:?}");
+        assert_no_secret("a failed migrate", &format!("{failed:?}"));
+    }
     // A parameter the driver would ignore (and log with its value) is refused by name.
     let ignored = run_cli(&format!("{url}?sslpassword={PG_SECRET}"), &[], &["migrate"]).await;
     assert_ne!(ignored.code, Some(0));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use consent_core::chain::{GENESIS, seal};
 use consent_core::commands::Idempotency;
-use consent_core::redact::redact;
+use consent_core::redact::{query_of, redact_url, register_secrets_of};
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, PolicyVersion, Purpose, Result,
     Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
@@ -57,7 +57,10 @@ impl Backend {
         } else {
             Err(ConsentError::invalid(
                 "store.url",
-                format!("`{}` must start with sqlite:// or postgres://", redact(url)),
+                format!(
+                    "`{}` must start with sqlite:// or postgres://",
+                    redact_url(url)
+                ),
             ))
         }
     }
@@ -115,7 +118,7 @@ const POSTGRES_URL_PARAMETERS: &[&str] = &[
 
 /// Refuses a PostgreSQL URL with a query parameter the driver would ignore.
 fn check_postgres_url(url: &str) -> Result<()> {
-    let Some((_, query)) = url.split_once('?') else {
+    let Some(query) = query_of(url) else {
         return Ok(());
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -173,6 +176,7 @@ impl SqlStore {
     /// Connects to the database a URL names. Does not migrate: call [`SqlStore::migrate`].
     pub async fn connect(url: &str, options: &SqlOptions) -> Result<SqlStore> {
         sqlx::any::install_default_drivers();
+        register_secrets_of(url);
         let backend = Backend::from_url(url)?;
         let url = match backend {
             Backend::Sqlite => prepare_sqlite_url(url)?,
@@ -193,7 +197,7 @@ impl SqlStore {
             });
         }
         let pool = pool.connect(&url).await.map_err(|e| {
-            ConsentError::Unavailable(format!("cannot connect to {}: {e}", redact(&url)))
+            ConsentError::Unavailable(format!("cannot connect to {}: {e}", redact_url(&url)))
         })?;
         let commits = match backend {
             Backend::Postgres => CommitFeed::postgres(&url).await?,
@@ -902,6 +906,10 @@ mod tests {
     fn postgres_urls_with_parameters_the_driver_ignores_are_refused() {
         assert!(check_postgres_url("postgres://u:pw@h/db?sslmode=require&password=x").is_ok());
         assert!(check_postgres_url("postgres://h/db?options[search_path]=x").is_ok());
+        assert!(
+            check_postgres_url("postgres://u:pa?ss@h/db").is_ok(),
+            "a ? in the password is not a query"
+        );
         let refused = check_postgres_url("postgres://h/db?sslmode=require&sslpassword=key-secret");
         assert!(
             refused.as_ref().is_err_and(|e| {
