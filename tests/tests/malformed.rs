@@ -137,3 +137,16 @@ async fn millions_of_empty_checks_are_refused_before_decoding() {
     }
     server.stop().await;
 }
+
+/// Two request messages in the body of a unary call: INVALID_ARGUMENT naming the body
+/// (tonic alone answered the first and ignored the second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unary_call_takes_exactly_one_message() {
+    let server = TestServer::sqlite().await;
+    let check = [0x0a, 0x01, b's', 0x12, 0x01, b'p'];
+    let two = [frame(0, &check), frame(0, &check)].concat();
+    let status = raw_call(&server, "/consent.v1.ConsentService/Check", two).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(bad_fields(&status), [BODY_FIELD]);
+    server.stop().await;
+}

@@ -5,8 +5,9 @@
 //! before the handler could count them. For each method with a repeated top-level field,
 //! this layer reads the (size-limited) body, counts that field's entries by walking the
 //! protobuf wire format without decoding anything, and refuses more than the method accepts
-//! with `INVALID_ARGUMENT` naming the field, the way the handler would have. A body it
-//! cannot walk is passed on unchanged: tonic's decoder then rejects it.
+//! with `INVALID_ARGUMENT` naming the field, the way the handler would have. Every request
+//! to the API must also hold exactly one message (tonic would read the first and ignore the
+//! rest). A body it cannot walk is passed on unchanged: tonic's decoder then rejects it.
 
 use bytes::{Buf, Bytes};
 use consent_core::ConsentError;
@@ -117,9 +118,12 @@ fn limit_of(path: &str) -> Option<RepeatedLimit> {
     REPEATED_LIMITS.iter().copied().find(|l| l.path == path)
 }
 
-/// Checks a gRPC request body (frames of flag, length, message) against `limit`; `Err` is
-/// the status to answer.
-fn check_frames(mut body: &[u8], limit: &RepeatedLimit) -> Result<(), Status> {
+/// Checks a gRPC request body (frames of flag, length, message): exactly one message (every
+/// method here takes one request message; gRPC calls more a protocol error, tonic would
+/// read the first and ignore the rest), and at most `limit`'s entries when there is one.
+/// `Err` is the status to answer.
+fn check_frames(mut body: &[u8], limit: Option<&RepeatedLimit>) -> Result<(), Status> {
+    let mut messages = 0;
     while body.remaining() >= 5 {
         let compressed = body.get_u8();
         let len = usize::try_from(body.get_u32()).unwrap_or(usize::MAX);
@@ -127,26 +131,35 @@ fn check_frames(mut body: &[u8], limit: &RepeatedLimit) -> Result<(), Status> {
             // Compressed or truncated: tonic's decoder answers it.
             return Ok(());
         }
-        let count = count_field(&body[..len], limit.field_number).unwrap_or(0);
-        if count > limit.max {
+        messages += 1;
+        if messages > 1 {
             return Err(status(ConsentError::invalid(
-                limit.field,
-                format!(
-                    "must hold at most {} {}, got {count}",
-                    limit.max, limit.what
-                ),
+                crate::transport_status::BODY_FIELD,
+                "must hold exactly one request message",
             )));
+        }
+        if let Some(limit) = limit {
+            let count = count_field(&body[..len], limit.field_number).unwrap_or(0);
+            if count > limit.max {
+                return Err(status(ConsentError::invalid(
+                    limit.field,
+                    format!(
+                        "must hold at most {} {}, got {count}",
+                        limit.max, limit.what
+                    ),
+                )));
+            }
         }
         body.advance(len);
     }
     Ok(())
 }
 
-/// Reads the body of a request to a bounded method (at most `max_message_bytes` plus its
-/// frame header) and checks it; returns the request to pass on, with the same body.
+/// Reads the body of a request to this API (at most `max_message_bytes` plus its frame
+/// header) and checks it; returns the request to pass on, with the same body.
 async fn bounded(
     request: http::Request<Body>,
-    limit: RepeatedLimit,
+    limit: Option<RepeatedLimit>,
     max_message_bytes: usize,
 ) -> Result<http::Request<Body>, Status> {
     let (parts, body) = request.into_parts();
@@ -166,7 +179,7 @@ async fn bounded(
             )));
         }
     };
-    check_frames(&bytes, &limit)?;
+    check_frames(&bytes, limit.as_ref())?;
     Ok(http::Request::from_parts(
         parts,
         Body::new(Full::new(bytes)),
@@ -188,10 +201,14 @@ impl RequestBounds {
 
 impl crate::gate::Gate for RequestBounds {
     async fn admit(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
-        match limit_of(request.uri().path()) {
-            Some(limit) => bounded(request, limit, self.max_message_bytes).await,
-            None => Ok(request),
+        let path = request.uri().path();
+        // The consent.v1 services; health and reflection (whose reflection stream takes
+        // many messages) are tonic's and pass as they are.
+        if !path.starts_with("/consent.v1.") {
+            return Ok(request);
         }
+        let limit = limit_of(path);
+        bounded(request, limit, self.max_message_bytes).await
     }
 }
 
@@ -224,15 +241,15 @@ mod tests {
             panic!("CheckBatch is bounded");
         };
         let empties = |n: usize| frame(&[0x0a, 0x00].repeat(n));
-        assert!(check_frames(&empties(MAX_BATCH_CHECKS), &limit).is_ok());
-        let refused = check_frames(&empties(MAX_BATCH_CHECKS + 1), &limit).err();
+        assert!(check_frames(&empties(MAX_BATCH_CHECKS), Some(&limit)).is_ok());
+        let refused = check_frames(&empties(MAX_BATCH_CHECKS + 1), Some(&limit)).err();
         assert_eq!(
             refused.as_ref().map(Status::code),
             Some(tonic::Code::InvalidArgument)
         );
         assert!(refused.is_some_and(|s| s.message().contains("checks")));
         assert!(
-            check_frames(&frame(&[0x0f]), &limit).is_ok(),
+            check_frames(&frame(&[0x0f]), Some(&limit)).is_ok(),
             "left to the decoder"
         );
     }
