@@ -75,6 +75,28 @@ impl TestServer {
         Self::postgres_with_cache(admin_url, settings, CacheConfig::default()).await
     }
 
+    /// A server on a scratch PostgreSQL database reached through `127.0.0.1:port` (a
+    /// [`consent_cache::testing::Relay`] to the real server, which a test can cut).
+    pub async fn postgres_through(
+        admin_url: &str,
+        port: u16,
+        settings: ServerSettings,
+    ) -> TestServer {
+        let (url, name) = create_scratch_database(admin_url)
+            .await
+            .unwrap_or_else(|e| fail("create scratch database", e));
+        // postgres://user@host:port/db -> postgres://user@127.0.0.1:<port>/db
+        let (scheme_user, rest) = url
+            .split_once('@')
+            .unwrap_or_else(|| fail("scratch url", "no @"));
+        let path = rest.split_once('/').map_or("", |(_, p)| p);
+        let relayed = format!("{scheme_user}@127.0.0.1:{port}/{path}");
+        let mut server =
+            Self::start("postgres", &relayed, None, settings, CacheConfig::default()).await;
+        server.scratch_database = Some((admin_url.to_owned(), name));
+        server
+    }
+
     /// As [`TestServer::postgres_with`], with the given cache configuration.
     pub async fn postgres_with_cache(
         admin_url: &str,

@@ -484,3 +484,73 @@ async fn hostile_text_times_and_ids_are_refused_naming_the_field() {
         server.stop().await;
     }
 }
+
+/// PostgreSQL unreachable (the path to it cut, as a partition would): every request answers
+/// UNAVAILABLE, never an answer; after a few, the breaker answers at once ("failing fast")
+/// instead of each request waiting for a pool connection; once the path is back, a probe
+/// finds the database and requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_fails_fast_then_recovers() {
+    use consent_cache::testing::Relay;
+    use consent_server::config::AuthMode;
+    use consent_server::server::ServerSettings;
+    use std::time::Duration;
+
+    let Some(admin) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let pg_port: u16 = admin
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|host_port| host_port.rsplit_once(':'))
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or(5432);
+    let relay = Relay::to(pg_port)
+        .await
+        .unwrap_or_else(|e| panic!("relay: {e}"));
+    let server = TestServer::postgres_through(
+        &admin,
+        relay.port,
+        ServerSettings::with_auth(AuthMode::None),
+    )
+    .await;
+    apply_seed_catalog(&server.client).await;
+    let fresh = || pb::CheckRequest {
+        consistency: Some(pb::Consistency {
+            requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
+        }),
+        ..check("s", "analytics")
+    };
+    assert!(server.client.check_request(fresh()).await.is_ok());
+
+    relay.cut();
+    let mut messages = Vec::new();
+    for _ in 0..10 {
+        match server.client.check_request(fresh()).await {
+            Ok(answer) => panic!("answered with the database unreachable: {answer:?}"),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                messages.push(status.message().to_owned());
+            }
+        }
+    }
+    assert!(
+        messages.iter().any(|m| m.contains("failing fast")),
+        "the breaker opened: {messages:?}"
+    );
+
+    let _back = Relay::on(relay.port, pg_port)
+        .await
+        .unwrap_or_else(|e| panic!("relay back: {e}"));
+    // The breaker probes after its open window (1 s); bounded retries.
+    let mut served = false;
+    for _ in 0..100 {
+        if server.client.check_request(fresh()).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "served again once the database is reachable");
+    server.stop().await;
+}

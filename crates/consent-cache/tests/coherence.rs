@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{TTL, ledger};
-use consent_cache::testing::redis_test_url;
+use consent_cache::testing::{Relay, redis_test_url};
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
 use consent_core::commands::new_event_id;
 use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
@@ -528,53 +528,6 @@ async fn a_withdrawal_made_while_redis_was_down_survives_its_restart_from_a_snap
     }
 }
 
-/// A TCP relay to a Redis that the test can cut, as a network partition would.
-struct Relay {
-    port: u16,
-    tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl Relay {
-    async fn to(upstream_port: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let port = listener
-            .local_addr()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .port();
-        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
-        let registry = Arc::clone(&tasks);
-        let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                let relay = tokio::spawn(async move {
-                    if let Ok(mut outbound) =
-                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
-                    {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                if let Ok(mut t) = registry.lock() {
-                    t.push(relay.abort_handle());
-                }
-            }
-        });
-        if let Ok(mut t) = tasks.lock() {
-            t.push(accept.abort_handle());
-        }
-        Relay { port, tasks }
-    }
-
-    /// Drops every relayed connection and stops accepting: the path is cut.
-    fn cut(&self) {
-        if let Ok(tasks) = self.tasks.lock() {
-            for task in tasks.iter() {
-                task.abort();
-            }
-        }
-    }
-}
-
 /// Replica A is cut off from Redis while replica B still reads it. A's withdrawal cannot
 /// reach Redis, so it fences the tenant in the ledger in the same transaction; B stops
 /// trusting its older entries as soon as it has read the fences (it polls them every
@@ -585,7 +538,9 @@ async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
         return;
     }
     let redis = OwnRedis::start(None).await;
-    let relay = Relay::to(redis.port).await;
+    let relay = Relay::to(redis.port)
+        .await
+        .unwrap_or_else(|e| panic!("relay: {e}"));
     let (ledger, _dir) = ledger().await;
     let connect = |port: u16| async move {
         let cache: Arc<dyn CacheBackend> = Arc::new(
