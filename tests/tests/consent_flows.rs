@@ -26,6 +26,31 @@ fn check_req(subject: &str, purpose: &str) -> pb::CheckRequest {
     }
 }
 
+/// Withdraws `purposes` (none: everything) of `subject` on the web, collected at `at`
+/// (`None`: now).
+async fn withdraw(
+    server: &TestServer,
+    subject: &str,
+    purposes: &[&str],
+    at: Option<prost_types::Timestamp>,
+) -> pb::WithdrawConsentResponse {
+    ok(
+        server
+            .client
+            .consent()
+            .withdraw_consent(pb::WithdrawConsentRequest {
+                subject_id: subject.into(),
+                purpose_ids: purposes.iter().map(|p| (*p).to_string()).collect(),
+                channel: Channel::Web.into(),
+                collected_at: at,
+                ..Default::default()
+            })
+            .await,
+        "withdraw",
+        server,
+    )
+}
+
 /// A caller agrees on a voice call to recording and transcription, not to AI analysis; the
 /// proof carries the call and recording ids; later they withdraw everything on the web.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,19 +121,7 @@ async fn voice_call_consent_then_withdraw_everything() {
         assert!(accounting.allowed);
 
         // Everything granted is withdrawn; the refusal stays a refusal.
-        let withdrawn = ok(
-            server
-                .client
-                .consent()
-                .withdraw_consent(pb::WithdrawConsentRequest {
-                    subject_id: subject.into(),
-                    channel: Channel::Web.into(),
-                    ..Default::default()
-                })
-                .await,
-            "withdraw",
-            &server,
-        );
+        let withdrawn = withdraw(&server, subject, &[], None).await;
         // One subject-wide event: every purpose and vendor, whatever was granted.
         let written: Vec<_> = withdrawn
             .events
@@ -220,7 +233,7 @@ async fn a_grant_stamped_in_the_future_never_beats_a_later_withdrawal() {
     for server in backends().await {
         apply_seed_catalog(&server.client).await;
         for (subject, purposes) in [
-            ("fast-clock-1", vec!["call_recording".to_string()]),
+            ("fast-clock-1", vec!["call_recording"]),
             ("fast-clock-2", vec![]),
         ] {
             let mut grant = record(
@@ -242,20 +255,7 @@ async fn a_grant_stamped_in_the_future_never_beats_a_later_withdrawal() {
                 "[{}] stored as of its recording: {event:?}",
                 server.backend
             );
-            ok(
-                server
-                    .client
-                    .consent()
-                    .withdraw_consent(pb::WithdrawConsentRequest {
-                        subject_id: subject.into(),
-                        purpose_ids: purposes.clone(),
-                        channel: Channel::Web.into(),
-                        ..Default::default()
-                    })
-                    .await,
-                "withdraw",
-                &server,
-            );
+            withdraw(&server, subject, &purposes, None).await;
             for req in [
                 check_req(subject, "call_recording"),
                 check_at(subject, "call_recording", seconds_from_now(180)),
@@ -289,20 +289,7 @@ async fn an_older_import_after_a_withdraw_all_does_not_allow() {
             "record",
             &server,
         );
-        ok(
-            server
-                .client
-                .consent()
-                .withdraw_consent(pb::WithdrawConsentRequest {
-                    subject_id: subject.into(),
-                    channel: Channel::Web.into(),
-                    collected_at: Some(days_ago(1)),
-                    ..Default::default()
-                })
-                .await,
-            "withdraw all",
-            &server,
-        );
+        withdraw(&server, subject, &[], Some(days_ago(1))).await;
         let mut import = record(
             subject,
             &[
@@ -710,25 +697,8 @@ async fn choices_a_few_nanoseconds_apart_never_allow_after_a_withdrawal() {
     };
     for server in backends().await {
         apply_seed_catalog(&server.client).await;
-        for (subject, purposes) in [
-            ("ns-all", vec![]),
-            ("ns-purpose", vec!["call_recording".to_string()]),
-        ] {
-            ok(
-                server
-                    .client
-                    .consent()
-                    .withdraw_consent(pb::WithdrawConsentRequest {
-                        subject_id: subject.into(),
-                        purpose_ids: purposes,
-                        channel: Channel::Web.into(),
-                        collected_at: Some(at(999)),
-                        ..Default::default()
-                    })
-                    .await,
-                "withdraw",
-                &server,
-            );
+        for (subject, purposes) in [("ns-all", vec![]), ("ns-purpose", vec!["call_recording"])] {
+            withdraw(&server, subject, &purposes, Some(at(999))).await;
             let mut import = record(
                 subject,
                 &[("call_recording", Decision::Granted)],
