@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use consent_core::redact::{redact, redact_url, register_secrets_of};
+use consent_core::redact::{query_of, redact, redact_url, register_secrets_of};
 use consent_core::{Catalog, ConsentError, Result, Revision, SubjectState};
 use redis::Script;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -141,10 +141,39 @@ fn decode<T: serde::de::DeserializeOwned>(raw: &str) -> Option<T> {
     serde_json::from_str(json).ok()
 }
 
+/// Refuses a Redis URL with a query parameter the client does not read (it would ignore
+/// it silently: `?password=` is not how redis-rs takes a password). The parameter is not
+/// repeated, since it may hold a secret.
+fn check_url(setting: &str, url: &str) -> Result<()> {
+    let unix = url.starts_with("redis+unix:") || url.starts_with("unix:");
+    let supported: &[&str] = if unix {
+        &["db", "user", "pass", "protocol"]
+    } else {
+        &["protocol"]
+    };
+    let ignored = query_of(url).is_some_and(|query| {
+        query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .any(|pair| !supported.contains(&pair.split_once('=').map_or(pair, |(n, _)| n)))
+    });
+    if ignored {
+        return Err(ConsentError::invalid(
+            setting,
+            format!(
+                "has a query parameter the Redis client does not read (it would ignore it); supported: {}; put a password in the URL's user information: redis://:PASSWORD@host:port",
+                supported.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl RedisCache {
     /// Connects to a standalone Redis (`redis://host:port`).
     pub async fn standalone(url: &str, ttl: Duration) -> Result<RedisCache> {
         register_secrets_of(url);
+        check_url("cache.redis_url", url)?;
         let client = redis::Client::open(url).map_err(unavailable)?;
         // Fail fast: a cache that cannot answer within this time is skipped, not waited on.
         let config = ConnectionManagerConfig::new()
@@ -156,17 +185,22 @@ impl RedisCache {
         let manager = ConnectionManager::new_with_config(client, config)
             .await
             .map_err(unavailable)?;
-        Ok(RedisCache::with(
+        RedisCache::with(
             Connection::Standalone(manager),
             ttl,
             format!("redis {}", redact_url(url)),
-        ))
+        )
+        .usable()
+        .await
     }
 
     /// Connects to a Redis Cluster through any of its `nodes`.
     pub async fn cluster(nodes: &[String], ttl: Duration) -> Result<RedisCache> {
         for node in nodes {
             register_secrets_of(node);
+        }
+        for node in nodes {
+            check_url("cache.redis_cluster_nodes", node)?;
         }
         let client = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
             .connection_timeout(OPERATION_TIMEOUT)
@@ -175,7 +209,7 @@ impl RedisCache {
             .build()
             .map_err(unavailable)?;
         let connection = client.get_async_connection().await.map_err(unavailable)?;
-        Ok(RedisCache::with(
+        RedisCache::with(
             Connection::Cluster(connection),
             ttl,
             format!(
@@ -186,7 +220,22 @@ impl RedisCache {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-        ))
+        )
+        .usable()
+        .await
+    }
+
+    /// This cache, once one read through its script worked: a connection that authenticates
+    /// wrongly, or a server that refuses scripts, stops the start instead of making every
+    /// read fall back.
+    async fn usable(self) -> Result<RedisCache> {
+        match self.get(&catalog_key("")).await {
+            Ok(_) => Ok(self),
+            Err(e) => Err(ConsentError::Unavailable(format!(
+                "{} does not answer the cache's commands: {e}",
+                self.description
+            ))),
+        }
     }
 
     fn with(connection: Connection, ttl: Duration, description: String) -> RedisCache {
@@ -316,6 +365,20 @@ mod tests {
         assert_eq!(k.matches('{').count(), 1);
         assert_ne!(state_key("a", "bc"), state_key("ab", "c"));
         assert_ne!(catalog_key("acme"), state_key("acme", ""));
+    }
+
+    #[test]
+    fn urls_with_parameters_the_client_ignores_are_refused_unrepeated() {
+        let refused = check_url("cache.redis_url", "redis://h:6379/?password=Hidden-Pw&x=1");
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| !e.to_string().contains("Hidden-Pw")),
+            "{refused:?}"
+        );
+        assert!(check_url("cache.redis_url", "redis://:pw@h:6379/0?protocol=resp3").is_ok());
+        assert!(check_url("cache.redis_url", "redis://:p?w@h:6379").is_ok());
+        assert!(check_url("cache.redis_url", "redis+unix:///run/r.sock?db=1&pass=pw").is_ok());
     }
 
     #[test]

@@ -60,15 +60,23 @@ pub fn redact(text: &str) -> String {
     redact_parameters(&redact_userinfo(&shown))
 }
 
-/// Where the user information of a configured URL starts and ends (the last `@`), and
-/// whether the URL has its `//`.
+/// Where the user information of a configured URL starts and ends (its `@`), and whether
+/// the URL has its `//`. The `@` is the last one before the query, so an `@` inside a query
+/// parameter (`?password=p@ss`) is not taken for it; but when what precedes the first `?`
+/// has no `/` (no path yet), that `?` is inside a password (`u:ab?cd@host`) and the last
+/// `@` of the URL ends the user information.
 fn userinfo_span(url: &str) -> Option<(usize, usize, bool)> {
     let (start, with_slashes) = match url.find("://") {
         Some(i) => (i + 3, true),
         None => (url.find(':')? + 1, false),
     };
-    let at = url.rfind('@').filter(|at| *at >= start)?;
-    Some((start, at, with_slashes))
+    let rest = &url[start..];
+    let before_query = match rest.find('?') {
+        Some(q) if rest[..q].contains('/') || rest[..q].contains('@') => &rest[..q],
+        _ => rest,
+    };
+    let at = before_query.rfind('@')?;
+    Some((start, start + at, with_slashes))
 }
 
 /// A configured URL with its credentials hidden (see the module docs).

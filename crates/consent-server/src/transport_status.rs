@@ -22,6 +22,7 @@ const UNREADABLE_BODY: &[&str] = &[
     "protocol error: received message with invalid compression flag",
     "Error decompressing",
     "Unexpected EOF decoding stream",
+    "Missing request message",
 ];
 
 /// The field a BadRequest names for a body that could not be read.
@@ -79,6 +80,7 @@ mod tests {
             "failed to decode Protobuf message: invalid varint",
             "failed to decode Protobuf message: CheckRequest.subject_id: invalid string value: data is not UTF-8 encoded",
             "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            "Missing request message.",
         ] {
             let status = answered(&Status::internal(message));
             assert_eq!(status.code(), Code::InvalidArgument, "{message}");

@@ -126,11 +126,12 @@ fn check_postgres_url(url: &str) -> Result<()> {
         let known = POSTGRES_URL_PARAMETERS.contains(&name)
             || (name.starts_with("options[") && name.ends_with(']'));
         if !known {
+            // The name is not repeated: with an unescaped `&` in a password, what follows
+            // it reads as a parameter name.
             return Err(ConsentError::invalid(
                 "store.url",
                 format!(
-                    "query parameter `{}` is not supported for PostgreSQL (supported: {}, options[NAME])",
-                    name.escape_default(),
+                    "has a query parameter the PostgreSQL driver does not support (it would ignore it); supported: {}, options[NAME]; percent-encode `&`, `#` and `?` inside values",
                     POSTGRES_URL_PARAMETERS.join(", ")
                 ),
             ));
@@ -914,7 +915,7 @@ mod tests {
         assert!(
             refused.as_ref().is_err_and(|e| {
                 let text = e.to_string();
-                text.contains("sslpassword") && !text.contains("key-secret")
+                text.contains("does not support") && !text.contains("key-secret")
             }),
             "{refused:?}"
         );
