@@ -122,3 +122,24 @@ async fn consistency_tokens_cross_replicas_with_in_process_caches() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Two replicas on one PostgreSQL with the default configuration (no cache settings): the
+/// default must not let them disagree. Before, it was an in-process cache on each, so B
+/// answered the grant it had cached after A's withdrawal, for up to `cache.ttl_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_postgres_with_the_default_cache_agree() {
+    let Some(db) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let a = TestServer::postgres_with(&db, ServerSettings::with_auth(AuthMode::None)).await;
+    let b = a.replica().await;
+    apply_seed_catalog(&a.client).await;
+    record_on(&a, Decision::Granted, Channel::Voice).await;
+    for _ in 0..2 {
+        assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    }
+    record_on(&a, Decision::Withdrawn, Channel::Web).await;
+    assert_eq!(reason(&b, "caller").await, Reason::Withdrawn);
+    b.stop().await;
+    a.stop().await;
+}

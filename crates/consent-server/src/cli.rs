@@ -332,6 +332,13 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = listener.local_addr()?;
+    if config.cache_mode() == crate::config::CacheMode::Memory
+        && !config.store.url.starts_with("sqlite:")
+    {
+        tracing::warn!(
+            "cache.mode = memory with a shared database: each replica's cache sees only its own writes, so with several replicas one can answer from a choice another has changed; use cache.mode = redis (or auto) when running more than one"
+        );
+    }
     let effective = serde_json::to_string(&config.redacted())?;
     tracing::info!(%addr, config = %effective, "consentd listening (effective configuration, credentials hidden)");
     // A line on stdout that scripts and tests can wait for (no sleeps needed).

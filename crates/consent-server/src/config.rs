@@ -90,6 +90,9 @@ pub struct TlsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheMode {
+    /// Chosen from the store so replicas never disagree: SQLite (one process owns the
+    /// file) `memory`; PostgreSQL `redis` when a Redis is configured, otherwise `none`.
+    Auto,
     /// Every read goes to the ledger.
     None,
     /// In-process: coherent with writes through this process only, so for a single replica
@@ -103,7 +106,7 @@ pub enum CacheMode {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
-    /// `none`, `memory` or `redis` (`CONSENT__CACHE__MODE`).
+    /// `auto` (default), `none`, `memory` or `redis` (`CONSENT__CACHE__MODE`).
     pub mode: CacheMode,
     /// Standalone Redis, e.g. `redis://127.0.0.1:6379` (`CONSENT__CACHE__REDIS_URL`).
     pub redis_url: String,
@@ -120,7 +123,7 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
-            mode: CacheMode::Memory,
+            mode: CacheMode::Auto,
             redis_url: String::new(),
             redis_cluster_nodes: String::new(),
             max_entries: 1_000_000,
@@ -274,11 +277,24 @@ pub struct FlagOverrides {
 pub const DEFAULT_CONFIG_FILE: &str = "consentd.toml";
 
 impl Config {
+    /// The cache mode in effect: `auto` resolved from the store (see [`CacheMode::Auto`]).
+    pub fn cache_mode(&self) -> CacheMode {
+        let redis_configured =
+            !self.cache.redis_url.is_empty() || !self.cache.redis_cluster_nodes.is_empty();
+        match self.cache.mode {
+            CacheMode::Auto if self.store.url.starts_with("sqlite:") => CacheMode::Memory,
+            CacheMode::Auto if redis_configured => CacheMode::Redis,
+            CacheMode::Auto => CacheMode::None,
+            explicit => explicit,
+        }
+    }
+
     /// This configuration with every credential hidden (URLs and node lists through
     /// [`consent_core::redact::redact`]), for logs.
     pub fn redacted(&self) -> Config {
         use consent_core::redact::redact_url;
         let mut shown = self.clone();
+        shown.cache.mode = self.cache_mode();
         shown.store.url = redact_url(&shown.store.url);
         shown.cache.redis_url = redact_url(&shown.cache.redis_url);
         shown.cache.redis_cluster_nodes = shown
@@ -403,11 +419,36 @@ impl Config {
                 limits.max_watches
             );
         }
-        if self.cache.mode == CacheMode::Redis
-            && self.cache.redis_url.is_empty()
-            && self.cache.redis_cluster_nodes.is_empty()
-        {
-            anyhow::bail!("cache.mode = redis needs cache.redis_url or cache.redis_cluster_nodes");
+        let cache = &self.cache;
+        let (url, nodes) = (
+            !cache.redis_url.is_empty(),
+            !cache.redis_cluster_nodes.is_empty(),
+        );
+        if url && nodes {
+            anyhow::bail!(
+                "cache.redis_url and cache.redis_cluster_nodes are both set: set one (a standalone Redis, or the nodes of a cluster)"
+            );
+        }
+        match cache.mode {
+            CacheMode::Redis if !url && !nodes => {
+                anyhow::bail!(
+                    "cache.mode = redis needs cache.redis_url or cache.redis_cluster_nodes"
+                )
+            }
+            CacheMode::None | CacheMode::Memory if url || nodes => anyhow::bail!(
+                "cache.{} is set but cache.mode = {}: set cache.mode = redis (or auto) to use it, or remove the Redis setting",
+                if url {
+                    "redis_url"
+                } else {
+                    "redis_cluster_nodes"
+                },
+                if cache.mode == CacheMode::None {
+                    "none"
+                } else {
+                    "memory"
+                }
+            ),
+            _ => {}
         }
         if self.cache.ttl_secs == 0 {
             anyhow::bail!("cache.ttl_secs must be at least 1");
@@ -494,6 +535,50 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert!(shown.contains("db:5432") && shown.contains("b:7102"));
+    }
+
+    #[test]
+    fn the_default_cache_never_lets_replicas_disagree() {
+        let with = |store: &str, mode: CacheMode, redis: &str| {
+            let mut c = Config::default();
+            c.store.url = store.into();
+            c.cache.mode = mode;
+            c.cache.redis_url = redis.into();
+            c
+        };
+        let pg = "postgres://u@db/consent";
+        let sqlite = "sqlite://./data/consent.db";
+        assert_eq!(
+            with(sqlite, CacheMode::Auto, "").cache_mode(),
+            CacheMode::Memory
+        );
+        assert_eq!(with(pg, CacheMode::Auto, "").cache_mode(), CacheMode::None);
+        assert_eq!(
+            with(pg, CacheMode::Auto, "redis://cache:6379").cache_mode(),
+            CacheMode::Redis
+        );
+        assert_eq!(
+            with(pg, CacheMode::Memory, "").cache_mode(),
+            CacheMode::Memory
+        );
+        for (mode, redis) in [
+            (CacheMode::Memory, "redis://cache:6379"),
+            (CacheMode::None, "redis://cache:6379"),
+            (CacheMode::Redis, ""),
+        ] {
+            let refused = with(pg, mode, redis).check().err().map(|e| e.to_string());
+            assert!(
+                refused.as_deref().is_some_and(|m| m.contains("cache.")),
+                "{mode:?} {redis:?}: {refused:?}"
+            );
+        }
+        let mut both = with(pg, CacheMode::Auto, "redis://a:6379");
+        both.cache.redis_cluster_nodes = "redis://b:7000".into();
+        assert!(both.check().is_err(), "two Redis settings");
+        assert!(
+            format!("{:?}", with(pg, CacheMode::Auto, "redis://c:1").redacted()).contains("Redis"),
+            "the log shows the mode in effect"
+        );
     }
 
     #[test]

@@ -179,6 +179,30 @@ pub fn incoming(
 mod tests {
     use super::*;
 
+    /// Every accepted socket has Nagle's algorithm off: a response written in two segments
+    /// must not wait for the client's delayed ACK (about 40 ms).
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() -> io::Result<()> {
+        use futures::StreamExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = incoming(
+            listener,
+            ConnectionLimits {
+                max_connections: 4,
+                handshake_timeout: Duration::from_secs(60),
+            },
+        );
+        tokio::pin!(accepted);
+        let _client = TcpStream::connect(addr).await?;
+        let connection = accepted
+            .next()
+            .await
+            .ok_or_else(|| io::Error::other("no connection"))??;
+        assert!(connection.stream.nodelay()?);
+        Ok(())
+    }
+
     #[test]
     fn backoff_doubles_up_to_a_second() {
         let mut pause = None;

@@ -43,8 +43,8 @@ pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
         BreakerSettings::default(),
     ));
     let ttl = Duration::from_secs(config.cache.ttl_secs);
-    let cache: Option<Arc<dyn CacheBackend>> = match config.cache.mode {
-        CacheMode::None => None,
+    let cache: Option<Arc<dyn CacheBackend>> = match config.cache_mode() {
+        CacheMode::None | CacheMode::Auto => None,
         CacheMode::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_entries, ttl))),
         CacheMode::Redis if !config.cache.redis_cluster_nodes.is_empty() => {
             let nodes: Vec<String> = config
