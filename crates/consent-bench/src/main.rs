@@ -143,7 +143,7 @@ fn subject(i: usize) -> String {
 async fn load(
     store: &dyn Store,
     subjects: usize,
-) -> anyhow::Result<(Catalog, HashMap<String, SubjectState>)> {
+) -> anyhow::Result<(Arc<Catalog>, HashMap<String, SubjectState>)> {
     let file = parse_catalog_file(SEED_CATALOG)?;
     for v in &file.vendors {
         store.upsert_vendor(TENANT, v).await?;

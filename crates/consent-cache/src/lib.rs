@@ -108,7 +108,7 @@ pub trait CacheBackend: Send + Sync {
     async fn invalidate_state(&self, tenant: &str, subject: &str, revision: Revision)
     -> Result<()>;
     /// The tenant's cached catalogue; `None` on a miss.
-    async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>>;
+    async fn get_catalog(&self, tenant: &str) -> Result<Option<Arc<Catalog>>>;
     /// Caches a catalogue unless the entry holds a newer version.
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()>;
     /// What the backend is, for logs (no credentials).
@@ -366,7 +366,7 @@ impl CachedStore {
 
 #[async_trait]
 impl CatalogStore for CachedStore {
-    async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Catalog> {
+    async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Arc<Catalog>> {
         if consistency == Consistency::Full || !self.usable().await {
             return self.inner.catalog(tenant, Consistency::Full).await;
         }

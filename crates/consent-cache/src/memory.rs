@@ -23,7 +23,7 @@ pub const CATALOG_TTL: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct MemoryCache {
     states: Cache<(String, String), Arc<Versioned<SubjectState>>>,
-    catalogs: Cache<String, Arc<Versioned<Catalog>>>,
+    catalogs: Cache<String, Arc<Versioned<Arc<Catalog>>>>,
 }
 
 impl MemoryCache {
@@ -119,7 +119,7 @@ impl CacheBackend for MemoryCache {
         Ok(())
     }
 
-    async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>> {
+    async fn get_catalog(&self, tenant: &str) -> Result<Option<Arc<Catalog>>> {
         Ok(self
             .catalogs
             .get(tenant)
@@ -129,7 +129,7 @@ impl CacheBackend for MemoryCache {
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {
         let entry = Versioned {
             version: catalog.version,
-            value: Some(catalog.clone()),
+            value: Some(Arc::new(catalog.clone())),
         };
         put_if(&self.catalogs, tenant.to_owned(), entry, Put::Fill);
         Ok(())

@@ -330,11 +330,12 @@ impl CacheBackend for RedisCache {
         self.put(&state_key(tenant, subject), &tomb, "tomb").await
     }
 
-    async fn get_catalog(&self, tenant: &str) -> Result<Option<Catalog>> {
+    async fn get_catalog(&self, tenant: &str) -> Result<Option<std::sync::Arc<Catalog>>> {
         Ok(self
             .get(&catalog_key(tenant))
             .await?
-            .and_then(|raw| decode(&raw)))
+            .and_then(|raw| decode(&raw))
+            .map(std::sync::Arc::new))
     }
 
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {

@@ -403,7 +403,10 @@ impl CacheBackend for LosesTombstones {
             "tombstone lost".into(),
         ))
     }
-    async fn get_catalog(&self, t: &str) -> consent_core::Result<Option<consent_core::Catalog>> {
+    async fn get_catalog(
+        &self,
+        t: &str,
+    ) -> consent_core::Result<Option<Arc<consent_core::Catalog>>> {
         self.0.get_catalog(t).await
     }
     async fn fill_catalog(&self, t: &str, c: &consent_core::Catalog) -> consent_core::Result<()> {

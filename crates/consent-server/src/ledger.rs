@@ -143,7 +143,7 @@ impl Ledger {
     }
 
     /// The catalogue of the caller's tenant.
-    pub async fn catalog(&self, who: &Principal) -> Result<Catalog> {
+    pub async fn catalog(&self, who: &Principal) -> Result<Arc<Catalog>> {
         self.store
             .catalog(&who.tenant_id, Consistency::MinimizeLatency)
             .await

@@ -73,7 +73,7 @@ impl Api {
     }
 
     /// The catalogue of the caller's tenant.
-    async fn catalog_for<T>(&self, request: &Request<T>) -> Result<Catalog, Status> {
+    async fn catalog_for<T>(&self, request: &Request<T>) -> Result<Arc<Catalog>, Status> {
         let who = principal(request)?;
         self.ledger.catalog(&who).await.map_err(status)
     }

@@ -11,6 +11,7 @@
 //! hash chain is linear without a global lock.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -266,7 +267,7 @@ where
 
 #[async_trait]
 impl CatalogStore for SqlStore {
-    async fn catalog(&self, tenant: &str, _consistency: Consistency) -> Result<Catalog> {
+    async fn catalog(&self, tenant: &str, _consistency: Consistency) -> Result<Arc<Catalog>> {
         // The version is read first, so the documents are at least that new.
         let version = sqlx::query("SELECT catalog_version FROM tenants WHERE tenant_id = $1")
             .bind(tenant)
@@ -301,7 +302,7 @@ impl CatalogStore for SqlStore {
                 .policy_versions
                 .push(from_json(&body, "policy version")?);
         }
-        Ok(catalog)
+        Ok(Arc::new(catalog))
     }
 
     async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()> {

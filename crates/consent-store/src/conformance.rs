@@ -160,7 +160,7 @@ fn ok<T>(r: consent_core::Result<T>) -> T {
 pub async fn catalog_round_trip(store: &Arc<dyn Store>) {
     let t = tenant();
     assert_eq!(
-        ok(store.catalog(&t, Consistency::default()).await),
+        *ok(store.catalog(&t, Consistency::default()).await),
         consent_core::Catalog::default()
     );
     let vendor = Vendor {

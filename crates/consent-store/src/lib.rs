@@ -9,6 +9,8 @@
 //! The ledger is append-only: `append` links events into the tenant's hash chain and moves
 //! the per-subject projection in one transaction; nothing updates or deletes an event.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
 use consent_core::chain::{ChainVerifier, GENESIS, VerifyReport};
@@ -39,8 +41,9 @@ pub enum Consistency {
 /// Purposes, vendors and policy versions of a tenant.
 #[async_trait]
 pub trait CatalogStore: Send + Sync {
-    /// The whole catalogue of `tenant` (empty when nothing was stored), with its version.
-    async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Catalog>;
+    /// The whole catalogue of `tenant` (empty when nothing was stored), with its version;
+    /// shared, so a cache can hand out the same copy to every reader without cloning it.
+    async fn catalog(&self, tenant: &str, consistency: Consistency) -> Result<Arc<Catalog>>;
 
     /// Creates or replaces a purpose.
     async fn upsert_purpose(&self, tenant: &str, purpose: &Purpose) -> Result<()>;

@@ -19,7 +19,7 @@ macro_rules! store_proxy {
                 &self,
                 tenant: &str,
                 consistency: $crate::Consistency,
-            ) -> consent_core::Result<consent_core::Catalog> {
+            ) -> consent_core::Result<std::sync::Arc<consent_core::Catalog>> {
                 self.around("catalog", self.inner().catalog(tenant, consistency))
                     .await
             }
