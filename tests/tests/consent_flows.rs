@@ -690,10 +690,11 @@ async fn batch_consistency_and_paging() {
 /// withdrawal); nor a purpose withdrawal at T+999 ns against an import at T+1 ns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn choices_a_few_nanoseconds_apart_never_allow_after_a_withdrawal() {
-    let at = |nanos: i32| {
-        let mut t = days_ago(1);
-        t.nanos = nanos;
-        t
+    // One second for both choices (two calls to days_ago could straddle a second).
+    let base = days_ago(1);
+    let at = |nanos: i32| prost_types::Timestamp {
+        seconds: base.seconds,
+        nanos,
     };
     for server in backends().await {
         apply_seed_catalog(&server.client).await;
