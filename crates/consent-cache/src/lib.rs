@@ -98,7 +98,7 @@ impl<T> Versioned<T> {
 #[async_trait]
 pub trait CacheBackend: Send + Sync {
     /// The subject's cached projection; `None` on a miss or a tombstone.
-    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>>;
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<Arc<SubjectState>>>;
     /// Caches a projection read at `state.revision` unless the entry is newer.
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()>;
     /// Marks a write to the subject as in flight (before it commits): no fill is accepted
@@ -450,7 +450,7 @@ impl LedgerStore for CachedStore {
         subject_id: &str,
         as_of: Option<Timestamp>,
         consistency: Consistency,
-    ) -> Result<SubjectState> {
+    ) -> Result<Arc<SubjectState>> {
         // Past states are not cached, and Full bypasses the cache.
         if as_of.is_some() || consistency == Consistency::Full {
             return self

@@ -22,7 +22,7 @@ pub const CATALOG_TTL: Duration = Duration::from_secs(5);
 /// The in-process backend.
 #[derive(Clone, Debug)]
 pub struct MemoryCache {
-    states: Cache<(String, String), Arc<Versioned<SubjectState>>>,
+    states: Cache<(String, String), Arc<Versioned<Arc<SubjectState>>>>,
     catalogs: Cache<String, Arc<Versioned<Arc<Catalog>>>>,
 }
 
@@ -75,7 +75,7 @@ where
 
 #[async_trait]
 impl CacheBackend for MemoryCache {
-    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>> {
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<Arc<SubjectState>>> {
         let key = (tenant.to_owned(), subject.to_owned());
         Ok(self.states.get(&key).and_then(|entry| entry.value.clone()))
     }
@@ -83,7 +83,7 @@ impl CacheBackend for MemoryCache {
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {
         let entry = Versioned {
             version: state.revision,
-            value: Some(state.clone()),
+            value: Some(Arc::new(state.clone())),
         };
         put_if(
             &self.states,

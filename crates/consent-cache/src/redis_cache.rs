@@ -296,11 +296,16 @@ async fn invoke<C: ConnectionLike + Send, T: redis::FromRedisValue>(
 
 #[async_trait]
 impl CacheBackend for RedisCache {
-    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<SubjectState>> {
+    async fn get_state(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<Option<std::sync::Arc<SubjectState>>> {
         Ok(self
             .get(&state_key(tenant, subject))
             .await?
-            .and_then(|raw| decode(&raw)))
+            .and_then(|raw| decode(&raw))
+            .map(std::sync::Arc::new))
     }
 
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {

@@ -384,7 +384,7 @@ impl CacheBackend for LosesTombstones {
         &self,
         t: &str,
         s: &str,
-    ) -> consent_core::Result<Option<consent_core::SubjectState>> {
+    ) -> consent_core::Result<Option<Arc<consent_core::SubjectState>>> {
         self.0.get_state(t, s).await
     }
     async fn fill_state(

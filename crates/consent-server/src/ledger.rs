@@ -160,9 +160,9 @@ impl Ledger {
         at: Option<Timestamp>,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<SubjectState> {
+    ) -> Result<Arc<SubjectState>> {
         let mut state = match at {
-            Some(_) => self.store.subject_history(tenant, subject_id).await?,
+            Some(_) => Arc::new(self.store.subject_history(tenant, subject_id).await?),
             None => {
                 self.store
                     .subject_state(tenant, subject_id, None, consistency)
@@ -173,7 +173,7 @@ impl Ledger {
         // one collected slightly in the future; "now" must see the choice before it, which
         // the history has.
         if at.is_none() && state.has_entries_after(now) {
-            state = self.store.subject_history(tenant, subject_id).await?;
+            state = Arc::new(self.store.subject_history(tenant, subject_id).await?);
         }
         if let Consistency::AtLeast(min) = consistency
             && state.revision < min
@@ -215,7 +215,7 @@ impl Ledger {
         keys.sort_unstable();
         keys.dedup();
         let tenant = who.tenant_id.as_str();
-        let states: HashMap<(String, bool), SubjectState> = stream::iter(keys)
+        let states: HashMap<(String, bool), Arc<SubjectState>> = stream::iter(keys)
             .map(|(subject, as_of)| async move {
                 let at = as_of.then_some(now);
                 let state = self.state(tenant, &subject, at, now, consistency).await?;

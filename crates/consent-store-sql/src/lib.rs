@@ -758,14 +758,16 @@ impl LedgerStore for SqlStore {
         subject_id: &str,
         as_of: Option<Timestamp>,
         _consistency: Consistency,
-    ) -> Result<SubjectState> {
+    ) -> Result<Arc<SubjectState>> {
         if let Some(at) = as_of {
-            return Ok(self.subject_history(tenant, subject_id).await?.as_of(at));
+            return Ok(Arc::new(
+                self.subject_history(tenant, subject_id).await?.as_of(at),
+            ));
         }
         // The revision is read before the data, so the data is at least that new.
         let revision = self.head(tenant).await?.revision;
         let entries = self.current_entries(tenant, subject_id).await?;
-        Ok(SubjectState { entries, revision })
+        Ok(Arc::new(SubjectState { entries, revision }))
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {

@@ -331,21 +331,13 @@ pub async fn projection_keeps_the_latest_collected_choice(store: &Arc<dyn Store>
 pub async fn as_of_state_reads_the_past(store: &Arc<dyn Store>) {
     let t = tenant();
     grant_withdraw_then_late_import(store, &t).await;
-    let decision_at = |entries: Vec<consent_core::StateEntry>| entries.first().map(|e| e.decision);
+    let decision_at =
+        |state: Arc<consent_core::SubjectState>| state.entries.first().map(|e| e.decision);
     let at = |d: i64| store.subject_state(&t, "alice", Some(day(d)), Consistency::default());
-    assert_eq!(decision_at(ok(at(0).await).entries), None);
-    assert_eq!(
-        decision_at(ok(at(2).await).entries),
-        Some(Decision::Granted)
-    );
-    assert_eq!(
-        decision_at(ok(at(4).await).entries),
-        Some(Decision::Granted)
-    );
-    assert_eq!(
-        decision_at(ok(at(5).await).entries),
-        Some(Decision::Withdrawn)
-    );
+    assert_eq!(decision_at(ok(at(0).await)), None);
+    assert_eq!(decision_at(ok(at(2).await)), Some(Decision::Granted));
+    assert_eq!(decision_at(ok(at(4).await)), Some(Decision::Granted));
+    assert_eq!(decision_at(ok(at(5).await)), Some(Decision::Withdrawn));
     assert_eq!(ok(at(4).await).entries.len(), 1);
 }
 

@@ -178,7 +178,7 @@ pub trait LedgerStore: Send + Sync {
         subject_id: &str,
         as_of: Option<Timestamp>,
         consistency: Consistency,
-    ) -> Result<SubjectState>;
+    ) -> Result<Arc<SubjectState>>;
 
     /// Every choice the subject made, one entry per event in revision order, with the
     /// revision it was read at (read first). `decide` answers for any time from it (it takes

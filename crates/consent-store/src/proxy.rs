@@ -83,7 +83,7 @@ macro_rules! store_proxy {
                 subject_id: &str,
                 as_of: Option<consent_core::Timestamp>,
                 consistency: $crate::Consistency,
-            ) -> consent_core::Result<consent_core::SubjectState> {
+            ) -> consent_core::Result<std::sync::Arc<consent_core::SubjectState>> {
                 self.around(
                     "subject_state",
                     self.inner()
