@@ -94,6 +94,16 @@ pub fn required_scope(path: &str) -> Option<Scope> {
         .map(|(_, s)| *s)
 }
 
+/// `RESOURCE_EXHAUSTED` saying `why`, with the wait in the message and as a
+/// `google.rpc.RetryInfo` a client can honour.
+fn retry_later(why: &str, wait: Duration) -> Status {
+    Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!("{why}; retry in {} ms", wait.as_millis()),
+        ErrorDetails::with_retry_info(Some(wait)),
+    )
+}
+
 /// Most keys kept in the cache; past it the cache is emptied (keys are re-read on demand).
 const MAX_CACHED_KEYS: usize = 100_000;
 /// Most unknown key ids remembered; past it that list is emptied.
@@ -127,14 +137,9 @@ impl KeyLookupLimit {
 
     fn check(&self) -> Result<(), Status> {
         self.limiter.check().map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.clock.now());
-            Status::with_error_details(
-                tonic::Code::ResourceExhausted,
-                format!(
-                    "too many API keys to look up at once; retry in {} ms",
-                    wait.as_millis()
-                ),
-                ErrorDetails::with_retry_info(Some(wait)),
+            retry_later(
+                "too many API keys to look up at once",
+                not_until.wait_time_from(self.clock.now()),
             )
         })
     }
@@ -170,17 +175,10 @@ impl FailedAuthLimit {
     fn check(&self, peer: std::net::IpAddr) -> Result<(), Status> {
         let until = self.blocked.read().ok().and_then(|b| b.get(&peer).copied());
         match until {
-            Some(until) if until > Instant::now() => {
-                let wait = until - Instant::now();
-                Err(Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "too many failed authentications from this address; retry in {} ms",
-                        wait.as_millis()
-                    ),
-                    ErrorDetails::with_retry_info(Some(wait)),
-                ))
-            }
+            Some(until) if until > Instant::now() => Err(retry_later(
+                "too many failed authentications from this address",
+                until - Instant::now(),
+            )),
             _ => Ok(()),
         }
     }
@@ -227,17 +225,10 @@ impl KeyRateLimit {
     fn check(&self, key_id: &str) -> Result<(), Status> {
         match self.limiter.check_key(&key_id.to_owned()) {
             Ok(()) => Ok(()),
-            Err(not_until) => {
-                let wait = not_until.wait_time_from(self.clock.now());
-                Err(Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    format!(
-                        "API key `{key_id}` is over its request rate; retry in {} ms",
-                        wait.as_millis()
-                    ),
-                    ErrorDetails::with_retry_info(Some(wait)),
-                ))
-            }
+            Err(not_until) => Err(retry_later(
+                &format!("API key `{key_id}` is over its request rate"),
+                not_until.wait_time_from(self.clock.now()),
+            )),
         }
     }
 }
