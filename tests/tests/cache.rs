@@ -89,8 +89,15 @@ async fn consistency_tokens_cross_replicas_with_in_process_caches() {
     let Some(db) = consent_store_sql::testing::postgres_test_url() else {
         return;
     };
-    let a = TestServer::postgres_with(&db, ServerSettings::with_auth(AuthMode::None)).await;
+    // Explicitly: on PostgreSQL the default (`auto`) has no in-process cache.
+    let memory = CacheConfig {
+        mode: CacheMode::Memory,
+        ..CacheConfig::default()
+    };
+    let a = TestServer::postgres_with_cache(&db, ServerSettings::with_auth(AuthMode::None), memory)
+        .await;
     let b = a.replica().await;
+    assert!(b.cache_stats.is_some(), "B has an in-process cache");
     apply_seed_catalog(&a.client).await;
     record_on(&a, Decision::Granted, Channel::Voice).await;
     assert_eq!(

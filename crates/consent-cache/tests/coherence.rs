@@ -452,6 +452,15 @@ async fn a_lost_tombstone_costs_misses_not_stale_answers() {
     }
 }
 
+/// A Redis of the test's own that keeps its snapshot in a directory of its own (returned
+/// first, to outlive restarts), and its URL.
+async fn persistent_redis() -> (tempfile::TempDir, OwnRedis, String) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let redis = OwnRedis::start_in(None, Some(dir.path())).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    (dir, redis, url)
+}
+
 /// A Redis whose snapshot holds a granted entry comes back after a withdrawal (the withdrawal
 /// was acknowledged and its tombstone delivered, but the server was then killed and restarted
 /// from the older snapshot): the restored entry belongs to another server run, so it reads as
@@ -461,9 +470,7 @@ async fn a_redis_restored_from_an_older_snapshot_cannot_bring_back_a_grant() {
     if redis_test_url().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let redis = OwnRedis::start_in(None, Some(dir.path())).await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (dir, redis, url) = persistent_redis().await;
     let (ledger, _ledger_dir) = ledger().await;
     let cache: Arc<dyn CacheBackend> = Arc::new(
         RedisCache::standalone(&url, TTL)
@@ -498,9 +505,7 @@ async fn a_withdrawal_made_while_redis_was_down_survives_its_restart_from_a_snap
     if redis_test_url().is_none() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let redis = OwnRedis::start_in(None, Some(dir.path())).await;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let (dir, redis, url) = persistent_redis().await;
     let (ledger, _ledger_dir) = ledger().await;
     let replica = |ledger: Arc<dyn Store>| {
         let url = url.clone();
