@@ -1,20 +1,21 @@
 -- Tenants and API keys (PostgreSQL). Only the SHA-256 of a key's secret is stored.
 
 CREATE TABLE tenant_accounts (
-    tenant_id   TEXT    NOT NULL PRIMARY KEY,
-    name        TEXT    NOT NULL,
-    created_at  BIGINT  NOT NULL
+    tenant_id   TEXT        NOT NULL PRIMARY KEY,
+    name        TEXT        NOT NULL,
+    created_at  TIMESTAMPTZ NOT NULL
 );
 
 CREATE TABLE api_keys (
-    tenant_id      TEXT    NOT NULL REFERENCES tenant_accounts (tenant_id),
-    key_id         TEXT    NOT NULL,
-    name           TEXT    NOT NULL,
-    scopes         TEXT    NOT NULL,
-    secret_sha256  BYTEA   NOT NULL,
-    created_at     BIGINT  NOT NULL,
-    expires_at     BIGINT,
-    revoked_at     BIGINT,
+    tenant_id      TEXT        NOT NULL REFERENCES tenant_accounts (tenant_id),
+    key_id         TEXT        NOT NULL,
+    name           TEXT        NOT NULL,
+    -- Space-separated scope names (consent_core::access).
+    scopes         TEXT        NOT NULL,
+    secret_sha256  BYTEA       NOT NULL CHECK (length(secret_sha256) = 32),
+    created_at     TIMESTAMPTZ NOT NULL,
+    expires_at     TIMESTAMPTZ,
+    revoked_at     TIMESTAMPTZ,
     PRIMARY KEY (tenant_id, key_id)
 );
 -- Authentication finds a key by id alone (the tenant comes from the key).

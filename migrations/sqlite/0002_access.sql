@@ -3,7 +3,7 @@
 CREATE TABLE tenant_accounts (
     tenant_id   TEXT    NOT NULL PRIMARY KEY,
     name        TEXT    NOT NULL,
-    created_at  BIGINT  NOT NULL
+    created_at  INTEGER NOT NULL
 );
 
 CREATE TABLE api_keys (
@@ -12,9 +12,9 @@ CREATE TABLE api_keys (
     name           TEXT    NOT NULL,
     scopes         TEXT    NOT NULL,
     secret_sha256  BLOB    NOT NULL,
-    created_at     BIGINT  NOT NULL,
-    expires_at     BIGINT,
-    revoked_at     BIGINT,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER,
+    revoked_at     INTEGER,
     PRIMARY KEY (tenant_id, key_id)
 );
 -- Authentication finds a key by id alone (the tenant comes from the key).

@@ -50,6 +50,8 @@ pub struct StoreConfig {
     pub auto_migrate: bool,
     /// Longest wait for a pooled connection before a request answers `UNAVAILABLE`.
     pub acquire_timeout_ms: u64,
+    /// How long an idempotency key replays its write (then it is purged and may be reused).
+    pub idempotency_ttl_secs: u64,
 }
 
 /// How callers are authenticated.
@@ -240,6 +242,7 @@ impl Default for StoreConfig {
             max_connections: 16,
             auto_migrate: true,
             acquire_timeout_ms: 1000,
+            idempotency_ttl_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -383,6 +386,10 @@ impl Config {
                 u64::from(self.store.max_connections),
             ),
             ("store.acquire_timeout_ms", self.store.acquire_timeout_ms),
+            (
+                "store.idempotency_ttl_secs",
+                self.store.idempotency_ttl_secs,
+            ),
             ("limits.request_timeout_secs", limits.request_timeout_secs),
             (
                 "limits.max_concurrent_streams",

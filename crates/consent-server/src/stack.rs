@@ -34,6 +34,7 @@ pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
     let options = SqlOptions {
         max_connections: config.store.max_connections,
         acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
+        idempotency_ttl: Duration::from_secs(config.store.idempotency_ttl_secs),
     };
     let ledger = SqlStore::connect(&config.store.url, &options).await?;
     // While the database is down, requests fail fast instead of each waiting for a pool

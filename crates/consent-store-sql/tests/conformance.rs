@@ -187,3 +187,186 @@ async fn a_store_that_is_down_is_not_waited_on() {
     );
     assert!(breaker.is_open());
 }
+
+/// Fresh ledgers of every backend, with `options`: SQLite in a temporary directory and, when
+/// configured, PostgreSQL in a scratch database (these tests change the whole database).
+struct Backends {
+    stores: Vec<SqlStore>,
+    _dir: tempfile::TempDir,
+    scratch: Option<(String, String)>,
+}
+
+impl Backends {
+    async fn drop_scratch(self) {
+        for store in &self.stores {
+            store.close().await;
+        }
+        if let Some((admin, name)) = &self.scratch {
+            consent_store_sql::testing::drop_scratch_database(admin, name)
+                .await
+                .unwrap_or_else(|e| panic!("drop {name}: {e}"));
+        }
+    }
+}
+
+async fn every_backend(options: &SqlOptions) -> Backends {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let connect = |url: String| async move {
+        let store = SqlStore::connect(&url, options)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        store
+    };
+    let mut stores = vec![connect(format!("sqlite://{}/ledger.db", dir.path().display())).await];
+    let mut scratch = None;
+    if let Some(admin) = consent_store_sql::testing::postgres_test_url() {
+        let (url, name) = consent_store_sql::testing::create_scratch_database(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("scratch database: {e}"));
+        stores.push(connect(url).await);
+        scratch = Some((admin, name));
+    }
+    Backends {
+        stores,
+        _dir: dir,
+        scratch,
+    }
+}
+
+fn grant(subject: &str) -> consent_core::NewEvent {
+    use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
+    NewEvent {
+        id: consent_core::commands::new_event_id(),
+        subject_id: subject.into(),
+        purpose_id: "analytics".into(),
+        vendor_id: String::new(),
+        decision: Decision::Granted,
+        policy_version_id: "v1".into(),
+        channel: Channel::Web,
+        collected_at: Timestamp(1_700_000_000_000_000),
+        expires_at: None,
+        evidence: Evidence {
+            ip_address: "192.0.2.7".into(),
+            ..Evidence::default()
+        },
+        actor_key_id: "key-1".into(),
+    }
+}
+
+/// The ledger table refuses, in the database itself, every change but the erasure of the
+/// evidence: a careless UPDATE or DELETE (or TRUNCATE) by hand cannot rewrite the proof.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_table_is_append_only_except_erasing_evidence() {
+    use consent_store::{CacheFence, EventQuery, LedgerStore, verify_ledger};
+
+    let backends = every_backend(&SqlOptions::default()).await;
+    for store in &backends.stores {
+        let tenant = format!("t-{}", uuid::Uuid::now_v7());
+        let written = store
+            .append(&tenant, &[grant("alice")], None, CacheFence::None)
+            .await
+            .unwrap_or_else(|e| panic!("append: {e}"));
+        let this_row = format!("tenant_id = '{tenant}' AND revision = {}", written.revision);
+        let mut refused = vec![
+            format!("UPDATE consent_events SET decision = 'denied' WHERE {this_row}"),
+            format!(
+                "UPDATE consent_events SET evidence = NULL, subject_id = 'bob' WHERE {this_row}"
+            ),
+            format!("DELETE FROM consent_events WHERE {this_row}"),
+        ];
+        if store.backend() == consent_store_sql::Backend::Postgres {
+            refused.push("TRUNCATE consent_events".into());
+        }
+        for sql in &refused {
+            match store.execute_raw(sql).await {
+                Err(e) => assert!(e.to_string().contains("append-only"), "{sql}: {e}"),
+                Ok(n) => panic!("{:?}: `{sql}` changed {n} rows", store.backend()),
+            }
+        }
+        let erased = store
+            .execute_raw(&format!(
+                "UPDATE consent_events SET evidence = NULL WHERE {this_row}"
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("erasing the evidence is allowed: {e}"));
+        assert_eq!(erased, 1);
+        let events = store
+            .list_events(
+                &tenant,
+                &EventQuery {
+                    limit: 10,
+                    ..EventQuery::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"));
+        assert!(events.len() == 1 && events[0].evidence_erased);
+        let (report, _) = verify_ledger(store, &tenant)
+            .await
+            .unwrap_or_else(|e| panic!("verify: {e}"));
+        assert!(report.ok, "the chain survives erasure: {report:?}");
+    }
+    backends.drop_scratch().await;
+}
+
+/// An idempotency key replays only within its lifetime: after it, the same key writes again
+/// (a new request), and the purge removes the expired records. A lifetime of one microsecond
+/// makes every record expired by the next transaction, without waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_expire_and_are_purged() {
+    use consent_core::commands::Idempotency;
+    use consent_store::{CacheFence, LedgerStore};
+
+    let key = Idempotency {
+        key: "req-1".into(),
+        fingerprint: [3; 32],
+    };
+    let lived = SqlOptions::default();
+    let fleeting = SqlOptions {
+        idempotency_ttl: std::time::Duration::from_micros(1),
+        ..SqlOptions::default()
+    };
+    for options in [lived, fleeting] {
+        let backends = every_backend(&options).await;
+        for store in &backends.stores {
+            let tenant = format!("t-{}", uuid::Uuid::now_v7());
+            // A retry carries fresh event ids, as the service makes them per request.
+            let write = || async {
+                store
+                    .append(&tenant, &[grant("alice")], Some(&key), CacheFence::None)
+                    .await
+            };
+            let first = write().await.unwrap_or_else(|e| panic!("append: {e}"));
+            let again = write().await.unwrap_or_else(|e| panic!("append: {e}"));
+            let expired = options.idempotency_ttl < std::time::Duration::from_secs(1);
+            assert_eq!(
+                again.replayed,
+                !expired,
+                "{:?} {options:?}",
+                store.backend()
+            );
+            assert_eq!(again.revision, if expired { 2 } else { first.revision });
+            let purged = store
+                .purge_expired_idempotency_keys()
+                .await
+                .unwrap_or_else(|e| panic!("purge: {e}"));
+            if expired {
+                assert!(
+                    purged >= 1,
+                    "{:?}: the expired record is purged",
+                    store.backend()
+                );
+                let after = write().await.unwrap_or_else(|e| panic!("append: {e}"));
+                assert!(!after.replayed && after.revision == 3);
+            } else {
+                let replay = write().await.unwrap_or_else(|e| panic!("append: {e}"));
+                assert!(replay.replayed, "a live key survives the purge");
+            }
+        }
+        backends.drop_scratch().await;
+    }
+}

@@ -16,7 +16,9 @@ use consent_core::{
     Purpose, PurposeCategory, SUBJECT_WIDE, Timestamp, Vendor,
 };
 
-use crate::{CacheFence, Consistency, EventQuery, FenceRecord, Store, verify_ledger};
+use crate::{
+    AppendOutcome, CacheFence, Consistency, EventQuery, FenceRecord, Store, verify_ledger,
+};
 
 /// The value of a test environment variable naming a service (a database, a Redis), or
 /// `None` after printing a notice that the tests needing it are skipped. Under `CI=true` a
@@ -66,6 +68,8 @@ macro_rules! store_conformance_suite {
             list_events_filters_and_pages,
             tenants_are_isolated,
             concurrent_appends_keep_the_chain_whole,
+            concurrent_keyed_writes_each_get_their_own_answer,
+            a_write_the_database_refuses_fails_alone,
             tenants_are_created_once,
             api_keys_belong_to_their_tenant,
             commits_wake_subscribers,
@@ -705,6 +709,117 @@ pub async fn concurrent_appends_keep_the_chain_whole(store: &Arc<dyn Store>) {
     let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
     assert!(report.ok, "{report:?}");
     assert_eq!(head.revision, 40);
+}
+
+/// Runs `appends` concurrently (stores may commit them together) and returns each outcome
+/// in the order given.
+async fn append_concurrently(
+    store: &Arc<dyn Store>,
+    tenant: &str,
+    appends: Vec<(Vec<NewEvent>, Option<Idempotency>)>,
+) -> Vec<consent_core::Result<AppendOutcome>> {
+    let tasks: Vec<_> = appends
+        .into_iter()
+        .map(|(events, key)| {
+            let (store, tenant) = (Arc::clone(store), tenant.to_owned());
+            tokio::spawn(async move {
+                store
+                    .append(&tenant, &events, key.as_ref(), CacheFence::None)
+                    .await
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        match task.await {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => panic!("append task panicked: {e}"),
+        }
+    }
+    outcomes
+}
+
+/// Concurrent writes to one tenant, however a store groups them, each get their own answer:
+/// distinct keys are written once each, retries of one key replay the one write, a key
+/// reused with other content is refused for that write only.
+pub async fn concurrent_keyed_writes_each_get_their_own_answer(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let key = |name: &str, fingerprint: u8| {
+        Some(Idempotency {
+            key: name.into(),
+            fingerprint: [fingerprint; 32],
+        })
+    };
+    let grant = |subject: &str| vec![event(subject, "analytics", "", Decision::Granted, day(1))];
+    let mut appends = Vec::new();
+    for i in 0..10 {
+        appends.push((grant(&format!("keyed-{i}")), key(&format!("k{i}"), 1)));
+    }
+    for _ in 0..10 {
+        appends.push((grant("retried"), key("retry", 2)));
+    }
+    for i in 0..5 {
+        appends.push((grant(&format!("clash-{i}")), key("clash", 10 + i)));
+    }
+    for i in 0..5 {
+        appends.push((grant(&format!("plain-{i}")), None));
+    }
+    let outcomes = append_concurrently(store, &t, appends).await;
+
+    let (keyed, rest) = outcomes.split_at(10);
+    let (retried, rest) = rest.split_at(10);
+    let (clashing, plain) = rest.split_at(5);
+    for outcome in keyed.iter().chain(plain) {
+        assert!(outcome.as_ref().is_ok_and(|o| !o.replayed), "{outcome:?}");
+    }
+    let retried: Vec<AppendOutcome> = retried.iter().map(|o| ok(o.clone())).collect();
+    assert_eq!(retried.iter().filter(|o| !o.replayed).count(), 1);
+    assert!(
+        retried
+            .iter()
+            .all(|o| o.events == retried[0].events && o.revision == retried[0].revision)
+    );
+    assert_eq!(clashing.iter().filter(|o| o.is_ok()).count(), 1);
+    for refused in clashing.iter().filter_map(|o| o.as_ref().err()) {
+        assert!(
+            matches!(refused, ConsentError::AlreadyExists(m) if m.contains("clash")),
+            "{refused}"
+        );
+    }
+    let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(
+        head.revision,
+        10 + 1 + 1 + 5,
+        "every write but the replays and refusals"
+    );
+}
+
+/// A write the database refuses (here: an event id already used in the tenant) fails on its
+/// own; the writes committed with or around it succeed and the chain stays whole.
+pub async fn a_write_the_database_refuses_fails_alone(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let grant = |subject: &str| event(subject, "analytics", "", Decision::Granted, day(1));
+    let original = grant("original");
+    let mut duplicate = grant("duplicate");
+    duplicate.id = original.id.clone();
+    // Side by side behind others, so a store that groups writes likely commits them together.
+    let mut appends: Vec<(Vec<NewEvent>, Option<Idempotency>)> = (0..24)
+        .map(|i| (vec![grant(&format!("s{i}"))], None))
+        .collect();
+    appends.insert(12, (vec![original], None));
+    appends.insert(13, (vec![duplicate], None));
+    let outcomes = append_concurrently(store, &t, appends).await;
+    let failed: Vec<usize> = (0..outcomes.len())
+        .filter(|&i| outcomes.get(i).is_some_and(|o| o.is_err()))
+        .collect();
+    assert!(
+        failed == vec![12] || failed == vec![13],
+        "exactly one of the two writes sharing an event id fails: {outcomes:?}"
+    );
+    let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(head.revision, 25);
 }
 
 /// A tenant id is taken once; tenants are listed and found by id.

@@ -1,0 +1,495 @@
+//! Per-tenant group commit.
+//!
+//! Concurrent appends to one tenant queue up; one task per busy tenant takes everything
+//! queued (up to [`MAX_BATCH_EVENTS`]) and writes it in one transaction: one lock of the
+//! tenant row, multi-row inserts, one head update, one commit and so one fsync. Each write
+//! still gets its own revisions, hash-chain links and idempotency record, and its answer only
+//! after the commit. While a batch commits, the next one gathers, so a lone write waits for
+//! nothing and a busy tenant's batches grow with its load.
+//!
+//! Failures stay with the writes that caused them: an idempotency conflict fails only its
+//! write (it is planned out of the batch); a batch the database refuses for another reason
+//! than unavailability is retried one write per transaction, so a bad write cannot fail its
+//! neighbours; an unavailable database fails the batch, whose callers retry.
+//!
+//! The algorithm is here once ([`write_batch`]); each backend supplies its statements through
+//! [`BatchTx`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use consent_core::chain::seal;
+use consent_core::commands::Idempotency;
+use consent_core::{ConsentError, ConsentEvent, NewEvent, Result, Revision, StateEntry, Timestamp};
+use consent_store::{AppendOutcome, CacheFence, Commit, LedgerHead};
+use tokio::sync::oneshot;
+
+/// Most events one group commit writes; a write larger than this still goes alone.
+pub(crate) const MAX_BATCH_EVENTS: usize = 2000;
+
+/// One append waiting for its group commit.
+#[derive(Debug)]
+pub(crate) struct PendingWrite {
+    pub(crate) events: Vec<NewEvent>,
+    pub(crate) idempotency: Option<Idempotency>,
+    pub(crate) fence: CacheFence,
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyRecord {
+    pub(crate) fingerprint: [u8; 32],
+    pub(crate) first_revision: Revision,
+    pub(crate) last_revision: Revision,
+}
+
+/// An idempotency record to store.
+#[derive(Clone, Debug)]
+pub(crate) struct NewKey {
+    pub(crate) key: String,
+    pub(crate) record: KeyRecord,
+}
+
+/// A projection row a batch moves: the subject and the entry that supersedes the others.
+#[derive(Clone, Debug)]
+pub(crate) struct StateRow {
+    pub(crate) subject_id: String,
+    pub(crate) entry: StateEntry,
+}
+
+/// The statements of one write transaction, as each backend speaks them.
+#[async_trait]
+pub(crate) trait BatchTx: Send {
+    /// Locks the tenant row (creating it on the tenant's first write), in one statement, and
+    /// returns the head.
+    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead>;
+    /// The idempotency records among `keys` created after `live_after` (older ones expired).
+    async fn find_keys(
+        &mut self,
+        tenant: &str,
+        keys: &[&str],
+        live_after: Timestamp,
+    ) -> Result<HashMap<String, KeyRecord>>;
+    /// Events `first..=last`, as written (replays).
+    async fn events_in_range(
+        &mut self,
+        tenant: &str,
+        first: Revision,
+        last: Revision,
+    ) -> Result<Vec<ConsentEvent>>;
+    /// Inserts sealed events (multi-row).
+    async fn insert_events(&mut self, tenant: &str, events: &[ConsentEvent]) -> Result<()>;
+    /// Moves the projection: each row replaces the stored one only if it supersedes it. At
+    /// most one row per (subject, purpose, vendor).
+    async fn upsert_states(&mut self, tenant: &str, rows: &[StateRow]) -> Result<()>;
+    /// Sets the tenant head.
+    async fn set_head(&mut self, tenant: &str, head: LedgerHead) -> Result<()>;
+    /// Stores idempotency records, replacing expired ones with the same key.
+    async fn insert_keys(&mut self, tenant: &str, keys: &[NewKey], now: Timestamp) -> Result<()>;
+    /// Raises the tenant's cache fence (call last: it takes the fence clock row).
+    async fn raise_fence(
+        &mut self,
+        tenant: &str,
+        revision: Revision,
+        catalog_version: i64,
+    ) -> Result<()>;
+    /// Commits.
+    async fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// What a backend gives the group commit.
+#[async_trait]
+pub(crate) trait BatchBackend: Send + Sync + 'static {
+    /// Opens a write transaction.
+    async fn begin(&self) -> Result<Box<dyn BatchTx>>;
+    /// How long an idempotency key replays.
+    fn idempotency_ttl(&self) -> Duration;
+    /// Announces a commit (after it happened).
+    fn committed(&self, commit: Commit);
+}
+
+/// What the plan decided for one write.
+enum Planned {
+    Failed(ConsentError),
+    Replay {
+        first: Revision,
+        last: Revision,
+    },
+    Written {
+        from: usize,
+        to: usize,
+        revision: Revision,
+    },
+}
+
+/// Writes `writes` as one transaction; on a refusal that is not unavailability, each alone.
+pub(crate) async fn write_batch(
+    backend: &dyn BatchBackend,
+    tenant: &str,
+    writes: &[PendingWrite],
+) -> Vec<Result<AppendOutcome>> {
+    match write_in_one_transaction(backend, tenant, writes).await {
+        Ok(outcomes) => outcomes,
+        Err(e) if writes.len() == 1 || matches!(e, ConsentError::Unavailable(_)) => {
+            writes.iter().map(|_| Err(e.clone())).collect()
+        }
+        Err(e) => {
+            tracing::warn!(tenant, writes = writes.len(), error = %e, "group commit refused; writing its writes one by one");
+            let mut outcomes = Vec::with_capacity(writes.len());
+            for write in writes {
+                let alone = write_in_one_transaction(backend, tenant, std::slice::from_ref(write))
+                    .await
+                    .and_then(|mut o| {
+                        o.pop().unwrap_or_else(|| {
+                            Err(ConsentError::Internal("a write had no outcome".into()))
+                        })
+                    });
+                outcomes.push(alone);
+            }
+            outcomes
+        }
+    }
+}
+
+async fn write_in_one_transaction(
+    backend: &dyn BatchBackend,
+    tenant: &str,
+    writes: &[PendingWrite],
+) -> Result<Vec<Result<AppendOutcome>>> {
+    let now = Timestamp::now();
+    let mut tx = backend.begin().await?;
+    let head = tx.lock_head(tenant, now).await?;
+    let keys: Vec<&str> = writes
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
+        .collect();
+    let live_after = now.saturating_add(-duration_micros(backend.idempotency_ttl()));
+    let mut known = if keys.is_empty() {
+        HashMap::new()
+    } else {
+        tx.find_keys(tenant, &keys, live_after).await?
+    };
+
+    let mut plans = Vec::with_capacity(writes.len());
+    let mut sealed: Vec<ConsentEvent> = Vec::new();
+    let mut new_keys = Vec::new();
+    let mut fence = false;
+    let (mut revision, mut prev) = (head.revision, head.hash);
+    for write in writes {
+        if let Some(key) = &write.idempotency
+            && let Some(record) = known.get(&key.key)
+        {
+            plans.push(if record.fingerprint == key.fingerprint {
+                Planned::Replay {
+                    first: record.first_revision,
+                    last: record.last_revision,
+                }
+            } else {
+                Planned::Failed(ConsentError::AlreadyExists(format!(
+                    "idempotency_key `{}` was already used with a different request",
+                    key.key
+                )))
+            });
+            continue;
+        }
+        let from = sealed.len();
+        let first_revision = revision + 1;
+        for event in &write.events {
+            revision += 1;
+            let event = seal(tenant, event.clone(), revision, now, prev);
+            prev = event.hash;
+            sealed.push(event);
+        }
+        if let Some(key) = &write.idempotency {
+            let record = KeyRecord {
+                fingerprint: key.fingerprint,
+                first_revision,
+                last_revision: revision,
+            };
+            known.insert(key.key.clone(), record);
+            new_keys.push(NewKey {
+                key: key.key.clone(),
+                record,
+            });
+        }
+        fence |= write.fence == CacheFence::States;
+        plans.push(Planned::Written {
+            from,
+            to: sealed.len(),
+            revision,
+        });
+    }
+
+    if !sealed.is_empty() {
+        tx.insert_events(tenant, &sealed).await?;
+        tx.upsert_states(tenant, &projection_rows(&sealed)).await?;
+        tx.set_head(
+            tenant,
+            LedgerHead {
+                revision,
+                hash: prev,
+            },
+        )
+        .await?;
+    }
+    if !new_keys.is_empty() {
+        tx.insert_keys(tenant, &new_keys, now).await?;
+    }
+    if fence {
+        tx.raise_fence(tenant, revision, 0).await?;
+    }
+    // Replays read inside the transaction, so a key written earlier in this batch replays too.
+    let mut outcomes = Vec::with_capacity(plans.len());
+    for plan in plans {
+        outcomes.push(match plan {
+            Planned::Failed(e) => Err(e),
+            Planned::Replay { first, last } => Ok(AppendOutcome {
+                events: tx.events_in_range(tenant, first, last).await?,
+                revision: last,
+                replayed: true,
+            }),
+            Planned::Written { from, to, revision } => Ok(AppendOutcome {
+                events: sealed.get(from..to).map(<[_]>::to_vec).unwrap_or_default(),
+                revision,
+                replayed: false,
+            }),
+        });
+    }
+    tx.commit().await?;
+    if revision != head.revision {
+        backend.committed(Commit {
+            tenant_id: tenant.to_owned(),
+            revision,
+        });
+    }
+    Ok(outcomes)
+}
+
+fn duration_micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// One projection row per (subject, purpose, vendor): the entry that supersedes the others
+/// written in the batch (the store compares it with the stored row by the same rule).
+pub(crate) fn projection_rows(events: &[ConsentEvent]) -> Vec<StateRow> {
+    let mut rows: HashMap<(&str, &str, &str), StateRow> = HashMap::new();
+    for event in events {
+        let n = &event.event;
+        let entry = StateEntry::from_event(event);
+        rows.entry((&n.subject_id, &n.purpose_id, &n.vendor_id))
+            .and_modify(|row| {
+                if entry.supersedes(&row.entry) {
+                    row.entry = entry.clone();
+                }
+            })
+            .or_insert_with(|| StateRow {
+                subject_id: n.subject_id.clone(),
+                entry: entry.clone(),
+            });
+    }
+    let mut rows: Vec<StateRow> = rows.into_values().collect();
+    // A stable order, so concurrent transactions touching the same rows lock them alike.
+    rows.sort_by(|a, b| {
+        (&a.subject_id, &a.entry.purpose_id, &a.entry.vendor_id).cmp(&(
+            &b.subject_id,
+            &b.entry.purpose_id,
+            &b.entry.vendor_id,
+        ))
+    });
+    rows
+}
+
+struct Waiting {
+    write: PendingWrite,
+    reply: oneshot::Sender<Result<AppendOutcome>>,
+}
+
+type Queues = Arc<Mutex<HashMap<String, Vec<Waiting>>>>;
+
+/// The per-tenant queues. A tenant has a queue exactly while a task drains it.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    backend: Arc<dyn BatchBackend>,
+    queues: Queues,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish_non_exhaustive()
+    }
+}
+
+impl GroupCommit {
+    pub(crate) fn new(backend: Arc<dyn BatchBackend>) -> GroupCommit {
+        GroupCommit {
+            backend,
+            queues: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Queues a write and waits for the commit of the batch that carries it.
+    pub(crate) async fn append(&self, tenant: &str, write: PendingWrite) -> Result<AppendOutcome> {
+        let (reply, answer) = oneshot::channel();
+        let start_drain = {
+            let mut queues = self.queues.lock().map_err(|_| poisoned())?;
+            match queues.get_mut(tenant) {
+                Some(queue) => {
+                    queue.push(Waiting { write, reply });
+                    false
+                }
+                None => {
+                    queues.insert(tenant.to_owned(), vec![Waiting { write, reply }]);
+                    true
+                }
+            }
+        };
+        if start_drain {
+            // A task, not this caller: a caller that gives up must not abandon the others'
+            // writes in the middle of their transaction.
+            tokio::spawn(drain(
+                self.backend.clone(),
+                self.queues.clone(),
+                tenant.to_owned(),
+            ));
+        }
+        answer.await.map_err(|_| {
+            ConsentError::Unavailable("the write was abandoned before it committed; retry".into())
+        })?
+    }
+}
+
+fn poisoned() -> ConsentError {
+    ConsentError::Internal("the write queue is unusable after a panic".into())
+}
+
+/// Removes the tenant's queue if the drain task unwinds, so later writes start a new one
+/// (their waiting predecessors see their reply dropped: `Unavailable`).
+struct DrainGuard {
+    queues: Queues,
+    tenant: String,
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(mut queues) = self.queues.lock()
+        {
+            queues.remove(&self.tenant);
+        }
+    }
+}
+
+async fn drain(backend: Arc<dyn BatchBackend>, queues: Queues, tenant: String) {
+    let _guard = DrainGuard {
+        queues: queues.clone(),
+        tenant: tenant.clone(),
+    };
+    loop {
+        let batch = {
+            let Ok(mut all) = queues.lock() else { return };
+            let Some(queue) = all.get_mut(&tenant) else {
+                return;
+            };
+            if queue.is_empty() {
+                all.remove(&tenant);
+                return;
+            }
+            take_batch(queue)
+        };
+        let (writes, replies): (Vec<PendingWrite>, Vec<_>) =
+            batch.into_iter().map(|w| (w.write, w.reply)).unzip();
+        let outcomes = write_batch(backend.as_ref(), &tenant, &writes).await;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // A caller that stopped waiting still had its write committed (or not).
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// The oldest writes of the queue, up to [`MAX_BATCH_EVENTS`] events (at least one write).
+fn take_batch(queue: &mut Vec<Waiting>) -> Vec<Waiting> {
+    let mut events = 0;
+    let mut count = 0;
+    for waiting in queue.iter() {
+        events += waiting.write.events.len();
+        if count > 0 && events > MAX_BATCH_EVENTS {
+            break;
+        }
+        count += 1;
+    }
+    queue.drain(..count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use consent_core::{Channel, Decision, Evidence};
+
+    fn event(subject: &str, purpose: &str, decision: Decision, at: i64) -> ConsentEvent {
+        seal(
+            "t",
+            NewEvent {
+                id: consent_core::commands::new_event_id(),
+                subject_id: subject.into(),
+                purpose_id: purpose.into(),
+                vendor_id: String::new(),
+                decision,
+                policy_version_id: "v1".into(),
+                channel: Channel::Api,
+                collected_at: Timestamp(at),
+                expires_at: None,
+                evidence: Evidence::default(),
+                actor_key_id: "k".into(),
+            },
+            1,
+            Timestamp(at),
+            consent_core::chain::GENESIS,
+        )
+    }
+
+    #[test]
+    fn a_batch_projects_one_row_per_choice_the_superseding_one() {
+        let mut late_grant = event("alice", "analytics", Decision::Granted, 20);
+        late_grant.revision = 1;
+        let mut early_withdrawal = event("alice", "analytics", Decision::Withdrawn, 10);
+        early_withdrawal.revision = 2;
+        let mut tie_denial = event("bob", "analytics", Decision::Denied, 5);
+        tie_denial.revision = 3;
+        let mut tie_grant = event("bob", "analytics", Decision::Granted, 5);
+        tie_grant.revision = 4;
+        let rows = projection_rows(&[late_grant, early_withdrawal, tie_denial, tie_grant]);
+        let decisions: Vec<(&str, Decision)> = rows
+            .iter()
+            .map(|r| (r.subject_id.as_str(), r.entry.decision))
+            .collect();
+        assert_eq!(
+            decisions,
+            vec![("alice", Decision::Granted), ("bob", Decision::Denied)]
+        );
+    }
+
+    fn waiting(events: usize) -> Waiting {
+        let e = event("s", "p", Decision::Granted, 1).event;
+        Waiting {
+            write: PendingWrite {
+                events: vec![e; events],
+                idempotency: None,
+                fence: CacheFence::None,
+            },
+            reply: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn batches_stop_at_the_event_limit_but_take_at_least_one_write() {
+        let mut queue = vec![waiting(MAX_BATCH_EVENTS + 5), waiting(1)];
+        assert_eq!(take_batch(&mut queue).len(), 1);
+        assert_eq!(queue.len(), 1);
+        let mut queue: Vec<Waiting> = (0..3).map(|_| waiting(MAX_BATCH_EVENTS / 2)).collect();
+        assert_eq!(take_batch(&mut queue).len(), 2);
+        assert_eq!(take_batch(&mut queue).len(), 1);
+        assert!(queue.is_empty());
+    }
+}
