@@ -4,10 +4,12 @@
 //! measured in the same run** (an empty RPC on the same server, the decision engine over an
 //! in-memory map), because absolute figures on a shared 2-core machine are noise.
 //!
-//! `--smoke` (seconds; CI runs it to prove the benchmark runs), `--quick` (about a minute),
-//! default (longer). `--json PATH` writes the report. This first version measures SQLite
-//! with and without the in-process cache; the PostgreSQL, Redis and group-commit figures of
-//! issue 9 are not measured yet, and the report says so instead of inventing them.
+//! `--smoke` (seconds; CI runs it to prove the benchmark runs), `--quick` (a few minutes),
+//! default (longer). `--json PATH` writes the report. SQLite figures always; PostgreSQL
+//! figures (a scratch database beside the one `CONSENT_BENCH_DATABASE_URL` names) and Redis
+//! figures (`CONSENT_BENCH_REDIS_URL`; the run deletes the `consent:v1:*` cache keys there,
+//! which the service allows at any moment) only when those are set: otherwise the report
+//! says they were skipped, never a made-up figure.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -60,6 +62,9 @@ struct Args {
     /// Requests in flight in the closed-loop measurements.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// Requests in flight in the write measurements (many callers record at once).
+    #[arg(long, default_value_t = 64)]
+    write_concurrency: usize,
     /// HTTP/2 connections the load is spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -90,11 +95,17 @@ impl Drop for Server {
     }
 }
 
-/// Starts the production assembly (configured store, cache, server) on `store_url`.
+/// Starts the production assembly (configured store, cache, server) on `store_url`, without
+/// authentication (tenant `default`).
 async fn start(store_url: &str, cache: CacheMode) -> anyhow::Result<Server> {
     let mut config = Config::default();
     config.store.url = store_url.to_owned();
     config.cache.mode = cache;
+    start_with(config, AuthMode::None).await
+}
+
+/// Starts the production assembly of `config` with `auth`.
+async fn start_with(config: Config, auth: AuthMode) -> anyhow::Result<Server> {
     config.check()?;
     let stack = consent_server::stack::open(&config).await?;
     stack.ledger.migrate().await?;
@@ -103,7 +114,7 @@ async fn start(store_url: &str, cache: CacheMode) -> anyhow::Result<Server> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let store = Arc::clone(&stack.store);
     tokio::spawn(consent_server::server::serve(
-        ServerSettings::with_auth(AuthMode::None),
+        ServerSettings::with_auth(auth),
         Arc::clone(&stack.store),
         listener,
         async move {
@@ -142,21 +153,10 @@ fn subject(i: usize) -> String {
 /// subject's state, for the in-memory baseline.
 async fn load(
     store: &dyn Store,
+    tenant: &str,
     subjects: usize,
 ) -> anyhow::Result<(Arc<Catalog>, HashMap<String, SubjectState>)> {
-    let file = parse_catalog_file(SEED_CATALOG)?;
-    for v in &file.vendors {
-        store.upsert_vendor(TENANT, v).await?;
-    }
-    for p in &file.purposes {
-        store.upsert_purpose(TENANT, p).await?;
-    }
-    for p in &file.policy_versions {
-        store.publish_policy_version(TENANT, p).await?;
-    }
-    let catalog = store
-        .catalog(TENANT, consent_store::Consistency::Full)
-        .await?;
+    let catalog = load_catalog(store, tenant).await?;
     let now = Timestamp::now().as_micros();
     let day = 86_400 * Timestamp::MICROS_PER_SECOND;
     let mut draw = Draw(0x9e37_79b9_7f4a_7c15);
@@ -187,7 +187,7 @@ async fn load(
     let mut states: HashMap<String, SubjectState> = HashMap::new();
     let mut revision = 0;
     for chunk in events.chunks(2_000) {
-        let outcome = store.append(TENANT, chunk, None, CacheFence::None).await?;
+        let outcome = store.append(tenant, chunk, None, CacheFence::None).await?;
         for e in &outcome.events {
             let state = states.entry(e.event.subject_id.clone()).or_default();
             state.entries.push(StateEntry::from_event(e));
@@ -198,6 +198,23 @@ async fn load(
         state.revision = revision;
     }
     Ok((catalog, states))
+}
+
+/// Stores the seed catalogue for `tenant` and returns it.
+async fn load_catalog(store: &dyn Store, tenant: &str) -> anyhow::Result<Arc<Catalog>> {
+    let file = parse_catalog_file(SEED_CATALOG)?;
+    for v in &file.vendors {
+        store.upsert_vendor(tenant, v).await?;
+    }
+    for p in &file.purposes {
+        store.upsert_purpose(tenant, p).await?;
+    }
+    for p in &file.policy_versions {
+        store.publish_policy_version(tenant, p).await?;
+    }
+    Ok(store
+        .catalog(tenant, consent_store::Consistency::Full)
+        .await?)
 }
 
 /// What a measurement saw.
@@ -274,6 +291,43 @@ where
     total
 }
 
+/// Sends `op` at a fixed `rate` for `window` whatever the answers' pace (open loop), and
+/// times each request from when it was due, so a stall counts for every request it delays.
+async fn open_loop<F, Fut>(channels: &[GrpcChannel], rate: f64, window: Duration, op: F) -> Sample
+where
+    F: Fn(GrpcChannel, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+{
+    let count = (rate * window.as_secs_f64()).max(1.0) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let started = tokio::time::Instant::now();
+    let mut requests = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    for i in 0..count {
+        let due = started + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let channel = channels[usize::try_from(i).unwrap_or(0) % channels.len()].clone();
+        let op = op.clone();
+        requests.push(tokio::spawn(async move {
+            let outcome = op(channel, i).await;
+            (outcome.is_ok(), due.elapsed())
+        }));
+    }
+    let mut sample = Sample::default();
+    for request in requests {
+        match request.await {
+            Ok((true, latency)) => {
+                sample.ops += 1;
+                sample
+                    .latencies_us
+                    .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+            }
+            _ => sample.errors += 1,
+        }
+    }
+    sample.elapsed = started.elapsed();
+    sample
+}
+
 /// A random check of the dataset, drawn from `i`.
 fn check_of(subjects: usize, i: u64) -> pb::CheckRequest {
     let mut draw = Draw(i.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
@@ -295,6 +349,10 @@ struct Report {
 impl Report {
     fn figure(&mut self, name: &str, value: f64) {
         self.figures.push((name.to_owned(), value));
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.figures.iter().any(|(n, _)| n == name)
     }
 
     fn value(&self, name: &str) -> f64 {
@@ -395,7 +453,7 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("sqlite://{}/bench.db", dir.path().display());
     let cached = start(&url, CacheMode::Memory).await?;
     let started = Instant::now();
-    let (catalog, states) = load(cached.store.as_ref(), subjects)
+    let (catalog, states) = load(cached.store.as_ref(), TENANT, subjects)
         .await
         .context("loading the dataset")?;
     eprintln!(
@@ -443,16 +501,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let write = |channel: GrpcChannel, i: u64| async move {
         ConsentServiceClient::new(channel)
-            .record_consent(pb::RecordConsentRequest {
-                subject_id: format!("written-{i}"),
-                decisions: vec![pb::PurposeDecision {
-                    purpose_id: "call_recording".into(),
-                    vendor_id: String::new(),
-                    decision: pb::Decision::Granted.into(),
-                }],
-                channel: pb::Channel::Voice.into(),
-                ..Default::default()
-            })
+            .record_consent(record_of(i))
             .await
             .map(|_| ())
     };
@@ -536,6 +585,52 @@ async fn main() -> anyhow::Result<()> {
             sample.percentile_us(0.99) as f64,
         );
     }
+    // Latency at half the measured maximum load, open loop.
+    for (name, rps, sample) in [
+        (
+            "empty",
+            report.value("empty_rps"),
+            open_loop(&channels, report.value("empty_rps") / 2.0, window, health).await,
+        ),
+        (
+            "check_cached",
+            report.value("check_cached_rps"),
+            open_loop(
+                &channels,
+                report.value("check_cached_rps") / 2.0,
+                window,
+                check,
+            )
+            .await,
+        ),
+    ] {
+        let mut sample = sample;
+        errors += sample.errors;
+        report.figure(&format!("{name}_p99_us"), sample.percentile_us(0.99) as f64);
+        report.figure(&format!("{name}_half_load_rps"), rps / 2.0);
+    }
+
+    match std::env::var(REDIS_VAR).ok().filter(|u| !u.is_empty()) {
+        Some(redis_url) => {
+            errors += redis_figures(&url, &redis_url, subjects, window, &args, &mut report)
+                .await
+                .context("Redis figures")?;
+        }
+        None => report.notes.push(format!(
+            "{REDIS_VAR} is not set: the Redis figures (check_redis_rps) were skipped"
+        )),
+    }
+    match std::env::var(DATABASE_VAR).ok().filter(|u| !u.is_empty()) {
+        Some(admin_url) => {
+            errors += postgres_figures(&admin_url, subjects, window, &args, &mut report)
+                .await
+                .context("PostgreSQL figures")?;
+        }
+        None => report.notes.push(format!(
+            "{DATABASE_VAR} is not set: the PostgreSQL figures (check_store_pg_rps, record_rps_pg, insert_commit_rps_pg) were skipped"
+        )),
+    }
+
     report.figure("errors", errors as f64);
     report.figure("subjects", subjects as f64);
 
@@ -546,6 +641,38 @@ async fn main() -> anyhow::Result<()> {
         0.90,
         false,
     );
+    report.ratio(
+        "check_cached_vs_empty_p99_half_load",
+        "check_cached_p99_us",
+        "empty_p99_us",
+        1.2,
+        true,
+    );
+    if report.has("check_redis_rps") {
+        report.ratio(
+            "check_redis_vs_empty_rps",
+            "check_redis_rps",
+            "empty_rps",
+            0.60,
+            false,
+        );
+    }
+    if report.has("record_rps_pg") {
+        report.ratio(
+            "record_pg_vs_insert_commit",
+            "record_rps_pg",
+            "insert_commit_rps_pg",
+            10.0,
+            false,
+        );
+        report.ratio(
+            "record_pg_one_tenant_vs_insert_commit",
+            "record_rps_pg_one_tenant",
+            "insert_commit_rps_pg",
+            10.0,
+            false,
+        );
+    }
     report.ratio(
         "batch_vs_hashmap_decisions",
         "batch_decisions_per_s",
@@ -568,8 +695,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     report.notes.push(format!(
-        "SQLite only in this version: PostgreSQL, Redis, group commit and open-loop latency figures of issue 9 are not measured yet ({} of {} baseline decisions allowed)",
-        allowed, decisions
+        "{allowed} of {decisions} baseline decisions allowed (the dataset is a mix of grants, refusals and withdrawals)"
     ));
     if errors > 0 {
         report
@@ -585,4 +711,236 @@ async fn main() -> anyhow::Result<()> {
     drop(cached);
     anyhow::ensure!(errors == 0, "{errors} requests failed");
     Ok(())
+}
+
+/// Where PostgreSQL figures are measured (a scratch database beside this one).
+const DATABASE_VAR: &str = "CONSENT_BENCH_DATABASE_URL";
+/// Where Redis figures are measured.
+const REDIS_VAR: &str = "CONSENT_BENCH_REDIS_URL";
+/// Tenants the multi-tenant write figures spread over (1, 8 and this many).
+const WRITE_TENANTS: usize = 64;
+
+/// A grant for a fresh subject, drawn from `i`.
+fn record_of(i: u64) -> pb::RecordConsentRequest {
+    pb::RecordConsentRequest {
+        subject_id: format!("written-{i}"),
+        decisions: vec![pb::PurposeDecision {
+            purpose_id: "call_recording".into(),
+            vendor_id: String::new(),
+            decision: pb::Decision::Granted.into(),
+        }],
+        channel: pb::Channel::Voice.into(),
+        ..Default::default()
+    }
+}
+
+/// `message` with `authorization: Bearer token`.
+fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut request = tonic::Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| tonic::Status::internal("the bench's token is not a header value"))?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// Deletes the service's cache keys (`consent:v1:*`) from the Redis at `url`, so entries of an
+/// earlier run against another ledger are not read as this run's.
+async fn clear_cache_keys(url: &str) -> anyhow::Result<usize> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let mut keys: Vec<String> = Vec::new();
+    {
+        let mut scan =
+            redis::AsyncCommands::scan_match::<_, String>(&mut connection, "consent:v1:*").await?;
+        while let Some(key) = futures::StreamExt::next(&mut scan).await {
+            keys.push(key?);
+        }
+    }
+    for chunk in keys.chunks(1_000) {
+        redis::cmd("DEL")
+            .arg(chunk)
+            .query_async::<()>(&mut connection)
+            .await?;
+    }
+    Ok(keys.len())
+}
+
+/// `check_redis_rps`: Checks with the Redis cache and no in-process cache, on the SQLite
+/// ledger of the main run. Returns the failed requests.
+async fn redis_figures(
+    sqlite_url: &str,
+    redis_url: &str,
+    subjects: usize,
+    window: Duration,
+    args: &Args,
+    report: &mut Report,
+) -> anyhow::Result<u64> {
+    let cleared = clear_cache_keys(redis_url).await?;
+    let mut config = Config::default();
+    config.store.url = sqlite_url.to_owned();
+    config.cache.mode = CacheMode::Redis;
+    config.cache.redis_url = redis_url.to_owned();
+    let server = start_with(config, AuthMode::None).await?;
+    let channels = connect(server.addr, args.connections).await?;
+    let check = move |channel: GrpcChannel, i: u64| async move {
+        ConsentServiceClient::new(channel)
+            .check(check_of(subjects, i))
+            .await
+            .map(|_| ())
+    };
+    // Warm Redis, then measure.
+    closed_loop(&channels, args.concurrency, window, check).await;
+    let sample = closed_loop(&channels, args.concurrency, window, check).await;
+    report.figure("check_redis_rps", sample.per_second());
+    report.notes.push(format!(
+        "Redis: {cleared} stale cache keys deleted before the run; check_redis_rps after one warm-up window"
+    ));
+    Ok(sample.errors)
+}
+
+/// One connection inserting one row per transaction: the cost of a durable commit on this
+/// database, the baseline of the write figures.
+async fn insert_commit_rps(url: &str, window: Duration) -> anyhow::Result<f64> {
+    use sqlx::{Connection, Executor};
+    let mut connection = sqlx::PgConnection::connect(url).await?;
+    connection
+        .execute(
+            "CREATE TABLE bench_commits (id BIGSERIAL PRIMARY KEY, \
+             at TIMESTAMPTZ NOT NULL DEFAULT now(), payload TEXT NOT NULL)",
+        )
+        .await?;
+    let started = Instant::now();
+    let mut commits = 0u64;
+    while started.elapsed() < window {
+        sqlx::query("INSERT INTO bench_commits (payload) VALUES ($1)")
+            .bind("call-recording granted")
+            .execute(&mut connection)
+            .await?;
+        commits += 1;
+    }
+    let rate = commits as f64 / started.elapsed().as_secs_f64();
+    connection.close().await?;
+    Ok(rate)
+}
+
+/// The PostgreSQL figures, on a scratch database dropped afterwards. Returns the failed
+/// requests.
+async fn postgres_figures(
+    admin_url: &str,
+    subjects: usize,
+    window: Duration,
+    args: &Args,
+    report: &mut Report,
+) -> anyhow::Result<u64> {
+    let (url, name) = consent_store_sql::testing::create_scratch_database(admin_url).await?;
+    let measured = postgres_run(&url, subjects, window, args, report).await;
+    consent_store_sql::testing::drop_scratch_database(admin_url, &name).await?;
+    measured
+}
+
+async fn postgres_run(
+    url: &str,
+    subjects: usize,
+    window: Duration,
+    args: &Args,
+    report: &mut Report,
+) -> anyhow::Result<u64> {
+    report.figure(
+        "insert_commit_rps_pg",
+        insert_commit_rps(url, window).await?,
+    );
+    let mut config = Config::default();
+    config.store.url = url.to_owned();
+    config.cache.mode = CacheMode::None;
+    let server = start_with(config, AuthMode::ApiKey).await?;
+    let mut tokens = Vec::with_capacity(WRITE_TENANTS);
+    for t in 0..WRITE_TENANTS {
+        let tenant_id = format!("bench-{t:02}");
+        server
+            .store
+            .create_tenant(&consent_core::access::new_tenant(
+                &tenant_id,
+                "",
+                Timestamp::now(),
+            )?)
+            .await?;
+        let (key, token) = consent_server::ledger::new_api_key(
+            &tenant_id,
+            "bench",
+            vec![
+                consent_core::access::Scope::ConsentRead,
+                consent_core::access::Scope::ConsentWrite,
+            ],
+            None,
+        )?;
+        server.store.create_api_key(&key).await?;
+        load_catalog(server.store.as_ref(), &tenant_id).await?;
+        tokens.push(token);
+    }
+    let started = Instant::now();
+    load(server.store.as_ref(), "bench-00", subjects).await?;
+    eprintln!(
+        "PostgreSQL: loaded {subjects} subjects in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let channels = connect(server.addr, args.connections).await?;
+    let tokens = Arc::new(tokens);
+    let first = tokens[0].clone();
+    let check = move |channel: GrpcChannel, i: u64| {
+        let token = first.clone();
+        async move {
+            ConsentServiceClient::new(channel)
+                .check(authorized(check_of(subjects, i), &token)?)
+                .await
+                .map(|_| ())
+        }
+    };
+    let mut errors = 0;
+    let sample = closed_loop(&channels, args.concurrency, window, check).await;
+    errors += sample.errors;
+    report.figure("check_store_pg_rps", sample.per_second());
+
+    // Worker w writes to tenant w % tenants (closed_loop numbers worker w's calls w << 32).
+    let write_to = |tenants: usize| {
+        let tokens = Arc::clone(&tokens);
+        move |channel: GrpcChannel, i: u64| {
+            let worker = usize::try_from(i >> 32).unwrap_or(0);
+            let token = tokens[worker % tenants].clone();
+            async move {
+                ConsentServiceClient::new(channel)
+                    .record_consent(authorized(record_of(i), &token)?)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    };
+    for tenants in [1, 8, WRITE_TENANTS] {
+        let sample =
+            closed_loop(&channels, args.write_concurrency, window, write_to(tenants)).await;
+        errors += sample.errors;
+        report.figure(
+            &format!("record_rps_pg_tenants_{tenants}"),
+            sample.per_second(),
+        );
+    }
+    report.figure(
+        "record_rps_pg",
+        report.value(&format!("record_rps_pg_tenants_{WRITE_TENANTS}")),
+    );
+    report.figure(
+        "record_rps_pg_one_tenant",
+        report.value("record_rps_pg_tenants_1"),
+    );
+    let mut latency = closed_loop(&channels, 1, window, write_to(1)).await;
+    errors += latency.errors;
+    report.figure(
+        "record_consent_pg_c1_p50_us",
+        latency.percentile_us(0.5) as f64,
+    );
+    report.notes.push(format!(
+        "PostgreSQL: cache off; RecordConsent at concurrency {} over 1, 8 and {WRITE_TENANTS} tenants; insert_commit_rps_pg is one connection inserting one row per transaction",
+        args.write_concurrency
+    ));
+    Ok(errors)
 }
