@@ -39,7 +39,11 @@ use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
     FenceRecord, LedgerHead, LedgerStore, Store, StoredEvent,
 };
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+
+/// Cache lookups a batch read keeps in flight (a remote cache answers each in a round trip).
+const BATCH_LOOKUPS: usize = 16;
 
 pub mod fence;
 mod memory;
@@ -494,6 +498,84 @@ impl LedgerStore for CachedStore {
             self.fallback("fill state", &e);
         }
         Ok(state)
+    }
+
+    async fn subject_states(
+        &self,
+        tenant: &str,
+        subjects: &[String],
+        consistency: Consistency,
+    ) -> Result<Vec<Arc<SubjectState>>> {
+        if consistency == Consistency::Full || !self.usable().await {
+            return self
+                .inner
+                .subject_states(tenant, subjects, Consistency::Full)
+                .await;
+        }
+        // Look every subject up (a few at a time, for a remote cache), then read the misses
+        // from the ledger in one call and fill them in.
+        let lookups: Vec<_> = subjects
+            .iter()
+            .map(|subject| self.cache.get_state(tenant, subject))
+            .collect();
+        let looked_up: Vec<Result<Option<Arc<SubjectState>>>> = futures::stream::iter(lookups)
+            .buffered(BATCH_LOOKUPS)
+            .collect()
+            .await;
+        let mut states: Vec<Option<Arc<SubjectState>>> = Vec::with_capacity(subjects.len());
+        let mut missing = Vec::new();
+        for (i, found) in looked_up.into_iter().enumerate() {
+            match found {
+                Ok(Some(state))
+                    if self.admits_state(tenant, state.revision)
+                        && match consistency {
+                            Consistency::AtLeast(min) => state.revision >= min,
+                            Consistency::MinimizeLatency | Consistency::Full => true,
+                        } =>
+                {
+                    CacheStats::count(&self.stats.hits);
+                    states.push(Some(state));
+                }
+                Ok(_) => {
+                    CacheStats::count(&self.stats.misses);
+                    missing.push(i);
+                    states.push(None);
+                }
+                Err(e) => {
+                    self.fallback("get state", &e);
+                    return self
+                        .inner
+                        .subject_states(tenant, subjects, Consistency::Full)
+                        .await;
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let names: Vec<String> = missing
+                .iter()
+                .filter_map(|&i| subjects.get(i).cloned())
+                .collect();
+            let read = self
+                .inner
+                .subject_states(tenant, &names, Consistency::Full)
+                .await?;
+            for ((&i, name), state) in missing.iter().zip(&names).zip(read) {
+                if let Err(e) = self.cache.fill_state(tenant, name, &state).await {
+                    self.fallback("fill state", &e);
+                }
+                if let Some(slot) = states.get_mut(i) {
+                    *slot = Some(state);
+                }
+            }
+        }
+        states
+            .into_iter()
+            .map(|s| {
+                s.ok_or_else(|| {
+                    consent_core::ConsentError::Internal("a subject state went missing".into())
+                })
+            })
+            .collect()
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {

@@ -20,7 +20,10 @@ use consent_store::{
 
 use crate::context::Principal;
 
-/// State reads a batch keeps in flight at once (bounded so one batch cannot take the whole
+/// Subjects whose current states one store call reads.
+const BATCH_STATE_READ: usize = 1000;
+
+/// History reads a batch keeps in flight at once (bounded so one batch cannot take the whole
 /// connection pool).
 const BATCH_READ_CONCURRENCY: usize = 8;
 
@@ -161,7 +164,7 @@ impl Ledger {
         now: Timestamp,
         consistency: Consistency,
     ) -> Result<Arc<SubjectState>> {
-        let mut state = match at {
+        let state = match at {
             Some(_) => Arc::new(self.store.subject_history(tenant, subject_id).await?),
             None => {
                 self.store
@@ -169,6 +172,21 @@ impl Ledger {
                     .await?
             }
         };
+        self.settle(tenant, subject_id, state, at, now, consistency)
+            .await
+    }
+
+    /// Checks a state read for `at` against `consistency`, and swaps a current state that
+    /// holds a choice collected after `now` for the history.
+    async fn settle(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        mut state: Arc<SubjectState>,
+        at: Option<Timestamp>,
+        now: Timestamp,
+        consistency: Consistency,
+    ) -> Result<Arc<SubjectState>> {
         // A projection written before choices were capped at their recording time may hold
         // one collected slightly in the future; "now" must see the choice before it, which
         // the history has.
@@ -211,19 +229,43 @@ impl Ledger {
         }
         // (subject, whether as of a time): the history serves every as-of time.
         let key = |q: &CheckQuery| (q.subject_id.clone(), q.at.is_some());
-        let mut keys: Vec<(String, bool)> = queries.iter().map(key).collect();
-        keys.sort_unstable();
-        keys.dedup();
         let tenant = who.tenant_id.as_str();
-        let states: HashMap<(String, bool), Arc<SubjectState>> = stream::iter(keys)
-            .map(|(subject, as_of)| async move {
-                let at = as_of.then_some(now);
-                let state = self.state(tenant, &subject, at, now, consistency).await?;
-                Ok::<_, ConsentError>(((subject, as_of), state))
+        let distinct = |as_of: bool| {
+            let mut subjects: Vec<String> = queries
+                .iter()
+                .filter(|q| q.at.is_some() == as_of)
+                .map(|q| q.subject_id.clone())
+                .collect();
+            subjects.sort_unstable();
+            subjects.dedup();
+            subjects
+        };
+        let mut states: HashMap<(String, bool), Arc<SubjectState>> = HashMap::new();
+        // Current states: one store call per chunk (one query on the SQL stores).
+        for chunk in distinct(false).chunks(BATCH_STATE_READ) {
+            let read = self
+                .store
+                .subject_states(tenant, chunk, consistency)
+                .await?;
+            for (subject, state) in chunk.iter().zip(read) {
+                let state = self
+                    .settle(tenant, subject, state, None, now, consistency)
+                    .await?;
+                states.insert((subject.clone(), false), state);
+            }
+        }
+        // Histories, for the as-of checks: a few subjects at a time.
+        let histories: Vec<((String, bool), Arc<SubjectState>)> = stream::iter(distinct(true))
+            .map(|subject| async move {
+                let state = self
+                    .state(tenant, &subject, Some(now), now, consistency)
+                    .await?;
+                Ok::<_, ConsentError>(((subject, true), state))
             })
             .buffer_unordered(BATCH_READ_CONCURRENCY)
             .try_collect()
             .await?;
+        states.extend(histories);
         let mut results = Vec::with_capacity(queries.len());
         for (q, purpose) in queries.iter().zip(targets) {
             let Some(state) = states.get(&key(q)) else {
@@ -434,12 +476,18 @@ mod tests {
             at: None,
             ..queries[0].clone()
         });
-        let before = (store.calls("subject_history"), store.calls("subject_state"));
+        let before = (
+            store.calls("subject_history"),
+            store.calls("subject_state"),
+            store.calls("subject_states"),
+        );
         let checked = ledger
             .check_many(&who, &queries, Consistency::MinimizeLatency)
             .await?;
         assert_eq!(store.calls("subject_history") - before.0, 1);
-        assert_eq!(store.calls("subject_state") - before.1, 1);
+        // The current state of every subject in the batch comes from one batch read.
+        assert_eq!(store.calls("subject_state") - before.1, 0);
+        assert_eq!(store.calls("subject_states") - before.2, 1);
         for (q, c) in queries.iter().zip(&checked).take(4_000) {
             // Within hour h after the start, choice h is the latest: even hours grant.
             let hour = q.at.map_or(0, |t| (t.as_micros() - start) / HOUR);

@@ -59,6 +59,16 @@ pub(crate) struct StateRow {
     pub(crate) entry: StateEntry,
 }
 
+/// What one batch writes after its plan.
+#[derive(Debug)]
+pub(crate) struct BatchWrite<'a> {
+    pub(crate) events: &'a [ConsentEvent],
+    pub(crate) states: &'a [StateRow],
+    pub(crate) head: LedgerHead,
+    pub(crate) keys: &'a [NewKey],
+    pub(crate) now: Timestamp,
+}
+
 /// The statements of one write transaction, as each backend speaks them.
 #[async_trait]
 pub(crate) trait BatchTx: Send {
@@ -79,15 +89,11 @@ pub(crate) trait BatchTx: Send {
         first: Revision,
         last: Revision,
     ) -> Result<Vec<ConsentEvent>>;
-    /// Inserts sealed events (multi-row).
-    async fn insert_events(&mut self, tenant: &str, events: &[ConsentEvent]) -> Result<()>;
-    /// Moves the projection: each row replaces the stored one only if it supersedes it. At
-    /// most one row per (subject, purpose, vendor).
-    async fn upsert_states(&mut self, tenant: &str, rows: &[StateRow]) -> Result<()>;
-    /// Sets the tenant head.
-    async fn set_head(&mut self, tenant: &str, head: LedgerHead) -> Result<()>;
-    /// Stores idempotency records, replacing expired ones with the same key.
-    async fn insert_keys(&mut self, tenant: &str, keys: &[NewKey], now: Timestamp) -> Result<()>;
+    /// Writes what a batch produced: the events (multi-row), the projection rows (each
+    /// replacing the stored one only if it supersedes it; at most one per subject, purpose
+    /// and vendor), the new head, and the idempotency records (replacing expired ones with
+    /// the same key).
+    async fn write(&mut self, tenant: &str, batch: &BatchWrite<'_>) -> Result<()>;
     /// Raises the tenant's cache fence (call last: it takes the fence clock row).
     async fn raise_fence(
         &mut self,
@@ -222,20 +228,19 @@ async fn write_in_one_transaction(
         });
     }
 
-    if !sealed.is_empty() {
-        tx.insert_events(tenant, &sealed).await?;
-        tx.upsert_states(tenant, &projection_rows(&sealed)).await?;
-        tx.set_head(
-            tenant,
-            LedgerHead {
+    if !sealed.is_empty() || !new_keys.is_empty() {
+        let states = projection_rows(&sealed);
+        let batch = BatchWrite {
+            events: &sealed,
+            states: &states,
+            head: LedgerHead {
                 revision,
                 hash: prev,
             },
-        )
-        .await?;
-    }
-    if !new_keys.is_empty() {
-        tx.insert_keys(tenant, &new_keys, now).await?;
+            keys: &new_keys,
+            now,
+        };
+        tx.write(tenant, &batch).await?;
     }
     if fence {
         tx.raise_fence(tenant, revision, 0).await?;

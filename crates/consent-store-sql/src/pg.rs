@@ -26,7 +26,9 @@ use uuid::Uuid;
 
 use crate::commits::CommitFeed;
 use crate::errors::db;
-use crate::group::{BatchBackend, BatchTx, GroupCommit, KeyRecord, NewKey, PendingWrite, StateRow};
+use crate::group::{
+    BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, PendingWrite, StateRow,
+};
 use crate::rows::{
     CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, catalog_from_rows,
     event_uuid, from_json, from_pg_time, hash32, parse, pg_time, to_json,
@@ -181,6 +183,37 @@ async fn subject_rows(
         state.entries.extend(state_from_row(row)?);
     }
     Ok(state)
+}
+
+/// The current states of `subjects` with the tenant revision, in one statement (`= ANY`).
+async fn states_of(
+    pool: &PgPool,
+    tenant: &str,
+    subjects: &[String],
+) -> Result<Vec<Arc<SubjectState>>> {
+    let rows = sqlx::query(
+        "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
+         s.collected_at, s.revision, s.subject_id \
+         FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision) h \
+         LEFT JOIN consent_state s ON s.tenant_id = $1 AND s.subject_id = ANY($2)",
+    )
+    .bind(tenant)
+    .bind(subjects)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut revision = 0;
+    let mut found: HashMap<String, Vec<StateEntry>> = HashMap::new();
+    for row in &rows {
+        revision = row.try_get(0).map_err(db)?;
+        if let Some(entry) = state_from_row(row)? {
+            found
+                .entry(row.try_get(8).map_err(db)?)
+                .or_default()
+                .push(entry);
+        }
+    }
+    Ok(crate::rows::states_in_order(subjects, found, revision))
 }
 
 #[async_trait]
@@ -414,130 +447,92 @@ impl BatchTx for PgTx {
             .collect()
     }
 
-    async fn insert_events(&mut self, tenant: &str, events: &[ConsentEvent]) -> Result<()> {
-        let mut c = EventColumns::default();
-        for e in events {
-            c.push(e)?;
+    async fn write(&mut self, tenant: &str, batch: &BatchWrite<'_>) -> Result<()> {
+        let mut e = EventColumns::default();
+        for event in batch.events {
+            e.push(event)?;
         }
-        sqlx::query(
-            "INSERT INTO consent_events (tenant_id, revision, event_id, subject_id, purpose_id, \
-             vendor_id, decision, policy_version_id, channel, collected_at, recorded_at, expires_at, \
-             evidence, evidence_sha256, actor_key_id, prev_hash, hash) \
-             SELECT $1, r, id, s, p, v, d, pv, c, ca, ra, ea, ev::jsonb, es, ak, ph, h FROM UNNEST(\
-             $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
-             $9::text[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::text[], \
-             $14::bytea[], $15::text[], $16::bytea[], $17::bytea[]) \
-             AS t(r, id, s, p, v, d, pv, c, ca, ra, ea, ev, es, ak, ph, h)",
-        )
-        .bind(tenant)
-        .bind(c.revision)
-        .bind(c.id)
-        .bind(c.subject)
-        .bind(c.purpose)
-        .bind(c.vendor)
-        .bind(c.decision)
-        .bind(c.policy)
-        .bind(c.channel)
-        .bind(c.collected_at)
-        .bind(c.recorded_at)
-        .bind(c.expires_at)
-        .bind(c.evidence)
-        .bind(c.evidence_sha256)
-        .bind(c.actor)
-        .bind(c.prev_hash)
-        .bind(c.hash)
-        .execute(&mut *self.0)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn upsert_states(&mut self, tenant: &str, rows: &[StateRow]) -> Result<()> {
-        let mut subject = Vec::with_capacity(rows.len());
-        let mut purpose = Vec::with_capacity(rows.len());
-        let mut vendor = Vec::with_capacity(rows.len());
-        let mut decision = Vec::with_capacity(rows.len());
-        let mut event = Vec::with_capacity(rows.len());
-        let mut policy = Vec::with_capacity(rows.len());
-        let mut collected = Vec::with_capacity(rows.len());
-        let mut revision = Vec::with_capacity(rows.len());
-        for row in rows {
-            let e = &row.entry;
-            subject.push(row.subject_id.as_str());
-            purpose.push(e.purpose_id.as_str());
-            vendor.push(e.vendor_id.as_str());
-            decision.push(e.decision.as_str());
-            event.push(event_uuid(&e.event_id)?);
-            policy.push(e.policy_version_id.as_str());
-            collected.push(pg_time(e.collected_at)?);
-            revision.push(e.revision);
+        let mut st = StateColumns::default();
+        for row in batch.states {
+            st.push(row)?;
         }
-        // Move a row only if the new choice supersedes the stored one: later collected, or at
-        // the same time more restrictive, or as restrictive and later written
-        // (`StateEntry::supersedes`).
+        let keys = batch.keys;
+        // One statement, so a batch costs one round trip after its lock however many tables
+        // it writes. A projection row moves only if the new choice supersedes the stored one
+        // (later collected; at the same time more restrictive; then later written:
+        // `StateEntry::supersedes`). An idempotency conflict is an expired record of the same
+        // key (live ones were found and replayed): it is replaced.
         sqlx::query(
-            "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, \
-             event_id, policy_version_id, collected_at, revision) \
-             SELECT $1, s, p, v, d, e, pv, ca, r FROM UNNEST($2::text[], $3::text[], $4::text[], \
-             $5::text[], $6::uuid[], $7::text[], $8::timestamptz[], $9::bigint[]) \
-             AS t(s, p, v, d, e, pv, ca, r) \
-             ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
-             decision = excluded.decision, event_id = excluded.event_id, \
-             policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
-             revision = excluded.revision \
-             WHERE (excluded.collected_at, CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
-               > (consent_state.collected_at, CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, consent_state.revision)",
+            "WITH events AS (\
+               INSERT INTO consent_events (tenant_id, revision, event_id, subject_id, purpose_id, \
+               vendor_id, decision, policy_version_id, channel, collected_at, recorded_at, \
+               expires_at, evidence, evidence_sha256, actor_key_id, prev_hash, hash) \
+               SELECT $1, r, id, s, p, v, d, pv, c, ca, ra, ea, ev::jsonb, es, ak, ph, h FROM UNNEST(\
+               $2::bigint[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], \
+               $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[], \
+               $12::timestamptz[], $13::text[], $14::bytea[], $15::text[], $16::bytea[], \
+               $17::bytea[]) AS t(r, id, s, p, v, d, pv, c, ca, ra, ea, ev, es, ak, ph, h)), \
+             states AS (\
+               INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, \
+               event_id, policy_version_id, collected_at, revision) \
+               SELECT $1, s, p, v, d, e, pv, ca, r FROM UNNEST($18::text[], $19::text[], \
+               $20::text[], $21::text[], $22::uuid[], $23::text[], $24::timestamptz[], \
+               $25::bigint[]) AS t(s, p, v, d, e, pv, ca, r) \
+               ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
+               decision = excluded.decision, event_id = excluded.event_id, \
+               policy_version_id = excluded.policy_version_id, \
+               collected_at = excluded.collected_at, revision = excluded.revision \
+               WHERE (excluded.collected_at, \
+                      CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
+                   > (consent_state.collected_at, \
+                      CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, \
+                      consent_state.revision)), \
+             keys AS (\
+               INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, \
+               first_revision, last_revision, created_at) \
+               SELECT $1, k, f, a, b, $30 FROM UNNEST($26::text[], $27::bytea[], $28::bigint[], \
+               $29::bigint[]) AS t(k, f, a, b) \
+               ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET \
+               fingerprint = excluded.fingerprint, first_revision = excluded.first_revision, \
+               last_revision = excluded.last_revision, created_at = excluded.created_at) \
+             UPDATE tenants SET revision = $31, head_hash = $32 WHERE tenant_id = $1",
         )
         .bind(tenant)
-        .bind(subject)
-        .bind(purpose)
-        .bind(vendor)
-        .bind(decision)
-        .bind(event)
-        .bind(policy)
-        .bind(collected)
-        .bind(revision)
-        .execute(&mut *self.0)
-        .await
-        .map_err(db)?;
-        Ok(())
-    }
-
-    async fn set_head(&mut self, tenant: &str, head: LedgerHead) -> Result<()> {
-        sqlx::query("UPDATE tenants SET revision = $2, head_hash = $3 WHERE tenant_id = $1")
-            .bind(tenant)
-            .bind(head.revision)
-            .bind(head.hash.as_slice())
-            .execute(&mut *self.0)
-            .await
-            .map_err(db)?;
-        Ok(())
-    }
-
-    async fn insert_keys(&mut self, tenant: &str, keys: &[NewKey], now: Timestamp) -> Result<()> {
-        let names: Vec<&str> = keys.iter().map(|k| k.key.as_str()).collect();
-        let fingerprints: Vec<&[u8]> = keys
-            .iter()
-            .map(|k| k.record.fingerprint.as_slice())
-            .collect();
-        let firsts: Vec<i64> = keys.iter().map(|k| k.record.first_revision).collect();
-        let lasts: Vec<i64> = keys.iter().map(|k| k.record.last_revision).collect();
-        // A conflict is an expired record of the same key (live ones replayed): replace it.
-        sqlx::query(
-            "INSERT INTO idempotency_keys (tenant_id, idempotency_key, fingerprint, first_revision, \
-             last_revision, created_at) \
-             SELECT $1, k, f, a, b, $6 FROM UNNEST($2::text[], $3::bytea[], $4::bigint[], $5::bigint[]) \
-             AS t(k, f, a, b) \
-             ON CONFLICT (tenant_id, idempotency_key) DO UPDATE SET fingerprint = excluded.fingerprint, \
-             first_revision = excluded.first_revision, last_revision = excluded.last_revision, \
-             created_at = excluded.created_at",
+        .bind(e.revision)
+        .bind(e.id)
+        .bind(e.subject)
+        .bind(e.purpose)
+        .bind(e.vendor)
+        .bind(e.decision)
+        .bind(e.policy)
+        .bind(e.channel)
+        .bind(e.collected_at)
+        .bind(e.recorded_at)
+        .bind(e.expires_at)
+        .bind(e.evidence)
+        .bind(e.evidence_sha256)
+        .bind(e.actor)
+        .bind(e.prev_hash)
+        .bind(e.hash)
+        .bind(st.subject)
+        .bind(st.purpose)
+        .bind(st.vendor)
+        .bind(st.decision)
+        .bind(st.event)
+        .bind(st.policy)
+        .bind(st.collected_at)
+        .bind(st.revision)
+        .bind(keys.iter().map(|k| k.key.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.record.fingerprint.as_slice())
+                .collect::<Vec<_>>(),
         )
-        .bind(tenant)
-        .bind(names)
-        .bind(fingerprints)
-        .bind(firsts)
-        .bind(lasts)
-        .bind(pg_time(now)?)
+        .bind(keys.iter().map(|k| k.record.first_revision).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.record.last_revision).collect::<Vec<_>>())
+        .bind(pg_time(batch.now)?)
+        .bind(batch.head.revision)
+        .bind(batch.head.hash.as_slice())
         .execute(&mut *self.0)
         .await
         .map_err(db)?;
@@ -555,6 +550,34 @@ impl BatchTx for PgTx {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         self.0.commit().await.map_err(db)
+    }
+}
+
+/// Projection rows as one array per column, for `UNNEST`.
+#[derive(Default)]
+struct StateColumns<'a> {
+    subject: Vec<&'a str>,
+    purpose: Vec<&'a str>,
+    vendor: Vec<&'a str>,
+    decision: Vec<&'static str>,
+    event: Vec<Uuid>,
+    policy: Vec<&'a str>,
+    collected_at: Vec<OffsetDateTime>,
+    revision: Vec<i64>,
+}
+
+impl<'a> StateColumns<'a> {
+    fn push(&mut self, row: &'a StateRow) -> Result<()> {
+        let e = &row.entry;
+        self.subject.push(&row.subject_id);
+        self.purpose.push(&e.purpose_id);
+        self.vendor.push(&e.vendor_id);
+        self.decision.push(e.decision.as_str());
+        self.event.push(event_uuid(&e.event_id)?);
+        self.policy.push(&e.policy_version_id);
+        self.collected_at.push(pg_time(e.collected_at)?);
+        self.revision.push(e.revision);
+        Ok(())
     }
 }
 
@@ -657,6 +680,15 @@ impl LedgerStore for PgStore {
             Some(at) => self.subject_history(tenant, subject_id).await?.as_of(at),
             None => subject_rows(&self.pool, "consent_state", "", tenant, subject_id).await?,
         }))
+    }
+
+    async fn subject_states(
+        &self,
+        tenant: &str,
+        subjects: &[String],
+        _consistency: Consistency,
+    ) -> Result<Vec<Arc<SubjectState>>> {
+        states_of(&self.pool, tenant, subjects).await
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {

@@ -1,9 +1,14 @@
 //! Conversions both backends share: JSON documents, digests, names, times, and the catalogue
 //! assembled from its rows.
 
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
-use consent_core::{Catalog, ConsentError, PolicyVersion, Purpose, Result, Timestamp, Vendor};
+use consent_core::{
+    Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, StateEntry, SubjectState,
+    Timestamp, Vendor,
+};
 
 use crate::errors::corrupt;
 
@@ -54,6 +59,25 @@ pub(crate) fn from_pg_time(t: time::OffsetDateTime) -> Result<Timestamp> {
     i64::try_from(t.unix_timestamp_nanos() / 1000)
         .map(Timestamp)
         .map_err(|e| corrupt("timestamp", e))
+}
+
+/// One state per subject, in the order asked (a subject without rows has an empty state), all
+/// read at `revision`.
+pub(crate) fn states_in_order(
+    subjects: &[String],
+    found: HashMap<String, Vec<StateEntry>>,
+    revision: Revision,
+) -> Vec<Arc<SubjectState>> {
+    subjects
+        .iter()
+        .map(|subject| {
+            Arc::new(SubjectState {
+                // A subject asked twice gets its entries both times.
+                entries: found.get(subject).cloned().unwrap_or_default(),
+                revision,
+            })
+        })
+        .collect()
 }
 
 /// Which table a catalogue row came from (the one-statement catalogue read tags each row).

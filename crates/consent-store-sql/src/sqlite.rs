@@ -25,7 +25,9 @@ use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::commits::CommitFeed;
 use crate::errors::db;
-use crate::group::{BatchBackend, BatchTx, GroupCommit, KeyRecord, NewKey, PendingWrite, StateRow};
+use crate::group::{
+    BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, NewKey, PendingWrite, StateRow,
+};
 use crate::rows::{
     CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, catalog_from_rows, from_json,
     hash32, parse, to_json,
@@ -201,6 +203,45 @@ async fn subject_rows(
         state.entries.extend(state_from_row(row)?);
     }
     Ok(state)
+}
+
+/// The current states of `subjects` with the tenant revision, one statement per 500 subjects.
+async fn states_of(
+    pool: &SqlitePool,
+    tenant: &str,
+    subjects: &[String],
+) -> Result<Vec<Arc<SubjectState>>> {
+    let mut states = Vec::with_capacity(subjects.len());
+    for chunk in subjects.chunks(ROWS_PER_INSERT) {
+        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+            "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
+             s.collected_at, s.revision, s.subject_id \
+             FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = ",
+        );
+        sql.push_bind(tenant)
+            .push("), 0) AS revision) h LEFT JOIN consent_state s ON s.tenant_id = ")
+            .push_bind(tenant)
+            .push(" AND s.subject_id IN (");
+        let mut list = sql.separated(", ");
+        for subject in chunk {
+            list.push_bind(subject.as_str());
+        }
+        sql.push(")");
+        let rows = sql.build().fetch_all(pool).await.map_err(db)?;
+        let mut revision = 0;
+        let mut found: HashMap<String, Vec<StateEntry>> = HashMap::new();
+        for row in &rows {
+            revision = row.try_get(0).map_err(db)?;
+            if let Some(entry) = state_from_row(row)? {
+                found
+                    .entry(row.try_get(8).map_err(db)?)
+                    .or_default()
+                    .push(entry);
+            }
+        }
+        states.extend(crate::rows::states_in_order(chunk, found, revision));
+    }
+    Ok(states)
 }
 
 #[async_trait]
@@ -438,6 +479,29 @@ impl BatchTx for SqliteTx {
             .collect()
     }
 
+    async fn write(&mut self, tenant: &str, batch: &BatchWrite<'_>) -> Result<()> {
+        // Statements cost no round trip on SQLite: one per table.
+        self.insert_events(tenant, batch.events).await?;
+        self.upsert_states(tenant, batch.states).await?;
+        self.set_head(tenant, batch.head).await?;
+        self.insert_keys(tenant, batch.keys, batch.now).await
+    }
+
+    async fn raise_fence(
+        &mut self,
+        tenant: &str,
+        revision: Revision,
+        catalog_version: i64,
+    ) -> Result<()> {
+        raise_fence(&mut self.0, tenant, revision, catalog_version).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.0.commit().await.map_err(db)
+    }
+}
+
+impl SqliteTx {
     async fn insert_events(&mut self, tenant: &str, events: &[ConsentEvent]) -> Result<()> {
         for chunk in events.chunks(ROWS_PER_INSERT) {
             let evidence = chunk
@@ -542,19 +606,6 @@ impl BatchTx for SqliteTx {
         }
         Ok(())
     }
-
-    async fn raise_fence(
-        &mut self,
-        tenant: &str,
-        revision: Revision,
-        catalog_version: i64,
-    ) -> Result<()> {
-        raise_fence(&mut self.0, tenant, revision, catalog_version).await
-    }
-
-    async fn commit(self: Box<Self>) -> Result<()> {
-        self.0.commit().await.map_err(db)
-    }
 }
 
 #[async_trait]
@@ -608,6 +659,15 @@ impl LedgerStore for SqliteStore {
             Some(at) => self.subject_history(tenant, subject_id).await?.as_of(at),
             None => subject_rows(&self.reader, "consent_state", "", tenant, subject_id).await?,
         }))
+    }
+
+    async fn subject_states(
+        &self,
+        tenant: &str,
+        subjects: &[String],
+        _consistency: Consistency,
+    ) -> Result<Vec<Arc<SubjectState>>> {
+        states_of(&self.reader, tenant, subjects).await
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {

@@ -13,7 +13,7 @@ use consent_core::chain::GENESIS;
 use consent_core::commands::{Idempotency, new_event_id};
 use consent_core::{
     Channel, ConsentError, Cookie, Decision, Evidence, LegalBasis, NewEvent, PolicyVersion,
-    Purpose, PurposeCategory, SUBJECT_WIDE, Timestamp, Vendor,
+    Purpose, PurposeCategory, SUBJECT_WIDE, SubjectState, Timestamp, Vendor,
 };
 
 use crate::{
@@ -62,6 +62,7 @@ macro_rules! store_conformance_suite {
             projection_keeps_the_latest_collected_choice,
             as_of_state_reads_the_past,
             history_holds_every_choice,
+            batch_state_reads_match_single_reads,
             a_tie_of_collection_times_goes_to_the_refusal,
             idempotent_replay_returns_the_original_write,
             a_subject_wide_withdrawal_is_projected_and_listed,
@@ -390,6 +391,78 @@ pub async fn idempotent_replay_returns_the_original_write(store: &Arc<dyn Store>
         .append(&tenant(), &plan, Some(&different), CacheFence::None)
         .await);
     assert!(!other_tenant.replayed);
+}
+
+/// Reading many subjects' states at once gives each subject what reading it alone gives, in
+/// the order asked, unknown and repeated subjects included.
+pub async fn batch_state_reads_match_single_reads(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![
+            event("alice", "analytics", "", Decision::Granted, day(1)),
+            event("alice", "marketing", "", Decision::Denied, day(2)),
+            event("bob", "analytics", "", Decision::Withdrawn, day(3)),
+        ],
+    )
+    .await;
+    let asked: Vec<String> = ["bob", "nobody", "alice", "bob"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let head = ok(store.head(&t).await).revision;
+    let together = ok(store
+        .subject_states(&t, &asked, Consistency::MinimizeLatency)
+        .await);
+    assert_eq!(together.len(), asked.len());
+    for (subject, state) in asked.iter().zip(&together) {
+        let alone = ok(store
+            .subject_state(&t, subject, None, Consistency::Full)
+            .await);
+        let sorted = |s: &SubjectState| {
+            let mut entries = s.entries.clone();
+            entries
+                .sort_by(|a, b| (&a.purpose_id, &a.vendor_id).cmp(&(&b.purpose_id, &b.vendor_id)));
+            entries
+        };
+        assert_eq!(sorted(state), sorted(&alone), "{subject}");
+        assert_eq!(state.revision, head, "{subject}");
+    }
+    assert!(together[1].entries.is_empty());
+    assert!(
+        ok(store
+            .subject_states(&t, &[], Consistency::MinimizeLatency)
+            .await)
+        .is_empty()
+    );
+    // Cached backends: a second read (now from the cache) agrees too.
+    let again = ok(store
+        .subject_states(&t, &asked, Consistency::MinimizeLatency)
+        .await);
+    assert_eq!(again.len(), asked.len());
+    for (first, second) in together.iter().zip(&again) {
+        assert_eq!(first.entries.len(), second.entries.len());
+    }
+    // A later withdrawal is seen by the next batch read, cached entries or not.
+    let withdrawn = append(
+        store,
+        &t,
+        vec![event("alice", "analytics", "", Decision::Withdrawn, day(4))],
+    )
+    .await;
+    let after = ok(store
+        .subject_states(&t, &asked, Consistency::MinimizeLatency)
+        .await);
+    let alice = &after[2];
+    assert!(alice.revision >= withdrawn);
+    assert!(
+        alice
+            .entries
+            .iter()
+            .any(|e| e.purpose_id == "analytics" && e.decision == Decision::Withdrawn),
+        "{alice:?}"
+    );
 }
 
 /// The history holds one entry per event of the subject, in revision order, read at a

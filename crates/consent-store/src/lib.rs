@@ -180,6 +180,17 @@ pub trait LedgerStore: Send + Sync {
         consistency: Consistency,
     ) -> Result<Arc<SubjectState>>;
 
+    /// The current state of each of `subjects` (as [`LedgerStore::subject_state`] without
+    /// `as_of`), in the order given, in as few round trips as the backend allows: a batch of
+    /// checks over many subjects costs one query, not one per subject. Each state carries the
+    /// revision it was read at.
+    async fn subject_states(
+        &self,
+        tenant: &str,
+        subjects: &[String],
+        consistency: Consistency,
+    ) -> Result<Vec<Arc<SubjectState>>>;
+
     /// Every choice the subject made, one entry per event in revision order, with the
     /// revision it was read at (read first). `decide` answers for any time from it (it takes
     /// the latest choice collected by then), so a batch reads a subject's history once

@@ -91,6 +91,18 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn subject_states(
+                &self,
+                tenant: &str,
+                subjects: &[String],
+                consistency: $crate::Consistency,
+            ) -> consent_core::Result<Vec<std::sync::Arc<consent_core::SubjectState>>> {
+                self.around(
+                    "subject_states",
+                    self.inner().subject_states(tenant, subjects, consistency),
+                )
+                .await
+            }
             async fn subject_history(
                 &self,
                 tenant: &str,
