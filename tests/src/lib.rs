@@ -160,14 +160,9 @@ impl TestServer {
         let mut config = Config::default();
         config.store.url = url.to_owned();
         config.cache = cache.clone();
-        let stack = consent_server::stack::open(&config)
+        let stack = consent_server::stack::open(&config, true)
             .await
-            .unwrap_or_else(|e| fail("open store", e));
-        stack
-            .ledger
-            .migrate()
-            .await
-            .unwrap_or_else(|e| fail("migrate", e));
+            .unwrap_or_else(|e| fail("open and migrate the store", e));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| fail("bind", e));

@@ -506,6 +506,13 @@ impl LedgerStore for CachedStore {
         subjects: &[String],
         consistency: Consistency,
     ) -> Result<Vec<Arc<SubjectState>>> {
+        // A single Check: the single read, without the batch's bookkeeping.
+        if let [subject] = subjects {
+            return Ok(vec![
+                self.subject_state(tenant, subject, None, consistency)
+                    .await?,
+            ]);
+        }
         if consistency == Consistency::Full || !self.usable().await {
             return self
                 .inner

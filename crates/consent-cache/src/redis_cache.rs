@@ -1,8 +1,13 @@
 //! Redis backend, standalone or cluster. Every replica's writes tombstone the entries they
 //! change before the write is acknowledged, so a check on any replica sees them.
 //!
-//! Keys are hash-tagged by a digest of tenant and subject (`consent:v1:{<digest>}:s`), so a
-//! cluster spreads subjects over slots and no caller-chosen id can break the key format.
+//! Keys are hash-tagged by a digest of the ledger's cache namespace, tenant and subject
+//! (`consent:v1:{<digest>}:s`), so a cluster spreads subjects over slots and no caller-chosen
+//! id can break the key format. The namespace is a random id stored in the ledger
+//! (`ledger_identity`): two ledgers sharing one Redis never read each other's entries, and a
+//! ledger restored from a backup (its revisions gone back in time, below those of entries
+//! cached before the restore) is given a new namespace by
+//! `consentd cache rotate-namespace`, so those entries are never read again.
 //! Values are `L<version>:<json>` (live), `T<version>:` (tombstone) or `P:` (pending), each
 //! prefixed by the run id of the Redis server that stored it (`<run_id>|...`); one Lua script
 //! applies the version rules atomically per key, another reads.
@@ -92,6 +97,8 @@ pub struct RedisCache {
     get_current: Script,
     put_if: Script,
     description: String,
+    /// The ledger's cache namespace, part of every key (see the module doc).
+    namespace: String,
 }
 
 impl std::fmt::Debug for RedisCache {
@@ -114,12 +121,12 @@ fn digest(parts: &[&str]) -> String {
     hex::encode(&hash.finalize()[..16])
 }
 
-fn state_key(tenant: &str, subject: &str) -> String {
-    format!("consent:v1:{{{}}}:s", digest(&[tenant, subject]))
+fn state_key(namespace: &str, tenant: &str, subject: &str) -> String {
+    format!("consent:v1:{{{}}}:s", digest(&[namespace, tenant, subject]))
 }
 
-fn catalog_key(tenant: &str) -> String {
-    format!("consent:v1:{{{}}}:c", digest(&[tenant]))
+fn catalog_key(namespace: &str, tenant: &str) -> String {
+    format!("consent:v1:{{{}}}:c", digest(&[namespace, tenant]))
 }
 
 fn encode<T: serde::Serialize>(entry: &Versioned<T>) -> Result<String> {
@@ -170,8 +177,9 @@ fn check_url(setting: &str, url: &str) -> Result<()> {
 }
 
 impl RedisCache {
-    /// Connects to a standalone Redis (`redis://host:port`).
-    pub async fn standalone(url: &str, ttl: Duration) -> Result<RedisCache> {
+    /// Connects to a standalone Redis (`redis://host:port`), for the ledger whose cache
+    /// namespace is `namespace` (`SqlStore::cache_namespace`).
+    pub async fn standalone(url: &str, namespace: &str, ttl: Duration) -> Result<RedisCache> {
         register_secrets_of(url);
         check_url("cache.redis_url", url)?;
         let client = redis::Client::open(url).map_err(unavailable)?;
@@ -187,15 +195,17 @@ impl RedisCache {
             .map_err(unavailable)?;
         RedisCache::with(
             Connection::Standalone(manager),
+            namespace,
             ttl,
             format!("redis {}", redact_url(url)),
-        )
+        )?
         .usable()
         .await
     }
 
-    /// Connects to a Redis Cluster through any of its `nodes`.
-    pub async fn cluster(nodes: &[String], ttl: Duration) -> Result<RedisCache> {
+    /// Connects to a Redis Cluster through any of its `nodes`, for the ledger whose cache
+    /// namespace is `namespace`.
+    pub async fn cluster(nodes: &[String], namespace: &str, ttl: Duration) -> Result<RedisCache> {
         for node in nodes {
             register_secrets_of(node);
         }
@@ -211,6 +221,7 @@ impl RedisCache {
         let connection = client.get_async_connection().await.map_err(unavailable)?;
         RedisCache::with(
             Connection::Cluster(connection),
+            namespace,
             ttl,
             format!(
                 "redis cluster {}",
@@ -220,7 +231,7 @@ impl RedisCache {
                     .collect::<Vec<_>>()
                     .join(",")
             ),
-        )
+        )?
         .usable()
         .await
     }
@@ -229,7 +240,7 @@ impl RedisCache {
     /// wrongly, or a server that refuses scripts, stops the start instead of making every
     /// read fall back.
     async fn usable(self) -> Result<RedisCache> {
-        match self.get(&catalog_key("")).await {
+        match self.get(&catalog_key(&self.namespace, "")).await {
             Ok(_) => Ok(self),
             Err(e) => Err(ConsentError::Unavailable(format!(
                 "{} does not answer the cache's commands: {e}",
@@ -238,14 +249,25 @@ impl RedisCache {
         }
     }
 
-    fn with(connection: Connection, ttl: Duration, description: String) -> RedisCache {
-        RedisCache {
+    fn with(
+        connection: Connection,
+        namespace: &str,
+        ttl: Duration,
+        description: String,
+    ) -> Result<RedisCache> {
+        if namespace.is_empty() {
+            return Err(ConsentError::Internal(
+                "the Redis cache needs the ledger's cache namespace".into(),
+            ));
+        }
+        Ok(RedisCache {
             connection,
             ttl,
             get_current: Script::new(&format!("{CURRENT_RUN}{GET_CURRENT}")),
             put_if: Script::new(&format!("{CURRENT_RUN}{PUT_IF}")),
             description,
-        }
+            namespace: namespace.to_owned(),
+        })
     }
 
     async fn get(&self, key: &str) -> Result<Option<String>> {
@@ -302,7 +324,7 @@ impl CacheBackend for RedisCache {
         subject: &str,
     ) -> Result<Option<std::sync::Arc<SubjectState>>> {
         Ok(self
-            .get(&state_key(tenant, subject))
+            .get(&state_key(&self.namespace, tenant, subject))
             .await?
             .and_then(|raw| decode(&raw))
             .map(std::sync::Arc::new))
@@ -313,13 +335,18 @@ impl CacheBackend for RedisCache {
             version: state.revision,
             value: Some(state),
         };
-        self.put(&state_key(tenant, subject), &entry, "fill").await
+        self.put(&state_key(&self.namespace, tenant, subject), &entry, "fill")
+            .await
     }
 
     async fn begin_write(&self, tenant: &str, subject: &str) -> Result<()> {
         let marker: Versioned<()> = Versioned::pending();
-        self.put(&state_key(tenant, subject), &marker, "pending")
-            .await
+        self.put(
+            &state_key(&self.namespace, tenant, subject),
+            &marker,
+            "pending",
+        )
+        .await
     }
 
     async fn invalidate_state(
@@ -332,12 +359,13 @@ impl CacheBackend for RedisCache {
             version: revision,
             value: None,
         };
-        self.put(&state_key(tenant, subject), &tomb, "tomb").await
+        self.put(&state_key(&self.namespace, tenant, subject), &tomb, "tomb")
+            .await
     }
 
     async fn get_catalog(&self, tenant: &str) -> Result<Option<std::sync::Arc<Catalog>>> {
         Ok(self
-            .get(&catalog_key(tenant))
+            .get(&catalog_key(&self.namespace, tenant))
             .await?
             .and_then(|raw| decode(&raw))
             .map(std::sync::Arc::new))
@@ -348,7 +376,8 @@ impl CacheBackend for RedisCache {
             version: catalog.version,
             value: Some(catalog),
         };
-        self.put(&catalog_key(tenant), &entry, "fill").await
+        self.put(&catalog_key(&self.namespace, tenant), &entry, "fill")
+            .await
     }
 
     fn describe(&self) -> String {
@@ -366,11 +395,23 @@ mod tests {
 
     #[test]
     fn keys_are_hash_tagged_and_immune_to_odd_ids() {
-        let k = state_key("acme", "{weird}:subject");
+        let k = state_key("ns", "acme", "{weird}:subject");
         assert!(k.starts_with("consent:v1:{") && k.ends_with("}:s"), "{k}");
         assert_eq!(k.matches('{').count(), 1);
-        assert_ne!(state_key("a", "bc"), state_key("ab", "c"));
-        assert_ne!(catalog_key("acme"), state_key("acme", ""));
+        assert_ne!(state_key("ns", "a", "bc"), state_key("ns", "ab", "c"));
+        assert_ne!(catalog_key("ns", "acme"), state_key("ns", "acme", ""));
+    }
+
+    #[test]
+    fn ledgers_sharing_a_redis_have_disjoint_keys() {
+        assert_ne!(
+            state_key("ledger-a", "acme", "alice"),
+            state_key("ledger-b", "acme", "alice")
+        );
+        assert_ne!(
+            catalog_key("ledger-a", "acme"),
+            catalog_key("ledger-b", "acme")
+        );
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TTL, ledger};
+use common::{NAMESPACE, TTL, ledger, sql_ledger};
 use consent_cache::testing::{Relay, redis_test_url};
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
 use consent_core::commands::new_event_id;
 use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
 use consent_store::{CacheFence, Consistency, LedgerStore, Store};
+use consent_store_sql::SqlStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -22,7 +23,7 @@ use tokio::process::{Child, Command};
 async fn backends() -> Vec<Arc<dyn CacheBackend>> {
     let mut backends: Vec<Arc<dyn CacheBackend>> = vec![Arc::new(MemoryCache::new(1000, TTL))];
     if let Some(url) = redis_test_url() {
-        let redis = RedisCache::standalone(&url, TTL)
+        let redis = RedisCache::standalone(&url, NAMESPACE, TTL)
             .await
             .unwrap_or_else(|e| panic!("redis: {e}"));
         backends.push(Arc::new(redis));
@@ -83,7 +84,7 @@ async fn a_write_on_one_replica_is_seen_by_the_other_at_once() {
         let url = url.clone();
         async move {
             let cache: Arc<dyn CacheBackend> = Arc::new(
-                RedisCache::standalone(&url, TTL)
+                RedisCache::standalone(&url, NAMESPACE, TTL)
                     .await
                     .unwrap_or_else(|e| panic!("redis: {e}")),
             );
@@ -278,7 +279,7 @@ async fn own_redis_stack() -> (
     let redis = OwnRedis::start(None).await;
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let (ledger, dir) = ledger().await;
-    let cache = RedisCache::standalone(&url, TTL)
+    let cache = RedisCache::standalone(&url, NAMESPACE, TTL)
         .await
         .unwrap_or_else(|e| panic!("redis: {e}"));
     (redis, ledger, dir, Arc::new(cache))
@@ -473,7 +474,7 @@ async fn a_redis_restored_from_an_older_snapshot_cannot_bring_back_a_grant() {
     let (dir, redis, url) = persistent_redis().await;
     let (ledger, _ledger_dir) = ledger().await;
     let cache: Arc<dyn CacheBackend> = Arc::new(
-        RedisCache::standalone(&url, TTL)
+        RedisCache::standalone(&url, NAMESPACE, TTL)
             .await
             .unwrap_or_else(|e| panic!("redis: {e}")),
     );
@@ -511,7 +512,7 @@ async fn a_withdrawal_made_while_redis_was_down_survives_its_restart_from_a_snap
         let url = url.clone();
         async move {
             let cache: Arc<dyn CacheBackend> = Arc::new(
-                RedisCache::standalone(&url, TTL)
+                RedisCache::standalone(&url, NAMESPACE, TTL)
                     .await
                     .unwrap_or_else(|e| panic!("redis: {e}")),
             );
@@ -552,7 +553,7 @@ async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
     let (ledger, _dir) = ledger().await;
     let connect = |port: u16| async move {
         let cache: Arc<dyn CacheBackend> = Arc::new(
-            RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), TTL)
+            RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), NAMESPACE, TTL)
                 .await
                 .unwrap_or_else(|e| panic!("redis: {e}")),
         );
@@ -599,4 +600,62 @@ async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
     let (hits, _, _) = b.stats().snapshot();
     decision(&b, &t, "caller", Consistency::MinimizeLatency).await;
     assert!(b.stats().snapshot().0 > hits, "the cache serves again");
+}
+
+/// `ledger` behind the Redis at `url`, in the cache namespace the ledger holds.
+async fn behind_redis(url: &str, ledger: &SqlStore) -> CachedStore {
+    let namespace = ledger
+        .cache_namespace()
+        .await
+        .unwrap_or_else(|e| panic!("namespace: {e}"));
+    let cache: Arc<dyn CacheBackend> = Arc::new(
+        RedisCache::standalone(url, &namespace, TTL)
+            .await
+            .unwrap_or_else(|e| panic!("redis: {e}")),
+    );
+    CachedStore::new(Arc::new(ledger.clone()), cache)
+}
+
+/// Two ledgers on one Redis (two deployments, staging beside production) never read each
+/// other's entries: the same tenant and subject, granted in one and withdrawn in the other,
+/// answer each their own. A ledger restored from a backup keeps the namespace it had, so it
+/// would read entries cached before the restore, until its namespace is rotated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledgers_sharing_a_redis_read_only_their_own_entries() {
+    let Some(url) = redis_test_url() else { return };
+    let (a, _a_dir) = sql_ledger().await;
+    let (b, _b_dir) = sql_ledger().await;
+    let t = tenant();
+    let first = behind_redis(&url, &a).await;
+    let second = behind_redis(&url, &b).await;
+    write(&first, &t, "alice", Decision::Granted).await;
+    write(&second, &t, "alice", Decision::Withdrawn).await;
+    let read = async |store: &CachedStore| {
+        decision(store, &t, "alice", Consistency::MinimizeLatency).await
+    };
+    // The first ledger's grant is now cached; the second ledger's withdrawal stands.
+    assert_eq!(read(&first).await, Some(Decision::Granted));
+    assert_eq!(read(&first).await, Some(Decision::Granted));
+    assert_eq!(read(&second).await, Some(Decision::Withdrawn));
+
+    // The second ledger as a restore of the first (the same namespace) reads the first's
+    // cached grant: the hazard the rotation removes.
+    let namespace = a
+        .cache_namespace()
+        .await
+        .unwrap_or_else(|e| panic!("namespace: {e}"));
+    b.execute_raw(&format!(
+        "UPDATE ledger_identity SET cache_namespace = '{namespace}' WHERE id = 1"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("update: {e}"));
+    let restored = behind_redis(&url, &b).await;
+    assert_eq!(read(&restored).await, Some(Decision::Granted));
+    let rotated = b
+        .rotate_cache_namespace()
+        .await
+        .unwrap_or_else(|e| panic!("rotate: {e}"));
+    assert_ne!(rotated, namespace);
+    let restarted = behind_redis(&url, &b).await;
+    assert_eq!(read(&restarted).await, Some(Decision::Withdrawn));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{TTL, ledger};
+use common::{NAMESPACE, TTL, ledger};
 use consent_cache::testing::{redis_cluster_test_nodes, redis_test_url};
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
 use consent_store::conformance::TestStore;
@@ -32,7 +32,7 @@ mod redis {
         let url = redis_test_url()?;
         let (inner, dir) = ledger().await;
         let cache: Arc<dyn CacheBackend> = Arc::new(
-            RedisCache::standalone(&url, TTL)
+            RedisCache::standalone(&url, NAMESPACE, TTL)
                 .await
                 .unwrap_or_else(|e| panic!("redis: {e}")),
         );
@@ -52,7 +52,7 @@ mod redis_cluster {
         let nodes = redis_cluster_test_nodes()?;
         let (inner, dir) = ledger().await;
         let cache: Arc<dyn CacheBackend> = Arc::new(
-            RedisCache::cluster(&nodes, TTL)
+            RedisCache::cluster(&nodes, NAMESPACE, TTL)
                 .await
                 .unwrap_or_else(|e| panic!("redis cluster: {e}")),
         );

@@ -64,12 +64,27 @@ pub enum Command {
         #[command(subcommand)]
         action: KeyCommand,
     },
+    /// Shared-cache maintenance.
+    Cache {
+        /// Cache action.
+        #[command(subcommand)]
+        action: CacheCommand,
+    },
     /// Recompute a tenant's hash chain; exits 2 if it does not verify.
     Verify {
         /// Tenant whose ledger to verify.
         #[arg(long, default_value = DEFAULT_TENANT)]
         tenant: String,
     },
+}
+
+/// Shared-cache actions.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Give the ledger a new cache namespace, so that no entry cached so far is read again.
+    /// Run it after restoring the database from a backup, before starting the replicas
+    /// (entries cached before the restore describe writes the restored ledger does not hold).
+    RotateNamespace,
 }
 
 /// Catalogue actions.
@@ -152,8 +167,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => apply_catalog(&config, &file, &tenant).await?,
         Command::Tenants { action } => tenants(&config, action).await?,
         Command::Keys { action } => keys(&config, action).await?,
+        Command::Cache {
+            action: CacheCommand::RotateNamespace,
+        } => {
+            let ledger = crate::stack::open_ledger(&config, true).await?;
+            let namespace = ledger.rotate_cache_namespace().await?;
+            println!(
+                "cache namespace of {} is now {namespace}; start the replicas again (each reads it at start)",
+                redact_url(&config.store.url)
+            );
+        }
         Command::Verify { tenant } => {
-            let stack = crate::stack::open(&config).await?;
+            let stack = crate::stack::open(&config, false).await?;
             let (report, head) = verify_ledger(&stack.ledger, &tenant).await?;
             println!(
                 "tenant {tenant}: {} at revision {}, {} events checked{}",
@@ -178,9 +203,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
 /// The configured stack, migrated (commands may run before the first `serve`).
 async fn open_migrated(config: &Config) -> anyhow::Result<StoreStack> {
-    let stack = crate::stack::open(config).await?;
-    stack.ledger.migrate().await?;
-    Ok(stack)
+    crate::stack::open(config, true).await
 }
 
 async fn tenants(config: &Config, action: TenantCommand) -> anyhow::Result<()> {
@@ -324,10 +347,7 @@ async fn shutdown_signal() {
 async fn serve(config: &Config) -> anyhow::Result<()> {
     // TLS files are read first so a bad path fails before anything is opened or bound.
     let settings = crate::server::ServerSettings::from_config(config)?;
-    let stack = crate::stack::open(config).await?;
-    if config.store.auto_migrate {
-        stack.ledger.migrate().await?;
-    }
+    let stack = crate::stack::open(config, config.store.auto_migrate).await?;
     let listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;

@@ -29,14 +29,10 @@ impl std::fmt::Debug for StoreStack {
     }
 }
 
-/// Connects the ledger and the cache; does not migrate.
-pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
-    let options = SqlOptions {
-        max_connections: config.store.max_connections,
-        acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
-        idempotency_ttl: Duration::from_secs(config.store.idempotency_ttl_secs),
-    };
-    let ledger = SqlStore::connect(&config.store.url, &options).await?;
+/// Connects the ledger (applying the migrations first when `migrate`) and the cache. A
+/// shared cache needs the migrated ledger: its keys carry the ledger's cache namespace.
+pub async fn open(config: &Config, migrate: bool) -> anyhow::Result<StoreStack> {
+    let ledger = open_ledger(config, migrate).await?;
     // While the database is down, requests fail fast instead of each waiting for a pool
     // connection that cannot come.
     let guarded: Arc<dyn Store> = Arc::new(BreakerStore::new(
@@ -47,19 +43,7 @@ pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
     let cache: Option<Arc<dyn CacheBackend>> = match config.cache_mode() {
         CacheMode::None | CacheMode::Auto => None,
         CacheMode::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_entries, ttl))),
-        CacheMode::Redis if !config.cache.redis_cluster_nodes.is_empty() => {
-            let nodes: Vec<String> = config
-                .cache
-                .redis_cluster_nodes
-                .split(',')
-                .map(|n| n.trim().to_owned())
-                .filter(|n| !n.is_empty())
-                .collect();
-            Some(Arc::new(RedisCache::cluster(&nodes, ttl).await?))
-        }
-        CacheMode::Redis => Some(Arc::new(
-            RedisCache::standalone(&config.cache.redis_url, ttl).await?,
-        )),
+        CacheMode::Redis => Some(redis(config, &ledger, ttl).await?),
     };
     Ok(match cache {
         None => StoreStack {
@@ -75,5 +59,41 @@ pub async fn open(config: &Config) -> anyhow::Result<StoreStack> {
                 ledger,
             }
         }
+    })
+}
+
+/// Connects the SQL ledger alone (applying the migrations first when `migrate`).
+pub async fn open_ledger(config: &Config, migrate: bool) -> anyhow::Result<SqlStore> {
+    let options = SqlOptions {
+        max_connections: config.store.max_connections,
+        acquire_timeout: Duration::from_millis(config.store.acquire_timeout_ms),
+        idempotency_ttl: Duration::from_secs(config.store.idempotency_ttl_secs),
+    };
+    let ledger = SqlStore::connect(&config.store.url, &options).await?;
+    if migrate {
+        ledger.migrate().await?;
+    }
+    Ok(ledger)
+}
+
+/// The Redis cache of `config`, its keys in the ledger's cache namespace.
+async fn redis(
+    config: &Config,
+    ledger: &SqlStore,
+    ttl: Duration,
+) -> anyhow::Result<Arc<dyn CacheBackend>> {
+    let namespace = ledger.cache_namespace().await?;
+    tracing::info!(cache_namespace = %namespace, "shared cache keys are in this ledger's namespace");
+    let nodes: Vec<String> = config
+        .cache
+        .redis_cluster_nodes
+        .split(',')
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    Ok(if nodes.is_empty() {
+        Arc::new(RedisCache::standalone(&config.cache.redis_url, &namespace, ttl).await?)
+    } else {
+        Arc::new(RedisCache::cluster(&nodes, &namespace, ttl).await?)
     })
 }

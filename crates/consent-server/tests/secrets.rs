@@ -186,6 +186,10 @@ async fn logs_and_terminal_output_never_show_credentials() {
     assert_no_secret("catalog apply", &format!("{applied:?}"));
     let migrated = run_cli(&store_url, &env, &["migrate"]).await;
     assert_no_secret("migrate", &format!("{migrated:?}"));
+    let rotated = run_cli(&store_url, &env, &["cache", "rotate-namespace"]).await;
+    assert_eq!(rotated.code, Some(0), "{rotated:?}");
+    assert!(rotated.stdout.contains("cache namespace"), "{rotated:?}");
+    assert_no_secret("cache rotate-namespace", &format!("{rotated:?}"));
 
     let (server, addr, logs) = serve(&env).await;
     let client = ConsentClient::connect(format!("http://{addr}"))

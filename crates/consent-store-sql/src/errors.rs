@@ -34,6 +34,17 @@ fn retryable(d: &dyn DatabaseError) -> bool {
     false
 }
 
+/// Whether `e` says a table does not exist (a database the migrations have not reached).
+pub(crate) fn is_undefined_table(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(d) = e else {
+        return false;
+    };
+    if let Some(pg) = d.try_downcast_ref::<PgDatabaseError>() {
+        return pg.code() == "42P01";
+    }
+    d.try_downcast_ref::<SqliteError>().is_some() && d.message().starts_with("no such table")
+}
+
 pub(crate) fn db(e: sqlx::Error) -> ConsentError {
     match &e {
         sqlx::Error::Database(d) if retryable(d.as_ref()) => ConsentError::Unavailable(format!(

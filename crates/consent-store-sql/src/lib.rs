@@ -318,6 +318,61 @@ impl SqlStore {
         }
     }
 
+    /// The ledger's cache namespace: a random id a shared cache puts in every key, so that
+    /// entries cached for another ledger (or for this one before a restore and
+    /// [`SqlStore::rotate_cache_namespace`]) are never read. Needs the migrations.
+    pub async fn cache_namespace(&self) -> Result<String> {
+        const READ: &str = "SELECT cache_namespace FROM ledger_identity WHERE id = 1";
+        let read = match &self.engine {
+            Engine::Postgres(s) => {
+                sqlx::query_scalar::<_, String>(READ)
+                    .fetch_optional(s.pool())
+                    .await
+            }
+            Engine::Sqlite(s) => {
+                sqlx::query_scalar::<_, String>(READ)
+                    .fetch_optional(s.reader())
+                    .await
+            }
+        };
+        match read {
+            Ok(Some(namespace)) => Ok(namespace),
+            Ok(None) => Err(ConsentError::Internal(
+                "ledger_identity has no row: the migrations did not complete".into(),
+            )),
+            Err(e) if errors::is_undefined_table(&e) => Err(ConsentError::FailedPrecondition(
+                "the database is not migrated (no ledger_identity table): run `consentd migrate` or set store.auto_migrate = true".into(),
+            )),
+            Err(e) => Err(db(e)),
+        }
+    }
+
+    /// Gives the ledger a new cache namespace and returns it. Run after restoring the
+    /// database from a backup, before the replicas start: entries cached before the restore
+    /// describe writes the restored ledger does not hold, at revisions it will reuse.
+    pub async fn rotate_cache_namespace(&self) -> Result<String> {
+        const WRITE: &str = "UPDATE ledger_identity SET cache_namespace = $1 WHERE id = 1";
+        let namespace = uuid::Uuid::now_v7().simple().to_string();
+        let updated = match &self.engine {
+            Engine::Postgres(s) => sqlx::query(WRITE)
+                .bind(&namespace)
+                .execute(s.pool())
+                .await
+                .map(|r| r.rows_affected()),
+            Engine::Sqlite(s) => sqlx::query(WRITE)
+                .bind(&namespace)
+                .execute(s.writer())
+                .await
+                .map(|r| r.rows_affected()),
+        };
+        match updated.map_err(db)? {
+            1 => Ok(namespace),
+            _ => Err(ConsentError::Internal(
+                "ledger_identity has no row: the migrations did not complete".into(),
+            )),
+        }
+    }
+
     /// Runs one SQL statement outside the store's API, for tests that play a careless
     /// operator (the append-only guard) and for maintenance scripts.
     pub async fn execute_raw(&self, sql: &str) -> Result<u64> {
