@@ -7,8 +7,8 @@
 //! `--smoke` (seconds; CI runs it to prove the benchmark runs), `--quick` (a few minutes),
 //! default (longer). `--json PATH` writes the report. SQLite figures always; PostgreSQL
 //! figures (a scratch database beside the one `CONSENT_BENCH_DATABASE_URL` names) and Redis
-//! figures (`CONSENT_BENCH_REDIS_URL`; the run deletes the `consent:v1:*` cache keys there,
-//! which the service allows at any moment) only when those are set: otherwise the report
+//! figures (`CONSENT_BENCH_REDIS_URL`; the run deletes the `consent:v1:*` cache keys there
+//! (earlier runs' ledgers), which the service allows at any moment) only when those are set: otherwise the report
 //! says they were skipped, never a made-up figure.
 
 use std::collections::HashMap;
@@ -43,6 +43,9 @@ const PURPOSES: &[&str] = &[
     "ai_transcription",
     "marketing_communications",
 ];
+/// Alternating rounds of the empty RPC and the cached Check (one window in all for each).
+const ROUNDS: u32 = 3;
+
 /// Checks per CheckBatch.
 const BATCH: usize = 100;
 
@@ -71,6 +74,54 @@ struct Args {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Profile one phase: the bench writes `enable` to `--perf-control` when the phase
+    /// starts and `disable` when it ends (phases: see `PHASES`, e.g. check_cached, batch,
+    /// check_redis, record_pg_tenants_64).
+    #[arg(long, requires = "perf_control")]
+    profile_phase: Option<String>,
+    /// The control FIFO of `perf record --control=fifo:PATH -D -1 -p <bench pid>`.
+    #[arg(long, requires = "profile_phase")]
+    perf_control: Option<PathBuf>,
+}
+
+/// The phases `--profile-phase` can name.
+const PHASES: [&str; 10] = [
+    "empty",
+    "check_cached",
+    "check_store",
+    "record_sqlite",
+    "batch",
+    "check_redis",
+    "check_store_pg",
+    "record_pg_tenants_1",
+    "record_pg_tenants_8",
+    "record_pg_tenants_64",
+];
+
+/// The phase to profile and perf's control FIFO (`--profile-phase`, `--perf-control`).
+static PROFILED: std::sync::OnceLock<(String, PathBuf)> = std::sync::OnceLock::new();
+
+/// Runs `phase`, with perf recording around it when it is the profiled phase.
+async fn phase<T>(name: &str, run: impl std::future::Future<Output = T>) -> T {
+    let fifo = PROFILED
+        .get()
+        .filter(|(profiled, _)| profiled == name)
+        .map(|(_, fifo)| fifo);
+    let tell = |command: &str| {
+        if let Some(fifo) = fifo {
+            let told = std::fs::OpenOptions::new()
+                .write(true)
+                .open(fifo)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, command.as_bytes()));
+            if let Err(e) = told {
+                eprintln!("cannot tell perf to {}: {e}", command.trim());
+            }
+        }
+    };
+    tell("enable\n");
+    let out = run.await;
+    tell("disable\n");
+    out
 }
 
 /// How big and how long a run is.
@@ -226,6 +277,14 @@ struct Sample {
 }
 
 impl Sample {
+    /// Adds another measurement of the same thing to this one.
+    fn absorb(&mut self, other: Sample) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies_us.extend(other.latencies_us);
+    }
+
     fn per_second(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -325,6 +384,14 @@ where
     }
     sample.elapsed = started.elapsed();
     sample
+}
+
+/// The empty RPC: `grpc.health.v1.Health/Check` (every baseline).
+async fn health(channel: GrpcChannel, _i: u64) -> Result<(), tonic::Status> {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
 }
 
 /// A random check of the dataset, drawn from `i`.
@@ -479,6 +546,14 @@ async fn connect(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Grp
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let (Some(name), Some(fifo)) = (&args.profile_phase, &args.perf_control) {
+        anyhow::ensure!(
+            PHASES.contains(&name.as_str()),
+            "--profile-phase {name} is not a phase; one of: {}",
+            PHASES.join(", ")
+        );
+        let _ = PROFILED.set((name.clone(), fifo.clone()));
+    }
     let profile = match (args.smoke, args.quick) {
         (true, _) => Profile {
             subjects: 500,
@@ -512,12 +587,6 @@ async fn main() -> anyhow::Result<()> {
     let c = args.concurrency;
     let mut report = Report::default();
 
-    let health = |channel: GrpcChannel, _i: u64| async move {
-        HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await
-            .map(|_| ())
-    };
     let check = move |channel: GrpcChannel, i: u64| async move {
         ConsentServiceClient::new(channel)
             .check(check_of(subjects, i))
@@ -562,25 +631,34 @@ async fn main() -> anyhow::Result<()> {
         report.figure("rss_warm_mib", warm);
     }
     let mut errors = 0;
+    // The empty RPC and the cached Check, the ratio that matters most, in alternating rounds:
+    // a drift of the machine's speed during the run then weighs on both alike.
+    let (mut empty, mut cached_checks) = (Sample::default(), Sample::default());
+    for _ in 0..ROUNDS {
+        let round = window / ROUNDS;
+        empty.absorb(phase("empty", closed_loop(&channels, c, round, health)).await);
+        cached_checks.absorb(phase("check_cached", closed_loop(&channels, c, round, check)).await);
+    }
     for (name, sample) in [
-        ("empty", closed_loop(&channels, c, window, health).await),
-        (
-            "check_cached",
-            closed_loop(&channels, c, window, check).await,
-        ),
+        ("empty", empty),
+        ("check_cached", cached_checks),
         (
             "check_store",
-            closed_loop(&store_channels, c, window, check).await,
+            phase(
+                "check_store",
+                closed_loop(&store_channels, c, window, check),
+            )
+            .await,
         ),
         (
             "record_sqlite",
-            closed_loop(&channels, c, window, write).await,
+            phase("record_sqlite", closed_loop(&channels, c, window, write)).await,
         ),
     ] {
         report.figure(&format!("{name}_rps"), sample.per_second());
         errors += sample.errors;
     }
-    let batches = closed_loop(&channels, c, window, batch).await;
+    let batches = phase("batch", closed_loop(&channels, c, window, batch)).await;
     errors += batches.errors;
     report.figure("batch_decisions_per_s", batches.per_second() * BATCH as f64);
 
@@ -705,7 +783,7 @@ async fn main() -> anyhow::Result<()> {
         report.ratio(
             "check_redis_vs_empty_rps",
             "check_redis_rps",
-            "empty_rps",
+            "empty_beside_redis_rps",
             0.60,
             false,
         );
@@ -797,8 +875,9 @@ fn authorized<T>(message: T, token: &str) -> Result<tonic::Request<T>, tonic::St
     Ok(request)
 }
 
-/// Deletes the service's cache keys (`consent:v1:*`) from the Redis at `url`, so entries of an
-/// earlier run against another ledger are not read as this run's.
+/// Deletes the service's cache keys (`consent:v1:*`) from the Redis at `url`: entries of
+/// earlier runs (other ledgers, other namespaces, never read by this one) would otherwise
+/// fill the Redis run after run and make its memory differ between runs.
 async fn clear_cache_keys(url: &str) -> anyhow::Result<usize> {
     let client = redis::Client::open(url)?;
     let mut connection = client.get_multiplexed_async_connection().await?;
@@ -842,14 +921,27 @@ async fn redis_figures(
             .await
             .map(|_| ())
     };
-    // Warm Redis, then measure.
+    // Warm Redis, then measure in alternating rounds with the empty RPC on the same server
+    // (the baseline of the Redis ratio, measured beside it).
     closed_loop(&channels, args.concurrency, window, check).await;
-    let sample = closed_loop(&channels, args.concurrency, window, check).await;
-    report.figure("check_redis_rps", sample.per_second());
+    let (mut empty, mut checks) = (Sample::default(), Sample::default());
+    for _ in 0..ROUNDS {
+        let round = window / ROUNDS;
+        empty.absorb(closed_loop(&channels, args.concurrency, round, health).await);
+        checks.absorb(
+            phase(
+                "check_redis",
+                closed_loop(&channels, args.concurrency, round, check),
+            )
+            .await,
+        );
+    }
+    report.figure("check_redis_rps", checks.per_second());
+    report.figure("empty_beside_redis_rps", empty.per_second());
     report.notes.push(format!(
-        "Redis: {cleared} stale cache keys deleted before the run; check_redis_rps after one warm-up window"
+        "Redis: {cleared} stale cache keys deleted before the run; check_redis_rps after one warm-up window, in rounds alternating with the empty RPC (empty_beside_redis_rps)"
     ));
-    Ok(sample.errors)
+    Ok(checks.errors + empty.errors)
 }
 
 /// One connection inserting one row per transaction: the cost of a durable commit on this
@@ -950,7 +1042,11 @@ async fn postgres_run(
         }
     };
     let mut errors = 0;
-    let sample = closed_loop(&channels, args.concurrency, window, check).await;
+    let sample = phase(
+        "check_store_pg",
+        closed_loop(&channels, args.concurrency, window, check),
+    )
+    .await;
     errors += sample.errors;
     report.figure("check_store_pg_rps", sample.per_second());
 
@@ -969,8 +1065,11 @@ async fn postgres_run(
         }
     };
     for tenants in [1, 8, WRITE_TENANTS] {
-        let sample =
-            closed_loop(&channels, args.write_concurrency, window, write_to(tenants)).await;
+        let sample = phase(
+            &format!("record_pg_tenants_{tenants}"),
+            closed_loop(&channels, args.write_concurrency, window, write_to(tenants)),
+        )
+        .await;
         errors += sample.errors;
         report.figure(
             &format!("record_rps_pg_tenants_{tenants}"),

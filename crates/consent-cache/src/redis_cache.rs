@@ -49,6 +49,21 @@ if value then return value end
 return false
 "#;
 
+/// Reads an entry stored under the current run unless it is the version the caller holds.
+/// KEYS[1] the key; ARGV[1] the value prefix of the caller's copy (`L<version>:`), or empty.
+/// Returns `=` when the entry is that version, else the value or nil: a catalogue (several
+/// KB of JSON) crosses the network and is decoded only when it changed.
+const GET_UNLESS_HELD: &str = r#"
+local value = of_this_run(redis.call('GET', KEYS[1]))
+if not value then return false end
+if ARGV[1] ~= '' and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then return '=' end
+return value
+"#;
+
+/// Catalogues a cache keeps decoded (one per tenant); past it the copies are dropped and
+/// read again.
+const HELD_CATALOGS: usize = 10_000;
+
 /// Compare-and-set by version (the rules of `Versioned`). KEYS[1] the key; ARGV: version,
 /// `fill`, `tomb` or `pending`, value, TTL in ms. Values: `L<version>:<json>` live,
 /// `T<version>:` tombstone, `P:` pending, stored as `<run_id>|<value>`. Returns 1 when
@@ -95,8 +110,13 @@ pub struct RedisCache {
     connection: Connection,
     ttl: Duration,
     get_current: Script,
+    get_unless_held: Script,
     put_if: Script,
     description: String,
+    /// The last catalogue read per tenant, decoded: reused while Redis holds that version.
+    catalogs: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Catalog>>>,
+    >,
     /// The ledger's cache namespace, part of every key (see the module doc).
     namespace: String,
 }
@@ -264,6 +284,8 @@ impl RedisCache {
             connection,
             ttl,
             get_current: Script::new(&format!("{CURRENT_RUN}{GET_CURRENT}")),
+            get_unless_held: Script::new(&format!("{CURRENT_RUN}{GET_UNLESS_HELD}")),
+            catalogs: std::sync::Arc::default(),
             put_if: Script::new(&format!("{CURRENT_RUN}{PUT_IF}")),
             description,
             namespace: namespace.to_owned(),
@@ -364,11 +386,35 @@ impl CacheBackend for RedisCache {
     }
 
     async fn get_catalog(&self, tenant: &str) -> Result<Option<std::sync::Arc<Catalog>>> {
-        Ok(self
-            .get(&catalog_key(&self.namespace, tenant))
-            .await?
-            .and_then(|raw| decode(&raw))
-            .map(std::sync::Arc::new))
+        let held = self
+            .catalogs
+            .lock()
+            .ok()
+            .and_then(|held| held.get(tenant).cloned());
+        let key = catalog_key(&self.namespace, tenant);
+        let mut invocation = self.get_unless_held.key(&key);
+        invocation.arg(
+            held.as_ref()
+                .map_or_else(String::new, |c| format!("L{}:", c.version)),
+        );
+        let raw: Option<String> = match self.connection.clone() {
+            Connection::Standalone(mut c) => invoke(&invocation, &mut c).await?,
+            Connection::Cluster(mut c) => invoke(&invocation, &mut c).await?,
+        };
+        let Some(raw) = raw else { return Ok(None) };
+        if raw == "=" {
+            return Ok(held);
+        }
+        let Some(catalog) = decode::<Catalog>(&raw).map(std::sync::Arc::new) else {
+            return Ok(None);
+        };
+        if let Ok(mut held) = self.catalogs.lock() {
+            if held.len() >= HELD_CATALOGS {
+                held.clear();
+            }
+            held.insert(tenant.to_owned(), std::sync::Arc::clone(&catalog));
+        }
+        Ok(Some(catalog))
     }
 
     async fn fill_catalog(&self, tenant: &str, catalog: &Catalog) -> Result<()> {

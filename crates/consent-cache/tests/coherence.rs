@@ -14,7 +14,7 @@ use consent_cache::testing::{Relay, redis_test_url};
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
 use consent_core::commands::new_event_id;
 use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
-use consent_store::{CacheFence, Consistency, LedgerStore, Store};
+use consent_store::{CacheFence, CatalogStore, Consistency, LedgerStore, Store};
 use consent_store_sql::SqlStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -658,4 +658,48 @@ async fn ledgers_sharing_a_redis_read_only_their_own_entries() {
     assert_ne!(rotated, namespace);
     let restarted = behind_redis(&url, &b).await;
     assert_eq!(read(&restarted).await, Some(Decision::Withdrawn));
+}
+
+fn purpose(id: &str, name: &str) -> consent_core::Purpose {
+    consent_core::Purpose {
+        id: id.into(),
+        name: name.into(),
+        description: String::new(),
+        category: consent_core::PurposeCategory::Analytics,
+        legal_basis: consent_core::LegalBasis::Consent,
+        vendor_ids: vec![],
+        validity_secs: None,
+    }
+}
+
+/// A replica keeps the catalogue it decoded and reuses it while Redis holds that version;
+/// a catalogue write on another replica is what it reads next, with no wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalogue_change_on_one_replica_is_read_by_the_other_at_once() {
+    let Some(url) = redis_test_url() else { return };
+    let (ledger, _dir) = sql_ledger().await;
+    let a = behind_redis(&url, &ledger).await;
+    let b = behind_redis(&url, &ledger).await;
+    let t = tenant();
+    let read = async |store: &CachedStore| {
+        store
+            .catalog(&t, Consistency::MinimizeLatency)
+            .await
+            .unwrap_or_else(|e| panic!("catalogue: {e}"))
+    };
+    a.upsert_purpose(&t, &purpose("analytics", "Analytics"))
+        .await
+        .unwrap_or_else(|e| panic!("upsert: {e}"));
+    let first = read(&b).await;
+    assert_eq!(first.purposes["analytics"].name, "Analytics");
+    // Read again: the same version, served from the copy b holds.
+    let again = read(&b).await;
+    assert_eq!(again.version, first.version);
+    assert!(Arc::ptr_eq(&first, &again), "the held copy is reused");
+    a.upsert_purpose(&t, &purpose("analytics", "Audience analytics"))
+        .await
+        .unwrap_or_else(|e| panic!("upsert: {e}"));
+    let changed = read(&b).await;
+    assert!(changed.version > first.version);
+    assert_eq!(changed.purposes["analytics"].name, "Audience analytics");
 }

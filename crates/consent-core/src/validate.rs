@@ -40,6 +40,12 @@ pub const DEFAULT_PAGE_SIZE: usize = 100;
 /// Look-alike letters of different scripts (Latin `a`, Cyrillic `а`) are not caught here:
 /// ids are compared byte for byte, and callers normalise them.
 pub fn is_invisible(c: char) -> bool {
+    // No ASCII character is (the ASCII space is allowed, controls are refused as such):
+    // ids are mostly ASCII, and the category lookup was a tenth of a CheckBatch's CPU.
+    !c.is_ascii() && is_invisible_by_category(c)
+}
+
+fn is_invisible_by_category(c: char) -> bool {
     use GeneralCategory::{
         Format, LineSeparator, ParagraphSeparator, SpaceSeparator, Surrogate, Unassigned,
     };
@@ -299,6 +305,14 @@ impl Violations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_ascii_character_is_invisible_by_its_category() {
+        for c in (0u8..=0x7f).map(char::from) {
+            assert!(!is_invisible_by_category(c), "U+{:04X}", u32::from(c));
+        }
+        assert!(is_invisible('\u{200B}') && is_invisible('\u{00A0}'));
+    }
 
     fn violations(f: impl FnOnce(&mut Violations)) -> Vec<FieldViolation> {
         let mut v = Violations::new();
