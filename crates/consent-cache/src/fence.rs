@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use consent_core::{Result, Revision};
+use consent_core::{ConsentError, Result, Revision};
 use consent_store::LedgerStore;
 
 /// How often a replica reads the fences changed since its last poll.
@@ -48,16 +48,31 @@ pub struct Fences {
     /// One poll at a time (the poller, or a read that found the lease expired).
     polling: tokio::sync::Mutex<()>,
     lease: Duration,
+    /// The cache namespace this replica's keys are in; each poll checks the ledger still
+    /// has it.
+    namespace: Option<String>,
+    /// Set for good once the ledger's namespace is another (rotated while this replica
+    /// ran): its cache is then never read again, and its writes fence the others' caches.
+    namespace_changed: std::sync::atomic::AtomicBool,
 }
 
 impl Fences {
-    /// Nothing known yet: the cache is not used until the first poll succeeds.
-    pub fn new(lease: Duration) -> Fences {
+    /// Nothing known yet: the cache is not used until the first poll succeeds. `namespace`
+    /// is the cache namespace the replica's keys are in (checked at every poll).
+    pub fn new(lease: Duration, namespace: Option<String>) -> Fences {
         Fences {
             known: RwLock::new(Known::default()),
             polling: tokio::sync::Mutex::new(()),
             lease,
+            namespace,
+            namespace_changed: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether the ledger's cache namespace was rotated while this replica ran.
+    pub fn namespace_changed(&self) -> bool {
+        self.namespace_changed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether the last successful poll began within the lease.
@@ -115,6 +130,24 @@ impl Fences {
 
     async fn poll(&self, store: &dyn LedgerStore) -> Result<()> {
         let started = Instant::now();
+        if let Some(namespace) = &self.namespace {
+            let current = store.cache_namespace().await?;
+            if current != *namespace {
+                if !self
+                    .namespace_changed
+                    .swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    tracing::error!(
+                        was = %namespace,
+                        now = %current,
+                        "the ledger's cache namespace was rotated while this server ran: it no longer reads the shared cache and fences every write; restart it to use the cache again"
+                    );
+                }
+                return Err(ConsentError::Unavailable(
+                    "the ledger's cache namespace changed; restart this server".into(),
+                ));
+            }
+        }
         let after = self.known.read().map(|k| k.seq).unwrap_or(0);
         let changed = store.cache_fences(after).await?;
         if let Ok(mut k) = self.known.write() {
@@ -170,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_lease_runs_from_the_start_of_the_last_successful_poll() {
-        let fences = Fences::new(Duration::from_secs(1));
+        let fences = Fences::new(Duration::from_secs(1), None);
         let t0 = Instant::now();
         assert!(!fences.fresh_at(t0), "nothing known before the first poll");
         if let Ok(mut k) = fences.known.write() {
@@ -182,7 +215,7 @@ mod tests {
 
     #[test]
     fn fences_admit_only_what_is_at_least_as_new() {
-        let fences = Fences::new(FENCE_LEASE);
+        let fences = Fences::new(FENCE_LEASE, None);
         assert!(fences.admits_state("t", 0), "no fence, anything goes");
         fences.raise_states("t", 7);
         fences.raise_states("t", 5);

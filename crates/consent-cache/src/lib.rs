@@ -48,6 +48,7 @@ const BATCH_LOOKUPS: usize = 16;
 pub mod fence;
 mod memory;
 mod redis_cache;
+mod single_flight;
 pub mod testing;
 
 pub use fence::{FENCE_LEASE, FENCE_POLL, Fences};
@@ -97,12 +98,35 @@ impl<T> Versioned<T> {
     }
 }
 
+/// What a cache holds for a subject.
+#[derive(Clone, Debug)]
+pub enum StateLookup {
+    /// A projection, read at `state.revision`.
+    Hit(Arc<SubjectState>),
+    /// A tombstone: the entry went stale with the write at this revision, which committed
+    /// before the tombstone was stored.
+    Tombstone(Revision),
+    /// Nothing usable: absent, a write in flight, or undecodable.
+    Miss,
+}
+
+impl StateLookup {
+    /// The projection, if this is a hit.
+    pub fn hit(self) -> Option<Arc<SubjectState>> {
+        match self {
+            StateLookup::Hit(state) => Some(state),
+            StateLookup::Tombstone(_) | StateLookup::Miss => None,
+        }
+    }
+}
+
 /// Where cached entries live. Implementations must apply [`Versioned::accepts_fill`] and
 /// [`Versioned::accepts_tombstone`] atomically per key.
 #[async_trait]
 pub trait CacheBackend: Send + Sync {
-    /// The subject's cached projection; `None` on a miss or a tombstone.
-    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<Arc<SubjectState>>>;
+    /// The subject's cached entry: a projection, a tombstone (with the revision of the write
+    /// it marks), or nothing usable (absent, a pending write, undecodable).
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<StateLookup>;
     /// Caches a projection read at `state.revision` unless the entry is newer.
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()>;
     /// Marks a write to the subject as in flight (before it commits): no fill is accepted
@@ -120,6 +144,11 @@ pub trait CacheBackend: Send + Sync {
     /// Whether other replicas read this cache too (then writes it could not be told of are
     /// fenced in the ledger, and reads honour the fences).
     fn is_shared(&self) -> bool;
+    /// The ledger cache namespace the keys are in (a shared cache); `None` for a cache of
+    /// this process alone.
+    fn namespace(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// Counters of cache outcomes (exported as metrics by the server).
@@ -183,6 +212,8 @@ pub struct CachedStore {
     fences: Option<Arc<Fences>>,
     /// The task polling them (aborted on drop).
     fence_poller: Option<tokio::task::AbortHandle>,
+    /// Ledger reads in flight that concurrent misses may share.
+    loads: single_flight::Loads,
 }
 
 impl Drop for CachedStore {
@@ -203,9 +234,12 @@ impl CachedStore {
     /// `inner` behind `cache`. A shared cache gets fences, polled every [`FENCE_POLL`] by a
     /// task on the current Tokio runtime (without one, a read polls when the lease ran out).
     pub fn new(inner: Arc<dyn Store>, cache: Arc<dyn CacheBackend>) -> CachedStore {
-        let fences = cache
-            .is_shared()
-            .then(|| Arc::new(Fences::new(FENCE_LEASE)));
+        let fences = cache.is_shared().then(|| {
+            Arc::new(Fences::new(
+                FENCE_LEASE,
+                cache.namespace().map(str::to_owned),
+            ))
+        });
         let fence_poller = fences
             .as_ref()
             .and_then(|f| fence::spawn_poller(Arc::clone(f), Arc::clone(&inner), FENCE_POLL));
@@ -217,6 +251,7 @@ impl CachedStore {
             fault_skip: SKIP_AFTER_FAULT,
             fences,
             fence_poller,
+            loads: single_flight::Loads::default(),
         }
     }
 
@@ -232,7 +267,7 @@ impl CachedStore {
     /// Whether the cache may be used for reads now: no recent fault, and (shared cache)
     /// the fences are known within their lease, polling them now if the lease ran out.
     async fn usable(&self) -> bool {
-        if self.skipping() {
+        if self.skipping() || self.namespace_changed() {
             return false;
         }
         let Some(fences) = &self.fences else {
@@ -252,6 +287,21 @@ impl CachedStore {
     }
 
     /// Whether a cached state of `tenant` read at `revision` is behind no fence.
+    /// Whether the ledger's cache namespace was rotated while this replica ran.
+    fn namespace_changed(&self) -> bool {
+        self.fences.as_ref().is_some_and(|f| f.namespace_changed())
+    }
+
+    /// Whether a state (cached, or read by another reader) may answer a read of
+    /// `consistency`: not older than the tenant's fence, nor than the revision asked for.
+    fn fresh_enough(&self, tenant: &str, state: &SubjectState, consistency: Consistency) -> bool {
+        self.admits_state(tenant, state.revision)
+            && match consistency {
+                Consistency::AtLeast(min) => state.revision >= min,
+                Consistency::MinimizeLatency | Consistency::Full => true,
+            }
+    }
+
     fn admits_state(&self, tenant: &str, revision: Revision) -> bool {
         self.fences
             .as_ref()
@@ -435,7 +485,8 @@ impl LedgerStore for CachedStore {
         let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        let told = self.begin_write(tenant, &subjects).await;
+        // A replica whose namespace was rotated away cannot tell the others' caches.
+        let told = !self.namespace_changed() && self.begin_write(tenant, &subjects).await;
         let fence = if told { fence } else { CacheFence::States };
         let outcome = self
             .inner
@@ -468,20 +519,17 @@ impl LedgerStore for CachedStore {
                 .subject_state(tenant, subject_id, None, Consistency::Full)
                 .await;
         }
+        let mut tombstone = None;
         match self.cache.get_state(tenant, subject_id).await {
-            Ok(Some(state)) => {
-                let fresh_enough = self.admits_state(tenant, state.revision)
-                    && match consistency {
-                        Consistency::AtLeast(min) => state.revision >= min,
-                        Consistency::MinimizeLatency | Consistency::Full => true,
-                    };
-                if fresh_enough {
-                    CacheStats::count(&self.stats.hits);
-                    return Ok(state);
-                }
-                CacheStats::count(&self.stats.misses);
+            Ok(StateLookup::Hit(state)) if self.fresh_enough(tenant, &state, consistency) => {
+                CacheStats::count(&self.stats.hits);
+                return Ok(state);
             }
-            Ok(None) => CacheStats::count(&self.stats.misses),
+            Ok(StateLookup::Tombstone(revision)) => {
+                CacheStats::count(&self.stats.misses);
+                tombstone = Some(revision);
+            }
+            Ok(StateLookup::Hit(_) | StateLookup::Miss) => CacheStats::count(&self.stats.misses),
             Err(e) => {
                 self.fallback("get state", &e);
                 return self
@@ -490,10 +538,30 @@ impl LedgerStore for CachedStore {
                     .await;
             }
         }
-        let state = self
-            .inner
-            .subject_state(tenant, subject_id, None, Consistency::Full)
-            .await?;
+        // Behind the same tombstone, concurrent misses share one read (see single_flight).
+        let (state, joined) = match tombstone {
+            Some(revision) => {
+                self.loads
+                    .read(&self.inner, tenant, subject_id, revision)
+                    .await
+            }
+            None => (
+                self.inner
+                    .subject_state(tenant, subject_id, None, Consistency::Full)
+                    .await,
+                false,
+            ),
+        };
+        let state = state?;
+        if joined {
+            if self.fresh_enough(tenant, &state, consistency) {
+                return Ok(state);
+            }
+            return self
+                .inner
+                .subject_state(tenant, subject_id, None, Consistency::Full)
+                .await;
+        }
         if let Err(e) = self.cache.fill_state(tenant, subject_id, &state).await {
             self.fallback("fill state", &e);
         }
@@ -525,7 +593,7 @@ impl LedgerStore for CachedStore {
             .iter()
             .map(|subject| self.cache.get_state(tenant, subject))
             .collect();
-        let looked_up: Vec<Result<Option<Arc<SubjectState>>>> = futures::stream::iter(lookups)
+        let looked_up: Vec<Result<StateLookup>> = futures::stream::iter(lookups)
             .buffered(BATCH_LOOKUPS)
             .collect()
             .await;
@@ -533,13 +601,7 @@ impl LedgerStore for CachedStore {
         let mut missing = Vec::new();
         for (i, found) in looked_up.into_iter().enumerate() {
             match found {
-                Ok(Some(state))
-                    if self.admits_state(tenant, state.revision)
-                        && match consistency {
-                            Consistency::AtLeast(min) => state.revision >= min,
-                            Consistency::MinimizeLatency | Consistency::Full => true,
-                        } =>
-                {
+                Ok(StateLookup::Hit(state)) if self.fresh_enough(tenant, &state, consistency) => {
                     CacheStats::count(&self.stats.hits);
                     states.push(Some(state));
                 }
@@ -603,6 +665,10 @@ impl LedgerStore for CachedStore {
 
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>> {
         self.inner.cache_fences(after).await
+    }
+
+    async fn cache_namespace(&self) -> Result<String> {
+        self.inner.cache_namespace().await
     }
 }
 

@@ -14,7 +14,7 @@ use consent_core::{Catalog, Result, Revision, SubjectState};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
 
-use crate::{CacheBackend, Versioned};
+use crate::{CacheBackend, StateLookup, Versioned};
 
 /// Longest time an in-process catalogue copy is used without re-reading it.
 pub const CATALOG_TTL: Duration = Duration::from_secs(5);
@@ -75,9 +75,16 @@ where
 
 #[async_trait]
 impl CacheBackend for MemoryCache {
-    async fn get_state(&self, tenant: &str, subject: &str) -> Result<Option<Arc<SubjectState>>> {
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<StateLookup> {
         let key = (tenant.to_owned(), subject.to_owned());
-        Ok(self.states.get(&key).and_then(|entry| entry.value.clone()))
+        Ok(match self.states.get(&key) {
+            Some(entry) => match &entry.value {
+                Some(state) => StateLookup::Hit(Arc::clone(state)),
+                None if entry.is_pending() => StateLookup::Miss,
+                None => StateLookup::Tombstone(entry.version),
+            },
+            None => StateLookup::Miss,
+        })
     }
 
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {

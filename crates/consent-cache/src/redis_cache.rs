@@ -27,7 +27,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use sha2::{Digest, Sha256};
 
-use crate::{CacheBackend, Versioned};
+use crate::{CacheBackend, StateLookup, Versioned};
 
 /// The current server run's part of a stored value, or nil. Shared by both scripts: a value
 /// stored under another run (before a restart or a failover) is as good as absent.
@@ -340,16 +340,22 @@ async fn invoke<C: ConnectionLike + Send, T: redis::FromRedisValue>(
 
 #[async_trait]
 impl CacheBackend for RedisCache {
-    async fn get_state(
-        &self,
-        tenant: &str,
-        subject: &str,
-    ) -> Result<Option<std::sync::Arc<SubjectState>>> {
-        Ok(self
+    async fn get_state(&self, tenant: &str, subject: &str) -> Result<StateLookup> {
+        let raw = self
             .get(&state_key(&self.namespace, tenant, subject))
-            .await?
-            .and_then(|raw| decode(&raw))
-            .map(std::sync::Arc::new))
+            .await?;
+        Ok(match raw {
+            Some(raw) => match raw.strip_prefix('T') {
+                Some(tomb) => tomb
+                    .split_once(':')
+                    .and_then(|(version, _)| version.parse().ok())
+                    .map_or(StateLookup::Miss, StateLookup::Tombstone),
+                None => decode(&raw)
+                    .map(|state| StateLookup::Hit(std::sync::Arc::new(state)))
+                    .unwrap_or(StateLookup::Miss),
+            },
+            None => StateLookup::Miss,
+        })
     }
 
     async fn fill_state(&self, tenant: &str, subject: &str, state: &SubjectState) -> Result<()> {
@@ -432,6 +438,10 @@ impl CacheBackend for RedisCache {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        Some(&self.namespace)
     }
 }
 

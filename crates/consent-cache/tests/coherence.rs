@@ -9,12 +9,11 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NAMESPACE, TTL, ledger, sql_ledger};
+use common::{NAMESPACE, TTL, ledger, sql_ledger, write};
 use consent_cache::testing::{Relay, redis_test_url};
-use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache};
-use consent_core::commands::new_event_id;
-use consent_core::{Channel, Decision, Evidence, NewEvent, Timestamp};
-use consent_store::{CacheFence, CatalogStore, Consistency, LedgerStore, Store};
+use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache, StateLookup};
+use consent_core::Decision;
+use consent_store::{CatalogStore, Consistency, LedgerStore, Store};
 use consent_store_sql::SqlStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -33,27 +32,6 @@ async fn backends() -> Vec<Arc<dyn CacheBackend>> {
 
 /// A safety net on waits for this test's own redis-server; never a timing claim.
 const SAFETY: Duration = Duration::from_secs(30);
-
-async fn write(store: &dyn Store, tenant: &str, subject: &str, decision: Decision) -> i64 {
-    let event = NewEvent {
-        id: new_event_id(),
-        subject_id: subject.into(),
-        purpose_id: "call_recording".into(),
-        vendor_id: String::new(),
-        decision,
-        policy_version_id: "v1".into(),
-        channel: Channel::Voice,
-        collected_at: Timestamp::now(),
-        expires_at: None,
-        evidence: Evidence::default(),
-        actor_key_id: String::new(),
-    };
-    store
-        .append(tenant, &[event], None, CacheFence::None)
-        .await
-        .unwrap_or_else(|e| panic!("append: {e}"))
-        .revision
-}
 
 async fn decision(
     store: &dyn Store,
@@ -134,7 +112,11 @@ async fn a_fill_read_before_a_write_cannot_outlive_it() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            cache.get_state(&t, "caller").await.ok().flatten(),
+            cache
+                .get_state(&t, "caller")
+                .await
+                .ok()
+                .and_then(StateLookup::hit),
             None,
             "{}",
             cache.describe()
@@ -381,11 +363,7 @@ struct LosesTombstones(Arc<dyn CacheBackend>);
 
 #[async_trait::async_trait]
 impl CacheBackend for LosesTombstones {
-    async fn get_state(
-        &self,
-        t: &str,
-        s: &str,
-    ) -> consent_core::Result<Option<Arc<consent_core::SubjectState>>> {
+    async fn get_state(&self, t: &str, s: &str) -> consent_core::Result<StateLookup> {
         self.0.get_state(t, s).await
     }
     async fn fill_state(
@@ -419,6 +397,9 @@ impl CacheBackend for LosesTombstones {
     fn is_shared(&self) -> bool {
         self.0.is_shared()
     }
+    fn namespace(&self) -> Option<&str> {
+        self.0.namespace()
+    }
 }
 
 /// A write whose tombstone is lost leaves its pending marker: other readers miss and read
@@ -446,7 +427,11 @@ async fn a_lost_tombstone_costs_misses_not_stale_answers() {
             );
         }
         assert_eq!(
-            shared.get_state(&t, "caller").await.ok().flatten(),
+            shared
+                .get_state(&t, "caller")
+                .await
+                .ok()
+                .and_then(StateLookup::hit),
             None,
             "fills stay refused"
         );
@@ -702,4 +687,39 @@ async fn a_catalogue_change_on_one_replica_is_read_by_the_other_at_once() {
     let changed = read(&b).await;
     assert!(changed.version > first.version);
     assert_eq!(changed.purposes["analytics"].name, "Audience analytics");
+}
+
+/// A namespace rotated while a replica runs (against the documented procedure): the
+/// replica notices at its next fence poll, stops reading the shared cache, and fences its
+/// writes, so a replica started on the new namespace still sees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_namespace_was_rotated_fences_its_writes() {
+    let Some(url) = redis_test_url() else { return };
+    let (ledger, _dir) = sql_ledger().await;
+    let old = behind_redis(&url, &ledger).await;
+    let t = tenant();
+    write(&old, &t, "alice", Decision::Granted).await;
+    ledger
+        .rotate_cache_namespace()
+        .await
+        .unwrap_or_else(|e| panic!("rotate: {e}"));
+    let new = behind_redis(&url, &ledger).await;
+    let read = async |store: &CachedStore| {
+        decision(store, &t, "alice", Consistency::MinimizeLatency).await
+    };
+    // The new replica caches the grant in the new namespace.
+    assert_eq!(read(&new).await, Some(Decision::Granted));
+    assert_eq!(read(&new).await, Some(Decision::Granted));
+    // The old replica's next poll sees the rotation.
+    assert!(
+        old.sync_fences().await.is_err(),
+        "the poll reports the change"
+    );
+    write(&old, &t, "alice", Decision::Withdrawn).await;
+    assert_eq!(read(&old).await, Some(Decision::Withdrawn));
+    // The withdrawal was fenced in the ledger: the new replica refuses its cached grant.
+    new.sync_fences()
+        .await
+        .unwrap_or_else(|e| panic!("sync: {e}"));
+    assert_eq!(read(&new).await, Some(Decision::Withdrawn));
 }

@@ -10,7 +10,7 @@ use consent_core::Timestamp;
 use consent_core::access::{ApiKey, new_tenant, parse_scopes, scopes_to_text};
 use consent_core::catalog_file::parse_catalog_file;
 use consent_core::redact::redact_url;
-use consent_store::verify_ledger;
+use consent_store::{LedgerStore, verify_ledger};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, FlagOverrides};
@@ -170,10 +170,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Cache {
             action: CacheCommand::RotateNamespace,
         } => {
-            let ledger = crate::stack::open_ledger(&config, true).await?;
+            // It changes an existing ledger: a mistyped path must not create a new one.
+            if let Some(file) = consent_store_sql::sqlite_file(&config.store.url)
+                && !std::path::Path::new(file).is_file()
+            {
+                anyhow::bail!(
+                    "store.url: no SQLite ledger at {file}; rotate-namespace changes an existing ledger, check the path"
+                );
+            }
+            let ledger = crate::stack::open_ledger(&config, false).await?;
+            let was = ledger.cache_namespace().await?;
             let namespace = ledger.rotate_cache_namespace().await?;
             println!(
-                "cache namespace of {} is now {namespace}; start the replicas again (each reads it at start)",
+                "cache namespace of {} changed from {was} to {namespace}; start the servers now (a server that was running stops using the shared cache and must be restarted)",
                 redact_url(&config.store.url)
             );
         }

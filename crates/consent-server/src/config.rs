@@ -92,8 +92,8 @@ pub struct TlsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheMode {
-    /// Chosen from the store so replicas never disagree: SQLite (one process owns the
-    /// file) `memory`; PostgreSQL `redis` when a Redis is configured, otherwise `none`.
+    /// Chosen so replicas never disagree: `redis` when a Redis is configured (whatever the
+    /// store); otherwise SQLite (one process owns the file) `memory`, PostgreSQL `none`.
     Auto,
     /// Every read goes to the ledger.
     None,
@@ -285,8 +285,10 @@ impl Config {
         let redis_configured =
             !self.cache.redis_url.is_empty() || !self.cache.redis_cluster_nodes.is_empty();
         match self.cache.mode {
-            CacheMode::Auto if self.store.url.starts_with("sqlite:") => CacheMode::Memory,
+            // A configured Redis is used whatever the store: servers sharing one SQLite
+            // file would otherwise disagree behind their own in-process caches.
             CacheMode::Auto if redis_configured => CacheMode::Redis,
+            CacheMode::Auto if self.store.url.starts_with("sqlite:") => CacheMode::Memory,
             CacheMode::Auto => CacheMode::None,
             explicit => explicit,
         }
@@ -558,6 +560,11 @@ mod tests {
         assert_eq!(
             with(sqlite, CacheMode::Auto, "").cache_mode(),
             CacheMode::Memory
+        );
+        assert_eq!(
+            with(sqlite, CacheMode::Auto, "redis://cache:6379").cache_mode(),
+            CacheMode::Redis,
+            "a configured Redis is never silently left unused"
         );
         assert_eq!(with(pg, CacheMode::Auto, "").cache_mode(), CacheMode::None);
         assert_eq!(

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use consent_cache::{CacheBackend, CacheStats, CachedStore, MemoryCache, RedisCache};
-use consent_store::Store;
 use consent_store::breaker::{BreakerSettings, BreakerStore};
+use consent_store::{LedgerStore, Store};
 use consent_store_sql::{SqlOptions, SqlStore};
 
 use crate::config::{CacheMode, Config};

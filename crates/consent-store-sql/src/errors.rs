@@ -34,6 +34,25 @@ fn retryable(d: &dyn DatabaseError) -> bool {
     false
 }
 
+/// Reads the cache namespace (the same statement in both dialects).
+pub(crate) const CACHE_NAMESPACE: &str = "SELECT cache_namespace FROM ledger_identity WHERE id = 1";
+
+/// The answer to [`CACHE_NAMESPACE`]: the namespace, or what is wrong with the database.
+pub(crate) fn cache_namespace_of(
+    read: std::result::Result<Option<String>, sqlx::Error>,
+) -> consent_core::Result<String> {
+    match read {
+        Ok(Some(namespace)) => Ok(namespace),
+        Ok(None) => Err(ConsentError::Internal(
+            "ledger_identity has no row: the migrations did not complete".into(),
+        )),
+        Err(e) if is_undefined_table(&e) => Err(ConsentError::FailedPrecondition(
+            "the database is not migrated (no ledger_identity table): run `consentd migrate` or set store.auto_migrate = true".into(),
+        )),
+        Err(e) => Err(db(e)),
+    }
+}
+
 /// Whether `e` says a table does not exist (a database the migrations have not reached).
 pub(crate) fn is_undefined_table(e: &sqlx::Error) -> bool {
     let sqlx::Error::Database(d) = e else {

@@ -173,9 +173,14 @@ fn check_postgres_url(url: &str) -> Result<()> {
 
 /// SQLite URL with `mode=rwc` (create the file) unless a mode was given, and the file's
 /// directory created.
+/// The file a `sqlite:` store URL names (`None` for another scheme).
+pub fn sqlite_file(url: &str) -> Option<&str> {
+    let path = url.strip_prefix("sqlite:")?.trim_start_matches("//");
+    path.split('?').next()
+}
+
 fn prepare_sqlite_url(url: &str) -> Result<String> {
-    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
-    let file = path.split('?').next().unwrap_or_default();
+    let file = sqlite_file(url).unwrap_or_default();
     if file.is_empty() || file == ":memory:" {
         return Err(ConsentError::invalid(
             "store.url",
@@ -315,35 +320,6 @@ impl SqlStore {
         match &self.engine {
             Engine::Postgres(s) => s.purge_idempotency_keys(before).await,
             Engine::Sqlite(s) => s.purge_idempotency_keys(before).await,
-        }
-    }
-
-    /// The ledger's cache namespace: a random id a shared cache puts in every key, so that
-    /// entries cached for another ledger (or for this one before a restore and
-    /// [`SqlStore::rotate_cache_namespace`]) are never read. Needs the migrations.
-    pub async fn cache_namespace(&self) -> Result<String> {
-        const READ: &str = "SELECT cache_namespace FROM ledger_identity WHERE id = 1";
-        let read = match &self.engine {
-            Engine::Postgres(s) => {
-                sqlx::query_scalar::<_, String>(READ)
-                    .fetch_optional(s.pool())
-                    .await
-            }
-            Engine::Sqlite(s) => {
-                sqlx::query_scalar::<_, String>(READ)
-                    .fetch_optional(s.reader())
-                    .await
-            }
-        };
-        match read {
-            Ok(Some(namespace)) => Ok(namespace),
-            Ok(None) => Err(ConsentError::Internal(
-                "ledger_identity has no row: the migrations did not complete".into(),
-            )),
-            Err(e) if errors::is_undefined_table(&e) => Err(ConsentError::FailedPrecondition(
-                "the database is not migrated (no ledger_identity table): run `consentd migrate` or set store.auto_migrate = true".into(),
-            )),
-            Err(e) => Err(db(e)),
         }
     }
 

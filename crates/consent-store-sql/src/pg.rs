@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::commits::CommitFeed;
-use crate::errors::db;
+use crate::errors::{CACHE_NAMESPACE, cache_namespace_of, db};
 use crate::group::{
     BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, PendingWrite, StateRow,
 };
@@ -667,6 +667,14 @@ impl LedgerStore for PgStore {
                 })
             })
             .collect()
+    }
+
+    async fn cache_namespace(&self) -> Result<String> {
+        cache_namespace_of(
+            sqlx::query_scalar(CACHE_NAMESPACE)
+                .fetch_optional(&self.pool)
+                .await,
+        )
     }
 
     async fn subject_state(

@@ -24,7 +24,7 @@ use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::commits::CommitFeed;
-use crate::errors::db;
+use crate::errors::{CACHE_NAMESPACE, cache_namespace_of, db};
 use crate::group::{
     BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, NewKey, PendingWrite, StateRow,
 };
@@ -646,6 +646,14 @@ impl LedgerStore for SqliteStore {
                 catalog_version,
             })
             .collect())
+    }
+
+    async fn cache_namespace(&self) -> Result<String> {
+        cache_namespace_of(
+            sqlx::query_scalar(CACHE_NAMESPACE)
+                .fetch_optional(&self.reader)
+                .await,
+        )
     }
 
     async fn subject_state(

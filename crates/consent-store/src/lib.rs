@@ -169,6 +169,11 @@ pub trait LedgerStore: Send + Sync {
     /// Fences changed after sequence `after` (0: all), in sequence order.
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>>;
 
+    /// The ledger's cache namespace: a random id a shared cache puts in every key, replaced
+    /// by `consentd cache rotate-namespace` (after a restore or a copy of the database).
+    /// `FailedPrecondition` on a database the migrations have not reached.
+    async fn cache_namespace(&self) -> Result<String>;
+
     /// The subject's choices: the current projection when `as_of` is `None`, otherwise the
     /// latest choice per (purpose, vendor) collected at or before `as_of`. The returned
     /// revision is never newer than the data (it is read first).

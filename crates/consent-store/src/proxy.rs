@@ -70,6 +70,10 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn cache_namespace(&self) -> consent_core::Result<String> {
+                self.around("cache_namespace", self.inner().cache_namespace())
+                    .await
+            }
             async fn cache_fences(
                 &self,
                 after: i64,
