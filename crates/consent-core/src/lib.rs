@@ -1,7 +1,8 @@
 //! The consent ledger's domain, with no I/O: what a consent event is, how a person's choices
 //! become an allow/deny answer ([`decide()`]), how writes are validated and planned
-//! ([`commands`]), how the per-tenant hash chain links events ([`chain`]), and the
-//! catalogue file format ([`catalog_file`]).
+//! ([`commands`]), how the per-tenant hash chain links events ([`chain`]), the catalogue
+//! file format ([`catalog_file`]), and retention: which rule keeps an item, until when, and
+//! its status at a time ([`retention`]).
 //!
 //! Storage lives in `consent-store*`, gRPC in `consent-server`; both call into this crate and
 //! never the other way round.
@@ -14,6 +15,7 @@ pub mod decide;
 pub mod error;
 pub mod model;
 pub mod redact;
+pub mod retention;
 pub mod time;
 pub mod validate;
 
