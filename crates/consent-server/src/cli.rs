@@ -172,7 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         } => {
             // It changes an existing ledger: a mistyped path must not create a new one.
             if let Some(file) = consent_store_sql::sqlite_file(&config.store.url)
-                && !std::path::Path::new(file).is_file()
+                && !std::fs::metadata(file).is_ok_and(|m| m.is_file() && m.len() > 0)
             {
                 anyhow::bail!(
                     "store.url: no SQLite ledger at {file}; rotate-namespace changes an existing ledger, check the path"

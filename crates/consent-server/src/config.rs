@@ -462,6 +462,11 @@ impl Config {
         if self.cache.ttl_secs == 0 {
             anyhow::bail!("cache.ttl_secs must be at least 1");
         }
+        if self.cache.max_entries == 0 && self.cache_mode() == CacheMode::Memory {
+            anyhow::bail!(
+                "cache.max_entries must be at least 1 with the in-process cache; to read every state from the ledger set cache.mode = none"
+            );
+        }
         if self.store.max_connections == 0 {
             anyhow::bail!("store.max_connections must be at least 1");
         }
@@ -507,6 +512,23 @@ mod tests {
             Ok(())
         });
         Ok(())
+    }
+
+    #[test]
+    fn an_in_process_cache_of_no_entries_is_refused() {
+        let mut config = Config::default();
+        config.cache.max_entries = 0;
+        let err = config
+            .check()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("cache.max_entries") && err.contains("cache.mode = none"),
+            "{err}"
+        );
+        config.cache.mode = CacheMode::None;
+        assert!(config.check().is_ok());
     }
 
     #[test]

@@ -92,8 +92,18 @@ async fn redis(
         .filter(|n| !n.is_empty())
         .collect();
     Ok(if nodes.is_empty() {
-        Arc::new(RedisCache::standalone(&config.cache.redis_url, &namespace, ttl).await?)
+        Arc::new(
+            RedisCache::standalone(&config.cache.redis_url, &namespace, ttl)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot use the Redis of cache.redis_url: {e}"))?,
+        )
     } else {
-        Arc::new(RedisCache::cluster(&nodes, &namespace, ttl).await?)
+        Arc::new(
+            RedisCache::cluster(&nodes, &namespace, ttl)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot use the Redis of cache.redis_cluster_nodes: {e}")
+                })?,
+        )
     })
 }

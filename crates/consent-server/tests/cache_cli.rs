@@ -15,6 +15,20 @@ async fn rotate_namespace_changes_an_existing_ledger_only() {
     assert_eq!(refused.code, Some(1), "{refused:?}");
     assert!(refused.stderr.contains("no SQLite ledger"), "{refused:?}");
     assert!(!missing.exists(), "no database was created");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap_or_else(|e| fail("empty file", e));
+    let on_empty = run_cli(
+        &format!("sqlite://{}", empty.display()),
+        &[],
+        &["cache", "rotate-namespace"],
+    )
+    .await;
+    assert_eq!(on_empty.code, Some(1), "{on_empty:?}");
+    assert_eq!(
+        std::fs::metadata(&empty).map(|m| m.len()).ok(),
+        Some(0),
+        "an empty file is left as it was"
+    );
 
     let url = format!("sqlite://{}/consent.db", dir.path().display());
     let migrated = run_cli(&url, &[], &["migrate"]).await;
