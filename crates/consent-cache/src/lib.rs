@@ -37,7 +37,7 @@ use consent_core::{
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, Store, StoredEvent,
+    FenceRecord, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -487,7 +487,15 @@ impl LedgerStore for CachedStore {
         subjects.dedup();
         // A replica whose namespace was rotated away cannot tell the others' caches.
         let told = !self.namespace_changed() && self.begin_write(tenant, &subjects).await;
-        let fence = if told { fence } else { CacheFence::States };
+        let fence = match (told, fence, self.cache.namespace()) {
+            (false, _, _) => CacheFence::States,
+            // The store checks, in the write's transaction, that the ledger's namespace is
+            // still the one told; if it was rotated meanwhile it fences the write.
+            (true, CacheFence::None, Some(namespace)) => CacheFence::Told {
+                namespace: NamespaceTag::of(namespace),
+            },
+            (true, fence, _) => fence,
+        };
         let outcome = self
             .inner
             .append(tenant, events, idempotency, fence)

@@ -689,9 +689,10 @@ async fn a_catalogue_change_on_one_replica_is_read_by_the_other_at_once() {
     assert_eq!(changed.purposes["analytics"].name, "Audience analytics");
 }
 
-/// A namespace rotated while a replica runs (against the documented procedure): the
-/// replica notices at its next fence poll, stops reading the shared cache, and fences its
-/// writes, so a replica started on the new namespace still sees them.
+/// A namespace rotated while a replica runs (against the documented procedure): its writes
+/// are fenced by the store (which compares namespaces in the write's transaction), before
+/// and after its next fence poll notices, so a replica started on the new namespace still
+/// sees them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_namespace_was_rotated_fences_its_writes() {
     let Some(url) = redis_test_url() else { return };
@@ -710,16 +711,22 @@ async fn a_replica_whose_namespace_was_rotated_fences_its_writes() {
     // The new replica caches the grant in the new namespace.
     assert_eq!(read(&new).await, Some(Decision::Granted));
     assert_eq!(read(&new).await, Some(Decision::Granted));
-    // The old replica's next poll sees the rotation.
-    assert!(
-        old.sync_fences().await.is_err(),
-        "the poll reports the change"
-    );
+    // The old replica writes before its poll has seen the rotation: the write's own
+    // transaction finds the namespace changed and fences it.
     write(&old, &t, "alice", Decision::Withdrawn).await;
-    assert_eq!(read(&old).await, Some(Decision::Withdrawn));
-    // The withdrawal was fenced in the ledger: the new replica refuses its cached grant.
     new.sync_fences()
         .await
         .unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(read(&new).await, Some(Decision::Withdrawn));
+    // Its next poll sees the rotation; from then on it reads the ledger and fences writes.
+    assert!(
+        old.sync_fences().await.is_err(),
+        "the poll reports the change"
+    );
+    assert_eq!(read(&old).await, Some(Decision::Withdrawn));
+    write(&old, &t, "alice", Decision::Granted).await;
+    new.sync_fences()
+        .await
+        .unwrap_or_else(|e| panic!("sync: {e}"));
+    assert_eq!(read(&new).await, Some(Decision::Granted));
 }

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use consent_core::chain::seal;
 use consent_core::commands::Idempotency;
 use consent_core::{ConsentError, ConsentEvent, NewEvent, Result, Revision, StateEntry, Timestamp};
-use consent_store::{AppendOutcome, CacheFence, Commit, LedgerHead};
+use consent_store::{AppendOutcome, CacheFence, Commit, LedgerHead, NamespaceTag};
 use tokio::sync::oneshot;
 
 /// Most events one group commit writes; a write larger than this still goes alone.
@@ -94,6 +94,9 @@ pub(crate) trait BatchTx: Send {
     /// and vendor), the new head, and the idempotency records (replacing expired ones with
     /// the same key).
     async fn write(&mut self, tenant: &str, batch: &BatchWrite<'_>) -> Result<()>;
+    /// The ledger's cache namespace, read under a lock a rotation waits for (so a write
+    /// that saw the old namespace commits before the new one is in place).
+    async fn cache_namespace(&mut self) -> Result<String>;
     /// Raises the tenant's cache fence (call last: it takes the fence clock row).
     async fn raise_fence(
         &mut self,
@@ -241,6 +244,19 @@ async fn write_in_one_transaction(
             now,
         };
         tx.write(tenant, &batch).await?;
+    }
+    // Writers that told their cache in a namespace the ledger no longer has (rotated while
+    // they ran) told nobody who reads it now: fence the batch.
+    let told: Vec<NamespaceTag> = writes
+        .iter()
+        .filter_map(|w| match w.fence {
+            CacheFence::Told { namespace } => Some(namespace),
+            CacheFence::None | CacheFence::States => None,
+        })
+        .collect();
+    if !fence && !sealed.is_empty() && !told.is_empty() {
+        let current = NamespaceTag::of(&tx.cache_namespace().await?);
+        fence = told.iter().any(|namespace| *namespace != current);
     }
     if fence {
         tx.raise_fence(tenant, revision, 0).await?;

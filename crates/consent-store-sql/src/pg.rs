@@ -539,6 +539,15 @@ impl BatchTx for PgTx {
         Ok(())
     }
 
+    async fn cache_namespace(&mut self) -> Result<String> {
+        // FOR SHARE: a rotation's UPDATE waits for this transaction to commit.
+        cache_namespace_of(
+            sqlx::query_scalar(&format!("{CACHE_NAMESPACE} FOR SHARE"))
+                .fetch_optional(&mut *self.0)
+                .await,
+        )
+    }
+
     async fn raise_fence(
         &mut self,
         tenant: &str,

@@ -487,6 +487,16 @@ impl BatchTx for SqliteTx {
         self.insert_keys(tenant, batch.keys, batch.now).await
     }
 
+    async fn cache_namespace(&mut self) -> Result<String> {
+        // The transaction holds SQLite's write lock since `lock_head`: a rotation (a write,
+        // from this process or another) waits for it to commit.
+        cache_namespace_of(
+            sqlx::query_scalar(CACHE_NAMESPACE)
+                .fetch_optional(&mut *self.0)
+                .await,
+        )
+    }
+
     async fn raise_fence(
         &mut self,
         tenant: &str,

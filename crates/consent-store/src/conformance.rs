@@ -76,6 +76,7 @@ macro_rules! store_conformance_suite {
             commits_wake_subscribers,
             catalog_version_grows_with_each_write,
             fences_are_recorded_in_commit_order,
+            a_write_told_in_another_namespace_is_fenced,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -1096,4 +1097,27 @@ pub async fn fences_are_recorded_in_commit_order(store: &Arc<dyn Store>) {
         (all[0].revision, all[0].catalog_version),
         (again.revision, version)
     );
+}
+
+/// A write whose cache was told in the ledger's namespace needs no fence; one told in
+/// another namespace (the ledger's was rotated while its writer ran) is fenced at its
+/// revision in its own transaction.
+pub async fn a_write_told_in_another_namespace_is_fenced(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let namespace = ok(store.cache_namespace().await);
+    let fences_of = async |t: &str| {
+        ok(store.cache_fences(0).await)
+            .into_iter()
+            .filter(|f| f.tenant_id == t)
+            .map(|f| f.revision)
+            .max()
+    };
+    let told = |namespace: &str| CacheFence::Told {
+        namespace: crate::NamespaceTag::of(namespace),
+    };
+    let event = || vec![event("alice", "analytics", "", Decision::Granted, day(1))];
+    ok(store.append(&t, &event(), None, told(&namespace)).await);
+    assert_eq!(fences_of(&t).await, None, "told in the ledger's namespace");
+    let elsewhere = ok(store.append(&t, &event(), None, told("rotated-away")).await);
+    assert_eq!(fences_of(&t).await, Some(elsewhere.revision));
 }

@@ -131,6 +131,30 @@ pub enum CacheFence {
     /// a fence at the write's revision, so that every replica stops trusting the tenant's
     /// cached states read before it (see [`FenceRecord`]).
     States,
+    /// The shared cache was told, in the cache namespace `namespace`: if the ledger's
+    /// namespace is another (rotated while the writer ran), the other replicas' caches were
+    /// not told, so the store fences the write as for [`CacheFence::States`]. The ledger's
+    /// namespace is read in the write's transaction, under a lock the rotation waits for.
+    Told {
+        /// The writer's cache namespace.
+        namespace: NamespaceTag,
+    },
+}
+
+/// A cache namespace as a fixed-size tag (its SHA-256, cut to 16 bytes), so a
+/// [`CacheFence`] stays `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NamespaceTag([u8; 16]);
+
+impl NamespaceTag {
+    /// The tag of `namespace`.
+    pub fn of(namespace: &str) -> NamespaceTag {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(namespace.as_bytes());
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&digest[..16]);
+        NamespaceTag(tag)
+    }
 }
 
 /// The fence of one tenant: cached copies older than it must not be used. States are
