@@ -23,7 +23,11 @@
 //!   and every replica stops trusting older cached entries of the tenant within
 //!   [`FENCE_POLL`] (never more than [`FENCE_LEASE`]: see [`fence`]); Redis entries carry
 //!   the run id of the server that stored them, so a restart (from a snapshot or not) or a
-//!   failover makes every older entry a miss.
+//!   failover makes every older entry a miss;
+//! - shared-cache keys carry the ledger's cache namespace, and each write tells the store
+//!   the namespace it told ([`CacheFence::Told`]): a write told in a namespace the ledger no
+//!   longer has (rotated after a restore) is fenced in its own transaction;
+//! - concurrent misses behind the same tombstone share one ledger read (`single_flight`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
