@@ -753,9 +753,17 @@ async fn main() -> anyhow::Result<()> {
     }
     match std::env::var(DATABASE_VAR).ok().filter(|u| !u.is_empty()) {
         Some(admin_url) => {
-            errors += postgres_figures(&admin_url, subjects, window, &args, &mut report)
-                .await
-                .context("PostgreSQL figures")?;
+            let redis_url = std::env::var(REDIS_VAR).ok().filter(|u| !u.is_empty());
+            errors += postgres_figures(
+                &admin_url,
+                redis_url.as_deref(),
+                subjects,
+                window,
+                &args,
+                &mut report,
+            )
+            .await
+            .context("PostgreSQL figures")?;
         }
         None => report.notes.push(format!(
             "{DATABASE_VAR} is not set: the PostgreSQL figures (check_store_pg_rps, record_rps_pg, insert_commit_rps_pg) were skipped"
@@ -973,19 +981,21 @@ async fn insert_commit_rps(url: &str, window: Duration) -> anyhow::Result<f64> {
 /// requests.
 async fn postgres_figures(
     admin_url: &str,
+    redis_url: Option<&str>,
     subjects: usize,
     window: Duration,
     args: &Args,
     report: &mut Report,
 ) -> anyhow::Result<u64> {
     let (url, name) = consent_store_sql::testing::create_scratch_database(admin_url).await?;
-    let measured = postgres_run(&url, subjects, window, args, report).await;
+    let measured = postgres_run(&url, redis_url, subjects, window, args, report).await;
     consent_store_sql::testing::drop_scratch_database(admin_url, &name).await?;
     measured
 }
 
 async fn postgres_run(
     url: &str,
+    redis_url: Option<&str>,
     subjects: usize,
     window: Duration,
     args: &Args,
@@ -1094,5 +1104,24 @@ async fn postgres_run(
         "PostgreSQL: cache off; RecordConsent at concurrency {} over 1, 8 and {WRITE_TENANTS} tenants; insert_commit_rps_pg is one connection inserting one row per transaction",
         args.write_concurrency
     ));
+    // The same writes on a server with the Redis cache: pending markers and tombstones in
+    // Redis, and the namespace check in each write transaction.
+    if let Some(redis_url) = redis_url {
+        let mut config = Config::default();
+        config.store.url = url.to_owned();
+        config.cache.mode = CacheMode::Redis;
+        config.cache.redis_url = redis_url.to_owned();
+        let cached = start_with(config, AuthMode::ApiKey).await?;
+        let channels = connect(cached.addr, args.connections).await?;
+        for tenants in [1, WRITE_TENANTS] {
+            let sample =
+                closed_loop(&channels, args.write_concurrency, window, write_to(tenants)).await;
+            errors += sample.errors;
+            report.figure(
+                &format!("record_rps_pg_redis_tenants_{tenants}"),
+                sample.per_second(),
+            );
+        }
+    }
     Ok(errors)
 }
