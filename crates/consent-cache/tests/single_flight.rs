@@ -133,7 +133,12 @@ async fn a_reader_after_a_later_write_never_shares_a_read_begun_before_it() {
     assert_eq!(gated.reads.load(Ordering::SeqCst), 1);
     // A withdrawal is acknowledged meanwhile; a reader after it must see it.
     write(cached.as_ref(), "t", "alice", Decision::Withdrawn).await;
-    assert_eq!(read(&cached).await, Some(Decision::Withdrawn));
+    // A safety net, not a timing claim: a reader wrongly joining the held read would wait
+    // for the gate forever.
+    let after = tokio::time::timeout(std::time::Duration::from_secs(30), read(&cached))
+        .await
+        .unwrap_or_else(|_| panic!("the reader after the withdrawal joined the held read"));
+    assert_eq!(after, Some(Decision::Withdrawn));
     assert_eq!(gated.reads.load(Ordering::SeqCst), 2, "its own read");
     gated.gate.add_permits(1);
     let held = first.await.unwrap_or_else(|e| panic!("reader: {e}"));
