@@ -218,6 +218,8 @@ pub struct CachedStore {
     fence_poller: Option<tokio::task::AbortHandle>,
     /// Ledger reads in flight that concurrent misses may share.
     loads: single_flight::Loads,
+    /// The tag of the shared cache's namespace, sent with each write it was told of.
+    told_in: Option<NamespaceTag>,
 }
 
 impl Drop for CachedStore {
@@ -247,6 +249,7 @@ impl CachedStore {
         let fence_poller = fences
             .as_ref()
             .and_then(|f| fence::spawn_poller(Arc::clone(f), Arc::clone(&inner), FENCE_POLL));
+        let told_in = cache.namespace().map(NamespaceTag::of);
         CachedStore {
             inner,
             cache,
@@ -256,6 +259,7 @@ impl CachedStore {
             fences,
             fence_poller,
             loads: single_flight::Loads::default(),
+            told_in,
         }
     }
 
@@ -491,13 +495,11 @@ impl LedgerStore for CachedStore {
         subjects.dedup();
         // A replica whose namespace was rotated away cannot tell the others' caches.
         let told = !self.namespace_changed() && self.begin_write(tenant, &subjects).await;
-        let fence = match (told, fence, self.cache.namespace()) {
+        let fence = match (told, fence, self.told_in) {
             (false, _, _) => CacheFence::States,
             // The store checks, in the write's transaction, that the ledger's namespace is
             // still the one told; if it was rotated meanwhile it fences the write.
-            (true, CacheFence::None, Some(namespace)) => CacheFence::Told {
-                namespace: NamespaceTag::of(namespace),
-            },
+            (true, CacheFence::None, Some(namespace)) => CacheFence::Told { namespace },
             (true, fence, _) => fence,
         };
         let outcome = self

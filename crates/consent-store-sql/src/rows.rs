@@ -6,11 +6,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use consent_core::{
-    Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, StateEntry, SubjectState,
-    Timestamp, Vendor,
+    Catalog, ConsentError, PolicyVersion, Purpose, Result, StateEntry, SubjectState, Timestamp,
+    Vendor,
 };
 
-use crate::errors::corrupt;
+use crate::errors::{corrupt, db};
 
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| ConsentError::Internal(format!("cannot encode: {e}")))
@@ -61,14 +61,32 @@ pub(crate) fn from_pg_time(t: time::OffsetDateTime) -> Result<Timestamp> {
         .map_err(|e| corrupt("timestamp", e))
 }
 
-/// One state per subject, in the order asked (a subject without rows has an empty state), all
-/// read at `revision`.
-pub(crate) fn states_in_order(
+/// One state per subject of `subjects`, in the order asked (a subject without rows has an
+/// empty state), from the rows of a batch state read: column 0 the tenant revision, column 8
+/// the subject, and an entry (or none, for the LEFT JOIN's empty row) by `entry`.
+pub(crate) fn states_in_order<R>(
     subjects: &[String],
-    found: HashMap<String, Vec<StateEntry>>,
-    revision: Revision,
-) -> Vec<Arc<SubjectState>> {
-    subjects
+    rows: &[R],
+    entry: impl Fn(&R) -> Result<Option<StateEntry>>,
+) -> Result<Vec<Arc<SubjectState>>>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut revision = 0;
+    let mut found: HashMap<String, Vec<StateEntry>> = HashMap::new();
+    for row in rows {
+        revision = row.try_get(0).map_err(db)?;
+        if let Some(entry) = entry(row)? {
+            found
+                .entry(row.try_get(8).map_err(db)?)
+                .or_default()
+                .push(entry);
+        }
+    }
+    Ok(subjects
         .iter()
         .map(|subject| {
             Arc::new(SubjectState {
@@ -77,7 +95,7 @@ pub(crate) fn states_in_order(
                 revision,
             })
         })
-        .collect()
+        .collect())
 }
 
 /// Which table a catalogue row came from (the one-statement catalogue read tags each row).

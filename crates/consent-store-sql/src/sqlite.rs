@@ -228,18 +228,7 @@ async fn states_of(
         }
         sql.push(")");
         let rows = sql.build().fetch_all(pool).await.map_err(db)?;
-        let mut revision = 0;
-        let mut found: HashMap<String, Vec<StateEntry>> = HashMap::new();
-        for row in &rows {
-            revision = row.try_get(0).map_err(db)?;
-            if let Some(entry) = state_from_row(row)? {
-                found
-                    .entry(row.try_get(8).map_err(db)?)
-                    .or_default()
-                    .push(entry);
-            }
-        }
-        states.extend(crate::rows::states_in_order(chunk, found, revision));
+        states.extend(crate::rows::states_in_order(chunk, &rows, state_from_row)?);
     }
     Ok(states)
 }
