@@ -41,7 +41,7 @@ use consent_core::{
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent,
+    FenceRecord, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent, StoredRecord,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -669,6 +669,10 @@ impl LedgerStore for CachedStore {
         self.inner.list_events(tenant, query).await
     }
 
+    async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {
+        self.inner.list_records(tenant, query).await
+    }
+
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {
         self.inner.head(tenant).await
     }
@@ -683,6 +687,24 @@ impl LedgerStore for CachedStore {
 
     async fn cache_namespace(&self) -> Result<String> {
         self.inner.cache_namespace().await
+    }
+}
+
+// Retention data is never cached: every call goes to the ledger. An attestation moves the
+// revision but no subject's consent state, so cached states stay right.
+consent_store::retention_store_proxy!(CachedStore);
+
+impl CachedStore {
+    fn inner(&self) -> &dyn Store {
+        &*self.inner
+    }
+
+    async fn around<T: Send>(
+        &self,
+        _method: &'static str,
+        call: impl std::future::Future<Output = Result<T>> + Send,
+    ) -> Result<T> {
+        call.await
     }
 }
 

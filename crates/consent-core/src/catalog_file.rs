@@ -1,5 +1,6 @@
 //! The declarative catalogue file (`consentd catalog apply FILE`): TOML with vendors,
-//! purposes and policy versions. See `examples/catalog/callnex.toml`.
+//! purposes, policy versions and the operator's retention defaults (`[retention.<category>]`,
+//! with an optional legal `bound`). See `examples/catalog/callnex.toml`.
 //!
 //! Durations are human-readable (`13months`, `30m`, `1year`, as `humantime` parses them);
 //! times are RFC 3339.
@@ -8,6 +9,9 @@ use serde::Deserialize;
 
 use crate::error::{ConsentError, Result};
 use crate::model::{Catalog, Cookie, LegalBasis, PolicyVersion, Purpose, PurposeCategory, Vendor};
+use crate::retention::{
+    RetentionAction, RetentionAnchor, RetentionBound, RetentionDefault, RetentionRule,
+};
 use crate::time::Timestamp;
 use crate::validate::Violations;
 
@@ -20,6 +24,8 @@ pub struct CatalogFile {
     pub purposes: Vec<Purpose>,
     /// Policy versions (applied last: they reference both).
     pub policy_versions: Vec<PolicyVersion>,
+    /// The operator's retention default per data category, ordered by category.
+    pub retention: Vec<RetentionDefault>,
 }
 
 impl CatalogFile {
@@ -54,6 +60,24 @@ struct RawFile {
     purposes: Vec<RawPurpose>,
     #[serde(default)]
     policy_versions: Vec<RawPolicyVersion>,
+    #[serde(default)]
+    retention: std::collections::BTreeMap<String, RawRetention>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    period: String,
+    #[serde(default = "created")]
+    anchor: RetentionAnchor,
+    action: RetentionAction,
+    legal_basis: String,
+    #[serde(default)]
+    bound: RetentionBound,
+}
+
+fn created() -> RetentionAnchor {
+    RetentionAnchor::Created
 }
 
 #[derive(Deserialize)]
@@ -250,6 +274,30 @@ pub fn parse_catalog_file(text: &str) -> Result<CatalogFile> {
             );
         }
     }
+    let retention: Vec<RetentionDefault> = raw
+        .retention
+        .into_iter()
+        .map(|(category, r)| {
+            let field = format!("retention.{category}");
+            let period_secs =
+                duration_secs(&mut v, &format!("{field}.period"), Some(&r.period)).unwrap_or(0);
+            let rule = RetentionRule {
+                data_category: category,
+                campaign_id: String::new(),
+                period_secs,
+                anchor: r.anchor,
+                action: r.action,
+                legal_basis: r.legal_basis,
+            };
+            if period_secs > 0 {
+                v.retention_rule(&field, &rule);
+            }
+            RetentionDefault {
+                rule,
+                bound: r.bound,
+            }
+        })
+        .collect();
     duplicates(&mut v, "vendors", vendors.iter().map(|x| &x.id));
     duplicates(&mut v, "purposes", purposes.iter().map(|x| &x.id));
     duplicates(
@@ -262,6 +310,7 @@ pub fn parse_catalog_file(text: &str) -> Result<CatalogFile> {
         vendors,
         purposes,
         policy_versions,
+        retention,
     })
 }
 
@@ -332,6 +381,43 @@ mod tests {
             }
             other => panic!("expected invalid, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn retention_defaults_parse_with_their_bounds() {
+        let text = format!(
+            "{SMALL}\n[retention.call_recording]\nperiod = \"90days\"\naction = \"delete\"\nlegal_basis = \"privacy policy 5\"\nbound = \"maximum\"\n\n[retention.support_ticket]\nperiod = \"2years\"\nanchor = \"ticket_closed\"\naction = \"anonymise\"\nlegal_basis = \"support\"\n"
+        );
+        let f = parse_catalog_file(&text).unwrap_or_else(|e| panic!("{e}"));
+        let recording = &f.retention[0];
+        assert_eq!(recording.rule.data_category, "call_recording");
+        assert_eq!(recording.rule.period_secs, 90 * 86_400);
+        assert_eq!(recording.rule.anchor, RetentionAnchor::Created);
+        assert_eq!(recording.bound, RetentionBound::Maximum);
+        let ticket = &f.retention[1];
+        assert_eq!(ticket.rule.anchor, RetentionAnchor::TicketClosed);
+        assert_eq!(ticket.rule.action, RetentionAction::Anonymise);
+        assert_eq!(ticket.bound, RetentionBound::None);
+
+        let bad = text
+            .replace("90days", "soon")
+            .replace("\"support\"", "\"\"");
+        match parse_catalog_file(&bad) {
+            Err(ConsentError::InvalidArgument(v)) => {
+                let fields: Vec<_> = v.iter().map(|f| f.field.as_str()).collect();
+                assert!(
+                    fields.contains(&"retention.call_recording.period"),
+                    "{fields:?}"
+                );
+                assert!(
+                    fields.contains(&"retention.support_ticket.legal_basis"),
+                    "{fields:?}"
+                );
+            }
+            other => panic!("expected invalid, got {other:?}"),
+        }
+        let unknown = text.replace("bound = \"maximum\"", "bound = \"maximal\"");
+        assert!(parse_catalog_file(&unknown).is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::model::{ConsentEvent, Evidence, NewEvent, Revision};
+use crate::model::{ConsentEvent, Evidence, LedgerRecord, NewEvent, NewRecord, Revision};
 use crate::time::Timestamp;
 
 /// The `prev_hash` of a tenant's first event.
@@ -14,6 +14,8 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 /// Version tag of the canonical form; a new form gets a new tag.
 const CANONICAL_TAG: &[u8] = b"consent-event/v1";
+/// Version tag of a ledger record's canonical form.
+const RECORD_TAG: &[u8] = b"ledger-record/v1";
 
 /// Appends length-prefixed fields so no two different events share an encoding.
 #[derive(Default)]
@@ -111,6 +113,81 @@ pub fn link(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// SHA-256 of a record's detail in a canonical form (sorted by name).
+pub fn detail_digest(detail: &std::collections::BTreeMap<String, String>) -> [u8; 32] {
+    let mut c = Canonical::default();
+    c.str("detail/v1")
+        .int(i64::try_from(detail.len()).unwrap_or(i64::MAX));
+    for (k, v) in detail {
+        c.str(k).str(v);
+    }
+    Sha256::digest(&c.0).into()
+}
+
+/// The canonical byte form of a ledger record (the subject and the detail only as digests).
+pub fn canonical_record(
+    tenant_id: &str,
+    record: &NewRecord,
+    revision: Revision,
+    recorded_at: Timestamp,
+    detail_sha256: &[u8; 32],
+) -> Vec<u8> {
+    let subject_digest: [u8; 32] = Sha256::digest(record.subject_id.as_bytes()).into();
+    let mut c = Canonical::default();
+    c.bytes(RECORD_TAG)
+        .str(tenant_id)
+        .int(revision)
+        .str(&record.id)
+        .str(record.kind.as_str())
+        .bytes(&subject_digest)
+        .str(&record.purpose_id)
+        .int(record.at.as_micros())
+        .int(recorded_at.as_micros())
+        .bytes(detail_sha256)
+        .str(&record.actor_key_id);
+    c.0
+}
+
+/// Builds the stored form of `record`, linked after `prev_hash`.
+pub fn seal_record(
+    tenant_id: &str,
+    record: NewRecord,
+    revision: Revision,
+    recorded_at: Timestamp,
+    prev_hash: [u8; 32],
+) -> LedgerRecord {
+    let detail_sha256 = detail_digest(&record.detail);
+    let bytes = canonical_record(tenant_id, &record, revision, recorded_at, &detail_sha256);
+    let hash = link(&prev_hash, &bytes);
+    LedgerRecord {
+        record,
+        recorded_at,
+        revision,
+        detail_sha256,
+        prev_hash,
+        hash,
+    }
+}
+
+/// One entry of a tenant's chain: a consent event or a ledger record.
+#[derive(Clone, Copy, Debug)]
+pub enum ChainEntry<'a> {
+    /// A consent event, and whether its evidence was erased.
+    Event(&'a ConsentEvent, bool),
+    /// A ledger record, and whether its detail was erased.
+    Record(&'a LedgerRecord, bool),
+}
+
+impl ChainEntry<'_> {
+    /// The entry's revision.
+    pub fn revision(&self) -> Revision {
+        match self {
+            ChainEntry::Event(e, _) => e.revision,
+            ChainEntry::Record(r, _) => r.revision,
+        }
+    }
+}
+
 /// Builds the stored form of `event`, linked after `prev_hash`.
 pub fn seal(
     tenant_id: &str,
@@ -185,47 +262,70 @@ impl ChainVerifier {
     /// Checks the next event. `evidence_erased` skips the evidence digest check for an
     /// event whose evidence was lawfully deleted.
     pub fn push(&mut self, event: &ConsentEvent, evidence_erased: bool) {
+        self.push_entry(ChainEntry::Event(event, evidence_erased));
+    }
+
+    /// Checks the next entry of the chain, event or record.
+    pub fn push_entry(&mut self, entry: ChainEntry<'_>) {
         if self.failed() {
             return;
         }
         self.checked += 1;
-        let fail = |why: String| Some((event.event.id.clone(), why));
-        self.failure = if event.revision != self.last_revision + 1 {
+        let (id, revision, prev_hash, hash) = match entry {
+            ChainEntry::Event(e, _) => (&e.event.id, e.revision, e.prev_hash, e.hash),
+            ChainEntry::Record(r, _) => (&r.record.id, r.revision, r.prev_hash, r.hash),
+        };
+        let fail = |why: String| Some((id.clone(), why));
+        self.failure = if revision != self.last_revision + 1 {
             fail(format!(
-                "revision {} follows {}: the chain has a gap or a duplicate",
-                event.revision, self.last_revision
+                "revision {revision} follows {}: the chain has a gap or a duplicate",
+                self.last_revision
             ))
-        } else if event.prev_hash != self.expected_prev {
+        } else if prev_hash != self.expected_prev {
             fail(format!(
-                "prev_hash at revision {} does not match the previous event's hash",
-                event.revision
-            ))
-        } else if !evidence_erased
-            && evidence_digest(&event.event.evidence) != event.evidence_sha256
-        {
-            fail(format!(
-                "evidence at revision {} does not match its digest",
-                event.revision
+                "prev_hash at revision {revision} does not match the previous entry's hash"
             ))
         } else {
-            let bytes = canonical(&ChainFields {
-                tenant_id: &self.tenant_id,
-                event: &event.event,
-                revision: event.revision,
-                recorded_at: event.recorded_at,
-                evidence_sha256: &event.evidence_sha256,
-            });
-            if link(&event.prev_hash, &bytes) == event.hash {
-                None
-            } else {
-                fail(format!(
-                    "hash at revision {} does not match the event's content",
-                    event.revision
-                ))
+            let content = match entry {
+                ChainEntry::Event(e, erased) => {
+                    if !erased && evidence_digest(&e.event.evidence) != e.evidence_sha256 {
+                        Err("evidence")
+                    } else {
+                        Ok(canonical(&ChainFields {
+                            tenant_id: &self.tenant_id,
+                            event: &e.event,
+                            revision,
+                            recorded_at: e.recorded_at,
+                            evidence_sha256: &e.evidence_sha256,
+                        }))
+                    }
+                }
+                ChainEntry::Record(r, erased) => {
+                    if !erased && detail_digest(&r.record.detail) != r.detail_sha256 {
+                        Err("detail")
+                    } else {
+                        Ok(canonical_record(
+                            &self.tenant_id,
+                            &r.record,
+                            revision,
+                            r.recorded_at,
+                            &r.detail_sha256,
+                        ))
+                    }
+                }
+            };
+            match content {
+                Err(what) => fail(format!(
+                    "{what} at revision {revision} does not match its digest"
+                )),
+                Ok(bytes) if link(&prev_hash, &bytes) == hash => None,
+                Ok(_) => fail(format!(
+                    "hash at revision {revision} does not match the entry's content"
+                )),
             }
         };
-        self.expected_prev = event.hash;
-        self.last_revision = event.revision;
+        self.expected_prev = hash;
+        self.last_revision = revision;
     }
 
     /// The report, checking that the chain ends at the ledger's recorded head.
@@ -316,6 +416,47 @@ mod tests {
         assert!(verify(&events, &[1]).ok);
         let report = verify(&events, &[]);
         assert_eq!(report.first_bad_event_id.as_deref(), Some("evt-1"));
+    }
+
+    fn attestation(i: usize) -> NewRecord {
+        NewRecord {
+            id: format!("rec-{i}"),
+            kind: crate::model::RecordKind::DeletionAttested,
+            subject_id: "alice".into(),
+            purpose_id: String::new(),
+            at: Timestamp(2_000),
+            detail: [("item_id".to_owned(), format!("item-{i}"))].into(),
+            actor_key_id: "key-1".into(),
+        }
+    }
+
+    #[test]
+    fn records_and_events_share_one_chain() {
+        let first = chain(1);
+        let record = seal_record("t1", attestation(2), 2, Timestamp(5_000), first[0].hash);
+        let last = seal("t1", new_event(3, "bob"), 3, Timestamp(6_000), record.hash);
+        let run = |record: &LedgerRecord, erased: bool| {
+            let mut v = ChainVerifier::new("t1");
+            v.push(&first[0], false);
+            v.push_entry(ChainEntry::Record(record, erased));
+            v.push(&last, false);
+            v.finish(3, &last.hash)
+        };
+        assert!(run(&record, false).ok);
+        // Erasing the detail keeps the chain; changing it does not.
+        let mut erased = record.clone();
+        erased.record.detail.clear();
+        assert!(run(&erased, true).ok);
+        let report = run(&erased, false);
+        assert_eq!(report.first_bad_event_id.as_deref(), Some("rec-2"));
+        let mut moved = record.clone();
+        moved.record.at = Timestamp(2_001);
+        assert!(!run(&moved, false).ok);
+        // Leaving the record out is a gap.
+        let mut v = ChainVerifier::new("t1");
+        v.push(&first[0], false);
+        v.push(&last, false);
+        assert!(!v.finish(3, &last.hash).ok);
     }
 
     #[test]

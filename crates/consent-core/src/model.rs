@@ -450,3 +450,49 @@ impl Purpose {
         })
     }
 }
+
+string_enum! {
+    /// What a ledger record (an entry of the chain that is not a consent choice) attests.
+    RecordKind {
+        /// A product service deleted or anonymised a registered data item.
+        DeletionAttested => "deletion_attested",
+    }
+}
+
+/// The part of a ledger record the caller decides; the store assigns the rest. Records share
+/// the tenant's revisions and hash chain with consent events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRecord {
+    /// Record id (UUIDv7).
+    pub id: String,
+    /// What it attests.
+    pub kind: RecordKind,
+    /// The subject it is about (empty for a record about the tenant as a whole).
+    pub subject_id: String,
+    /// The purpose it is about, or empty when it bears on every purpose or none.
+    pub purpose_id: String,
+    /// When the attested fact happened (e.g. when the item was deleted).
+    pub at: Timestamp,
+    /// The facts, by name (e.g. `item_id`, `method`); erasable like evidence: only their
+    /// digest is in the chain.
+    pub detail: BTreeMap<String, String>,
+    /// The API key that wrote it, if any.
+    pub actor_key_id: String,
+}
+
+/// A ledger record as stored: immutable, hash-linked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRecord {
+    /// What the caller decided.
+    pub record: NewRecord,
+    /// When the ledger stored it.
+    pub recorded_at: Timestamp,
+    /// Its revision in the tenant ledger.
+    pub revision: Revision,
+    /// SHA-256 of the detail's canonical form (kept after erasure).
+    pub detail_sha256: [u8; 32],
+    /// Hash of the previous entry in the tenant chain.
+    pub prev_hash: [u8; 32],
+    /// Hash of this record.
+    pub hash: [u8; 32],
+}

@@ -21,6 +21,8 @@ use crate::time::Timestamp;
 
 /// One day in seconds (periods are whole seconds).
 const DAY_SECS: i64 = 86_400;
+/// A year as the catalogue file's durations count it (`7years`: 365.25 days each).
+const YEAR_SECS: i64 = 31_557_600;
 
 /// What starts an item's retention period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -139,6 +141,8 @@ impl RetentionDefault {
 /// A period for people: whole days when it is whole days, else seconds.
 pub fn describe_period(secs: i64) -> String {
     match secs {
+        YEAR_SECS => "1 year".to_owned(),
+        s if s % YEAR_SECS == 0 => format!("{} years", s / YEAR_SECS),
         s if s % DAY_SECS == 0 && s / DAY_SECS == 1 => "1 day".to_owned(),
         s if s % DAY_SECS == 0 => format!("{} days", s / DAY_SECS),
         s => format!("{s} seconds"),
@@ -226,7 +230,7 @@ impl LegalHold {
 pub enum ItemStatus {
     /// Within its period (or waiting for its anchor).
     Keep,
-    /// Past its period or erased, but kept by a legal hold.
+    /// Kept by a legal hold (whether or not its period has ended): never due while held.
     Hold,
     /// Must be deleted (or anonymised) now.
     Due,
@@ -269,8 +273,8 @@ pub struct Erasure {
     pub at: Timestamp,
 }
 
-/// An item's status at `now`: deleted if attested; else kept by any hold that covers it;
-/// else due once its `delete_after` has passed, or at once after its subject's erasure
+/// An item's status at `now`: deleted if attested; else held by any hold that covers it
+/// (due or not yet); else due once its `delete_after` has passed, or at once after its subject's erasure
 /// unless its category is kept under a legal obligation (`kept_by_law`); else kept. An item
 /// due for more than `overdue_grace_secs` is overdue.
 pub fn item_status(
@@ -298,8 +302,9 @@ pub fn item_status(
             reason: format!("deletion attested at {}", deleted.as_micros()),
         };
     }
-    let is_due = due_at.is_some_and(|at| at <= now);
-    if is_due && let Some(hold) = holds.iter().find(|h| h.covers(item, now)) {
+    // A hold shows whether or not the item is due yet: whoever looks at a held item learns
+    // that it is held, and why, before its period ends.
+    if let Some(hold) = holds.iter().find(|h| h.covers(item, now)) {
         return ItemVerdict {
             status: ItemStatus::Hold,
             delete_after: due_at,
@@ -499,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn holds_on_subject_item_and_campaign_keep_a_due_item_until_they_end() {
+    fn holds_on_subject_item_and_campaign_keep_an_item_until_they_end() {
         let r = rule("call_recording", "", 30, RetentionAnchor::Created);
         let i = item("spring");
         for scope in [
@@ -514,6 +519,8 @@ mod tests {
             };
             let held = status(&i, &r, std::slice::from_ref(&hold), 40);
             assert_eq!(held.status, ItemStatus::Hold, "{scope:?}");
+            let early = status(&i, &r, std::slice::from_ref(&hold), 10);
+            assert_eq!(early.status, ItemStatus::Hold, "held before due: {scope:?}");
             assert!(held.reason.contains("court order 2026/123"));
             assert_eq!(
                 status(&i, &r, &[hold], 60).status,
@@ -572,6 +579,8 @@ mod tests {
         assert_eq!(describe_period(DAY_SECS), "1 day");
         assert_eq!(describe_period(90 * DAY_SECS), "90 days");
         assert_eq!(describe_period(90), "90 seconds");
+        assert_eq!(describe_period(7 * YEAR_SECS), "7 years");
+        assert_eq!(describe_period(YEAR_SECS), "1 year");
     }
 
     proptest! {

@@ -292,6 +292,33 @@ impl Violations {
         }
     }
 
+    /// A retention rule: a category id, an optional campaign id, a period of 1 second to
+    /// 100 years, and a legal basis in words (required: it is what people and auditors see).
+    pub fn retention_rule(&mut self, field: &str, r: &crate::retention::RetentionRule) {
+        let at = |name: &str| {
+            if field.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{field}.{name}")
+            }
+        };
+        self.id(&at("data_category"), &r.data_category);
+        self.optional_id(&at("campaign_id"), &r.campaign_id);
+        if r.period_secs <= 0 {
+            self.add(at("period"), "must be positive");
+        } else {
+            self.duration(&at("period"), Some(r.period_secs));
+        }
+        if r.legal_basis.trim().is_empty() {
+            self.add(
+                at("legal_basis"),
+                "must not be empty: say why the data may be kept that long",
+            );
+        } else {
+            self.text(&at("legal_basis"), &r.legal_basis);
+        }
+    }
+
     /// `Err(InvalidArgument)` naming every violation, or `Ok` when there is none.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() {

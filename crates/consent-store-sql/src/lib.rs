@@ -24,6 +24,7 @@ mod commits;
 mod errors;
 mod group;
 mod pg;
+mod retention;
 mod rows;
 mod sqlite;
 pub mod testing;

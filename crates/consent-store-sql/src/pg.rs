@@ -17,7 +17,7 @@ use consent_core::{
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, StoredEvent,
+    FenceRecord, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
@@ -38,7 +38,7 @@ use crate::rows::{
 #[derive(Clone, Debug)]
 pub struct PgStore {
     pool: PgPool,
-    commits: CommitFeed,
+    pub(crate) commits: CommitFeed,
     group: GroupCommit,
 }
 
@@ -744,6 +744,10 @@ impl LedgerStore for PgStore {
             .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = sql.build().fetch_all(&self.pool).await.map_err(db)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {
+        self.records(tenant, query).await
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

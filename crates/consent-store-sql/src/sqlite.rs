@@ -18,7 +18,7 @@ use consent_core::{
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, StoredEvent,
+    FenceRecord, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
@@ -41,7 +41,7 @@ const ROWS_PER_INSERT: usize = 500;
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    commits: CommitFeed,
+    pub(crate) commits: CommitFeed,
     group: GroupCommit,
 }
 
@@ -725,6 +725,10 @@ impl LedgerStore for SqliteStore {
             .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = sql.build().fetch_all(&self.reader).await.map_err(db)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {
+        self.records(tenant, query).await
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

@@ -20,6 +20,8 @@ use crate::{
     AppendOutcome, CacheFence, Consistency, EventQuery, FenceRecord, Store, verify_ledger,
 };
 
+pub use crate::conformance_retention::*;
+
 /// The value of a test environment variable naming a service (a database, a Redis), or
 /// `None` after printing a notice that the tests needing it are skipped. Under `CI=true` a
 /// missing value panics: CI must run every test.
@@ -77,6 +79,11 @@ macro_rules! store_conformance_suite {
             catalog_version_grows_with_each_write,
             fences_are_recorded_in_commit_order,
             a_write_told_in_another_namespace_is_fenced,
+            retention_rules_resolve_by_campaign_within_the_bounds,
+            data_items_register_once_and_need_a_rule,
+            due_items_page_in_order_and_skip_held_items,
+            an_attestation_is_a_ledger_record_and_final,
+            retention_is_tenant_scoped,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -90,13 +97,13 @@ macro_rules! store_conformance_suite {
     };
 }
 
-fn tenant() -> String {
+pub(crate) fn tenant() -> String {
     format!("t-{}", uuid::Uuid::now_v7())
 }
 
-const DAY: i64 = 86_400 * Timestamp::MICROS_PER_SECOND;
+pub(crate) const DAY: i64 = 86_400 * Timestamp::MICROS_PER_SECOND;
 
-fn day(n: i64) -> Timestamp {
+pub(crate) fn day(n: i64) -> Timestamp {
     Timestamp(n * DAY)
 }
 
@@ -124,7 +131,7 @@ fn policy(id: &str, published: Timestamp) -> PolicyVersion {
     }
 }
 
-fn event(
+pub(crate) fn event(
     subject: &str,
     purpose: &str,
     vendor: &str,
@@ -151,14 +158,14 @@ fn event(
     }
 }
 
-async fn append(store: &Arc<dyn Store>, tenant: &str, events: Vec<NewEvent>) -> i64 {
+pub(crate) async fn append(store: &Arc<dyn Store>, tenant: &str, events: Vec<NewEvent>) -> i64 {
     match store.append(tenant, &events, None, CacheFence::None).await {
         Ok(outcome) => outcome.revision,
         Err(e) => panic!("append failed: {e}"),
     }
 }
 
-fn ok<T>(r: consent_core::Result<T>) -> T {
+pub(crate) fn ok<T>(r: consent_core::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("store call failed: {e}"))
 }
 

@@ -13,17 +13,23 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
-use consent_core::chain::{ChainVerifier, GENESIS, VerifyReport};
+use consent_core::chain::{ChainEntry, ChainVerifier, GENESIS, VerifyReport};
 use consent_core::commands::Idempotency;
 use consent_core::{
-    Catalog, ConsentEvent, NewEvent, PolicyVersion, Purpose, Result, Revision, SubjectState,
-    Timestamp, Vendor,
+    Catalog, ConsentEvent, LedgerRecord, NewEvent, PolicyVersion, Purpose, Result, Revision,
+    SubjectState, Timestamp, Vendor,
 };
 
 pub mod breaker;
 pub mod conformance;
+mod conformance_retention;
 pub mod counting;
 mod proxy;
+pub mod retention;
+
+pub use retention::{
+    Attested, DueQuery, Registered, RetentionRules, RetentionStore, StoredHold, StoredItem,
+};
 
 /// How fresh a read must be. The ledger itself is always current and ignores it; a cache
 /// in front of it (`consent-cache`) honours it.
@@ -119,6 +125,42 @@ pub struct StoredEvent {
     pub event: ConsentEvent,
     /// Whether the evidence was erased (its digest stays in the chain).
     pub evidence_erased: bool,
+}
+
+/// A ledger record as read back, with whether its detail was erased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredRecord {
+    /// The record.
+    pub record: LedgerRecord,
+    /// Whether the detail was erased (its digest stays in the chain).
+    pub detail_erased: bool,
+}
+
+/// One entry of a tenant's ledger, in revision order: a consent event or a ledger record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LedgerEntry {
+    /// A consent choice.
+    Event(Box<StoredEvent>),
+    /// Another recorded fact (a deletion attestation...).
+    Record(Box<StoredRecord>),
+}
+
+impl LedgerEntry {
+    /// The entry's revision.
+    pub fn revision(&self) -> Revision {
+        match self {
+            LedgerEntry::Event(e) => e.event.revision,
+            LedgerEntry::Record(r) => r.record.revision,
+        }
+    }
+
+    /// The entry as the chain verifier reads it.
+    pub fn chain_entry(&self) -> ChainEntry<'_> {
+        match self {
+            LedgerEntry::Event(e) => ChainEntry::Event(&e.event, e.evidence_erased),
+            LedgerEntry::Record(r) => ChainEntry::Record(&r.record, r.detail_erased),
+        }
+    }
 }
 
 /// Whether a write must also fence the tenant's cached states.
@@ -229,6 +271,12 @@ pub trait LedgerStore: Send + Sync {
     /// Events matching `query`, in revision order.
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>>;
 
+    /// Ledger records matching `query`, in revision order: the subject and revision filters
+    /// as for events; the purpose filter keeps records of that purpose and records that name
+    /// none (they bear on every purpose); the time filters apply to the record's `at`;
+    /// `without_evidence` leaves the detail out.
+    async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>>;
+
     /// The tenant's chain head.
     async fn head(&self, tenant: &str) -> Result<LedgerHead>;
 
@@ -274,10 +322,48 @@ pub trait AccessStore: Send + Sync {
     async fn revoke_api_key(&self, tenant_id: &str, key_id: &str, at: Timestamp) -> Result<ApiKey>;
 }
 
-/// A full store: catalogue, ledger, tenants and keys.
-pub trait Store: CatalogStore + LedgerStore + AccessStore {}
+/// A full store: catalogue, ledger, tenants and keys, retention.
+pub trait Store: CatalogStore + LedgerStore + AccessStore + RetentionStore {}
 
-impl<T: CatalogStore + LedgerStore + AccessStore> Store for T {}
+impl<T: CatalogStore + LedgerStore + AccessStore + RetentionStore> Store for T {}
+
+/// Events and records matching `query`, merged in revision order, at most `query.limit`
+/// entries: what `ListEvents`, `Watch` and verification read. Both kinds are read with the
+/// same limit and the merge stops where either read may have been cut short, so no entry is
+/// skipped between pages.
+pub async fn list_entries(
+    store: &(impl LedgerStore + ?Sized),
+    tenant: &str,
+    query: &EventQuery,
+) -> Result<Vec<LedgerEntry>> {
+    let (events, records) = tokio::try_join!(
+        store.list_events(tenant, query),
+        store.list_records(tenant, query)
+    )?;
+    let full = |len: usize| len >= query.limit;
+    // Entries beyond the last revision of a full read might hide unread ones of that kind.
+    let bound = [
+        full(events.len()).then(|| events.last().map(|e| e.event.revision)),
+        full(records.len()).then(|| records.last().map(|r| r.record.revision)),
+    ]
+    .into_iter()
+    .flatten()
+    .flatten()
+    .min();
+    let mut merged: Vec<LedgerEntry> = events
+        .into_iter()
+        .map(|e| LedgerEntry::Event(Box::new(e)))
+        .chain(
+            records
+                .into_iter()
+                .map(|r| LedgerEntry::Record(Box::new(r))),
+        )
+        .filter(|e| bound.is_none_or(|b| e.revision() <= b))
+        .collect();
+    merged.sort_by_key(LedgerEntry::revision);
+    merged.truncate(query.limit);
+    Ok(merged)
+}
 
 /// How many events [`verify_ledger`] reads per page.
 const VERIFY_PAGE: usize = 1000;
@@ -291,21 +377,21 @@ pub async fn verify_ledger(
     let mut verifier = ChainVerifier::new(tenant);
     let mut after = 0;
     while after < head.revision && !verifier.failed() {
-        let page = store
-            .list_events(
-                tenant,
-                &EventQuery {
-                    after_revision: after,
-                    until_revision: Some(head.revision),
-                    limit: VERIFY_PAGE,
-                    ..EventQuery::default()
-                },
-            )
-            .await?;
+        let page = list_entries(
+            store,
+            tenant,
+            &EventQuery {
+                after_revision: after,
+                until_revision: Some(head.revision),
+                limit: VERIFY_PAGE,
+                ..EventQuery::default()
+            },
+        )
+        .await?;
         let Some(last) = page.last() else { break };
-        after = last.event.revision;
+        after = last.revision();
         for e in &page {
-            verifier.push(&e.event, e.evidence_erased);
+            verifier.push_entry(e.chain_entry());
         }
     }
     Ok((verifier.finish(head.revision, &head.hash), head))

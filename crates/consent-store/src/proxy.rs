@@ -8,11 +8,14 @@
 //! `fn inner(&self) -> &dyn Store` and
 //! `async fn around<T: Send>(&self, method: &'static str, call: impl Future<Output = Result<T>> + Send) -> Result<T>`.
 
-/// Implements `CatalogStore`, `LedgerStore` and `AccessStore` for `$proxy` by calling
-/// `self.around(method_name, self.inner().method(...))`. `subscribe` passes straight through.
+/// Implements `CatalogStore`, `LedgerStore`, `AccessStore` and `RetentionStore` for `$proxy`
+/// by calling `self.around(method_name, self.inner().method(...))`. `subscribe` passes
+/// straight through.
 #[macro_export]
 macro_rules! store_proxy {
     ($proxy:ty) => {
+        $crate::retention_store_proxy!($proxy);
+
         #[async_trait::async_trait]
         impl $crate::CatalogStore for $proxy {
             async fn catalog(
@@ -126,6 +129,14 @@ macro_rules! store_proxy {
                 self.around("list_events", self.inner().list_events(tenant, query))
                     .await
             }
+            async fn list_records(
+                &self,
+                tenant: &str,
+                query: &$crate::EventQuery,
+            ) -> consent_core::Result<Vec<$crate::StoredRecord>> {
+                self.around("list_records", self.inner().list_records(tenant, query))
+                    .await
+            }
             async fn head(&self, tenant: &str) -> consent_core::Result<$crate::LedgerHead> {
                 self.around("head", self.inner().head(tenant)).await
             }
@@ -186,6 +197,140 @@ macro_rules! store_proxy {
                 self.around(
                     "revoke_api_key",
                     self.inner().revoke_api_key(tenant_id, key_id, at),
+                )
+                .await
+            }
+        }
+    };
+}
+
+/// Implements `RetentionStore` for `$proxy` as [`store_proxy!`](crate::store_proxy) does; on
+/// its own for layers that only pass retention calls through (the cache: retention data is
+/// never cached).
+#[macro_export]
+macro_rules! retention_store_proxy {
+    ($proxy:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::RetentionStore for $proxy {
+            async fn apply_retention_defaults(
+                &self,
+                tenant: &str,
+                defaults: &[consent_core::retention::RetentionDefault],
+            ) -> consent_core::Result<()> {
+                self.around(
+                    "apply_retention_defaults",
+                    self.inner().apply_retention_defaults(tenant, defaults),
+                )
+                .await
+            }
+            async fn set_retention_rule(
+                &self,
+                tenant: &str,
+                rule: &consent_core::retention::RetentionRule,
+            ) -> consent_core::Result<()> {
+                self.around(
+                    "set_retention_rule",
+                    self.inner().set_retention_rule(tenant, rule),
+                )
+                .await
+            }
+            async fn retention_rules(
+                &self,
+                tenant: &str,
+            ) -> consent_core::Result<$crate::RetentionRules> {
+                self.around("retention_rules", self.inner().retention_rules(tenant))
+                    .await
+            }
+            async fn register_item(
+                &self,
+                tenant: &str,
+                item: &consent_core::retention::DataItem,
+                now: consent_core::Timestamp,
+            ) -> consent_core::Result<$crate::Registered> {
+                self.around(
+                    "register_item",
+                    self.inner().register_item(tenant, item, now),
+                )
+                .await
+            }
+            async fn data_item(
+                &self,
+                tenant: &str,
+                item_id: &str,
+            ) -> consent_core::Result<Option<$crate::StoredItem>> {
+                self.around("data_item", self.inner().data_item(tenant, item_id))
+                    .await
+            }
+            async fn update_anchor(
+                &self,
+                tenant: &str,
+                item_id: &str,
+                anchor_at: consent_core::Timestamp,
+            ) -> consent_core::Result<$crate::StoredItem> {
+                self.around(
+                    "update_anchor",
+                    self.inner().update_anchor(tenant, item_id, anchor_at),
+                )
+                .await
+            }
+            async fn place_legal_hold(
+                &self,
+                tenant: &str,
+                hold: &$crate::StoredHold,
+            ) -> consent_core::Result<()> {
+                self.around(
+                    "place_legal_hold",
+                    self.inner().place_legal_hold(tenant, hold),
+                )
+                .await
+            }
+            async fn release_legal_hold(
+                &self,
+                tenant: &str,
+                hold_id: &str,
+                at: consent_core::Timestamp,
+            ) -> consent_core::Result<$crate::StoredHold> {
+                self.around(
+                    "release_legal_hold",
+                    self.inner().release_legal_hold(tenant, hold_id, at),
+                )
+                .await
+            }
+            async fn legal_holds(
+                &self,
+                tenant: &str,
+                scope: Option<&consent_core::retention::HoldScope>,
+            ) -> consent_core::Result<Vec<$crate::StoredHold>> {
+                self.around("legal_holds", self.inner().legal_holds(tenant, scope))
+                    .await
+            }
+            async fn holds_covering(
+                &self,
+                tenant: &str,
+                item: &consent_core::retention::DataItem,
+            ) -> consent_core::Result<Vec<$crate::StoredHold>> {
+                self.around("holds_covering", self.inner().holds_covering(tenant, item))
+                    .await
+            }
+            async fn due_items(
+                &self,
+                tenant: &str,
+                query: &$crate::DueQuery,
+            ) -> consent_core::Result<Vec<$crate::StoredItem>> {
+                self.around("due_items", self.inner().due_items(tenant, query))
+                    .await
+            }
+            async fn attest_deletion(
+                &self,
+                tenant: &str,
+                item_id: &str,
+                deleted_at: consent_core::Timestamp,
+                record: consent_core::NewRecord,
+            ) -> consent_core::Result<$crate::Attested> {
+                self.around(
+                    "attest_deletion",
+                    self.inner()
+                        .attest_deletion(tenant, item_id, deleted_at, record),
                 )
                 .await
             }

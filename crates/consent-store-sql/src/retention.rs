@@ -1,0 +1,824 @@
+//! Retention on SQL (`consent_store::RetentionStore`) and the ledger records of both
+//! backends. The statements are the same on SQLite and PostgreSQL but for how times are
+//! bound (INTEGER microseconds or `timestamptz`) and how a period is added to a time, so the
+//! implementation is written once, as a macro expanded for each backend with those two
+//! differences.
+//!
+//! Retention writes of a tenant serialise on a lock of their own (PostgreSQL: a transaction
+//! advisory lock per tenant; SQLite has one writer), so a rule change and an item
+//! registration cannot race past each other's `delete_after`. An attestation also locks the
+//! ledger head like an append (the group commit), as its record takes the next revision.
+
+use consent_core::retention::HoldScope;
+
+/// The stored name of a hold's scope and its id.
+pub(crate) fn hold_scope_parts(scope: &HoldScope) -> (&'static str, &str) {
+    match scope {
+        HoldScope::Subject(id) => ("subject", id),
+        HoldScope::Item(id) => ("item", id),
+        HoldScope::Campaign(id) => ("campaign", id),
+    }
+}
+
+/// A hold's scope from its stored parts.
+pub(crate) fn hold_scope(kind: &str, id: String) -> consent_core::Result<HoldScope> {
+    match kind {
+        "subject" => Ok(HoldScope::Subject(id)),
+        "item" => Ok(HoldScope::Item(id)),
+        "campaign" => Ok(HoldScope::Campaign(id)),
+        other => Err(crate::errors::corrupt(
+            "legal_holds.scope",
+            format!("unknown scope `{other}`"),
+        )),
+    }
+}
+
+/// The message of a registration for a category no rule covers.
+pub(crate) fn no_rule(category: &str) -> consent_core::ConsentError {
+    consent_core::ConsentError::FailedPrecondition(format!(
+        "no retention rule covers data category `{category}`: the operator adds [retention.{category}] to the catalogue file (consentd catalog apply), or the tenant sets one with SetRetentionRule"
+    ))
+}
+
+pub(crate) const ITEM_COLUMNS: &str = "item_id, subject_id, data_category, campaign_id, created_at, anchor_at, \
+     delete_after, deleted_at, attestation_revision, registered_at";
+pub(crate) const HOLD_COLUMNS: &str =
+    "hold_id, scope, scope_id, reason, until, created_at, released_at, actor_key_id";
+pub(crate) const RECORD_COLUMNS: &str = "revision, record_id, kind, subject_id, purpose_id, at, recorded_at, detail, \
+     detail_sha256, actor_key_id, prev_hash, hash";
+
+/// Implements `RetentionStore` for `$store` and gives it `records(...)` for `list_records`.
+/// `$db`: the sqlx database; `writer`/`reader`: the store's pool accessors; `time`: how a
+/// time is bound; `to_db`/`from_db`: conversions; `period`: SQL that turns a bound period in
+/// microseconds (`{}`) into something addable to a time; `lock`: the statement that takes
+/// the tenant's retention lock (`$1` is the tenant), if the backend needs one.
+macro_rules! sql_retention_store {
+    (
+        $store:ty, $db:ty,
+        writer = $writer:ident, reader = $reader:ident,
+        time = $time:ty, to_db = $to_db:path, from_db = $from_db:path,
+        period = $period:literal, lock = $lock:expr $(,)?
+    ) => {
+        use async_trait::async_trait;
+        use consent_core::chain::{GENESIS, seal_record};
+        use consent_core::retention::{
+            DataItem, HoldScope, LegalHold, RetentionDefault, RetentionRule, delete_after,
+        };
+        use consent_core::{ConsentError, LedgerRecord, NewRecord, Result, Timestamp};
+        use consent_store::{
+            Attested, Commit, DueQuery, EventQuery, Registered, RetentionRules, RetentionStore,
+            StoredHold, StoredItem, StoredRecord,
+        };
+        use sqlx::{Row, Transaction};
+
+        use $crate::errors::db;
+        use $crate::retention::{
+            HOLD_COLUMNS, ITEM_COLUMNS, RECORD_COLUMNS, hold_scope, hold_scope_parts, no_rule,
+        };
+        use $crate::rows::{from_json, hash32, parse, to_json};
+
+        type Tx = Transaction<'static, $db>;
+        type Conn = <$db as sqlx::Database>::Connection;
+
+        fn time(t: Timestamp) -> Result<$time> {
+            $to_db(t)
+        }
+
+        fn opt_time(t: Option<Timestamp>) -> Result<Option<$time>> {
+            t.map(time).transpose()
+        }
+
+        fn read_time(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<Timestamp> {
+            $from_db(row.try_get::<$time, _>(i).map_err(db)?)
+        }
+
+        fn read_opt_time(
+            row: &<$db as sqlx::Database>::Row,
+            i: usize,
+        ) -> Result<Option<Timestamp>> {
+            row.try_get::<Option<$time>, _>(i)
+                .map_err(db)?
+                .map($from_db)
+                .transpose()
+        }
+
+        fn item_from_row(row: &<$db as sqlx::Database>::Row) -> Result<StoredItem> {
+            Ok(StoredItem {
+                item: DataItem {
+                    item_id: row.try_get(0).map_err(db)?,
+                    subject_id: row.try_get(1).map_err(db)?,
+                    data_category: row.try_get(2).map_err(db)?,
+                    campaign_id: row.try_get(3).map_err(db)?,
+                    created_at: read_time(row, 4)?,
+                    anchor_at: read_opt_time(row, 5)?,
+                    deleted_at: read_opt_time(row, 7)?,
+                },
+                delete_after: read_opt_time(row, 6)?,
+                attestation_revision: row.try_get(8).map_err(db)?,
+                registered_at: read_time(row, 9)?,
+            })
+        }
+
+        fn hold_from_row(row: &<$db as sqlx::Database>::Row) -> Result<StoredHold> {
+            Ok(StoredHold {
+                hold_id: row.try_get(0).map_err(db)?,
+                hold: LegalHold {
+                    scope: hold_scope(
+                        &row.try_get::<String, _>(1).map_err(db)?,
+                        row.try_get(2).map_err(db)?,
+                    )?,
+                    reason: row.try_get(3).map_err(db)?,
+                    until: read_opt_time(row, 4)?,
+                },
+                created_at: read_time(row, 5)?,
+                released_at: read_opt_time(row, 6)?,
+                actor_key_id: row.try_get(7).map_err(db)?,
+            })
+        }
+
+        fn record_from_row(row: &<$db as sqlx::Database>::Row) -> Result<StoredRecord> {
+            let detail: Option<String> = row.try_get(7).map_err(db)?;
+            Ok(StoredRecord {
+                detail_erased: detail.is_none(),
+                record: LedgerRecord {
+                    revision: row.try_get(0).map_err(db)?,
+                    record: NewRecord {
+                        id: row.try_get(1).map_err(db)?,
+                        kind: parse(
+                            &row.try_get::<String, _>(2).map_err(db)?,
+                            "ledger_records.kind",
+                        )?,
+                        subject_id: row.try_get(3).map_err(db)?,
+                        purpose_id: row.try_get(4).map_err(db)?,
+                        at: read_time(row, 5)?,
+                        detail: match detail.as_deref() {
+                            Some(text) if !text.is_empty() => {
+                                from_json(text, "ledger_records.detail")?
+                            }
+                            _ => Default::default(),
+                        },
+                        actor_key_id: row.try_get(9).map_err(db)?,
+                    },
+                    recorded_at: read_time(row, 6)?,
+                    detail_sha256: hash32(
+                        &row.try_get::<Vec<u8>, _>(8).map_err(db)?,
+                        "ledger_records.detail_sha256",
+                    )?,
+                    prev_hash: hash32(
+                        &row.try_get::<Vec<u8>, _>(10).map_err(db)?,
+                        "ledger_records.prev_hash",
+                    )?,
+                    hash: hash32(
+                        &row.try_get::<Vec<u8>, _>(11).map_err(db)?,
+                        "ledger_records.hash",
+                    )?,
+                },
+            })
+        }
+
+        async fn lock_retention(tx: &mut Tx, tenant: &str) -> Result<()> {
+            let lock: Option<&str> = $lock;
+            if let Some(sql) = lock {
+                sqlx::query(sql)
+                    .bind(tenant)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
+            Ok(())
+        }
+
+        async fn load_rules(conn: &mut Conn, tenant: &str) -> Result<RetentionRules> {
+            let defaults = sqlx::query(
+                "SELECT body FROM retention_defaults WHERE tenant_id = $1 ORDER BY data_category",
+            )
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                from_json::<RetentionDefault>(
+                    &r.try_get::<String, _>(0).map_err(db)?,
+                    "retention_defaults.body",
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+            let rules = sqlx::query(
+                "SELECT body FROM retention_rules WHERE tenant_id = $1 \
+                 ORDER BY data_category, campaign_id",
+            )
+            .bind(tenant)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?
+            .iter()
+            .map(|r| {
+                from_json::<RetentionRule>(
+                    &r.try_get::<String, _>(0).map_err(db)?,
+                    "retention_rules.body",
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+            Ok(RetentionRules { defaults, rules })
+        }
+
+        /// Which items a rule change moves.
+        enum Governed<'a> {
+            /// A campaign rule: the campaign's items.
+            Campaign(&'a str),
+            /// A tenant rule: items of campaigns without a rule of their own.
+            Tenant,
+            /// A default: items no tenant or campaign rule covers.
+            Default,
+        }
+
+        /// Moves `delete_after` of the (not deleted) items of `rule`'s category it governs.
+        async fn recompute(
+            tx: &mut Tx,
+            tenant: &str,
+            rule: &RetentionRule,
+            governed: Governed<'_>,
+        ) -> Result<()> {
+            let scope = match governed {
+                Governed::Campaign(_) => "AND campaign_id = $5",
+                Governed::Tenant => {
+                    "AND campaign_id NOT IN (SELECT r.campaign_id FROM retention_rules r \
+                     WHERE r.tenant_id = $1 AND r.data_category = $2 AND r.campaign_id <> '')"
+                }
+                Governed::Default => {
+                    "AND NOT EXISTS (SELECT 1 FROM retention_rules r WHERE r.tenant_id = $1 \
+                     AND r.data_category = $2 \
+                     AND (r.campaign_id = '' OR r.campaign_id = data_items.campaign_id))"
+                }
+            };
+            let period = format!($period, "$4");
+            let sql = format!(
+                "UPDATE data_items SET delete_after = CASE WHEN $3 = 'created' \
+                 THEN created_at + {period} ELSE anchor_at + {period} END \
+                 WHERE tenant_id = $1 AND data_category = $2 AND deleted_at IS NULL {scope}"
+            );
+            let micros = rule
+                .period_secs
+                .saturating_mul(Timestamp::MICROS_PER_SECOND);
+            let mut query = sqlx::query(&sql)
+                .bind(tenant)
+                .bind(rule.data_category.as_str())
+                .bind(rule.anchor.as_str())
+                .bind(micros);
+            if let Governed::Campaign(campaign) = governed {
+                query = query.bind(campaign);
+            }
+            query.execute(&mut **tx).await.map_err(db)?;
+            Ok(())
+        }
+
+        async fn item_in(tx: &mut Tx, tenant: &str, item_id: &str) -> Result<Option<StoredItem>> {
+            let sql =
+                format!("SELECT {ITEM_COLUMNS} FROM data_items WHERE tenant_id = $1 AND item_id = $2");
+            sqlx::query(&sql)
+                .bind(tenant)
+                .bind(item_id)
+                .fetch_optional(&mut **tx)
+                .await
+                .map_err(db)?
+                .as_ref()
+                .map(item_from_row)
+                .transpose()
+        }
+
+        fn not_found(item_id: &str) -> ConsentError {
+            ConsentError::not_found("data item", item_id)
+        }
+
+        impl $store {
+            /// Ledger records matching `query` (see `LedgerStore::list_records`).
+            pub(crate) async fn records(
+                &self,
+                tenant: &str,
+                query: &EventQuery,
+            ) -> Result<Vec<StoredRecord>> {
+                let columns = if query.without_evidence {
+                    RECORD_COLUMNS.replace("detail,", "'' AS detail,")
+                } else {
+                    RECORD_COLUMNS.to_owned()
+                };
+                let mut sql: sqlx::QueryBuilder<$db> = sqlx::QueryBuilder::new(format!(
+                    "SELECT {columns} FROM ledger_records WHERE tenant_id = "
+                ));
+                sql.push_bind(tenant)
+                    .push(" AND revision > ")
+                    .push_bind(query.after_revision);
+                if let Some(subject) = &query.subject_id {
+                    sql.push(" AND subject_id = ").push_bind(subject.clone());
+                }
+                if let Some(purpose) = &query.purpose_id {
+                    sql.push(" AND purpose_id IN (")
+                        .push_bind(purpose.clone())
+                        .push(", '')");
+                }
+                if let Some(from) = query.collected_from {
+                    sql.push(" AND at >= ").push_bind(time(from)?);
+                }
+                if let Some(to) = query.collected_to {
+                    sql.push(" AND at < ").push_bind(time(to)?);
+                }
+                if let Some(until) = query.until_revision {
+                    sql.push(" AND revision <= ").push_bind(until);
+                }
+                sql.push(" ORDER BY revision LIMIT ")
+                    .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+                let rows = sql
+                    .build()
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?;
+                rows.iter()
+                    .map(|row| {
+                        let mut record = record_from_row(row)?;
+                        if query.without_evidence {
+                            // Left out, not erased: say what the ledger holds.
+                            record.detail_erased = false;
+                        }
+                        Ok(record)
+                    })
+                    .collect()
+            }
+
+            async fn begin_retention(&self, tenant: &str) -> Result<Tx> {
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                lock_retention(&mut tx, tenant).await?;
+                Ok(tx)
+            }
+        }
+
+        #[async_trait]
+        impl RetentionStore for $store {
+            async fn apply_retention_defaults(
+                &self,
+                tenant: &str,
+                defaults: &[RetentionDefault],
+            ) -> Result<()> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_retention(tenant).await?;
+                let current = load_rules(&mut tx, tenant).await?;
+                for default in defaults {
+                    for rule in current
+                        .rules
+                        .iter()
+                        .filter(|r| r.data_category == default.rule.data_category)
+                    {
+                        if let Err(e) = default.admits(rule) {
+                            let whose = if rule.campaign_id.is_empty() {
+                                "the tenant's rule".to_owned()
+                            } else {
+                                format!("the rule of campaign `{}`", rule.campaign_id)
+                            };
+                            return Err(ConsentError::FailedPrecondition(format!(
+                                "the new default for {} would break {whose} (change or remove that rule first): {}",
+                                default.rule.data_category,
+                                match e {
+                                    ConsentError::FailedPrecondition(why) => why,
+                                    other => other.to_string(),
+                                }
+                            )));
+                        }
+                    }
+                }
+                for default in defaults {
+                    sqlx::query(
+                        "INSERT INTO retention_defaults (tenant_id, data_category, body, updated_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, data_category) \
+                         DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                    )
+                    .bind(tenant)
+                    .bind(default.rule.data_category.as_str())
+                    .bind(to_json(default)?)
+                    .bind(time(now)?)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    recompute(&mut tx, tenant, &default.rule, Governed::Default).await?;
+                }
+                tx.commit().await.map_err(db)
+            }
+
+            async fn set_retention_rule(&self, tenant: &str, rule: &RetentionRule) -> Result<()> {
+                let now = Timestamp::now();
+                let mut tx = self.begin_retention(tenant).await?;
+                let current = load_rules(&mut tx, tenant).await?;
+                if let Some(default) = current.default_for(&rule.data_category) {
+                    default.admits(rule)?;
+                }
+                sqlx::query(
+                    "INSERT INTO retention_rules (tenant_id, data_category, campaign_id, body, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id, data_category, campaign_id) \
+                     DO UPDATE SET body = excluded.body, updated_at = excluded.updated_at",
+                )
+                .bind(tenant)
+                .bind(rule.data_category.as_str())
+                .bind(rule.campaign_id.as_str())
+                .bind(to_json(rule)?)
+                .bind(time(now)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                let governed = if rule.campaign_id.is_empty() {
+                    Governed::Tenant
+                } else {
+                    Governed::Campaign(&rule.campaign_id)
+                };
+                recompute(&mut tx, tenant, rule, governed).await?;
+                tx.commit().await.map_err(db)
+            }
+
+            async fn retention_rules(&self, tenant: &str) -> Result<RetentionRules> {
+                let mut conn = self.$reader().acquire().await.map_err(db)?;
+                load_rules(&mut conn, tenant).await
+            }
+
+            async fn register_item(
+                &self,
+                tenant: &str,
+                item: &DataItem,
+                now: Timestamp,
+            ) -> Result<Registered> {
+                let mut tx = self.begin_retention(tenant).await?;
+                if let Some(stored) = item_in(&mut tx, tenant, &item.item_id).await? {
+                    let same = DataItem {
+                        deleted_at: None,
+                        ..stored.item.clone()
+                    } == *item;
+                    return if same {
+                        Ok(Registered {
+                            item: stored,
+                            replayed: true,
+                        })
+                    } else {
+                        Err(ConsentError::AlreadyExists(format!(
+                            "data item `{}` is already registered with other facts (subject, category, campaign, created_at or anchor_at)",
+                            item.item_id
+                        )))
+                    };
+                }
+                let rules = load_rules(&mut tx, tenant).await?;
+                let rule = rules
+                    .rule_for(&item.data_category, &item.campaign_id)
+                    .ok_or_else(|| no_rule(&item.data_category))?;
+                let due = delete_after(item, rule);
+                let sql = format!(
+                    "INSERT INTO data_items (tenant_id, {ITEM_COLUMNS}) \
+                     VALUES ($9, $1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8)"
+                );
+                sqlx::query(&sql)
+                    .bind(item.item_id.as_str())
+                    .bind(item.subject_id.as_str())
+                    .bind(item.data_category.as_str())
+                    .bind(item.campaign_id.as_str())
+                    .bind(time(item.created_at)?)
+                    .bind(opt_time(item.anchor_at)?)
+                    .bind(opt_time(due)?)
+                    .bind(time(now)?)
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(Registered {
+                    item: StoredItem {
+                        item: DataItem {
+                            deleted_at: None,
+                            ..item.clone()
+                        },
+                        delete_after: due,
+                        attestation_revision: None,
+                        registered_at: now,
+                    },
+                    replayed: false,
+                })
+            }
+
+            async fn data_item(&self, tenant: &str, item_id: &str) -> Result<Option<StoredItem>> {
+                let sql = format!(
+                    "SELECT {ITEM_COLUMNS} FROM data_items WHERE tenant_id = $1 AND item_id = $2"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(item_id)
+                    .fetch_optional(self.$reader())
+                    .await
+                    .map_err(db)?
+                    .as_ref()
+                    .map(item_from_row)
+                    .transpose()
+            }
+
+            async fn update_anchor(
+                &self,
+                tenant: &str,
+                item_id: &str,
+                anchor_at: Timestamp,
+            ) -> Result<StoredItem> {
+                let mut tx = self.begin_retention(tenant).await?;
+                let mut stored = item_in(&mut tx, tenant, item_id)
+                    .await?
+                    .ok_or_else(|| not_found(item_id))?;
+                if let Some(deleted) = stored.item.deleted_at {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "data item `{item_id}` was deleted (attested at {deleted}): its anchor no longer matters"
+                    )));
+                }
+                stored.item.anchor_at = Some(anchor_at);
+                let rules = load_rules(&mut tx, tenant).await?;
+                stored.delete_after = rules
+                    .rule_for(&stored.item.data_category, &stored.item.campaign_id)
+                    .and_then(|rule| delete_after(&stored.item, rule));
+                sqlx::query(
+                    "UPDATE data_items SET anchor_at = $3, delete_after = $4 \
+                     WHERE tenant_id = $1 AND item_id = $2",
+                )
+                .bind(tenant)
+                .bind(item_id)
+                .bind(time(anchor_at)?)
+                .bind(opt_time(stored.delete_after)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                Ok(stored)
+            }
+
+            async fn place_legal_hold(&self, tenant: &str, hold: &StoredHold) -> Result<()> {
+                let (scope, scope_id) = hold_scope_parts(&hold.hold.scope);
+                let sql = format!(
+                    "INSERT INTO legal_holds (tenant_id, {HOLD_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(hold.hold_id.as_str())
+                    .bind(scope)
+                    .bind(scope_id)
+                    .bind(hold.hold.reason.as_str())
+                    .bind(opt_time(hold.hold.until)?)
+                    .bind(time(hold.created_at)?)
+                    .bind(opt_time(hold.released_at)?)
+                    .bind(hold.actor_key_id.as_str())
+                    .execute(self.$writer())
+                    .await
+                    .map_err(db)?;
+                Ok(())
+            }
+
+            async fn release_legal_hold(
+                &self,
+                tenant: &str,
+                hold_id: &str,
+                at: Timestamp,
+            ) -> Result<StoredHold> {
+                let sql = format!(
+                    "UPDATE legal_holds SET released_at = COALESCE(released_at, $3) \
+                     WHERE tenant_id = $1 AND hold_id = $2 RETURNING {HOLD_COLUMNS}"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(hold_id)
+                    .bind(time(at)?)
+                    .fetch_optional(self.$writer())
+                    .await
+                    .map_err(db)?
+                    .as_ref()
+                    .map(hold_from_row)
+                    .transpose()?
+                    .ok_or_else(|| ConsentError::not_found("legal hold", hold_id))
+            }
+
+            async fn legal_holds(
+                &self,
+                tenant: &str,
+                scope: Option<&HoldScope>,
+            ) -> Result<Vec<StoredHold>> {
+                let (kind, id) = scope.map(hold_scope_parts).unzip();
+                let sql = format!(
+                    "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE tenant_id = $1 \
+                     AND released_at IS NULL \
+                     AND (CAST($2 AS TEXT) IS NULL OR (scope = $2 AND scope_id = $3)) \
+                     ORDER BY created_at, hold_id"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(kind)
+                    .bind(id)
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(hold_from_row)
+                    .collect()
+            }
+
+            async fn holds_covering(
+                &self,
+                tenant: &str,
+                item: &DataItem,
+            ) -> Result<Vec<StoredHold>> {
+                let sql = format!(
+                    "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE tenant_id = $1 \
+                     AND released_at IS NULL \
+                     AND ((scope = 'subject' AND scope_id = $2) OR (scope = 'item' AND scope_id = $3) \
+                          OR (scope = 'campaign' AND scope_id = $4 AND scope_id <> '')) \
+                     ORDER BY created_at, hold_id"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(item.subject_id.as_str())
+                    .bind(item.item_id.as_str())
+                    .bind(item.campaign_id.as_str())
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(hold_from_row)
+                    .collect()
+            }
+
+            async fn due_items(&self, tenant: &str, query: &DueQuery) -> Result<Vec<StoredItem>> {
+                let columns = ITEM_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("i.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let (after_time, after_id) = query.after.clone().unzip();
+                let sql = format!(
+                    "SELECT {columns} FROM data_items i WHERE i.tenant_id = $1 \
+                     AND i.deleted_at IS NULL AND i.delete_after <= $2 \
+                     AND (CAST($4 AS TEXT) IS NULL OR i.data_category = $4) \
+                     AND (CAST($5 AS TEXT) IS NULL OR i.campaign_id = $5) \
+                     AND (CAST($7 AS TEXT) IS NULL OR i.delete_after > $6 \
+                          OR (i.delete_after = $6 AND i.item_id > $7)) \
+                     AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = i.tenant_id \
+                          AND h.released_at IS NULL AND (h.until IS NULL OR h.until > $3) \
+                          AND ((h.scope = 'subject' AND h.scope_id = i.subject_id) \
+                            OR (h.scope = 'item' AND h.scope_id = i.item_id) \
+                            OR (h.scope = 'campaign' AND h.scope_id = i.campaign_id \
+                                AND i.campaign_id <> ''))) \
+                     ORDER BY i.delete_after, i.item_id LIMIT $8"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(time(query.due_by)?)
+                    .bind(time(query.now)?)
+                    .bind(query.data_category.as_deref())
+                    .bind(query.campaign_id.as_deref())
+                    .bind(opt_time(after_time)?)
+                    .bind(after_id)
+                    .bind(i64::try_from(query.limit).unwrap_or(i64::MAX))
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(item_from_row)
+                    .collect()
+            }
+
+            async fn attest_deletion(
+                &self,
+                tenant: &str,
+                item_id: &str,
+                deleted_at: Timestamp,
+                record: NewRecord,
+            ) -> Result<Attested> {
+                let mut tx = self.begin_retention(tenant).await?;
+                let mut stored = item_in(&mut tx, tenant, item_id)
+                    .await?
+                    .ok_or_else(|| not_found(item_id))?;
+                if let Some(revision) = stored.attestation_revision {
+                    let sql = format!(
+                        "SELECT {RECORD_COLUMNS} FROM ledger_records \
+                         WHERE tenant_id = $1 AND revision = $2"
+                    );
+                    let row = sqlx::query(&sql)
+                        .bind(tenant)
+                        .bind(revision)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    return Ok(Attested {
+                        item: stored,
+                        record: record_from_row(&row)?.record,
+                        replayed: true,
+                    });
+                }
+                let now = Timestamp::now();
+                // Lock the head like the group commit does: the record takes the next revision.
+                let head = sqlx::query(
+                    "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
+                     ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
+                     RETURNING revision, head_hash",
+                )
+                .bind(tenant)
+                .bind(GENESIS.as_slice())
+                .bind(time(now)?)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                let revision: i64 = head.try_get(0).map_err(db)?;
+                let prev = hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?;
+                let sealed = seal_record(tenant, record, revision + 1, now, prev);
+                let sql = format!(
+                    "INSERT INTO ledger_records (tenant_id, {RECORD_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                );
+                let r = &sealed.record;
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(sealed.revision)
+                    .bind(r.id.as_str())
+                    .bind(r.kind.as_str())
+                    .bind(r.subject_id.as_str())
+                    .bind(r.purpose_id.as_str())
+                    .bind(time(r.at)?)
+                    .bind(time(sealed.recorded_at)?)
+                    .bind(to_json(&r.detail)?)
+                    .bind(sealed.detail_sha256.as_slice())
+                    .bind(r.actor_key_id.as_str())
+                    .bind(sealed.prev_hash.as_slice())
+                    .bind(sealed.hash.as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                sqlx::query(
+                    "UPDATE tenants SET revision = $2, head_hash = $3 WHERE tenant_id = $1",
+                )
+                .bind(tenant)
+                .bind(sealed.revision)
+                .bind(sealed.hash.as_slice())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                sqlx::query(
+                    "UPDATE data_items SET deleted_at = $3, attestation_revision = $4 \
+                     WHERE tenant_id = $1 AND item_id = $2",
+                )
+                .bind(tenant)
+                .bind(item_id)
+                .bind(time(deleted_at)?)
+                .bind(sealed.revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision: sealed.revision,
+                });
+                stored.item.deleted_at = Some(deleted_at);
+                stored.attestation_revision = Some(sealed.revision);
+                Ok(Attested {
+                    item: stored,
+                    record: sealed,
+                    replayed: false,
+                })
+            }
+        }
+    };
+}
+
+/// SQLite: times are INTEGER microseconds; one writer connection serialises writes.
+mod on_sqlite {
+    fn to_micros(t: consent_core::Timestamp) -> consent_core::Result<i64> {
+        Ok(t.as_micros())
+    }
+
+    fn from_micros(v: i64) -> consent_core::Result<consent_core::Timestamp> {
+        Ok(consent_core::Timestamp(v))
+    }
+
+    sql_retention_store!(
+        crate::SqliteStore,
+        sqlx::Sqlite,
+        writer = writer,
+        reader = reader,
+        time = i64,
+        to_db = to_micros,
+        from_db = from_micros,
+        period = "{}",
+        lock = None,
+    );
+}
+
+/// PostgreSQL: `timestamptz`; retention writes of a tenant take a transaction advisory lock.
+mod on_postgres {
+    sql_retention_store!(
+        crate::PgStore,
+        sqlx::Postgres,
+        writer = pool,
+        reader = pool,
+        time = time::OffsetDateTime,
+        to_db = crate::rows::pg_time,
+        from_db = crate::rows::from_pg_time,
+        period = "({} * interval '1 microsecond')",
+        lock =
+            Some("SELECT pg_advisory_xact_lock(hashtextextended('consent-retention/' || $1, 0))"),
+    );
+}

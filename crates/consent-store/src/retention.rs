@@ -1,0 +1,189 @@
+//! Retention storage: the operator's defaults and the tenants' rules per data category, the
+//! data items product services register, legal holds, and deletion attestations (which are
+//! ledger records, in the tenant's hash chain).
+//!
+//! The store keeps each item's `delete_after` (its anchor plus the period of the rule that
+//! applies: campaign, else tenant, else default) up to date when an item is registered, its
+//! anchor moves, or a rule or default changes, so due items are found by an index, in
+//! `delete_after` order. What an item's *status* is at a time (keep, hold, due, deleted) is
+//! decided by `consent_core::retention::item_status` on every read, never stored.
+
+use async_trait::async_trait;
+use consent_core::retention::{DataItem, HoldScope, LegalHold, RetentionDefault, RetentionRule};
+use consent_core::{LedgerRecord, NewRecord, Result, Revision, Timestamp};
+
+/// A tenant's retention rules and the operator's defaults it is bound by.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetentionRules {
+    /// The operator's defaults (from the catalogue file), ordered by category.
+    pub defaults: Vec<RetentionDefault>,
+    /// The tenant's own rules (tenant-wide and per campaign), ordered by category, then
+    /// campaign (tenant-wide first).
+    pub rules: Vec<RetentionRule>,
+}
+
+impl RetentionRules {
+    /// The default of `category`, if the operator set one.
+    pub fn default_for(&self, category: &str) -> Option<&RetentionDefault> {
+        self.defaults
+            .iter()
+            .find(|d| d.rule.data_category == category)
+    }
+
+    /// The rule that applies to an item of `category` in `campaign` (campaign, tenant,
+    /// default), if any.
+    pub fn rule_for(&self, category: &str, campaign: &str) -> Option<&RetentionRule> {
+        consent_core::retention::rule_for(
+            category,
+            campaign,
+            &self.rules,
+            self.default_for(category),
+        )
+    }
+}
+
+/// A data item as the ledger holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredItem {
+    /// The item (with `deleted_at` once a deletion was attested).
+    pub item: DataItem,
+    /// When it must go under the rule that applies (`None` while its anchor is unknown).
+    pub delete_after: Option<Timestamp>,
+    /// The revision of the deletion attestation, once attested.
+    pub attestation_revision: Option<Revision>,
+    /// When the ledger registered it.
+    pub registered_at: Timestamp,
+}
+
+/// A legal hold as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredHold {
+    /// Its id (UUIDv7), for releasing it.
+    pub hold_id: String,
+    /// What it covers, why, and until when.
+    pub hold: LegalHold,
+    /// When it was placed.
+    pub created_at: Timestamp,
+    /// When it was released, if it was.
+    pub released_at: Option<Timestamp>,
+    /// The API key that placed it.
+    pub actor_key_id: String,
+}
+
+/// Which due items to list, in `delete_after` order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DueQuery {
+    /// Only this category.
+    pub data_category: Option<String>,
+    /// Only this campaign.
+    pub campaign_id: Option<String>,
+    /// Items whose `delete_after` is at or before this time (now, or now minus the overdue
+    /// grace for overdue items only).
+    pub due_by: Timestamp,
+    /// The time holds are judged at: an item covered by a hold in force then is left out.
+    pub now: Timestamp,
+    /// The paging cursor: only items after this (`delete_after`, `item_id`).
+    pub after: Option<(Timestamp, String)>,
+    /// At most this many items.
+    pub limit: usize,
+}
+
+/// What an attestation wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attested {
+    /// The item, now deleted.
+    pub item: StoredItem,
+    /// The attestation's ledger record (on a replay, the first one).
+    pub record: LedgerRecord,
+    /// Whether the item had already been attested (nothing was written).
+    pub replayed: bool,
+}
+
+/// What registering an item did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// The item as stored.
+    pub item: StoredItem,
+    /// Whether it was already registered with the same facts (nothing was written).
+    pub replayed: bool,
+}
+
+/// Retention rules, data items, legal holds and deletion attestations of each tenant.
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Creates or replaces the operator's defaults for their categories (others stay), and
+    /// moves the `delete_after` of the items they govern. `FailedPrecondition` naming the
+    /// rule when a tenant or campaign rule already stored would break a new default's bound;
+    /// then nothing is written.
+    async fn apply_retention_defaults(
+        &self,
+        tenant: &str,
+        defaults: &[RetentionDefault],
+    ) -> Result<()>;
+
+    /// Creates or replaces a tenant (`campaign_id` empty) or campaign rule, and moves the
+    /// `delete_after` of the items it governs. `FailedPrecondition` naming the bound when the
+    /// category's default is a legal maximum or minimum the rule breaks.
+    async fn set_retention_rule(&self, tenant: &str, rule: &RetentionRule) -> Result<()>;
+
+    /// The tenant's rules and the defaults.
+    async fn retention_rules(&self, tenant: &str) -> Result<RetentionRules>;
+
+    /// Registers an item (its `deleted_at` must be `None`). `FailedPrecondition` when no rule
+    /// or default covers its category; registering the same id again with the same facts
+    /// returns the stored item; with other facts, `AlreadyExists`.
+    async fn register_item(
+        &self,
+        tenant: &str,
+        item: &DataItem,
+        now: Timestamp,
+    ) -> Result<Registered>;
+
+    /// An item by id.
+    async fn data_item(&self, tenant: &str, item_id: &str) -> Result<Option<StoredItem>>;
+
+    /// Sets the time an item's anchor event happened (ticket closed, account closed, a
+    /// custom anchor) and moves its `delete_after`. `NotFound` for an unknown item;
+    /// `FailedPrecondition` for one already deleted.
+    async fn update_anchor(
+        &self,
+        tenant: &str,
+        item_id: &str,
+        anchor_at: Timestamp,
+    ) -> Result<StoredItem>;
+
+    /// Places a legal hold.
+    async fn place_legal_hold(&self, tenant: &str, hold: &StoredHold) -> Result<()>;
+
+    /// Releases a hold at `at` (a second release keeps the first time). `NotFound` for an
+    /// unknown id.
+    async fn release_legal_hold(
+        &self,
+        tenant: &str,
+        hold_id: &str,
+        at: Timestamp,
+    ) -> Result<StoredHold>;
+
+    /// The holds not released, oldest first; with `scope`, only those with that scope.
+    async fn legal_holds(&self, tenant: &str, scope: Option<&HoldScope>)
+    -> Result<Vec<StoredHold>>;
+
+    /// The holds not released that cover `item` (by subject, item or campaign).
+    async fn holds_covering(&self, tenant: &str, item: &DataItem) -> Result<Vec<StoredHold>>;
+
+    /// Items not deleted whose `delete_after` has come (see [`DueQuery`]) and that no hold
+    /// in force keeps, ordered by (`delete_after`, `item_id`).
+    async fn due_items(&self, tenant: &str, query: &DueQuery) -> Result<Vec<StoredItem>>;
+
+    /// Records that `item_id` was deleted (or anonymised) at `deleted_at`: appends `record`
+    /// (a [`consent_core::RecordKind::DeletionAttested`] ledger record) to the tenant's
+    /// chain and marks the item deleted, in one transaction. An item already attested
+    /// returns its first attestation and writes nothing. `NotFound` for an unknown item.
+    async fn attest_deletion(
+        &self,
+        tenant: &str,
+        item_id: &str,
+        deleted_at: Timestamp,
+        record: NewRecord,
+    ) -> Result<Attested>;
+}
