@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "consent/v1/catalog_service.proto",
         "consent/v1/consent_service.proto",
         "consent/v1/admin_service.proto",
+        "consent/v1/retention_service.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -257,6 +257,17 @@ pub fn seed_catalog() -> CatalogFile {
     parse_catalog_file(&text).unwrap_or_else(|e| fail("parse seed catalogue", e))
 }
 
+/// Applies the seed catalogue's retention defaults to `tenant` in the store, as
+/// `consentd catalog apply` does (defaults are the operator's: no RPC sets them).
+pub async fn apply_seed_retention(server: &TestServer, tenant: &str) {
+    use consent_store::RetentionStore;
+    server
+        .store
+        .apply_retention_defaults(tenant, &seed_catalog().retention)
+        .await
+        .unwrap_or_else(|e| fail("apply retention defaults", e));
+}
+
 /// Loads the seed catalogue through the CatalogService RPCs.
 pub async fn apply_seed_catalog(client: &ConsentClient) {
     let file = seed_catalog();

@@ -6,7 +6,9 @@ use consent_client::pb::{Channel, Decision, Reason};
 use consent_client::{ConsentClient, pb};
 use consent_core::Timestamp;
 use consent_core::access::{KEY_RANDOM_BYTES, Scope, issue_key};
-use consent_e2e::{TestServer, apply_seed_catalog, backends_with, record};
+use consent_e2e::{
+    TestServer, apply_seed_catalog, apply_seed_retention, backends_with, days_ago, record,
+};
 use consent_server::auth::METHOD_SCOPES;
 use consent_server::config::AuthMode;
 use consent_server::server::ServerSettings;
@@ -333,6 +335,65 @@ async fn one_tenant_cannot_read_or_change_another() {
             .list_events(pb::ListEventsRequest::default())
             .await;
         assert!(a_events.is_ok_and(|r| r.into_inner().events.len() == 1));
+
+        // Retention: B neither sees nor touches A's items and holds.
+        apply_seed_retention(&server, "tenant-a").await;
+        let registered = a
+            .retention()
+            .register_data_item(pb::RegisterDataItemRequest {
+                item_id: "rec-a".into(),
+                subject_id: "+3247000".into(),
+                data_category: "call_recording".into(),
+                created_at: Some(days_ago(1)),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(code(registered), Code::Ok);
+        let hold = a
+            .retention()
+            .set_legal_hold(pb::SetLegalHoldRequest {
+                scope: Some(pb::set_legal_hold_request::Scope::ItemId("rec-a".into())),
+                reason: "litigation".into(),
+                until: None,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner()
+            .hold
+            .unwrap_or_default();
+        let b_get = b
+            .retention()
+            .get_data_item(pb::GetDataItemRequest {
+                item_id: "rec-a".into(),
+            })
+            .await;
+        assert_eq!(code(b_get), Code::NotFound);
+        let b_attest = b
+            .retention()
+            .attest_deletion(pb::AttestDeletionRequest {
+                item_id: "rec-a".into(),
+                method: "rm".into(),
+                deleted_at: Some(days_ago(0)),
+            })
+            .await;
+        assert_eq!(code(b_attest), Code::NotFound);
+        let b_release = b
+            .retention()
+            .release_legal_hold(pb::ReleaseLegalHoldRequest {
+                hold_id: hold.hold_id.clone(),
+            })
+            .await;
+        assert_eq!(code(b_release), Code::NotFound);
+        let b_holds = b
+            .retention()
+            .list_legal_holds(pb::ListLegalHoldsRequest {})
+            .await;
+        assert!(b_holds.is_ok_and(|r| r.into_inner().holds.is_empty()));
+        let a_holds = a
+            .retention()
+            .list_legal_holds(pb::ListLegalHoldsRequest {})
+            .await;
+        assert!(a_holds.is_ok_and(|r| r.into_inner().holds.len() == 1));
         server.stop().await;
     }
 }
@@ -341,6 +402,7 @@ async fn one_tenant_cannot_read_or_change_another() {
 async fn call(client: &ConsentClient, method: &str) -> Code {
     let (mut consent, mut catalog, mut admin) =
         (client.consent(), client.catalog(), client.admin());
+    let mut retention = client.retention();
     let subject = || "subject".to_string();
     match method.rsplit('/').next().unwrap_or_default() {
         "RecordConsent" => code(
@@ -416,6 +478,58 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
         "ListPolicyVersions" => code(
             catalog
                 .list_policy_versions(pb::ListPolicyVersionsRequest {})
+                .await,
+        ),
+        "SetRetentionRule" => code(
+            retention
+                .set_retention_rule(pb::SetRetentionRuleRequest::default())
+                .await,
+        ),
+        "ListRetentionRules" => code(
+            retention
+                .list_retention_rules(pb::ListRetentionRulesRequest {})
+                .await,
+        ),
+        "RegisterDataItem" => code(
+            retention
+                .register_data_item(pb::RegisterDataItemRequest::default())
+                .await,
+        ),
+        "GetDataItem" => code(
+            retention
+                .get_data_item(pb::GetDataItemRequest {
+                    item_id: "nope".into(),
+                })
+                .await,
+        ),
+        "UpdateAnchor" => code(
+            retention
+                .update_anchor(pb::UpdateAnchorRequest::default())
+                .await,
+        ),
+        "SetLegalHold" => code(
+            retention
+                .set_legal_hold(pb::SetLegalHoldRequest::default())
+                .await,
+        ),
+        "ReleaseLegalHold" => code(
+            retention
+                .release_legal_hold(pb::ReleaseLegalHoldRequest::default())
+                .await,
+        ),
+        "ListLegalHolds" => code(
+            retention
+                .list_legal_holds(pb::ListLegalHoldsRequest {})
+                .await,
+        ),
+        "ListDueItems" => code(
+            retention
+                .list_due_items(pb::ListDueItemsRequest::default())
+                .await,
+        ),
+        "AttestDeletion" => code(
+            retention
+                .attest_deletion(pb::AttestDeletionRequest::default())
                 .await,
         ),
         "VerifyLedger" => code(admin.verify_ledger(pb::VerifyLedgerRequest {}).await),

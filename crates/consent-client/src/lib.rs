@@ -40,6 +40,7 @@
 use consent_proto::v1::admin_service_client::AdminServiceClient;
 use consent_proto::v1::catalog_service_client::CatalogServiceClient;
 use consent_proto::v1::consent_service_client::ConsentServiceClient;
+use consent_proto::v1::retention_service_client::RetentionServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -145,6 +146,12 @@ impl ConsentClient {
     /// `consent.v1.CatalogService`: purposes, vendors, policy versions.
     pub fn catalog(&self) -> CatalogServiceClient<Transport> {
         CatalogServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `consent.v1.RetentionService`: retention rules, data items, legal holds, due items,
+    /// deletion attestations.
+    pub fn retention(&self) -> RetentionServiceClient<Transport> {
+        RetentionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `consent.v1.AdminService`: ledger verification, API keys.

@@ -420,6 +420,92 @@ mod tests {
         assert!(parse_catalog_file(&unknown).is_err());
     }
 
+    /// Every seed default (privacy policy section 5, and our two documented additions): the
+    /// period, its anchor, its bound, its action.
+    #[test]
+    fn the_seed_catalogue_carries_every_retention_default() {
+        let seed = include_str!("../../../examples/catalog/callnex.toml");
+        let f = parse_catalog_file(seed).unwrap_or_else(|e| panic!("{e}"));
+        const DAY: i64 = 86_400;
+        const YEAR: i64 = 31_557_600;
+        use RetentionAnchor::{AccountClosed, Created, TicketClosed};
+        use RetentionBound::{Maximum, Minimum, None as Unbound};
+        let expected = [
+            (
+                "account",
+                30 * DAY,
+                AccountClosed,
+                Maximum,
+                RetentionAction::Delete,
+            ),
+            (
+                "ai_transcript",
+                90 * DAY,
+                Created,
+                Maximum,
+                RetentionAction::Delete,
+            ),
+            (
+                "billing",
+                7 * YEAR,
+                Created,
+                Minimum,
+                RetentionAction::Delete,
+            ),
+            (
+                "call_recording",
+                90 * DAY,
+                Created,
+                Maximum,
+                RetentionAction::Delete,
+            ),
+            (
+                "consent_proof",
+                5 * YEAR,
+                Created,
+                Minimum,
+                RetentionAction::Delete,
+            ),
+            (
+                "security_log",
+                30 * DAY,
+                Created,
+                Maximum,
+                RetentionAction::Delete,
+            ),
+            (
+                "support_ticket",
+                730 * DAY,
+                TicketClosed,
+                Maximum,
+                RetentionAction::Delete,
+            ),
+            // humantime months are 30.44 days.
+            (
+                "usage_log",
+                13 * 2_630_016,
+                Created,
+                Unbound,
+                RetentionAction::Anonymise,
+            ),
+        ];
+        let got: Vec<_> = f
+            .retention
+            .iter()
+            .map(|d| {
+                (
+                    d.rule.data_category.as_str(),
+                    d.rule.period_secs,
+                    d.rule.anchor,
+                    d.bound,
+                    d.rule.action,
+                )
+            })
+            .collect();
+        assert_eq!(got, expected);
+        assert!(f.retention.iter().all(|d| !d.rule.legal_basis.is_empty()));
+    }
+
     #[test]
     fn syntax_errors_say_where() {
         match parse_catalog_file("[[purposes]]\nid = \n") {

@@ -22,4 +22,4 @@ pub mod validate;
 pub use decide::{Verdict, decide};
 pub use error::{ConsentError, FieldViolation, Result};
 pub use model::*;
-pub use time::Timestamp;
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -118,3 +118,51 @@ mod tests {
         );
     }
 }
+
+/// Where "now" comes from: the system clock in service, a hand-moved one in tests (so a test
+/// moves 30 days on without sleeping).
+pub trait Clock: Send + Sync + fmt::Debug {
+    /// The current time.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that stands still until moved: for tests.
+#[derive(Debug)]
+pub struct ManualClock(std::sync::atomic::AtomicI64);
+
+impl ManualClock {
+    /// A clock showing `at`.
+    pub fn new(at: Timestamp) -> ManualClock {
+        ManualClock(std::sync::atomic::AtomicI64::new(at.as_micros()))
+    }
+
+    /// Moves the clock forward by `secs` seconds.
+    pub fn advance_secs(&self, secs: i64) {
+        self.0.fetch_add(
+            secs.saturating_mul(Timestamp::MICROS_PER_SECOND),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Sets the clock to `at`.
+    pub fn set(&self, at: Timestamp) {
+        self.0
+            .store(at.as_micros(), std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}

@@ -73,6 +73,46 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
         "/consent.v1.CatalogService/ListPolicyVersions",
         Scope::ConsentRead,
     ),
+    (
+        "/consent.v1.RetentionService/SetRetentionRule",
+        Scope::RetentionWrite,
+    ),
+    (
+        "/consent.v1.RetentionService/ListRetentionRules",
+        Scope::RetentionRead,
+    ),
+    (
+        "/consent.v1.RetentionService/RegisterDataItem",
+        Scope::RetentionWrite,
+    ),
+    (
+        "/consent.v1.RetentionService/GetDataItem",
+        Scope::RetentionRead,
+    ),
+    (
+        "/consent.v1.RetentionService/UpdateAnchor",
+        Scope::RetentionWrite,
+    ),
+    (
+        "/consent.v1.RetentionService/SetLegalHold",
+        Scope::RetentionWrite,
+    ),
+    (
+        "/consent.v1.RetentionService/ReleaseLegalHold",
+        Scope::RetentionWrite,
+    ),
+    (
+        "/consent.v1.RetentionService/ListLegalHolds",
+        Scope::RetentionRead,
+    ),
+    (
+        "/consent.v1.RetentionService/ListDueItems",
+        Scope::RetentionRead,
+    ),
+    (
+        "/consent.v1.RetentionService/AttestDeletion",
+        Scope::RetentionWrite,
+    ),
     ("/consent.v1.AdminService/VerifyLedger", Scope::Admin),
     ("/consent.v1.AdminService/CreateApiKey", Scope::Admin),
     ("/consent.v1.AdminService/ListApiKeys", Scope::Admin),

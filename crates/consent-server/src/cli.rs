@@ -314,11 +314,17 @@ async fn apply_catalog(
     for policy in &catalog.policy_versions {
         store.publish_policy_version(tenant, policy).await?;
     }
+    if !catalog.retention.is_empty() {
+        store
+            .apply_retention_defaults(tenant, &catalog.retention)
+            .await?;
+    }
     println!(
-        "applied {} vendors, {} purposes, {} policy versions from {} to tenant {tenant}",
+        "applied {} vendors, {} purposes, {} policy versions, {} retention defaults from {} to tenant {tenant}",
         catalog.vendors.len(),
         catalog.purposes.len(),
         catalog.policy_versions.len(),
+        catalog.retention.len(),
         file.display()
     );
     Ok(())

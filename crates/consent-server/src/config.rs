@@ -26,6 +26,25 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Retention tracking.
+    pub retention: RetentionConfig,
+}
+
+/// `[retention]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// An item DUE for longer than this is *overdue* (`ListDueItems{overdue_only}`): the
+    /// grace a nightly deletion job needs. 0 makes every due item overdue at once.
+    pub overdue_grace_secs: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            overdue_grace_secs: 3 * 24 * 3600,
+        }
+    }
 }
 
 /// `[server]`
@@ -375,6 +394,13 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        let max_grace = consent_core::validate::MAX_DURATION_SECS.unsigned_abs();
+        if self.retention.overdue_grace_secs > max_grace {
+            anyhow::bail!(
+                "retention.overdue_grace_secs must be at most {max_grace} (100 years), got {}",
+                self.retention.overdue_grace_secs
+            );
         }
         if self.limits.max_message_bytes < MIN_MESSAGE_BYTES {
             anyhow::bail!(

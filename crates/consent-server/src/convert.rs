@@ -5,6 +5,7 @@
 //! caller gets every bad field in one `INVALID_ARGUMENT`.
 
 use consent_core::commands::{DecisionInput, RecordConsent, WithdrawConsent};
+use consent_core::retention::{RetentionAction, RetentionAnchor};
 use consent_core::validate::{MAX_DURATION_SECS, Violations};
 use consent_core::{
     Channel, ConsentEvent, Cookie, Decision, Evidence, LegalBasis, PolicyVersion, Purpose,
@@ -90,6 +91,13 @@ enum_map!(PurposeCategory, PurposeCategory, category_in, category_out {
 enum_map!(LegalBasis, LegalBasis, basis_in, basis_out {
     Consent <=> Consent, Contract <=> Contract, LegalObligation <=> LegalObligation,
     LegitimateInterest <=> LegitimateInterest, VitalInterest <=> VitalInterest, PublicTask <=> PublicTask,
+});
+enum_map!(RetentionAnchor, RetentionAnchor, anchor_in, anchor_out {
+    Created <=> Created, AccountClosed <=> AccountClosed, TicketClosed <=> TicketClosed,
+    Custom <=> Custom,
+});
+enum_map!(RetentionAction, RetentionAction, action_in, action_out {
+    Delete <=> Delete, Anonymise <=> Anonymise,
 });
 enum_map!(Reason, Reason, reason_in, reason_out {
     Granted <=> Granted, NoDecision <=> NoDecision, Denied <=> Denied, Withdrawn <=> Withdrawn,

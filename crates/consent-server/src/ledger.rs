@@ -14,8 +14,8 @@ use consent_core::{
     Vendor, Verdict, decide,
 };
 use consent_store::{
-    AppendOutcome, CacheFence, Consistency, EventQuery, LedgerHead, Store, StoredEvent,
-    verify_ledger,
+    AppendOutcome, CacheFence, Consistency, EventQuery, LedgerEntry, LedgerHead, Store,
+    StoredEvent, verify_ledger,
 };
 
 use crate::context::Principal;
@@ -306,7 +306,12 @@ impl Ledger {
         Ok((decisions, state.revision))
     }
 
-    /// Events in revision order.
+    /// Events and records in revision order (see `consent_store::list_entries`).
+    pub async fn entries(&self, who: &Principal, query: &EventQuery) -> Result<Vec<LedgerEntry>> {
+        consent_store::list_entries(self.store.as_ref(), &who.tenant_id, query).await
+    }
+
+    /// Events matching `query` (consent events only).
     pub async fn events(&self, who: &Principal, query: &EventQuery) -> Result<Vec<StoredEvent>> {
         self.store.list_events(&who.tenant_id, query).await
     }

@@ -1,7 +1,8 @@
 //! The `consentd` service: gRPC handlers over the ledger, configuration, logging, and the
 //! command line. The flow of every RPC is one way:
 //! [`service`] (convert, validate) -> [`ledger`] (plan, read, decide with `consent_core`) ->
-//! `consent_store` (SQL). Errors become gRPC statuses in [`error`] only.
+//! `consent_store` (SQL). Errors become gRPC statuses in [`error`] only. Retention follows
+//! the same path: [`retention_service`] -> [`retention`] -> `consent_store::RetentionStore`.
 
 pub mod auth;
 pub mod cli;
@@ -13,6 +14,8 @@ pub mod gate;
 pub mod ledger;
 pub mod listener;
 pub mod request_bounds;
+pub mod retention;
+pub mod retention_service;
 pub mod server;
 pub mod service;
 pub mod stack;

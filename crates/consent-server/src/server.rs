@@ -6,9 +6,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use consent_core::{Clock, SystemClock};
 use consent_proto::v1::admin_service_server::AdminServiceServer;
 use consent_proto::v1::catalog_service_server::CatalogServiceServer;
 use consent_proto::v1::consent_service_server::ConsentServiceServer;
+use consent_proto::v1::retention_service_server::RetentionServiceServer;
 use consent_store::Store;
 use std::path::Path;
 use tokio::net::TcpListener;
@@ -20,6 +22,7 @@ use crate::gate::{GateLayer, InFlight};
 use crate::ledger::Ledger;
 use crate::listener::ConnectionLimits;
 use crate::request_bounds::RequestBounds;
+use crate::retention::Retention;
 use crate::service::Api;
 use crate::watch::FeedControl;
 
@@ -42,6 +45,10 @@ pub struct ServerSettings {
     pub tls: Option<ServerTlsConfig>,
     /// Request limits.
     pub limits: LimitsConfig,
+    /// `retention.overdue_grace_secs`.
+    pub overdue_grace_secs: i64,
+    /// Where "now" comes from for retention (the system clock; tests move a manual one).
+    pub clock: Arc<dyn Clock>,
 }
 
 fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -69,14 +76,21 @@ impl ServerSettings {
             key_cache_ttl: Duration::from_secs(config.auth.key_cache_ttl_secs),
             tls,
             limits: config.limits.clone(),
+            overdue_grace_secs: i64::try_from(config.retention.overdue_grace_secs)
+                .unwrap_or(i64::MAX),
+            clock: Arc::new(SystemClock),
         })
     }
 
     /// Plaintext settings with the given auth mode and the default key cache TTL.
     pub fn with_auth(auth_mode: AuthMode) -> ServerSettings {
+        let defaults = Config::default();
         ServerSettings {
             auth_mode,
-            key_cache_ttl: Duration::from_secs(Config::default().auth.key_cache_ttl_secs),
+            key_cache_ttl: Duration::from_secs(defaults.auth.key_cache_ttl_secs),
+            overdue_grace_secs: i64::try_from(defaults.retention.overdue_grace_secs)
+                .unwrap_or(i64::MAX),
+            clock: Arc::new(SystemClock),
             tls: None,
             limits: LimitsConfig::default(),
         }
@@ -120,12 +134,24 @@ pub async fn serve(
         let _ = stopping.send(true);
     };
     let in_flight = Arc::new(InFlight::default());
-    let api = Api::new(Ledger::new(store), Arc::clone(&auth), feeds, max_message);
+    let retention = Retention::new(
+        Arc::clone(&store),
+        settings.clock,
+        settings.overdue_grace_secs,
+    );
+    let api = Api::new(
+        Ledger::new(store),
+        retention,
+        Arc::clone(&auth),
+        feeds,
+        max_message,
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ConsentServiceServer<Api>>().await;
     health.set_serving::<CatalogServiceServer<Api>>().await;
     health.set_serving::<AdminServiceServer<Api>>().await;
+    health.set_serving::<RetentionServiceServer<Api>>().await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -162,6 +188,11 @@ pub async fn serve(
         )
         .add_service(
             CatalogServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            RetentionServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

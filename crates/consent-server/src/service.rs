@@ -8,7 +8,7 @@ use consent_proto::v1 as pb;
 use consent_proto::v1::admin_service_server::AdminService;
 use consent_proto::v1::catalog_service_server::CatalogService;
 use consent_proto::v1::consent_service_server::ConsentService;
-use consent_store::{AppendOutcome, Consistency, EventQuery};
+use consent_store::{AppendOutcome, Consistency, EventQuery, LedgerEntry};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
@@ -20,15 +20,19 @@ use crate::context::principal;
 use crate::convert;
 use crate::error::status;
 use crate::ledger::{CheckQuery, Ledger};
+use crate::retention::Retention;
+use crate::retention_service::record_out;
 use crate::watch::{self, FeedControl, WatchFilter};
 
 /// Room kept in every answer for framing and the fields beside its repeated ones.
 pub const RESPONSE_HEADROOM: usize = 16 * 1024;
 
-/// Implements `consent.v1.ConsentService`, `CatalogService` and `AdminService`.
+/// Implements `consent.v1.ConsentService`, `CatalogService`, `AdminService` and (in
+/// [`crate::retention_service`]) `RetentionService`.
 #[derive(Clone, Debug)]
 pub struct Api {
     ledger: Ledger,
+    retention: Retention,
     auth: Arc<Authenticator>,
     feeds: FeedControl,
     /// `limits.max_message_bytes`: no answer may be larger.
@@ -39,16 +43,23 @@ impl Api {
     /// Handlers over `ledger`; answers are kept within `max_message_bytes`.
     pub fn new(
         ledger: Ledger,
+        retention: Retention,
         auth: Arc<Authenticator>,
         feeds: FeedControl,
         max_message_bytes: usize,
     ) -> Api {
         Api {
             ledger,
+            retention,
             auth,
             feeds,
             max_message_bytes,
         }
+    }
+
+    /// The retention layer.
+    pub(crate) fn retention(&self) -> &Retention {
+        &self.retention
     }
 
     /// How many bytes of repeated entries one answer may carry.
@@ -94,22 +105,71 @@ fn entry_bytes<M: prost::Message>(entry: &M) -> usize {
     1 + prost::length_delimiter_len(len) + len
 }
 
-/// Splits `events` into runs whose entries total at most `budget` bytes each (a run holds
-/// at least one event, whatever its size: every single event fits a message by
+/// An entry of a ledger answer as sent: a consent event or a ledger record.
+#[derive(Clone, Debug)]
+enum WireEntry {
+    Event(Box<pb::ConsentEvent>),
+    Record(Box<pb::LedgerRecord>),
+}
+
+impl WireEntry {
+    /// With the evidence and detail (ListEvents) or without (Watch).
+    fn of(entry: &LedgerEntry, full: bool) -> WireEntry {
+        match entry {
+            LedgerEntry::Event(e) if full => {
+                WireEntry::Event(Box::new(convert::event_out(&e.event)))
+            }
+            LedgerEntry::Event(e) => {
+                WireEntry::Event(Box::new(convert::event_digest_out(&e.event)))
+            }
+            LedgerEntry::Record(r) => WireEntry::Record(Box::new(record_out(&r.record, full))),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            WireEntry::Event(e) => entry_bytes(e.as_ref()),
+            WireEntry::Record(r) => entry_bytes(r.as_ref()),
+        }
+    }
+
+    fn revision(&self) -> i64 {
+        match self {
+            WireEntry::Event(e) => e.revision,
+            WireEntry::Record(r) => r.revision,
+        }
+    }
+}
+
+/// A run of entries as the two lists of an answer, each in revision order.
+fn split(run: Vec<WireEntry>) -> (Vec<pb::ConsentEvent>, Vec<pb::LedgerRecord>) {
+    let mut events = Vec::new();
+    let mut records = Vec::new();
+    for entry in run {
+        match entry {
+            WireEntry::Event(e) => events.push(*e),
+            WireEntry::Record(r) => records.push(*r),
+        }
+    }
+    (events, records)
+}
+
+/// Splits `entries` into runs whose sizes total at most `budget` bytes each (a run holds
+/// at least one entry, whatever its size: every single event fits a message by
 /// construction of the limits, see `config::MIN_MESSAGE_BYTES`).
-fn runs_within(events: Vec<pb::ConsentEvent>, budget: usize) -> Vec<Vec<pb::ConsentEvent>> {
-    let mut runs: Vec<Vec<pb::ConsentEvent>> = Vec::new();
+fn runs_within<T>(entries: Vec<T>, budget: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
     let mut used = 0;
-    for event in events {
-        let size = entry_bytes(&event);
+    for entry in entries {
+        let bytes = size(&entry);
         match runs.last_mut() {
-            Some(run) if used + size <= budget => run.push(event),
+            Some(run) if used + bytes <= budget => run.push(entry),
             _ => {
-                runs.push(vec![event]);
+                runs.push(vec![entry]);
                 used = 0;
             }
         }
-        used += size;
+        used += bytes;
     }
     runs
 }
@@ -342,31 +402,32 @@ impl ConsentService for Api {
             limit: page_size + 1,
             without_evidence: false,
         };
-        let stored = self.ledger.events(&who, &query).await.map_err(status)?;
+        let stored = self.ledger.entries(&who, &query).await.map_err(status)?;
         let more = stored.len() > page_size;
-        let events: Vec<pb::ConsentEvent> = stored
+        let entries: Vec<WireEntry> = stored
             .iter()
             .take(page_size)
-            .map(|e| convert::event_out(&e.event))
+            .map(|e| WireEntry::of(e, true))
             .collect();
         // A page is cut by size as well as count, so any page is deliverable whatever the
         // events' evidence holds; the rest follows with the next token.
-        let listed = events.len();
-        let events = runs_within(events, self.entry_budget())
+        let listed = entries.len();
+        let run = runs_within(entries, self.entry_budget(), WireEntry::bytes)
             .into_iter()
             .next()
             .unwrap_or_default();
-        let next_page_token = if more || events.len() < listed {
-            events
-                .last()
-                .map(|e| format!("r{}", e.revision))
+        let next_page_token = if more || run.len() < listed {
+            run.last()
+                .map(|e| format!("r{}", e.revision()))
                 .unwrap_or_default()
         } else {
             String::new()
         };
+        let (events, records) = split(run);
         Ok(Response::new(pb::ListEventsResponse {
             events,
             next_page_token,
+            records,
         }))
     }
 
@@ -400,25 +461,31 @@ impl ConsentService for Api {
         let stream = futures::StreamExt::flat_map(ReceiverStream::new(batches), move |batch| {
             let messages: Vec<Result<pb::WatchResponse, Status>> = match batch {
                 Err(e) => vec![Err(status(e))],
-                Ok(b) if b.events.is_empty() => vec![Ok(pb::WatchResponse {
+                Ok(b) if b.entries.is_empty() => vec![Ok(pb::WatchResponse {
                     events: Vec::new(),
                     revision: b.revision,
+                    records: Vec::new(),
                 })],
                 Ok(b) => {
-                    let events = b.events.iter().map(convert::event_digest_out).collect();
-                    let runs = runs_within(events, budget);
+                    let entries = b.entries.iter().map(|e| WireEntry::of(e, false)).collect();
+                    let runs = runs_within(entries, budget, WireEntry::bytes);
                     let last = runs.len().saturating_sub(1);
                     runs.into_iter()
                         .enumerate()
-                        .map(|(i, events)| {
-                            // Everything up to a run's last event was delivered; the last
+                        .map(|(i, run)| {
+                            // Everything up to a run's last entry was delivered; the last
                             // run carries the batch's cursor.
                             let revision = if i == last {
                                 b.revision
                             } else {
-                                events.last().map_or(b.revision, |e| e.revision)
+                                run.last().map_or(b.revision, WireEntry::revision)
                             };
-                            Ok(pb::WatchResponse { events, revision })
+                            let (events, records) = split(run);
+                            Ok(pb::WatchResponse {
+                                events,
+                                revision,
+                                records,
+                            })
                         })
                         .collect()
                 }
@@ -697,6 +764,7 @@ mod tests {
         let one = pb::ListEventsResponse {
             events: vec![convert::event_out(&largest_event(i64::MAX))],
             next_page_token: format!("r{}", i64::MAX),
+            records: Vec::new(),
         };
         assert!(
             one.encoded_len() + RESPONSE_HEADROOM <= MIN_MESSAGE_BYTES,
@@ -709,14 +777,14 @@ mod tests {
     fn runs_are_cut_by_size_and_hold_at_least_one_event() {
         let event = convert::event_out(&largest_event(1));
         let size = entry_bytes(&event);
-        let runs = runs_within(vec![event.clone(); 5], 2 * size + 1);
+        let runs = runs_within(vec![event.clone(); 5], 2 * size + 1, entry_bytes);
         assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
-        let tiny = runs_within(vec![event; 2], 1);
+        let tiny = runs_within(vec![event; 2], 1, entry_bytes);
         assert_eq!(
             tiny.iter().map(Vec::len).collect::<Vec<_>>(),
             [1, 1],
             "an event larger than the budget still goes, alone"
         );
-        assert!(runs_within(Vec::new(), 10).is_empty());
+        assert!(runs_within(Vec::<pb::ConsentEvent>::new(), 10, entry_bytes).is_empty());
     }
 }

@@ -22,8 +22,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use consent_core::{ConsentError, ConsentEvent, Result, Revision, SUBJECT_WIDE};
-use consent_store::{EventQuery, Store};
+use consent_core::{ConsentError, Result, Revision, SUBJECT_WIDE};
+use consent_store::{EventQuery, LedgerEntry, Store, list_entries};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -49,19 +49,22 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
-    /// A subject-wide event (a withdraw-all) bears on every purpose, so every filter has it.
-    fn matches(&self, event: &ConsentEvent) -> bool {
-        self.purpose_ids.is_empty()
-            || event.event.purpose_id == SUBJECT_WIDE
-            || self.purpose_ids.contains(&event.event.purpose_id)
+    /// A subject-wide event (a withdraw-all) bears on every purpose, so every filter has it;
+    /// so does a record without a purpose.
+    fn matches(&self, entry: &LedgerEntry) -> bool {
+        let purpose = match entry {
+            LedgerEntry::Event(e) => &e.event.event.purpose_id,
+            LedgerEntry::Record(r) => &r.record.record.purpose_id,
+        };
+        self.purpose_ids.is_empty() || purpose == SUBJECT_WIDE || self.purpose_ids.contains(purpose)
     }
 }
 
 /// One message of the feed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchBatch {
-    /// Matching events, in revision order (empty for a heartbeat).
-    pub events: Vec<ConsentEvent>,
+    /// Matching events and records, in revision order (empty for a heartbeat).
+    pub entries: Vec<LedgerEntry>,
     /// Everything matching up to here was delivered.
     pub revision: Revision,
 }
@@ -224,19 +227,19 @@ async fn feed(
             .map_err(|_| ConsentError::Internal("the feed read limiter closed".into()))?;
         let head = store.head(tenant).await?.revision;
         let page = if head > cursor {
-            store
-                .list_events(
-                    tenant,
-                    &EventQuery {
-                        subject_id: filter.subject_id.clone(),
-                        after_revision: cursor,
-                        until_revision: Some(head),
-                        limit: PAGE,
-                        without_evidence: true,
-                        ..EventQuery::default()
-                    },
-                )
-                .await?
+            list_entries(
+                store,
+                tenant,
+                &EventQuery {
+                    subject_id: filter.subject_id.clone(),
+                    after_revision: cursor,
+                    until_revision: Some(head),
+                    limit: PAGE,
+                    without_evidence: true,
+                    ..EventQuery::default()
+                },
+            )
+            .await?
         } else {
             Vec::new()
         };
@@ -245,19 +248,16 @@ async fn feed(
             let full = page.len() == PAGE;
             // A short page means everything matching up to the head was read.
             cursor = match page.last() {
-                Some(last) if full => last.event.revision,
+                Some(last) if full => last.revision(),
                 _ => head,
             };
-            let events: Vec<ConsentEvent> = page
-                .into_iter()
-                .map(|e| e.event)
-                .filter(|e| filter.matches(e))
-                .collect();
-            if !events.is_empty() {
+            let entries: Vec<LedgerEntry> =
+                page.into_iter().filter(|e| filter.matches(e)).collect();
+            if !entries.is_empty() {
                 if !deliver(
                     tx,
                     WatchBatch {
-                        events,
+                        entries,
                         revision: cursor,
                     },
                     stall,
@@ -274,7 +274,7 @@ async fn feed(
         }
         if last_message.elapsed() >= HEARTBEAT {
             let heartbeat = WatchBatch {
-                events: Vec::new(),
+                entries: Vec::new(),
                 revision: cursor,
             };
             if !deliver(tx, heartbeat, stall).await {
