@@ -456,6 +456,10 @@ string_enum! {
     RecordKind {
         /// A product service deleted or anonymised a registered data item.
         DeletionAttested => "deletion_attested",
+        /// A grant's validity ended while it was the subject's current choice (the sweeper).
+        ConsentExpired => "consent_expired",
+        /// One retention sweep of a tenant: items that became due, due and overdue counts.
+        RetentionSweep => "retention_sweep",
     }
 }
 

@@ -37,12 +37,16 @@ pub struct RetentionConfig {
     /// An item DUE for longer than this is *overdue* (`ListDueItems{overdue_only}`): the
     /// grace a nightly deletion job needs. 0 makes every due item overdue at once.
     pub overdue_grace_secs: u64,
+    /// How often the sweeper runs (one replica acts per run): expiry records for grants whose
+    /// validity ended, and a summary record per tenant with items. 0 turns it off.
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             overdue_grace_secs: 3 * 24 * 3600,
+            sweep_interval_secs: 3600,
         }
     }
 }
@@ -396,6 +400,12 @@ impl Config {
             _ => {}
         }
         let max_grace = consent_core::validate::MAX_DURATION_SECS.unsigned_abs();
+        if self.retention.sweep_interval_secs > max_grace {
+            anyhow::bail!(
+                "retention.sweep_interval_secs must be at most {max_grace} (100 years; 0 turns the sweeper off), got {}",
+                self.retention.sweep_interval_secs
+            );
+        }
         if self.retention.overdue_grace_secs > max_grace {
             anyhow::bail!(
                 "retention.overdue_grace_secs must be at most {max_grace} (100 years), got {}",

@@ -100,6 +100,8 @@ fn hold_out(h: &StoredHold) -> pb::LegalHold {
 fn record_kind_out(kind: RecordKind) -> pb::LedgerRecordKind {
     match kind {
         RecordKind::DeletionAttested => pb::LedgerRecordKind::DeletionAttested,
+        RecordKind::ConsentExpired => pb::LedgerRecordKind::ConsentExpired,
+        RecordKind::RetentionSweep => pb::LedgerRecordKind::RetentionSweep,
     }
 }
 

@@ -24,6 +24,7 @@ use crate::listener::ConnectionLimits;
 use crate::request_bounds::RequestBounds;
 use crate::retention::Retention;
 use crate::service::Api;
+use crate::sweeper::{SweepReport, Sweeper};
 use crate::watch::FeedControl;
 
 /// Reflection over every file a client may need: the API, the error details, health.
@@ -49,6 +50,13 @@ pub struct ServerSettings {
     pub overdue_grace_secs: i64,
     /// Where "now" comes from for retention (the system clock; tests move a manual one).
     pub clock: Arc<dyn Clock>,
+    /// `retention.sweep_interval_secs` (0: no sweeper).
+    pub sweep_interval_secs: u64,
+    /// A change asks the sweeper for a run now (tests, instead of waiting an interval).
+    pub sweep_requests: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Where each sweeper run reports what it did (tests).
+    pub sweep_reports:
+        Option<tokio::sync::mpsc::UnboundedSender<consent_core::Result<SweepReport>>>,
 }
 
 fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -79,10 +87,15 @@ impl ServerSettings {
             overdue_grace_secs: i64::try_from(config.retention.overdue_grace_secs)
                 .unwrap_or(i64::MAX),
             clock: Arc::new(SystemClock),
+            sweep_interval_secs: config.retention.sweep_interval_secs,
+            sweep_requests: None,
+            sweep_reports: None,
         })
     }
 
-    /// Plaintext settings with the given auth mode and the default key cache TTL.
+    /// Plaintext settings with the given auth mode, the default key cache TTL and overdue
+    /// grace, the system clock, and no sweeper (a background writer would make the ledgers
+    /// of tests and benchmarks depend on the hour; they turn it on explicitly).
     pub fn with_auth(auth_mode: AuthMode) -> ServerSettings {
         let defaults = Config::default();
         ServerSettings {
@@ -91,6 +104,9 @@ impl ServerSettings {
             overdue_grace_secs: i64::try_from(defaults.retention.overdue_grace_secs)
                 .unwrap_or(i64::MAX),
             clock: Arc::new(SystemClock),
+            sweep_interval_secs: 0,
+            sweep_requests: None,
+            sweep_reports: None,
             tls: None,
             limits: LimitsConfig::default(),
         }
@@ -128,6 +144,7 @@ pub async fn serve(
         limits.max_watches_per_tenant,
     );
     let mut stopped = stopping.subscribe();
+    let sweeper_stop = stopping.subscribe();
     let shutdown = async move {
         shutdown.await;
         // Watch streams end first, or they would hold the graceful shutdown open.
@@ -136,9 +153,22 @@ pub async fn serve(
     let in_flight = Arc::new(InFlight::default());
     let retention = Retention::new(
         Arc::clone(&store),
-        settings.clock,
+        Arc::clone(&settings.clock),
         settings.overdue_grace_secs,
     );
+    let sweeper = (settings.sweep_interval_secs > 0).then(|| {
+        Sweeper::new(
+            Arc::clone(&store),
+            Arc::clone(&settings.clock),
+            i64::try_from(settings.sweep_interval_secs).unwrap_or(i64::MAX),
+            settings.overdue_grace_secs,
+        )
+        .spawn(
+            settings.sweep_requests.clone(),
+            settings.sweep_reports.clone(),
+            sweeper_stop,
+        )
+    });
     let api = Api::new(
         Ledger::new(store),
         retention,
@@ -212,6 +242,8 @@ pub async fn serve(
             shutdown,
         );
     tokio::pin!(serving);
+    // The sweeper stops with the server, whichever way serving ends.
+    let _sweeper = sweeper.map(AbortOnDrop);
     tokio::select! {
         served = &mut serving => served?,
         () = async {
@@ -226,6 +258,15 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How long streams get to send their last messages once every unary RPC is answered.

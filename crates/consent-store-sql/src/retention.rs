@@ -40,6 +40,13 @@ pub(crate) fn no_rule(category: &str) -> consent_core::ConsentError {
     ))
 }
 
+/// True when a hold in force at `$3` covers data item `i` (an SQL condition).
+pub(crate) const HELD: &str = "EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = i.tenant_id \
+     AND h.released_at IS NULL AND (h.until IS NULL OR h.until > $3) \
+     AND ((h.scope = 'subject' AND h.scope_id = i.subject_id) \
+       OR (h.scope = 'item' AND h.scope_id = i.item_id) \
+       OR (h.scope = 'campaign' AND h.scope_id = i.campaign_id AND i.campaign_id <> '')))";
+
 pub(crate) const ITEM_COLUMNS: &str = "item_id, subject_id, data_category, campaign_id, created_at, anchor_at, \
      delete_after, deleted_at, attestation_revision, registered_at";
 pub(crate) const HOLD_COLUMNS: &str =
@@ -66,14 +73,15 @@ macro_rules! sql_retention_store {
         };
         use consent_core::{ConsentError, LedgerRecord, NewRecord, Result, Timestamp};
         use consent_store::{
-            Attested, Commit, DueQuery, EventQuery, Registered, RetentionRules, RetentionStore,
-            StoredHold, StoredItem, StoredRecord,
+            Attested, Commit, DueQuery, EventQuery, ExpiredGrant, Registered, RetentionCounts,
+            RetentionRules, RetentionStore, StoredHold, StoredItem, StoredRecord, SweepMark,
         };
         use sqlx::{Row, Transaction};
 
         use $crate::errors::db;
         use $crate::retention::{
-            HOLD_COLUMNS, ITEM_COLUMNS, RECORD_COLUMNS, hold_scope, hold_scope_parts, no_rule,
+            HELD, HOLD_COLUMNS, ITEM_COLUMNS, RECORD_COLUMNS, hold_scope, hold_scope_parts,
+            no_rule,
         };
         use $crate::rows::{from_json, hash32, parse, to_json};
 
@@ -285,6 +293,69 @@ macro_rules! sql_retention_store {
                 .as_ref()
                 .map(item_from_row)
                 .transpose()
+        }
+
+        /// Appends records after the tenant's head (locked like the group commit locks it:
+        /// they take the next revisions) and moves the head, in `tx`.
+        async fn append_in(
+            tx: &mut Tx,
+            tenant: &str,
+            records: Vec<NewRecord>,
+            now: Timestamp,
+        ) -> Result<Vec<LedgerRecord>> {
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let head = sqlx::query(
+                "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
+                 RETURNING revision, head_hash",
+            )
+            .bind(tenant)
+            .bind(GENESIS.as_slice())
+            .bind(time(now)?)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)?;
+            let mut revision: i64 = head.try_get(0).map_err(db)?;
+            let mut prev = hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?;
+            let sql = format!(
+                "INSERT INTO ledger_records (tenant_id, {RECORD_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            );
+            let mut sealed_all = Vec::with_capacity(records.len());
+            for record in records {
+                revision += 1;
+                let sealed = seal_record(tenant, record, revision, now, prev);
+                prev = sealed.hash;
+                let r = &sealed.record;
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(sealed.revision)
+                    .bind(r.id.as_str())
+                    .bind(r.kind.as_str())
+                    .bind(r.subject_id.as_str())
+                    .bind(r.purpose_id.as_str())
+                    .bind(time(r.at)?)
+                    .bind(time(sealed.recorded_at)?)
+                    .bind(to_json(&r.detail)?)
+                    .bind(sealed.detail_sha256.as_slice())
+                    .bind(r.actor_key_id.as_str())
+                    .bind(sealed.prev_hash.as_slice())
+                    .bind(sealed.hash.as_slice())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+                sealed_all.push(sealed);
+            }
+            sqlx::query("UPDATE tenants SET revision = $2, head_hash = $3 WHERE tenant_id = $1")
+                .bind(tenant)
+                .bind(revision)
+                .bind(prev.as_slice())
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            Ok(sealed_all)
         }
 
         fn not_found(item_id: &str) -> ConsentError {
@@ -656,12 +727,7 @@ macro_rules! sql_retention_store {
                      AND (CAST($5 AS TEXT) IS NULL OR i.campaign_id = $5) \
                      AND (CAST($7 AS TEXT) IS NULL OR i.delete_after > $6 \
                           OR (i.delete_after = $6 AND i.item_id > $7)) \
-                     AND NOT EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = i.tenant_id \
-                          AND h.released_at IS NULL AND (h.until IS NULL OR h.until > $3) \
-                          AND ((h.scope = 'subject' AND h.scope_id = i.subject_id) \
-                            OR (h.scope = 'item' AND h.scope_id = i.item_id) \
-                            OR (h.scope = 'campaign' AND h.scope_id = i.campaign_id \
-                                AND i.campaign_id <> ''))) \
+                     AND NOT {HELD} \
                      ORDER BY i.delete_after, i.item_id LIMIT $8"
                 );
                 sqlx::query(&sql)
@@ -710,52 +776,10 @@ macro_rules! sql_retention_store {
                     });
                 }
                 let now = Timestamp::now();
-                // Lock the head like the group commit does: the record takes the next revision.
-                let head = sqlx::query(
-                    "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
-                     ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
-                     RETURNING revision, head_hash",
-                )
-                .bind(tenant)
-                .bind(GENESIS.as_slice())
-                .bind(time(now)?)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
-                let revision: i64 = head.try_get(0).map_err(db)?;
-                let prev = hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?;
-                let sealed = seal_record(tenant, record, revision + 1, now, prev);
-                let sql = format!(
-                    "INSERT INTO ledger_records (tenant_id, {RECORD_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-                );
-                let r = &sealed.record;
-                sqlx::query(&sql)
-                    .bind(tenant)
-                    .bind(sealed.revision)
-                    .bind(r.id.as_str())
-                    .bind(r.kind.as_str())
-                    .bind(r.subject_id.as_str())
-                    .bind(r.purpose_id.as_str())
-                    .bind(time(r.at)?)
-                    .bind(time(sealed.recorded_at)?)
-                    .bind(to_json(&r.detail)?)
-                    .bind(sealed.detail_sha256.as_slice())
-                    .bind(r.actor_key_id.as_str())
-                    .bind(sealed.prev_hash.as_slice())
-                    .bind(sealed.hash.as_slice())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                sqlx::query(
-                    "UPDATE tenants SET revision = $2, head_hash = $3 WHERE tenant_id = $1",
-                )
-                .bind(tenant)
-                .bind(sealed.revision)
-                .bind(sealed.hash.as_slice())
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                let sealed = append_in(&mut tx, tenant, vec![record], now)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| ConsentError::Internal("the attestation was not sealed".into()))?;
                 sqlx::query(
                     "UPDATE data_items SET deleted_at = $3, attestation_revision = $4 \
                      WHERE tenant_id = $1 AND item_id = $2",
@@ -778,6 +802,149 @@ macro_rules! sql_retention_store {
                     item: stored,
                     record: sealed,
                     replayed: false,
+                })
+            }
+
+            async fn claim_sweep(&self, slot: i64, now: Timestamp) -> Result<bool> {
+                let claimed = sqlx::query(
+                    "UPDATE sweep_clock SET slot = $1, claimed_at = $2 WHERE id = 1 AND slot < $1",
+                )
+                .bind(slot)
+                .bind(time(now)?)
+                .execute(self.$writer())
+                .await
+                .map_err(db)?;
+                Ok(claimed.rows_affected() == 1)
+            }
+
+            async fn ledger_tenants(&self) -> Result<Vec<String>> {
+                sqlx::query_scalar("SELECT tenant_id FROM tenants ORDER BY tenant_id")
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)
+            }
+
+            async fn sweep_mark(&self, tenant: &str) -> Result<SweepMark> {
+                let row = sqlx::query(
+                    "SELECT expired_until, expired_revision, swept_at FROM retention_sweeps \
+                     WHERE tenant_id = $1",
+                )
+                .bind(tenant)
+                .fetch_optional(self.$reader())
+                .await
+                .map_err(db)?;
+                match row {
+                    None => Ok(SweepMark::start()),
+                    Some(row) => Ok(SweepMark {
+                        expired_until: read_time(&row, 0)?,
+                        expired_revision: row.try_get(1).map_err(db)?,
+                        swept_at: Some(read_time(&row, 2)?),
+                    }),
+                }
+            }
+
+            async fn expired_grants(
+                &self,
+                tenant: &str,
+                after: &SweepMark,
+                until: Timestamp,
+                limit: usize,
+            ) -> Result<Vec<ExpiredGrant>> {
+                // Only grants still projected (the current choice): a withdrawn or replaced
+                // grant has nothing left to expire.
+                let rows = sqlx::query(
+                    "SELECT e.subject_id, e.purpose_id, e.vendor_id, CAST(e.event_id AS TEXT), \
+                     e.expires_at, e.revision FROM consent_events e \
+                     JOIN consent_state s ON s.tenant_id = e.tenant_id AND s.subject_id = e.subject_id \
+                      AND s.purpose_id = e.purpose_id AND s.vendor_id = e.vendor_id \
+                      AND s.event_id = e.event_id \
+                     WHERE e.tenant_id = $1 AND e.decision = 'granted' \
+                     AND e.expires_at IS NOT NULL AND e.expires_at <= $2 \
+                     AND (e.expires_at > $3 OR (e.expires_at = $3 AND e.revision > $4)) \
+                     ORDER BY e.expires_at, e.revision LIMIT $5",
+                )
+                .bind(tenant)
+                .bind(time(until)?)
+                .bind(time(after.expired_until)?)
+                .bind(after.expired_revision)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(self.$reader())
+                .await
+                .map_err(db)?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ExpiredGrant {
+                            subject_id: row.try_get(0).map_err(db)?,
+                            purpose_id: row.try_get(1).map_err(db)?,
+                            vendor_id: row.try_get(2).map_err(db)?,
+                            event_id: row.try_get(3).map_err(db)?,
+                            expires_at: read_time(row, 4)?,
+                            revision: row.try_get(5).map_err(db)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn record_sweep(
+                &self,
+                tenant: &str,
+                records: Vec<NewRecord>,
+                mark: &SweepMark,
+            ) -> Result<Vec<LedgerRecord>> {
+                let now = Timestamp::now();
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                let sealed = append_in(&mut tx, tenant, records, now).await?;
+                sqlx::query(
+                    "INSERT INTO retention_sweeps (tenant_id, expired_until, expired_revision, swept_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id) DO UPDATE SET \
+                     expired_until = excluded.expired_until, \
+                     expired_revision = excluded.expired_revision, swept_at = excluded.swept_at",
+                )
+                .bind(tenant)
+                .bind(time(mark.expired_until)?)
+                .bind(mark.expired_revision)
+                .bind(time(mark.swept_at.unwrap_or(now))?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                tx.commit().await.map_err(db)?;
+                if let Some(last) = sealed.last() {
+                    self.commits.publish(Commit {
+                        tenant_id: tenant.to_owned(),
+                        revision: last.revision,
+                    });
+                }
+                Ok(sealed)
+            }
+
+            async fn retention_counts(
+                &self,
+                tenant: &str,
+                since: Timestamp,
+                now: Timestamp,
+                overdue_by: Timestamp,
+            ) -> Result<RetentionCounts> {
+                let sql = format!(
+                    "SELECT COUNT(*), \
+                     COALESCE(SUM(CASE WHEN i.delete_after > $2 AND i.delete_after <= $3 \
+                       AND NOT {HELD} THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN i.delete_after <= $3 AND NOT {HELD} THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN i.delete_after <= $4 AND NOT {HELD} THEN 1 ELSE 0 END), 0) \
+                     FROM data_items i WHERE i.tenant_id = $1 AND i.deleted_at IS NULL"
+                );
+                let row = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(time(since)?)
+                    .bind(time(now)?)
+                    .bind(time(overdue_by)?)
+                    .fetch_one(self.$reader())
+                    .await
+                    .map_err(db)?;
+                Ok(RetentionCounts {
+                    items: row.try_get(0).map_err(db)?,
+                    became_due: row.try_get(1).map_err(db)?,
+                    due: row.try_get(2).map_err(db)?,
+                    overdue: row.try_get(3).map_err(db)?,
                 })
             }
         }

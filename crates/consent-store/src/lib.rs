@@ -28,7 +28,8 @@ mod proxy;
 pub mod retention;
 
 pub use retention::{
-    Attested, DueQuery, Registered, RetentionRules, RetentionStore, StoredHold, StoredItem,
+    Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,
+    StoredHold, StoredItem, SweepMark,
 };
 
 /// How fresh a read must be. The ledger itself is always current and ignores it; a cache

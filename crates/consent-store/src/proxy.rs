@@ -334,6 +334,61 @@ macro_rules! retention_store_proxy {
                 )
                 .await
             }
+            async fn claim_sweep(
+                &self,
+                slot: i64,
+                now: consent_core::Timestamp,
+            ) -> consent_core::Result<bool> {
+                self.around("claim_sweep", self.inner().claim_sweep(slot, now))
+                    .await
+            }
+            async fn ledger_tenants(&self) -> consent_core::Result<Vec<String>> {
+                self.around("ledger_tenants", self.inner().ledger_tenants())
+                    .await
+            }
+            async fn sweep_mark(&self, tenant: &str) -> consent_core::Result<$crate::SweepMark> {
+                self.around("sweep_mark", self.inner().sweep_mark(tenant))
+                    .await
+            }
+            async fn expired_grants(
+                &self,
+                tenant: &str,
+                after: &$crate::SweepMark,
+                until: consent_core::Timestamp,
+                limit: usize,
+            ) -> consent_core::Result<Vec<$crate::ExpiredGrant>> {
+                self.around(
+                    "expired_grants",
+                    self.inner().expired_grants(tenant, after, until, limit),
+                )
+                .await
+            }
+            async fn record_sweep(
+                &self,
+                tenant: &str,
+                records: Vec<consent_core::NewRecord>,
+                mark: &$crate::SweepMark,
+            ) -> consent_core::Result<Vec<consent_core::LedgerRecord>> {
+                self.around(
+                    "record_sweep",
+                    self.inner().record_sweep(tenant, records, mark),
+                )
+                .await
+            }
+            async fn retention_counts(
+                &self,
+                tenant: &str,
+                since: consent_core::Timestamp,
+                now: consent_core::Timestamp,
+                overdue_by: consent_core::Timestamp,
+            ) -> consent_core::Result<$crate::RetentionCounts> {
+                self.around(
+                    "retention_counts",
+                    self.inner()
+                        .retention_counts(tenant, since, now, overdue_by),
+                )
+                .await
+            }
         }
     };
 }

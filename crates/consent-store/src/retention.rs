@@ -108,6 +108,58 @@ pub struct Registered {
     pub replayed: bool,
 }
 
+/// How far a tenant's retention sweeps have gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SweepMark {
+    /// Expiries of grants up to this time (and `expired_revision` at it) were announced.
+    pub expired_until: Timestamp,
+    /// The revision of the last grant announced at `expired_until`.
+    pub expired_revision: Revision,
+    /// When the tenant was last swept (`None`: never).
+    pub swept_at: Option<Timestamp>,
+}
+
+impl SweepMark {
+    /// The mark of a tenant never swept: nothing announced yet.
+    pub fn start() -> SweepMark {
+        SweepMark {
+            expired_until: Timestamp(Timestamp::MIN_SECONDS * Timestamp::MICROS_PER_SECOND),
+            expired_revision: 0,
+            swept_at: None,
+        }
+    }
+}
+
+/// A grant, still the current choice for its (subject, purpose, vendor), whose validity ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiredGrant {
+    /// The subject.
+    pub subject_id: String,
+    /// The purpose.
+    pub purpose_id: String,
+    /// The vendor, or empty.
+    pub vendor_id: String,
+    /// The granting event.
+    pub event_id: String,
+    /// When it lapsed.
+    pub expires_at: Timestamp,
+    /// The granting event's revision.
+    pub revision: Revision,
+}
+
+/// What a sweep counts of a tenant's items (those not deleted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetentionCounts {
+    /// Registered items not deleted.
+    pub items: i64,
+    /// Items that became due since the last sweep (and are not held).
+    pub became_due: i64,
+    /// Items due now, not held.
+    pub due: i64,
+    /// Items due for longer than the overdue grace, not held.
+    pub overdue: i64,
+}
+
 /// Retention rules, data items, legal holds and deletion attestations of each tenant.
 #[async_trait]
 pub trait RetentionStore: Send + Sync {
@@ -186,4 +238,44 @@ pub trait RetentionStore: Send + Sync {
         deleted_at: Timestamp,
         record: NewRecord,
     ) -> Result<Attested>;
+
+    /// Claims sweep run `slot` (the time divided by the sweep interval) for this replica:
+    /// `true` for exactly one caller per slot, whichever replica asks first; `false` for a
+    /// slot already claimed or an earlier one.
+    async fn claim_sweep(&self, slot: i64, now: Timestamp) -> Result<bool>;
+
+    /// Every tenant with a ledger (that has written at least once), ordered by id.
+    async fn ledger_tenants(&self) -> Result<Vec<String>>;
+
+    /// How far the tenant's sweeps have gone ([`SweepMark::start`] if never swept).
+    async fn sweep_mark(&self, tenant: &str) -> Result<SweepMark>;
+
+    /// Grants that are still the current choice and whose `expires_at` is after the mark
+    /// (time, then revision) and at or before `until`, in that order, at most `limit`.
+    async fn expired_grants(
+        &self,
+        tenant: &str,
+        after: &SweepMark,
+        until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<ExpiredGrant>>;
+
+    /// Appends `records` (ledger records that change no consent state: expiries, sweep
+    /// summaries) to the tenant's chain and stores `mark`, in one transaction.
+    async fn record_sweep(
+        &self,
+        tenant: &str,
+        records: Vec<NewRecord>,
+        mark: &SweepMark,
+    ) -> Result<Vec<LedgerRecord>>;
+
+    /// Counts of the tenant's items at `now`: all not deleted; due since `since`; due; due
+    /// at or before `overdue_by` (overdue). Held items are not due.
+    async fn retention_counts(
+        &self,
+        tenant: &str,
+        since: Timestamp,
+        now: Timestamp,
+        overdue_by: Timestamp,
+    ) -> Result<RetentionCounts>;
 }
