@@ -150,3 +150,49 @@ async fn replicas_on_postgres_with_the_default_cache_agree() {
     b.stop().await;
     a.stop().await;
 }
+
+/// After RestrictProcessing returns on replica A, Check on replica B answers
+/// PROCESSING_RESTRICTED at once, though B had the grant in the shared Redis cache; after
+/// LiftRestriction, GRANTED again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restriction_on_one_replica_is_seen_on_another_at_once() {
+    let (Some(db), Some(redis)) = (
+        consent_store_sql::testing::postgres_test_url(),
+        consent_cache::testing::redis_test_url(),
+    ) else {
+        return;
+    };
+    let cache = CacheConfig {
+        mode: CacheMode::Redis,
+        redis_url: redis,
+        ..CacheConfig::default()
+    };
+    let a = TestServer::postgres_with_cache(&db, ServerSettings::with_auth(AuthMode::None), cache)
+        .await;
+    let b = a.replica().await;
+    apply_seed_catalog(&a.client).await;
+    record_on(&a, Decision::Granted, Channel::Voice).await;
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    let restrict = pb::RestrictProcessingRequest {
+        subject_id: "caller".into(),
+        reason: String::new(),
+    };
+    a.client
+        .rights()
+        .restrict_processing(restrict)
+        .await
+        .unwrap_or_else(|e| panic!("restrict: {e}"));
+    assert_eq!(reason(&b, "caller").await, Reason::ProcessingRestricted);
+    a.client
+        .rights()
+        .lift_restriction(pb::LiftRestrictionRequest {
+            subject_id: "caller".into(),
+            reason: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("lift: {e}"));
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    b.stop().await;
+    a.stop().await;
+}

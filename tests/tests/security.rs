@@ -403,6 +403,7 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
     let (mut consent, mut catalog, mut admin) =
         (client.consent(), client.catalog(), client.admin());
     let mut retention = client.retention();
+    let mut rights = client.rights();
     let subject = || "subject".to_string();
     match method.rsplit('/').next().unwrap_or_default() {
         "RecordConsent" => code(
@@ -532,6 +533,23 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .attest_deletion(pb::AttestDeletionRequest::default())
                 .await,
         ),
+        "RestrictProcessing" => code(
+            rights
+                .restrict_processing(pb::RestrictProcessingRequest::default())
+                .await,
+        ),
+        "LiftRestriction" => code(
+            rights
+                .lift_restriction(pb::LiftRestrictionRequest::default())
+                .await,
+        ),
+        "Object" => code(rights.object(pb::ObjectRequest::default()).await),
+        "WithdrawObjection" => code(
+            rights
+                .withdraw_objection(pb::WithdrawObjectionRequest::default())
+                .await,
+        ),
+        "SetGpc" => code(rights.set_gpc(pb::SetGpcRequest::default()).await),
         "VerifyLedger" => code(admin.verify_ledger(pb::VerifyLedgerRequest {}).await),
         "CreateApiKey" => code(
             admin

@@ -37,11 +37,13 @@ use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
 use consent_core::commands::Idempotency;
 use consent_core::{
-    Catalog, NewEvent, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp, Vendor,
+    Catalog, NewEvent, NewRecord, PolicyVersion, Purpose, Result, Revision, SubjectState,
+    Timestamp, Vendor,
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent, StoredRecord,
+    FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent,
+    StoredRecord,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -487,29 +489,35 @@ impl LedgerStore for CachedStore {
         idempotency: Option<&Idempotency>,
         fence: CacheFence,
     ) -> Result<AppendOutcome> {
-        // Before the commit: mark the subjects' entries as written-to, so that if the
-        // post-commit tombstone cannot be written the entries cost misses, not stale answers.
-        // If the cache cannot be told, the write fences the tenant in its own transaction.
         let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        // A replica whose namespace was rotated away cannot tell the others' caches.
-        let told = !self.namespace_changed() && self.begin_write(tenant, &subjects).await;
-        let fence = match (told, fence, self.told_in) {
-            (false, _, _) => CacheFence::States,
-            // The store checks, in the write's transaction, that the ledger's namespace is
-            // still the one told; if it was rotated meanwhile it fences the write.
-            (true, CacheFence::None, Some(namespace)) => CacheFence::Told { namespace },
-            (true, fence, _) => fence,
-        };
+        let fence = self.before_write(tenant, &subjects, fence).await;
         let outcome = self
             .inner
             .append(tenant, events, idempotency, fence)
             .await?;
-        match (&self.fences, fence) {
-            (Some(fences), CacheFence::States) => fences.raise_states(tenant, outcome.revision),
-            _ => self.tombstone(tenant, &subjects, outcome.revision).await,
-        }
+        self.after_write(tenant, &subjects, fence, outcome.revision)
+            .await;
+        Ok(outcome)
+    }
+
+    async fn append_flags(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+    ) -> Result<FlagsOutcome> {
+        // Flags are part of the subject's cached state: the same coherence as a consent write.
+        let subjects = [subject_id];
+        let fence = self.before_write(tenant, &subjects, fence).await;
+        let outcome = self
+            .inner
+            .append_flags(tenant, subject_id, records, fence)
+            .await?;
+        self.after_write(tenant, &subjects, fence, outcome.revision)
+            .await;
         Ok(outcome)
     }
 
@@ -687,6 +695,39 @@ impl LedgerStore for CachedStore {
 
     async fn cache_namespace(&self) -> Result<String> {
         self.inner.cache_namespace().await
+    }
+}
+
+impl CachedStore {
+    /// Before a write's commit: marks the subjects' entries as written-to, so that if the
+    /// post-commit tombstone cannot be written the entries cost misses, not stale answers.
+    /// Returns the fence the write must carry: if the cache cannot be told, the write fences
+    /// the tenant in its own transaction.
+    async fn before_write(&self, tenant: &str, subjects: &[&str], fence: CacheFence) -> CacheFence {
+        // A replica whose namespace was rotated away cannot tell the others' caches.
+        let told = !self.namespace_changed() && self.begin_write(tenant, subjects).await;
+        match (told, fence, self.told_in) {
+            (false, _, _) => CacheFence::States,
+            // The store checks, in the write's transaction, that the ledger's namespace is
+            // still the one told; if it was rotated meanwhile it fences the write.
+            (true, CacheFence::None, Some(namespace)) => CacheFence::Told { namespace },
+            (true, fence, _) => fence,
+        }
+    }
+
+    /// After the commit: the fence raised in the store is applied here at once; otherwise
+    /// the subjects' entries become tombstones at the write's revision.
+    async fn after_write(
+        &self,
+        tenant: &str,
+        subjects: &[&str],
+        fence: CacheFence,
+        revision: consent_core::Revision,
+    ) {
+        match (&self.fences, fence) {
+            (Some(fences), CacheFence::States) => fences.raise_states(tenant, revision),
+            _ => self.tombstone(tenant, subjects, revision).await,
+        }
     }
 }
 

@@ -41,6 +41,7 @@ use consent_proto::v1::admin_service_client::AdminServiceClient;
 use consent_proto::v1::catalog_service_client::CatalogServiceClient;
 use consent_proto::v1::consent_service_client::ConsentServiceClient;
 use consent_proto::v1::retention_service_client::RetentionServiceClient;
+use consent_proto::v1::subject_rights_service_client::SubjectRightsServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -152,6 +153,11 @@ impl ConsentClient {
     /// deletion attestations.
     pub fn retention(&self) -> RetentionServiceClient<Transport> {
         RetentionServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// `consent.v1.SubjectRightsService`: restriction, objection, GPC.
+    pub fn rights(&self) -> SubjectRightsServiceClient<Transport> {
+        SubjectRightsServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// `consent.v1.AdminService`: ledger verification, API keys.

@@ -2,6 +2,11 @@
 //!
 //! One pure function, [`decide`]. Precedence, first match wins:
 //!
+//! 0. The subject's rights, in force at `at` (`SubjectFlags`): `PROCESSING_RESTRICTED`
+//!    (Art. 18) for every purpose but strictly necessary ones; `OBJECTED` (Art. 21) for a
+//!    purpose objected to (or all) that an objection applies to (legitimate interest,
+//!    public task, or marketing; see `Purpose::objection_applies`); `GPC_OPT_OUT` for
+//!    marketing purposes.
 //! 1. `STRICTLY_NECESSARY` category: allowed, no consent needed.
 //! 2. A non-consent legal basis: allowed on that basis (`CONTRACT`, `LEGAL_OBLIGATION`, ...).
 //! 3. Consent basis, using the latest choice (by `collected_at`; a tie goes to a refusal or
@@ -75,6 +80,16 @@ pub fn decide(
         expires_at: None,
         needs_reconsent: false,
     };
+    let flags = &state.flags;
+    if flags.restricted_at(at) && purpose.category != PurposeCategory::StrictlyNecessary {
+        return basis_only(Reason::ProcessingRestricted);
+    }
+    if purpose.objection_applies() && flags.objected_at(&purpose.id, at) {
+        return basis_only(Reason::Objected);
+    }
+    if purpose.category == PurposeCategory::Marketing && flags.gpc_at(at) {
+        return basis_only(Reason::GpcOptOut);
+    }
     if purpose.category == PurposeCategory::StrictlyNecessary {
         return basis_only(Reason::StrictlyNecessary);
     }
@@ -193,7 +208,7 @@ fn vendor_covered(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{PolicyVersion, SUBJECT_WIDE};
+    use crate::model::{PolicyVersion, SUBJECT_WIDE, SubjectFlags};
     use proptest::prelude::*;
 
     const DAY: i64 = 86_400 * Timestamp::MICROS_PER_SECOND;
@@ -245,6 +260,7 @@ mod tests {
         SubjectState {
             entries,
             revision: 10,
+            flags: SubjectFlags::default(),
         }
     }
 
@@ -560,6 +576,110 @@ mod tests {
         assert_eq!((v.allowed, v.reason), (true, Reason::StrictlyNecessary));
     }
 
+    fn flags(
+        restricted: Option<i64>,
+        objections: &[(&str, i64)],
+        gpc: Option<i64>,
+    ) -> SubjectFlags {
+        SubjectFlags {
+            restricted_since: restricted.map(at_day),
+            objections: objections
+                .iter()
+                .map(|(p, d)| ((*p).to_owned(), at_day(*d)))
+                .collect(),
+            gpc_since: gpc.map(at_day),
+        }
+    }
+
+    #[test]
+    fn rights_come_before_consent_in_the_order_of_the_design() {
+        let granted = |purpose: &str| {
+            let mut e = entry("", Decision::Granted, 1, 1);
+            e.purpose_id = purpose.into();
+            e
+        };
+        let marketing = Purpose {
+            id: "marketing_calls".into(),
+            ..purpose(PurposeCategory::Marketing, LegalBasis::Consent)
+        };
+        let li = Purpose {
+            id: "fraud_scoring".into(),
+            ..purpose(PurposeCategory::Analytics, LegalBasis::LegitimateInterest)
+        };
+        let necessary = Purpose {
+            id: "session".into(),
+            ..purpose(PurposeCategory::StrictlyNecessary, LegalBasis::Contract)
+        };
+        let mut s = state(vec![granted("analytics"), granted("marketing_calls")]);
+        let reason = |p: &Purpose, s: &SubjectState, day: i64| {
+            let v = decide(p, "", s, &catalog(), at_day(day));
+            assert_eq!(v.allowed, v.reason.allows());
+            v.reason
+        };
+        // Restriction: every purpose but strictly necessary ones, from its time on.
+        s.flags = flags(Some(5), &[], None);
+        assert_eq!(
+            reason(&consent_purpose(), &s, 6),
+            Reason::ProcessingRestricted
+        );
+        assert_eq!(reason(&li, &s, 6), Reason::ProcessingRestricted);
+        assert_eq!(reason(&necessary, &s, 6), Reason::StrictlyNecessary);
+        assert_eq!(
+            reason(&consent_purpose(), &s, 4),
+            Reason::Granted,
+            "before it"
+        );
+        // Objection: legitimate interest and marketing purposes; not consent-based others.
+        s.flags = flags(None, &[("", 5)], None);
+        assert_eq!(reason(&li, &s, 6), Reason::Objected);
+        assert_eq!(reason(&marketing, &s, 6), Reason::Objected);
+        assert_eq!(reason(&consent_purpose(), &s, 6), Reason::Granted);
+        assert_eq!(reason(&necessary, &s, 6), Reason::StrictlyNecessary);
+        s.flags = flags(None, &[("marketing_calls", 5)], None);
+        assert_eq!(reason(&marketing, &s, 6), Reason::Objected);
+        assert_eq!(
+            reason(&li, &s, 6),
+            Reason::LegitimateInterest,
+            "another purpose"
+        );
+        // GPC: marketing only.
+        s.flags = flags(None, &[], Some(5));
+        assert_eq!(reason(&marketing, &s, 6), Reason::GpcOptOut);
+        assert_eq!(reason(&consent_purpose(), &s, 6), Reason::Granted);
+        // All at once: the design's order (restricted, objected, GPC).
+        s.flags = flags(Some(5), &[("", 5)], Some(5));
+        assert_eq!(reason(&marketing, &s, 6), Reason::ProcessingRestricted);
+        s.flags = flags(None, &[("", 5)], Some(5));
+        assert_eq!(reason(&marketing, &s, 6), Reason::Objected);
+    }
+
+    fn arb_flags() -> impl Strategy<Value = SubjectFlags> {
+        (
+            prop::option::of(0i64..400),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["", "analytics", "marketing_calls", "other"]),
+                    0i64..400,
+                ),
+                0..4,
+            ),
+            prop::option::of(0i64..400),
+        )
+            .prop_map(|(restricted, objections, gpc)| flags(restricted, &objections, gpc))
+    }
+
+    fn arb_purpose() -> impl Strategy<Value = Purpose> {
+        (
+            prop::sample::select(PurposeCategory::ALL.to_vec()),
+            prop::sample::select(LegalBasis::ALL.to_vec()),
+            prop::sample::select(vec!["analytics", "marketing_calls", "other"]),
+        )
+            .prop_map(|(category, basis, id)| Purpose {
+                id: id.into(),
+                ..purpose(category, basis)
+            })
+    }
+
     fn arb_decision() -> impl Strategy<Value = Decision> {
         prop::sample::select(Decision::ALL.to_vec())
     }
@@ -659,6 +779,35 @@ mod tests {
             prop_assert!(!v.allowed, "{:?}", v);
             // The withdraw-all, or a refusal or withdrawal that was already the last word.
             prop_assert!(matches!(v.reason, Reason::Withdrawn | Reason::Denied), "{:?}", v);
+        }
+
+        /// No combination of flags ever allows what a flag forbids, whatever the choices.
+        #[test]
+        fn no_flag_combination_allows_what_a_flag_forbids(
+            entries in arb_entries(),
+            f in arb_flags(),
+            p in arb_purpose(),
+            at in 0i64..420,
+        ) {
+            let entries = entries.into_iter().map(|mut e| { e.purpose_id = p.id.clone(); e }).collect();
+            let s = SubjectState { flags: f.clone(), ..state(entries) };
+            let v = decide(&p, "", &s, &catalog(), at_day(at));
+            let now = at_day(at);
+            let necessary = p.category == PurposeCategory::StrictlyNecessary;
+            if f.restricted_at(now) && !necessary {
+                prop_assert!(!v.allowed);
+                prop_assert_eq!(v.reason, Reason::ProcessingRestricted);
+            } else if p.objection_applies() && f.objected_at(&p.id, now) {
+                prop_assert!(!v.allowed);
+                prop_assert_eq!(v.reason, Reason::Objected);
+            } else if p.category == PurposeCategory::Marketing && f.gpc_at(now) {
+                prop_assert!(!v.allowed);
+                prop_assert_eq!(v.reason, Reason::GpcOptOut);
+            } else {
+                // No flag bears on it: the answer is the one without flags.
+                let without = decide(&p, "", &SubjectState { flags: SubjectFlags::default(), ..s.clone() }, &catalog(), now);
+                prop_assert_eq!(v, without);
+            }
         }
 
         #[test]

@@ -156,6 +156,13 @@ string_enum! {
         VitalInterest => "vital_interest",
         /// Allowed on a public task.
         PublicTask => "public_task",
+        /// The person restricted processing (GDPR Art. 18): denied unless strictly necessary.
+        ProcessingRestricted => "processing_restricted",
+        /// The person objected (Art. 21) to a purpose on legitimate interest or public task,
+        /// or to marketing.
+        Objected => "objected",
+        /// Global Privacy Control / "do not sell or share": marketing purposes denied.
+        GpcOptOut => "gpc_opt_out",
     }
 }
 
@@ -345,6 +352,82 @@ impl StateEntry {
     }
 }
 
+/// The rights a subject exercised that override consent, each with the time it took effect
+/// (a check as of an earlier time is not bound by it). Projected from ledger records.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SubjectFlags {
+    /// Processing restricted (Art. 18) since.
+    pub restricted_since: Option<Timestamp>,
+    /// Objections (Art. 21): purpose id -> since; the empty purpose id objects to every
+    /// purpose an objection applies to.
+    pub objections: BTreeMap<String, Timestamp>,
+    /// Global Privacy Control (do not sell or share) since.
+    pub gpc_since: Option<Timestamp>,
+}
+
+impl SubjectFlags {
+    /// True when no flag is set.
+    pub fn is_empty(&self) -> bool {
+        *self == SubjectFlags::default()
+    }
+
+    /// Whether the record changes flags (and so the subject's state).
+    pub fn concerns(kind: RecordKind) -> bool {
+        matches!(
+            kind,
+            RecordKind::ProcessingRestricted
+                | RecordKind::RestrictionLifted
+                | RecordKind::Objected
+                | RecordKind::ObjectionWithdrawn
+                | RecordKind::GpcSet
+                | RecordKind::GpcCleared
+        )
+    }
+
+    /// The flags after `record` (a flag already set keeps its first time).
+    pub fn apply(&mut self, record: &NewRecord) {
+        match record.kind {
+            RecordKind::ProcessingRestricted => {
+                self.restricted_since.get_or_insert(record.at);
+            }
+            RecordKind::RestrictionLifted => self.restricted_since = None,
+            RecordKind::Objected => {
+                self.objections
+                    .entry(record.purpose_id.clone())
+                    .or_insert(record.at);
+            }
+            RecordKind::ObjectionWithdrawn => {
+                self.objections.remove(&record.purpose_id);
+            }
+            RecordKind::GpcSet => {
+                self.gpc_since.get_or_insert(record.at);
+            }
+            RecordKind::GpcCleared => self.gpc_since = None,
+            RecordKind::DeletionAttested
+            | RecordKind::ConsentExpired
+            | RecordKind::RetentionSweep => {}
+        }
+    }
+
+    /// Whether processing is restricted at `at`.
+    pub fn restricted_at(&self, at: Timestamp) -> bool {
+        self.restricted_since.is_some_and(|since| since <= at)
+    }
+
+    /// Whether the subject objected, by `at`, to `purpose_id` (or to every purpose).
+    pub fn objected_at(&self, purpose_id: &str, at: Timestamp) -> bool {
+        [purpose_id, ""]
+            .iter()
+            .any(|p| self.objections.get(*p).is_some_and(|since| *since <= at))
+    }
+
+    /// Whether a GPC signal was in force at `at`.
+    pub fn gpc_at(&self, at: Timestamp) -> bool {
+        self.gpc_since.is_some_and(|since| since <= at)
+    }
+}
+
 /// All projection rows of one subject, with the revision they were read at.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubjectState {
@@ -352,6 +435,9 @@ pub struct SubjectState {
     pub entries: Vec<StateEntry>,
     /// The tenant revision the state reflects.
     pub revision: Revision,
+    /// The rights exercised (restriction, objections, GPC).
+    #[serde(default)]
+    pub flags: SubjectFlags,
 }
 
 impl SubjectState {
@@ -389,6 +475,7 @@ impl SubjectState {
         SubjectState {
             entries: latest.into_values().cloned().collect(),
             revision: self.revision,
+            flags: self.flags.clone(),
         }
     }
 }
@@ -443,6 +530,17 @@ impl Catalog {
 }
 
 impl Purpose {
+    /// Whether an objection (Art. 21) can bear on this purpose: processing on legitimate
+    /// interest or public task (21(1)), and marketing whatever its basis (21(2)); never a
+    /// strictly necessary purpose (a restriction does not reach it either).
+    pub fn objection_applies(&self) -> bool {
+        self.category != PurposeCategory::StrictlyNecessary
+            && (matches!(
+                self.legal_basis,
+                LegalBasis::LegitimateInterest | LegalBasis::PublicTask
+            ) || self.category == PurposeCategory::Marketing)
+    }
+
     /// When a consent collected at `collected_at` lapses under this purpose's validity.
     pub fn expiry_of(&self, collected_at: Timestamp) -> Option<Timestamp> {
         self.validity_secs.map(|secs| {
@@ -460,6 +558,19 @@ string_enum! {
         ConsentExpired => "consent_expired",
         /// One retention sweep of a tenant: items that became due, due and overdue counts.
         RetentionSweep => "retention_sweep",
+        /// The subject restricted processing (Art. 18).
+        ProcessingRestricted => "processing_restricted",
+        /// The subject's restriction was lifted.
+        RestrictionLifted => "restriction_lifted",
+        /// The subject objected (Art. 21) to a purpose (or, with no purpose, to every purpose
+        /// an objection applies to).
+        Objected => "objected",
+        /// The subject withdrew an objection.
+        ObjectionWithdrawn => "objection_withdrawn",
+        /// The subject sent a Global Privacy Control signal (do not sell or share).
+        GpcSet => "gpc_set",
+        /// The subject's GPC signal was cleared.
+        GpcCleared => "gpc_cleared",
     }
 }
 

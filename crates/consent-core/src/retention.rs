@@ -299,7 +299,7 @@ pub fn item_status(
             status: ItemStatus::Deleted,
             delete_after: due_at,
             overdue: false,
-            reason: format!("deletion attested at {}", deleted.as_micros()),
+            reason: format!("deletion attested at {}", deleted),
         };
     }
     // A hold shows whether or not the item is due yet: whoever looks at a held item learns

@@ -113,6 +113,26 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
         "/consent.v1.RetentionService/AttestDeletion",
         Scope::RetentionWrite,
     ),
+    (
+        "/consent.v1.SubjectRightsService/RestrictProcessing",
+        Scope::RightsWrite,
+    ),
+    (
+        "/consent.v1.SubjectRightsService/LiftRestriction",
+        Scope::RightsWrite,
+    ),
+    (
+        "/consent.v1.SubjectRightsService/Object",
+        Scope::RightsWrite,
+    ),
+    (
+        "/consent.v1.SubjectRightsService/WithdrawObjection",
+        Scope::RightsWrite,
+    ),
+    (
+        "/consent.v1.SubjectRightsService/SetGpc",
+        Scope::RightsWrite,
+    ),
     ("/consent.v1.AdminService/VerifyLedger", Scope::Admin),
     ("/consent.v1.AdminService/CreateApiKey", Scope::Admin),
     ("/consent.v1.AdminService/ListApiKeys", Scope::Admin),

@@ -9,7 +9,7 @@ use consent_core::retention::{RetentionAction, RetentionAnchor};
 use consent_core::validate::{MAX_DURATION_SECS, Violations};
 use consent_core::{
     Channel, ConsentEvent, Cookie, Decision, Evidence, LegalBasis, PolicyVersion, Purpose,
-    PurposeCategory, Reason, Timestamp, Vendor, Verdict,
+    PurposeCategory, Reason, RecordKind, SubjectFlags, Timestamp, Vendor, Verdict,
 };
 use consent_proto::v1 as pb;
 
@@ -104,7 +104,30 @@ enum_map!(Reason, Reason, reason_in, reason_out {
     Expired <=> Expired, ReconsentRequired <=> ReconsentRequired, VendorNotCovered <=> VendorNotCovered,
     StrictlyNecessary <=> StrictlyNecessary, Contract <=> Contract, LegalObligation <=> LegalObligation,
     LegitimateInterest <=> LegitimateInterest, VitalInterest <=> VitalInterest, PublicTask <=> PublicTask,
+    ProcessingRestricted <=> ProcessingRestricted, Objected <=> Objected, GpcOptOut <=> GpcOptOut,
 });
+enum_map!(RecordKind, LedgerRecordKind, record_kind_in, record_kind_out {
+    DeletionAttested <=> DeletionAttested, ConsentExpired <=> ConsentExpired,
+    RetentionSweep <=> RetentionSweep, ProcessingRestricted <=> ProcessingRestricted,
+    RestrictionLifted <=> RestrictionLifted, Objected <=> Objected,
+    ObjectionWithdrawn <=> ObjectionWithdrawn, GpcSet <=> GpcSet, GpcCleared <=> GpcCleared,
+});
+
+/// A subject's flags to the wire.
+pub fn flags_out(f: &SubjectFlags) -> pb::SubjectFlags {
+    pb::SubjectFlags {
+        restricted_since: f.restricted_since.map(timestamp),
+        objections: f
+            .objections
+            .iter()
+            .map(|(purpose_id, since)| pb::Objection {
+                purpose_id: purpose_id.clone(),
+                since: Some(timestamp(*since)),
+            })
+            .collect(),
+        gpc_since: f.gpc_since.map(timestamp),
+    }
+}
 
 /// Evidence from the wire (attributes sorted by key).
 pub fn evidence_in(e: Option<pb::Evidence>) -> Evidence {

@@ -10,12 +10,12 @@ use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
 use consent_core::chain::VerifyReport;
 use consent_core::commands::{RecordConsent, WithdrawConsent};
 use consent_core::{
-    Catalog, ConsentError, PolicyVersion, Purpose, Result, Revision, SubjectState, Timestamp,
-    Vendor, Verdict, decide,
+    Catalog, ConsentError, NewRecord, PolicyVersion, Purpose, RecordKind, Result, Revision,
+    SubjectFlags, SubjectState, Timestamp, Vendor, Verdict, decide,
 };
 use consent_store::{
-    AppendOutcome, CacheFence, Consistency, EventQuery, LedgerEntry, LedgerHead, Store,
-    StoredEvent, verify_ledger,
+    AppendOutcome, CacheFence, Consistency, EventQuery, FlagsOutcome, LedgerEntry, LedgerHead,
+    Store, StoredEvent, verify_ledger,
 };
 
 use crate::context::Principal;
@@ -56,6 +56,21 @@ pub fn new_api_key(
         expires_in_secs,
         &random,
     )
+}
+
+/// A request under GDPR Art. 18 or 21, or a GPC signal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RightsRequest {
+    /// Restrict processing (Art. 18).
+    Restrict,
+    /// Lift the restriction.
+    LiftRestriction,
+    /// Object to these purposes (empty: every purpose an objection applies to).
+    Object(Vec<String>),
+    /// Withdraw the objections to these purposes (empty: the general one).
+    WithdrawObjection(Vec<String>),
+    /// Set (true) or clear (false) the GPC signal.
+    Gpc(bool),
 }
 
 /// One check, validated.
@@ -288,7 +303,7 @@ impl Ledger {
         subject_id: &str,
         at: Option<Timestamp>,
         consistency: Consistency,
-    ) -> Result<(Vec<(Purpose, Verdict)>, Revision)> {
+    ) -> Result<(Vec<(Purpose, Verdict)>, Revision, SubjectFlags)> {
         let now = Timestamp::now();
         let catalog = self
             .store
@@ -303,7 +318,63 @@ impl Ledger {
             .values()
             .map(|p| (p.clone(), decide(p, "", &state, &catalog, at)))
             .collect();
-        Ok((decisions, state.revision))
+        Ok((decisions, state.revision, state.flags.clone()))
+    }
+
+    /// Records a rights request as ledger records (one per purpose for objections) and moves
+    /// the subject's flags. An objection names catalogued purposes it can apply to
+    /// (`NotFound` for an unknown one, `FailedPrecondition` for one it cannot apply to).
+    pub async fn exercise(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        request: &RightsRequest,
+        reason: &str,
+    ) -> Result<FlagsOutcome> {
+        let now = Timestamp::now();
+        if let RightsRequest::Object(purposes) = request {
+            let catalog = self.catalog(who).await?;
+            for id in purposes {
+                let purpose = catalog.require_purpose(id)?;
+                if !purpose.objection_applies() {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "an objection cannot apply to purpose `{id}` ({} on {}): it applies to purposes on legitimate interest or public task, and to marketing; for a consent-based purpose withdraw the consent instead",
+                        purpose.category, purpose.legal_basis
+                    )));
+                }
+            }
+        }
+        let record = |kind: RecordKind, purpose_id: &str| NewRecord {
+            id: consent_core::commands::new_event_id(),
+            kind,
+            subject_id: subject_id.to_owned(),
+            purpose_id: purpose_id.to_owned(),
+            at: now,
+            detail: if reason.is_empty() {
+                Default::default()
+            } else {
+                [("reason".to_owned(), reason.to_owned())].into()
+            },
+            actor_key_id: who.key_id.clone(),
+        };
+        let for_purposes = |kind: RecordKind, purposes: &[String]| -> Vec<NewRecord> {
+            if purposes.is_empty() {
+                vec![record(kind, "")]
+            } else {
+                purposes.iter().map(|p| record(kind, p)).collect()
+            }
+        };
+        let records = match request {
+            RightsRequest::Restrict => vec![record(RecordKind::ProcessingRestricted, "")],
+            RightsRequest::LiftRestriction => vec![record(RecordKind::RestrictionLifted, "")],
+            RightsRequest::Object(p) => for_purposes(RecordKind::Objected, p),
+            RightsRequest::WithdrawObjection(p) => for_purposes(RecordKind::ObjectionWithdrawn, p),
+            RightsRequest::Gpc(true) => vec![record(RecordKind::GpcSet, "")],
+            RightsRequest::Gpc(false) => vec![record(RecordKind::GpcCleared, "")],
+        };
+        self.store
+            .append_flags(&who.tenant_id, subject_id, records, CacheFence::None)
+            .await
     }
 
     /// Events and records in revision order (see `consent_store::list_entries`).

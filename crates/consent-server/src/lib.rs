@@ -19,6 +19,7 @@ pub mod retention_service;
 pub mod server;
 pub mod service;
 pub mod stack;
+pub mod subject_rights_service;
 pub mod sweeper;
 pub mod telemetry;
 pub mod transport_status;

@@ -6,7 +6,7 @@ use consent_core::retention::{
     RetentionDefault, RetentionRule,
 };
 use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Violations};
-use consent_core::{ConsentError, LedgerRecord, RecordKind, Timestamp};
+use consent_core::{ConsentError, LedgerRecord, Timestamp};
 use consent_proto::v1 as pb;
 use consent_proto::v1::retention_service_server::RetentionService;
 use consent_store::StoredHold;
@@ -97,20 +97,12 @@ fn hold_out(h: &StoredHold) -> pb::LegalHold {
     }
 }
 
-fn record_kind_out(kind: RecordKind) -> pb::LedgerRecordKind {
-    match kind {
-        RecordKind::DeletionAttested => pb::LedgerRecordKind::DeletionAttested,
-        RecordKind::ConsentExpired => pb::LedgerRecordKind::ConsentExpired,
-        RecordKind::RetentionSweep => pb::LedgerRecordKind::RetentionSweep,
-    }
-}
-
 /// A ledger record to the wire; `with_detail` false leaves the detail out (Watch).
 pub fn record_out(r: &LedgerRecord, with_detail: bool) -> pb::LedgerRecord {
     let n = &r.record;
     pb::LedgerRecord {
         id: n.id.clone(),
-        kind: record_kind_out(n.kind).into(),
+        kind: crate::convert::record_kind_out(n.kind).into(),
         subject_id: n.subject_id.clone(),
         purpose_id: n.purpose_id.clone(),
         at: Some(timestamp(n.at)),

@@ -11,6 +11,7 @@ use consent_proto::v1::admin_service_server::AdminServiceServer;
 use consent_proto::v1::catalog_service_server::CatalogServiceServer;
 use consent_proto::v1::consent_service_server::ConsentServiceServer;
 use consent_proto::v1::retention_service_server::RetentionServiceServer;
+use consent_proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use consent_store::Store;
 use std::path::Path;
 use tokio::net::TcpListener;
@@ -182,6 +183,9 @@ pub async fn serve(
     health.set_serving::<CatalogServiceServer<Api>>().await;
     health.set_serving::<AdminServiceServer<Api>>().await;
     health.set_serving::<RetentionServiceServer<Api>>().await;
+    health
+        .set_serving::<SubjectRightsServiceServer<Api>>()
+        .await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -218,6 +222,11 @@ pub async fn serve(
         )
         .add_service(
             CatalogServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
+            SubjectRightsServiceServer::new(api.clone())
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
         )

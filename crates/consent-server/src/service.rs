@@ -57,6 +57,11 @@ impl Api {
         }
     }
 
+    /// The consent layer.
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
     /// The retention layer.
     pub(crate) fn retention(&self) -> &Retention {
         &self.retention
@@ -338,7 +343,7 @@ impl ConsentService for Api {
         let at = convert::time_in(&mut v, "at", r.at.as_ref());
         let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
-        let (decisions, revision) = self
+        let (decisions, revision, flags) = self
             .ledger
             .subject_decisions(&who, &r.subject_id, at, consistency)
             .await
@@ -348,7 +353,11 @@ impl ConsentService for Api {
             .map(|(p, verdict)| convert::verdict_out(verdict, &r.subject_id, &p.id, "", revision))
             .collect();
         self.deliverable(
-            pb::GetSubjectStateResponse { purposes, revision },
+            pb::GetSubjectStateResponse {
+                purposes,
+                revision,
+                flags: Some(convert::flags_out(&flags)),
+            },
             "subject_id",
             "the catalogue has too many purposes for one answer",
         )

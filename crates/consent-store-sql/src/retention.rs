@@ -64,14 +64,18 @@ macro_rules! sql_retention_store {
         $store:ty, $db:ty,
         writer = $writer:ident, reader = $reader:ident,
         time = $time:ty, to_db = $to_db:path, from_db = $from_db:path,
-        period = $period:literal, lock = $lock:expr $(,)?
+        period = $period:literal, lock = $lock:expr,
+        namespace = $namespace:expr, raise_fence = $raise_fence:path $(,)?
     ) => {
         use async_trait::async_trait;
         use consent_core::chain::{GENESIS, seal_record};
         use consent_core::retention::{
             DataItem, HoldScope, LegalHold, RetentionDefault, RetentionRule, delete_after,
         };
-        use consent_core::{ConsentError, LedgerRecord, NewRecord, Result, Timestamp};
+        use consent_core::{
+            ConsentError, LedgerRecord, NewRecord, Result, SubjectFlags, Timestamp,
+        };
+        use consent_store::{CacheFence, FlagsOutcome, NamespaceTag};
         use consent_store::{
             Attested, Commit, DueQuery, EventQuery, ExpiredGrant, Registered, RetentionCounts,
             RetentionRules, RetentionStore, StoredHold, StoredItem, StoredRecord, SweepMark,
@@ -295,17 +299,9 @@ macro_rules! sql_retention_store {
                 .transpose()
         }
 
-        /// Appends records after the tenant's head (locked like the group commit locks it:
-        /// they take the next revisions) and moves the head, in `tx`.
-        async fn append_in(
-            tx: &mut Tx,
-            tenant: &str,
-            records: Vec<NewRecord>,
-            now: Timestamp,
-        ) -> Result<Vec<LedgerRecord>> {
-            if records.is_empty() {
-                return Ok(Vec::new());
-            }
+        /// Locks the tenant's head row (creating it on the tenant's first write), as the group
+        /// commit does, and returns its revision and hash.
+        async fn lock_head(tx: &mut Tx, tenant: &str, now: Timestamp) -> Result<(i64, [u8; 32])> {
             let head = sqlx::query(
                 "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
                  ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
@@ -317,8 +313,39 @@ macro_rules! sql_retention_store {
             .fetch_one(&mut **tx)
             .await
             .map_err(db)?;
-            let mut revision: i64 = head.try_get(0).map_err(db)?;
-            let mut prev = hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?;
+            Ok((
+                head.try_get(0).map_err(db)?,
+                hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
+            ))
+        }
+
+        /// Appends records after the tenant's head (locked: they take the next revisions) and
+        /// moves the head, in `tx`.
+        async fn append_in(
+            tx: &mut Tx,
+            tenant: &str,
+            records: Vec<NewRecord>,
+            now: Timestamp,
+        ) -> Result<Vec<LedgerRecord>> {
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (revision, prev) = lock_head(tx, tenant, now).await?;
+            append_after(tx, tenant, revision, prev, records, now).await
+        }
+
+        /// Appends records after `revision` (whose hash is `prev`, the head locked in `tx`)
+        /// and moves the head.
+        async fn append_after(
+            tx: &mut Tx,
+            tenant: &str,
+            revision: i64,
+            prev: [u8; 32],
+            records: Vec<NewRecord>,
+            now: Timestamp,
+        ) -> Result<Vec<LedgerRecord>> {
+            let mut revision = revision;
+            let mut prev = prev;
             let sql = format!(
                 "INSERT INTO ledger_records (tenant_id, {RECORD_COLUMNS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -414,6 +441,95 @@ macro_rules! sql_retention_store {
                         Ok(record)
                     })
                     .collect()
+            }
+
+            /// See `LedgerStore::append_flags`.
+            pub(crate) async fn flags_append(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                records: Vec<NewRecord>,
+                fence: CacheFence,
+            ) -> Result<FlagsOutcome> {
+                if let Some(r) = records.iter().find(|r| {
+                    !SubjectFlags::concerns(r.kind) || r.subject_id != subject_id
+                }) {
+                    return Err(ConsentError::Internal(format!(
+                        "a {} record of subject `{}` is not a flag change of `{subject_id}`",
+                        r.kind, r.subject_id
+                    )));
+                }
+                let now = Timestamp::now();
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                // The head first (as every ledger write of the tenant): flag writes of one
+                // subject serialise on it, so each reads the flags the previous one left.
+                let (head, prev) = lock_head(&mut tx, tenant, now).await?;
+                let stored: Option<String> = sqlx::query_scalar(
+                    "SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                let mut flags: SubjectFlags = match stored {
+                    Some(body) => from_json(&body, "subject_flags.body")?,
+                    None => SubjectFlags::default(),
+                };
+                let effective: Vec<NewRecord> = records
+                    .into_iter()
+                    .filter(|r| {
+                        let before = flags.clone();
+                        flags.apply(r);
+                        flags != before
+                    })
+                    .collect();
+                if effective.is_empty() {
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(FlagsOutcome {
+                        records: Vec::new(),
+                        flags,
+                        revision: head,
+                    });
+                }
+                let sealed = append_after(&mut tx, tenant, head, prev, effective, now).await?;
+                let revision = sealed.last().map_or(head, |r| r.revision);
+                sqlx::query(
+                    "INSERT INTO subject_flags (tenant_id, subject_id, body, revision) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject_id) \
+                     DO UPDATE SET body = excluded.body, revision = excluded.revision",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .bind(to_json(&flags)?)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                let must_fence = match fence {
+                    CacheFence::None => false,
+                    CacheFence::States => true,
+                    CacheFence::Told { namespace } => {
+                        let current: Option<String> = sqlx::query_scalar($namespace)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db)?;
+                        current.is_none_or(|c| NamespaceTag::of(&c) != namespace)
+                    }
+                };
+                if must_fence {
+                    $raise_fence(&mut tx, tenant, revision, 0).await?;
+                }
+                tx.commit().await.map_err(db)?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(FlagsOutcome {
+                    records: sealed,
+                    flags,
+                    revision,
+                })
             }
 
             async fn begin_retention(&self, tenant: &str) -> Result<Tx> {
@@ -971,6 +1087,8 @@ mod on_sqlite {
         from_db = from_micros,
         period = "{}",
         lock = None,
+        namespace = crate::errors::CACHE_NAMESPACE,
+        raise_fence = crate::sqlite::raise_fence,
     );
 }
 
@@ -987,5 +1105,9 @@ mod on_postgres {
         period = "({} * interval '1 microsecond')",
         lock =
             Some("SELECT pg_advisory_xact_lock(hashtextextended('consent-retention/' || $1, 0))"),
+        // FOR SHARE: a namespace rotation waits for this write to commit (as in the group
+        // commit).
+        namespace = "SELECT cache_namespace FROM ledger_identity WHERE id = 1 FOR SHARE",
+        raise_fence = crate::pg::raise_fence,
     );
 }

@@ -6,8 +6,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use consent_core::{
-    Catalog, ConsentError, PolicyVersion, Purpose, Result, StateEntry, SubjectState, Timestamp,
-    Vendor,
+    Catalog, ConsentError, PolicyVersion, Purpose, Result, StateEntry, SubjectFlags, SubjectState,
+    Timestamp, Vendor,
 };
 
 use crate::errors::{corrupt, db};
@@ -63,7 +63,8 @@ pub(crate) fn from_pg_time(t: time::OffsetDateTime) -> Result<Timestamp> {
 
 /// One state per subject of `subjects`, in the order asked (a subject without rows has an
 /// empty state), from the rows of a batch state read: column 0 the tenant revision, column 8
-/// the subject, and an entry (or none, for the LEFT JOIN's empty row) by `entry`.
+/// the subject, column 9 the subject's flags (JSON) on the rows that carry them, and an entry
+/// (or none, for the LEFT JOIN's empty row and flag rows) by `entry`.
 pub(crate) fn states_in_order<R>(
     subjects: &[String],
     rows: &[R],
@@ -74,9 +75,11 @@ where
     usize: sqlx::ColumnIndex<R>,
     i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database>,
 {
     let mut revision = 0;
     let mut found: HashMap<String, Vec<StateEntry>> = HashMap::new();
+    let mut flags: HashMap<String, SubjectFlags> = HashMap::new();
     for row in rows {
         revision = row.try_get(0).map_err(db)?;
         if let Some(entry) = entry(row)? {
@@ -84,6 +87,12 @@ where
                 .entry(row.try_get(8).map_err(db)?)
                 .or_default()
                 .push(entry);
+        }
+        if let Some(body) = row.try_get::<Option<String>, _>(9).map_err(db)? {
+            flags.insert(
+                row.try_get(8).map_err(db)?,
+                from_json(&body, "subject_flags.body")?,
+            );
         }
     }
     Ok(subjects
@@ -93,6 +102,7 @@ where
                 // A subject asked twice gets its entries both times.
                 entries: found.get(subject).cloned().unwrap_or_default(),
                 revision,
+                flags: flags.get(subject).cloned().unwrap_or_default(),
             })
         })
         .collect())

@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant, scopes_from_text, scopes_to_text};
 use consent_core::chain::GENESIS;
 use consent_core::{
-    Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, PolicyVersion, Purpose, Result,
-    Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
+    Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, NewRecord, PolicyVersion, Purpose,
+    Result, Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
+    FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
@@ -187,8 +187,9 @@ async fn subject_rows(
 ) -> Result<SubjectState> {
     let sql = format!(
         "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
-         s.collected_at, s.revision \
-         FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision) h \
+         s.collected_at, s.revision, h.flags \
+         FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision, \
+               (SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2) AS flags) h \
          LEFT JOIN {table} s ON s.tenant_id = $1 AND s.subject_id = $2 {order}"
     );
     let rows = sqlx::query(&sql)
@@ -201,6 +202,9 @@ async fn subject_rows(
     for row in &rows {
         state.revision = row.try_get(0).map_err(db)?;
         state.entries.extend(state_from_row(row)?);
+        if let Some(flags) = row.try_get::<Option<String>, _>(8).map_err(db)? {
+            state.flags = from_json(&flags, "subject_flags.body")?;
+        }
     }
     Ok(state)
 }
@@ -215,13 +219,25 @@ async fn states_of(
     for chunk in subjects.chunks(ROWS_PER_INSERT) {
         let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
-             s.collected_at, s.revision, s.subject_id \
+             s.collected_at, s.revision, s.subject_id, NULL AS flags \
              FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = ",
         );
         sql.push_bind(tenant)
             .push("), 0) AS revision) h LEFT JOIN consent_state s ON s.tenant_id = ")
             .push_bind(tenant)
             .push(" AND s.subject_id IN (");
+        let mut list = sql.separated(", ");
+        for subject in chunk {
+            list.push_bind(subject.as_str());
+        }
+        sql.push(") UNION ALL SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = ")
+            .push_bind(tenant)
+            .push(
+                "), 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.subject_id, f.body \
+                   FROM subject_flags f WHERE f.tenant_id = ",
+            )
+            .push_bind(tenant)
+            .push(" AND f.subject_id IN (");
         let mut list = sql.separated(", ");
         for subject in chunk {
             list.push_bind(subject.as_str());
@@ -341,7 +357,7 @@ async fn bump_catalog_version(tx: &mut Transaction<'static, Sqlite>, tenant: &st
 
 /// Raises the tenant's cache fence (never lowers it), numbered by the clock row (one writer:
 /// sequence order is commit order).
-async fn raise_fence(
+pub(crate) async fn raise_fence(
     tx: &mut Transaction<'static, Sqlite>,
     tenant: &str,
     revision: Revision,
@@ -725,6 +741,16 @@ impl LedgerStore for SqliteStore {
             .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
         let rows = sql.build().fetch_all(&self.reader).await.map_err(db)?;
         rows.iter().map(event_from_row).collect()
+    }
+
+    async fn append_flags(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+    ) -> Result<FlagsOutcome> {
+        self.flags_append(tenant, subject_id, records, fence).await
     }
 
     async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {

@@ -84,6 +84,7 @@ macro_rules! store_conformance_suite {
             due_items_page_in_order_and_skip_held_items,
             an_attestation_is_a_ledger_record_and_final,
             retention_is_tenant_scoped,
+            flags_are_projected_with_the_state,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

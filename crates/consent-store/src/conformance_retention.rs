@@ -542,3 +542,147 @@ pub async fn retention_is_tenant_scoped(store: &Arc<dyn Store>) {
     );
     assert!(ok(store.legal_holds(&a, None).await).len() == 1);
 }
+
+fn flag(kind: RecordKind, subject: &str, purpose: &str, at: i64) -> NewRecord {
+    NewRecord {
+        id: new_event_id(),
+        kind,
+        subject_id: subject.into(),
+        purpose_id: purpose.into(),
+        at: day(at),
+        detail: [("reason".to_owned(), "email of the person".to_owned())].into(),
+        actor_key_id: "key-1".into(),
+    }
+}
+
+/// Flag records move the subject's flags in the same transaction; single and batch state
+/// reads carry them (cached stacks included); a record that changes nothing is not written.
+pub async fn flags_are_projected_with_the_state(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("alice", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    // Read (and cache) the state before the flags change.
+    let before = ok(store
+        .subject_state(&t, "alice", None, crate::Consistency::default())
+        .await);
+    assert!(before.flags.is_empty());
+
+    let outcome = ok(store
+        .append_flags(
+            &t,
+            "alice",
+            vec![
+                flag(RecordKind::ProcessingRestricted, "alice", "", 2),
+                flag(RecordKind::Objected, "alice", "marketing_calls", 2),
+            ],
+            crate::CacheFence::None,
+        )
+        .await);
+    assert_eq!(outcome.records.len(), 2);
+    assert_eq!(outcome.revision, 3);
+    assert_eq!(outcome.flags.restricted_since, Some(day(2)));
+    let state = ok(store
+        .subject_state(&t, "alice", None, crate::Consistency::default())
+        .await);
+    assert_eq!(
+        state.flags, outcome.flags,
+        "the write is seen by the next read"
+    );
+    assert_eq!(state.revision, 3);
+    assert_eq!(state.entries.len(), 1);
+    // A subject with flags and no choices, and one with neither, in one batch read.
+    ok(store
+        .append_flags(
+            &t,
+            "bob",
+            vec![flag(RecordKind::GpcSet, "bob", "", 3)],
+            crate::CacheFence::None,
+        )
+        .await);
+    let batch = ok(store
+        .subject_states(
+            &t,
+            &["alice".into(), "bob".into(), "carol".into()],
+            crate::Consistency::default(),
+        )
+        .await);
+    assert_eq!(batch[0].flags, outcome.flags);
+    assert_eq!(batch[1].flags.gpc_since, Some(day(3)));
+    assert!(batch[1].entries.is_empty());
+    assert!(batch[2].flags.is_empty());
+    // As-of reads carry the flags too (decide applies them by their times).
+    let past = ok(store
+        .subject_state(&t, "alice", Some(day(1)), crate::Consistency::default())
+        .await);
+    assert_eq!(past.flags, outcome.flags);
+
+    // Restricting again changes nothing: nothing is written.
+    let again = ok(store
+        .append_flags(
+            &t,
+            "alice",
+            vec![flag(RecordKind::ProcessingRestricted, "alice", "", 5)],
+            crate::CacheFence::None,
+        )
+        .await);
+    assert!(again.records.is_empty());
+    assert_eq!(
+        again.flags.restricted_since,
+        Some(day(2)),
+        "the first time stays"
+    );
+    assert_eq!(ok(store.head(&t).await).revision, 4);
+    let lifted = ok(store
+        .append_flags(
+            &t,
+            "alice",
+            vec![
+                flag(RecordKind::RestrictionLifted, "alice", "", 6),
+                flag(
+                    RecordKind::ObjectionWithdrawn,
+                    "alice",
+                    "marketing_calls",
+                    6,
+                ),
+            ],
+            crate::CacheFence::None,
+        )
+        .await);
+    assert!(lifted.flags.is_empty());
+    let state = ok(store
+        .subject_state(&t, "alice", None, crate::Consistency::default())
+        .await);
+    assert!(state.flags.is_empty(), "{:?}", state.flags);
+
+    let records = ok(store
+        .list_records(
+            &t,
+            &EventQuery {
+                subject_id: Some("alice".into()),
+                limit: 10,
+                ..EventQuery::default()
+            },
+        )
+        .await);
+    let kinds: Vec<RecordKind> = records.iter().map(|r| r.record.record.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            RecordKind::ProcessingRestricted,
+            RecordKind::Objected,
+            RecordKind::RestrictionLifted,
+            RecordKind::ObjectionWithdrawn
+        ]
+    );
+    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    // Another tenant sees none of it.
+    let other = ok(store
+        .subject_state(&tenant(), "bob", None, crate::Consistency::default())
+        .await);
+    assert!(other.flags.is_empty());
+}

@@ -16,8 +16,8 @@ use consent_core::access::{ApiKey, Tenant};
 use consent_core::chain::{ChainEntry, ChainVerifier, GENESIS, VerifyReport};
 use consent_core::commands::Idempotency;
 use consent_core::{
-    Catalog, ConsentEvent, LedgerRecord, NewEvent, PolicyVersion, Purpose, Result, Revision,
-    SubjectState, Timestamp, Vendor,
+    Catalog, ConsentEvent, LedgerRecord, NewEvent, NewRecord, PolicyVersion, Purpose, Result,
+    Revision, SubjectFlags, SubjectState, Timestamp, Vendor,
 };
 
 pub mod breaker;
@@ -76,6 +76,17 @@ pub struct AppendOutcome {
     pub revision: Revision,
     /// Whether this was an idempotent replay of an earlier write.
     pub replayed: bool,
+}
+
+/// What a write of a subject's flags did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagsOutcome {
+    /// The records written (none when nothing changed).
+    pub records: Vec<LedgerRecord>,
+    /// The subject's flags after the write.
+    pub flags: SubjectFlags,
+    /// The tenant revision after the write.
+    pub revision: Revision,
 }
 
 /// The head of a tenant's chain.
@@ -232,6 +243,18 @@ pub trait LedgerStore: Send + Sync {
         idempotency: Option<&Idempotency>,
         fence: CacheFence,
     ) -> Result<AppendOutcome>;
+
+    /// Appends ledger records that change `subject_id`'s flags (restriction, objections,
+    /// GPC: kinds for which `SubjectFlags::concerns` holds) and moves the subject's flags, in
+    /// one transaction after the tenant's head, fencing as [`LedgerStore::append`] does.
+    /// Records that would change nothing (a restriction already in place) are left out.
+    async fn append_flags(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+    ) -> Result<FlagsOutcome>;
 
     /// Fences changed after sequence `after` (0: all), in sequence order.
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>>;

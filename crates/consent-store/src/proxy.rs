@@ -73,6 +73,20 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn append_flags(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                records: Vec<consent_core::NewRecord>,
+                fence: $crate::CacheFence,
+            ) -> consent_core::Result<$crate::FlagsOutcome> {
+                self.around(
+                    "append_flags",
+                    self.inner()
+                        .append_flags(tenant, subject_id, records, fence),
+                )
+                .await
+            }
             async fn cache_namespace(&self) -> consent_core::Result<String> {
                 self.around("cache_namespace", self.inner().cache_namespace())
                     .await

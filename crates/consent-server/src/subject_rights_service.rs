@@ -1,0 +1,149 @@
+//! `consent.v1.SubjectRightsService`: thin handlers for restriction (Art. 18), objection
+//! (Art. 21) and GPC. Each validates, calls [`crate::ledger::Ledger::exercise`], and answers
+//! what changed.
+
+use consent_core::validate::Violations;
+use consent_proto::v1 as pb;
+use consent_proto::v1::subject_rights_service_server::SubjectRightsService;
+use consent_store::FlagsOutcome;
+use tonic::{Request, Response, Status};
+
+use crate::context::{Principal, principal};
+use crate::convert::flags_out;
+use crate::error::status;
+use crate::ledger::RightsRequest;
+use crate::retention_service::record_out;
+use crate::service::Api;
+
+type RpcResult<T> = Result<Response<T>, Status>;
+
+/// The fields every rights request has, checked: the subject, the purposes (if any), the
+/// reason in words.
+fn validated(subject_id: &str, purpose_ids: &[String], reason: &str) -> Result<(), Status> {
+    let mut v = Violations::new();
+    v.id("subject_id", subject_id);
+    v.id_list("purpose_ids", purpose_ids);
+    v.text("reason", reason);
+    v.finish().map_err(status)
+}
+
+fn change_out(outcome: FlagsOutcome) -> pb::RightsChange {
+    pb::RightsChange {
+        changed: !outcome.records.is_empty(),
+        records: outcome
+            .records
+            .iter()
+            .map(|r| record_out(r, true))
+            .collect(),
+        flags: Some(flags_out(&outcome.flags)),
+        revision: outcome.revision,
+    }
+}
+
+impl Api {
+    async fn exercise(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        request: RightsRequest,
+        reason: &str,
+    ) -> Result<pb::RightsChange, Status> {
+        self.ledger()
+            .exercise(who, subject_id, &request, reason)
+            .await
+            .map(change_out)
+            .map_err(status)
+    }
+}
+
+#[tonic::async_trait]
+impl SubjectRightsService for Api {
+    async fn restrict_processing(
+        &self,
+        request: Request<pb::RestrictProcessingRequest>,
+    ) -> RpcResult<pb::RestrictProcessingResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &[], &r.reason)?;
+        let change = self
+            .exercise(&who, &r.subject_id, RightsRequest::Restrict, &r.reason)
+            .await?;
+        Ok(Response::new(pb::RestrictProcessingResponse {
+            change: Some(change),
+        }))
+    }
+
+    async fn lift_restriction(
+        &self,
+        request: Request<pb::LiftRestrictionRequest>,
+    ) -> RpcResult<pb::LiftRestrictionResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &[], &r.reason)?;
+        let change = self
+            .exercise(
+                &who,
+                &r.subject_id,
+                RightsRequest::LiftRestriction,
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::LiftRestrictionResponse {
+            change: Some(change),
+        }))
+    }
+
+    async fn object(&self, request: Request<pb::ObjectRequest>) -> RpcResult<pb::ObjectResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &r.purpose_ids, &r.reason)?;
+        let change = self
+            .exercise(
+                &who,
+                &r.subject_id,
+                RightsRequest::Object(r.purpose_ids),
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::ObjectResponse {
+            change: Some(change),
+        }))
+    }
+
+    async fn withdraw_objection(
+        &self,
+        request: Request<pb::WithdrawObjectionRequest>,
+    ) -> RpcResult<pb::WithdrawObjectionResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &r.purpose_ids, &r.reason)?;
+        let change = self
+            .exercise(
+                &who,
+                &r.subject_id,
+                RightsRequest::WithdrawObjection(r.purpose_ids),
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::WithdrawObjectionResponse {
+            change: Some(change),
+        }))
+    }
+
+    async fn set_gpc(&self, request: Request<pb::SetGpcRequest>) -> RpcResult<pb::SetGpcResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &[], &r.reason)?;
+        let change = self
+            .exercise(
+                &who,
+                &r.subject_id,
+                RightsRequest::Gpc(r.enabled),
+                &r.reason,
+            )
+            .await?;
+        Ok(Response::new(pb::SetGpcResponse {
+            change: Some(change),
+        }))
+    }
+}
