@@ -180,7 +180,7 @@ async fn items_become_due_with_time_and_attestations_enter_the_ledger() {
         assert!(due_ids(&server.client).await.is_empty(), "{b}");
         let listed = ok(
             retention
-                .list_legal_holds(pb::ListLegalHoldsRequest {})
+                .list_legal_holds(pb::ListLegalHoldsRequest::default())
                 .await,
             b,
         );
@@ -302,6 +302,15 @@ async fn retention_rpcs_name_their_bad_fields() {
     for field in ["period", "anchor", "action", "data_category", "legal_basis"] {
         assert!(fields.contains(&field.to_owned()), "{field} in {fields:?}");
     }
+    let mut fraction = campaign_rule("", 1);
+    fraction.period = Some(prost_types::Duration {
+        seconds: 10,
+        nanos: 500_000_000,
+    });
+    assert_eq!(
+        rejected_fields(retention.set_retention_rule(fraction).await),
+        ["period"]
+    );
     let mut negative = campaign_rule("", 1);
     negative.period = Some(prost_types::Duration {
         seconds: -5,
@@ -379,6 +388,45 @@ async fn retention_rpcs_name_their_bad_fields() {
                 .await
         ),
         ["item_id", "anchor_at"]
+    );
+    // Times before the item existed are refused, naming the field.
+    let ticket_created = timestamp(clock.now());
+    retention
+        .register_data_item(pb::RegisterDataItemRequest {
+            item_id: "ticket-9".into(),
+            subject_id: "s".into(),
+            data_category: "support_ticket".into(),
+            created_at: Some(ticket_created),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("register: {e}"));
+    let year_one = prost_types::Timestamp {
+        seconds: Timestamp::MIN_SECONDS,
+        nanos: 0,
+    };
+    assert_eq!(
+        rejected_fields(
+            retention
+                .update_anchor(pb::UpdateAnchorRequest {
+                    item_id: "ticket-9".into(),
+                    anchor_at: Some(year_one),
+                })
+                .await
+        ),
+        ["anchor_at"]
+    );
+    assert_eq!(
+        rejected_fields(
+            retention
+                .attest_deletion(pb::AttestDeletionRequest {
+                    item_id: "ticket-9".into(),
+                    method: "rm".into(),
+                    deleted_at: Some(year_one),
+                })
+                .await
+        ),
+        ["deleted_at"]
     );
     assert_eq!(
         rejected_fields(

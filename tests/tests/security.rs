@@ -386,12 +386,12 @@ async fn one_tenant_cannot_read_or_change_another() {
         assert_eq!(code(b_release), Code::NotFound);
         let b_holds = b
             .retention()
-            .list_legal_holds(pb::ListLegalHoldsRequest {})
+            .list_legal_holds(pb::ListLegalHoldsRequest::default())
             .await;
         assert!(b_holds.is_ok_and(|r| r.into_inner().holds.is_empty()));
         let a_holds = a
             .retention()
-            .list_legal_holds(pb::ListLegalHoldsRequest {})
+            .list_legal_holds(pb::ListLegalHoldsRequest::default())
             .await;
         assert!(a_holds.is_ok_and(|r| r.into_inner().holds.len() == 1));
         server.stop().await;
@@ -520,7 +520,7 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
         ),
         "ListLegalHolds" => code(
             retention
-                .list_legal_holds(pb::ListLegalHoldsRequest {})
+                .list_legal_holds(pb::ListLegalHoldsRequest::default())
                 .await,
         ),
         "ListDueItems" => code(
@@ -547,6 +547,13 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
         "WithdrawObjection" => code(
             rights
                 .withdraw_objection(pb::WithdrawObjectionRequest::default())
+                .await,
+        ),
+        "ExportSubject" => code(
+            rights
+                .export_subject(pb::ExportSubjectRequest {
+                    subject_id: "s".into(),
+                })
                 .await,
         ),
         "SetGpc" => code(rights.set_gpc(pb::SetGpcRequest::default()).await),

@@ -110,6 +110,28 @@ async fn two_replicas_one_sweeper_per_run() {
             .await
             .unwrap_or_else(|e| panic!("{b}: {e}"));
 
+        // Another caller granted, then withdrew everything: nothing of theirs can expire.
+        server
+            .client
+            .consent()
+            .record_consent(record(
+                "+32470000002",
+                &[("call_recording", Decision::Granted)],
+                Channel::Voice,
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+        server
+            .client
+            .consent()
+            .withdraw_consent(pb::WithdrawConsentRequest {
+                subject_id: "+32470000002".into(),
+                channel: Channel::Web.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+
         // 200 days on: the grant lapsed, the recording is due. One replica acts.
         clock.advance_secs(200 * DAY);
         let first = run_everywhere(&requests, &mut reports, 2).await;
@@ -144,6 +166,13 @@ async fn two_replicas_one_sweeper_per_run() {
             Some(&listed.events[0].id),
             "{b}: the expiry names the grant"
         );
+        assert!(
+            listed
+                .records
+                .iter()
+                .all(|r| r.subject_id != "+32470000002"),
+            "{b}: a grant overtaken by a withdraw-all does not expire"
+        );
         let summary = &listed.records[1].detail;
         assert_eq!(
             summary.get("items_became_due").map(String::as_str),
@@ -165,6 +194,22 @@ async fn two_replicas_one_sweeper_per_run() {
         let again = run_everywhere(&requests, &mut reports, 2).await;
         assert!(acted(&again).is_empty(), "{b}: {again:?}");
 
+        // An item registered already past its period became due since the last run too.
+        server
+            .client
+            .retention()
+            .register_data_item(pb::RegisterDataItemRequest {
+                item_id: "rec-old".into(),
+                subject_id: "+32470000001".into(),
+                data_category: "call_recording".into(),
+                created_at: Some(timestamp(Timestamp(
+                    clock.now().as_micros() - 100 * DAY * Timestamp::MICROS_PER_SECOND,
+                ))),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+
         // The next slot: one replica acts; the expiry is not announced twice.
         clock.advance_secs(INTERVAL);
         let next = run_everywhere(&requests, &mut reports, 2).await;
@@ -184,12 +229,12 @@ async fn two_replicas_one_sweeper_per_run() {
         let latest = &records[2].detail;
         assert_eq!(
             latest.get("items_became_due").map(String::as_str),
-            Some("0"),
-            "{b}"
+            Some("1"),
+            "{b}: rec-old, counted once; rec-1 was reported by the first run"
         );
         assert_eq!(
             latest.get("items_due").map(String::as_str),
-            Some("1"),
+            Some("2"),
             "{b}"
         );
 

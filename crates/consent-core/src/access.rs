@@ -29,6 +29,8 @@ pub enum Scope {
     RetentionWrite,
     /// Act on data-subject rights (restriction, objection, erasure).
     RightsWrite,
+    /// Export everything held about a subject (Art. 15/20).
+    RightsRead,
     /// Manage API keys and verify the ledger of the key's tenant.
     Admin,
 }
@@ -42,6 +44,7 @@ impl Scope {
         Scope::RetentionRead,
         Scope::RetentionWrite,
         Scope::RightsWrite,
+        Scope::RightsRead,
         Scope::Admin,
     ];
 
@@ -54,6 +57,7 @@ impl Scope {
             Scope::RetentionRead => "retention:read",
             Scope::RetentionWrite => "retention:write",
             Scope::RightsWrite => "rights:write",
+            Scope::RightsRead => "rights:read",
             Scope::Admin => "admin",
         }
     }

@@ -138,14 +138,17 @@ impl RetentionDefault {
     }
 }
 
-/// A period for people: whole days when it is whole days, else seconds.
+/// A period for people: whole years or days when it is, else as `humantime` writes it
+/// (`1month 6days 1h`, the form the catalogue file accepts).
 pub fn describe_period(secs: i64) -> String {
     match secs {
         YEAR_SECS => "1 year".to_owned(),
-        s if s % YEAR_SECS == 0 => format!("{} years", s / YEAR_SECS),
-        s if s % DAY_SECS == 0 && s / DAY_SECS == 1 => "1 day".to_owned(),
-        s if s % DAY_SECS == 0 => format!("{} days", s / DAY_SECS),
-        s => format!("{s} seconds"),
+        s if s > 0 && s % YEAR_SECS == 0 => format!("{} years", s / YEAR_SECS),
+        DAY_SECS => "1 day".to_owned(),
+        s if s > 0 && s % DAY_SECS == 0 => format!("{} days", s / DAY_SECS),
+        s => {
+            humantime::format_duration(std::time::Duration::from_secs(s.unsigned_abs())).to_string()
+        }
     }
 }
 
@@ -578,7 +581,10 @@ mod tests {
     fn periods_read_as_days() {
         assert_eq!(describe_period(DAY_SECS), "1 day");
         assert_eq!(describe_period(90 * DAY_SECS), "90 days");
-        assert_eq!(describe_period(90), "90 seconds");
+        assert_eq!(describe_period(90), "1m 30s");
+        assert_eq!(describe_period(1), "1s");
+        assert_eq!(describe_period(3600), "1h");
+        assert_eq!(describe_period(13 * 2_630_016), "1year 1month 43m 12s");
         assert_eq!(describe_period(7 * YEAR_SECS), "7 years");
         assert_eq!(describe_period(YEAR_SECS), "1 year");
     }

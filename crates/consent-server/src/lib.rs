@@ -10,6 +10,7 @@ pub mod config;
 pub mod context;
 pub mod convert;
 pub mod error;
+pub mod export;
 pub mod gate;
 pub mod ledger;
 pub mod listener;

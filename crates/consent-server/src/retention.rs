@@ -18,9 +18,6 @@ use consent_store::{
 
 use crate::context::Principal;
 
-/// Most holds one `ListLegalHolds` answer carries.
-pub const MAX_LISTED_HOLDS: usize = 1000;
-
 /// An item with its status now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemView {
@@ -95,6 +92,15 @@ impl Retention {
         }
     }
 
+    /// An exporter of subjects over the same store and clock.
+    pub fn exporter(&self) -> crate::export::Exporter {
+        crate::export::Exporter::new(
+            Arc::clone(&self.store),
+            Arc::clone(&self.clock),
+            self.overdue_grace_secs,
+        )
+    }
+
     /// The current time of this layer's clock.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
@@ -136,6 +142,16 @@ impl Retention {
         item_id: &str,
         anchor_at: Timestamp,
     ) -> Result<ItemView> {
+        let current = self.item(who, item_id).await?;
+        if anchor_at < current.stored.item.created_at {
+            return Err(ConsentError::invalid(
+                "anchor_at",
+                format!(
+                    "must not be before the item's created_at ({})",
+                    current.stored.item.created_at
+                ),
+            ));
+        }
         let stored = self
             .store
             .update_anchor(&who.tenant_id, item_id, anchor_at)
@@ -180,11 +196,30 @@ impl Retention {
             .await
     }
 
-    /// The holds in place, at most [`MAX_LISTED_HOLDS`].
-    pub async fn holds(&self, who: &Principal) -> Result<Vec<StoredHold>> {
-        let mut holds = self.store.legal_holds(&who.tenant_id, None).await?;
-        holds.truncate(MAX_LISTED_HOLDS);
-        Ok(holds)
+    /// One page of the holds in force now, by id after `after_hold_id`; the id to continue
+    /// after when there are more.
+    pub async fn holds(
+        &self,
+        who: &Principal,
+        after_hold_id: &str,
+        limit: usize,
+    ) -> Result<(Vec<StoredHold>, Option<String>)> {
+        let mut holds = self
+            .store
+            .legal_holds(
+                &who.tenant_id,
+                None,
+                self.now(),
+                after_hold_id,
+                limit.saturating_add(1),
+            )
+            .await?;
+        let more = holds.len() > limit;
+        holds.truncate(limit);
+        let next = more
+            .then(|| holds.last().map(|h| h.hold_id.clone()))
+            .flatten();
+        Ok((holds, next))
     }
 
     /// One page of the items due now (or overdue), not held.
@@ -241,6 +276,15 @@ impl Retention {
     ) -> Result<(ItemView, Attested)> {
         let before = self.item(who, &attestation.item_id).await?;
         let item = &before.stored.item;
+        if attestation.deleted_at < item.created_at && item.deleted_at.is_none() {
+            return Err(ConsentError::invalid(
+                "deleted_at",
+                format!(
+                    "must not be before the item's created_at ({}): an item cannot be deleted before it existed",
+                    item.created_at
+                ),
+            ));
+        }
         let status = match before.verdict.status {
             ItemStatus::Keep => "keep",
             ItemStatus::Hold => "hold",
@@ -258,6 +302,7 @@ impl Retention {
                 ("data_category", item.data_category.clone()),
                 ("campaign_id", item.campaign_id.clone()),
                 ("method", attestation.method.clone()),
+                ("deleted_at", attestation.deleted_at.to_string()),
                 // What the ledger said when the deletion was attested: an auditor sees a
                 // held or early deletion for what it was.
                 ("status_at_attestation", status.to_owned()),

@@ -206,11 +206,16 @@ impl RetentionService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        if r.period.is_none() {
-            v.add(
+        match &r.period {
+            None => v.add(
                 "period",
-                "is required (e.g. {\"seconds\": 2592000} for 30 days)",
-            );
+                "is required (e.g. \"2592000s\" for 30 days in grpcurl JSON)",
+            ),
+            Some(p) if p.nanos != 0 => v.add(
+                "period",
+                "must be whole seconds (nanos 0): a retention period is not finer than a second",
+            ),
+            Some(_) => {}
         }
         let period = duration_in(&mut v, "period", r.period.as_ref());
         let anchor = anchor_in(r.anchor);
@@ -406,9 +411,29 @@ impl RetentionService for Api {
         request: Request<pb::ListLegalHoldsRequest>,
     ) -> RpcResult<pb::ListLegalHoldsResponse> {
         let who = principal(&request)?;
-        let holds = self.retention().holds(&who).await.map_err(status)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        let limit = page_size(&mut v, r.page_size);
+        let after = r
+            .page_token
+            .strip_prefix('h')
+            .unwrap_or_default()
+            .to_owned();
+        if !r.page_token.is_empty() && after.is_empty() {
+            v.add(
+                "page_token",
+                "is not a next_page_token of a previous ListLegalHolds page",
+            );
+        }
+        finish(v)?;
+        let (holds, next) = self
+            .retention()
+            .holds(&who, &after, limit)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::ListLegalHoldsResponse {
             holds: holds.iter().map(hold_out).collect(),
+            next_page_token: next.map(|id| format!("h{id}")).unwrap_or_default(),
         }))
     }
 

@@ -1,11 +1,14 @@
 //! `consent.v1.SubjectRightsService`: thin handlers for restriction (Art. 18), objection
-//! (Art. 21) and GPC. Each validates, calls [`crate::ledger::Ledger::exercise`], and answers
-//! what changed.
+//! (Art. 21) and GPC (each validates, calls [`crate::ledger::Ledger::exercise`], and answers
+//! what changed), and the export of a subject (Art. 15/20, [`crate::export`]).
 
 use consent_core::validate::Violations;
 use consent_proto::v1 as pb;
 use consent_proto::v1::subject_rights_service_server::SubjectRightsService;
 use consent_store::FlagsOutcome;
+use std::pin::Pin;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use crate::context::{Principal, principal};
@@ -58,6 +61,30 @@ impl Api {
 
 #[tonic::async_trait]
 impl SubjectRightsService for Api {
+    type ExportSubjectStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportSubjectResponse, Status>> + Send + 'static>>;
+
+    async fn export_subject(
+        &self,
+        request: Request<pb::ExportSubjectRequest>,
+    ) -> RpcResult<Self::ExportSubjectStream> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        validated(&r.subject_id, &[], "")?;
+        let documents = self
+            .retention()
+            .exporter()
+            .start(who.tenant_id, r.subject_id);
+        let stream = ReceiverStream::new(documents).map(|document| match document {
+            Ok(d) => Ok(pb::ExportSubjectResponse {
+                document_type: d.document_type.to_owned(),
+                json: d.json.to_string(),
+            }),
+            Err(e) => Err(status(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn restrict_processing(
         &self,
         request: Request<pb::RestrictProcessingRequest>,

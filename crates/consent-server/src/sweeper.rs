@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use consent_core::commands::new_event_id;
 use consent_core::{Clock, NewRecord, RecordKind, Result, Revision, Timestamp};
-use consent_store::{ExpiredGrant, Store, SweepMark};
+use consent_store::{ExpiredGrant, RetentionCounts, Store};
 use tokio::sync::{mpsc, watch};
 
 /// Expiries read and recorded per transaction.
@@ -136,11 +136,11 @@ impl Sweeper {
                     .saturating_add(1),
             ),
         );
-        let since_time = since.unwrap_or_else(|| SweepMark::start().expired_until);
-        let counts = self
-            .store
-            .retention_counts(tenant, since_time, now, overdue_by)
-            .await?;
+        let became_due = self.store.mark_newly_due(tenant, now).await?;
+        let counts = RetentionCounts {
+            became_due,
+            ..self.store.retention_counts(tenant, now, overdue_by).await?
+        };
         mark.swept_at = Some(now);
         // A tenant without items or expiries gets no summary: the chain is not padded with
         // a record an hour saying nothing.

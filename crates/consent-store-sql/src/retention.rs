@@ -40,12 +40,17 @@ pub(crate) fn no_rule(category: &str) -> consent_core::ConsentError {
     ))
 }
 
-/// True when a hold in force at `$3` covers data item `i` (an SQL condition).
-pub(crate) const HELD: &str = "EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = i.tenant_id \
-     AND h.released_at IS NULL AND (h.until IS NULL OR h.until > $3) \
-     AND ((h.scope = 'subject' AND h.scope_id = i.subject_id) \
-       OR (h.scope = 'item' AND h.scope_id = i.item_id) \
-       OR (h.scope = 'campaign' AND h.scope_id = i.campaign_id AND i.campaign_id <> '')))";
+/// An SQL condition: a hold in force at the time bound as `now` (e.g. `$3`) covers data
+/// item `i`.
+pub(crate) fn held(now: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM legal_holds h WHERE h.tenant_id = i.tenant_id \
+         AND h.released_at IS NULL AND (h.until IS NULL OR h.until > {now}) \
+         AND ((h.scope = 'subject' AND h.scope_id = i.subject_id) \
+           OR (h.scope = 'item' AND h.scope_id = i.item_id) \
+           OR (h.scope = 'campaign' AND h.scope_id = i.campaign_id AND i.campaign_id <> '')))"
+    )
+}
 
 pub(crate) const ITEM_COLUMNS: &str = "item_id, subject_id, data_category, campaign_id, created_at, anchor_at, \
      delete_after, deleted_at, attestation_revision, registered_at";
@@ -84,7 +89,7 @@ macro_rules! sql_retention_store {
 
         use $crate::errors::db;
         use $crate::retention::{
-            HELD, HOLD_COLUMNS, ITEM_COLUMNS, RECORD_COLUMNS, hold_scope, hold_scope_parts,
+            HOLD_COLUMNS, ITEM_COLUMNS, held, RECORD_COLUMNS, hold_scope, hold_scope_parts,
             no_rule,
         };
         use $crate::rows::{from_json, hash32, parse, to_json};
@@ -632,10 +637,16 @@ macro_rules! sql_retention_store {
             ) -> Result<Registered> {
                 let mut tx = self.begin_retention(tenant).await?;
                 if let Some(stored) = item_in(&mut tx, tenant, &item.item_id).await? {
+                    // A retry that omits the anchor (not known when first sent) matches an item
+                    // whose anchor was set since.
                     let same = DataItem {
                         deleted_at: None,
+                        anchor_at: item.anchor_at.or(stored.item.anchor_at),
+                        ..item.clone()
+                    } == DataItem {
+                        deleted_at: None,
                         ..stored.item.clone()
-                    } == *item;
+                    };
                     return if same {
                         Ok(Registered {
                             item: stored,
@@ -683,6 +694,30 @@ macro_rules! sql_retention_store {
                     },
                     replayed: false,
                 })
+            }
+
+            async fn subject_items(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                after_item_id: &str,
+                limit: usize,
+            ) -> Result<Vec<StoredItem>> {
+                let sql = format!(
+                    "SELECT {ITEM_COLUMNS} FROM data_items WHERE tenant_id = $1 AND subject_id = $2 \
+                     AND item_id > $3 ORDER BY item_id LIMIT $4"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(subject_id)
+                    .bind(after_item_id)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?
+                    .iter()
+                    .map(item_from_row)
+                    .collect()
             }
 
             async fn data_item(&self, tenant: &str, item_id: &str) -> Result<Option<StoredItem>> {
@@ -784,18 +819,24 @@ macro_rules! sql_retention_store {
                 &self,
                 tenant: &str,
                 scope: Option<&HoldScope>,
+                now: Timestamp,
+                after_hold_id: &str,
+                limit: usize,
             ) -> Result<Vec<StoredHold>> {
                 let (kind, id) = scope.map(hold_scope_parts).unzip();
                 let sql = format!(
                     "SELECT {HOLD_COLUMNS} FROM legal_holds WHERE tenant_id = $1 \
-                     AND released_at IS NULL \
+                     AND released_at IS NULL AND (until IS NULL OR until > $4) \
                      AND (CAST($2 AS TEXT) IS NULL OR (scope = $2 AND scope_id = $3)) \
-                     ORDER BY created_at, hold_id"
+                     AND hold_id > $5 ORDER BY hold_id LIMIT $6"
                 );
                 sqlx::query(&sql)
                     .bind(tenant)
                     .bind(kind)
                     .bind(id)
+                    .bind(time(now)?)
+                    .bind(after_hold_id)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .fetch_all(self.$reader())
                     .await
                     .map_err(db)?
@@ -843,8 +884,9 @@ macro_rules! sql_retention_store {
                      AND (CAST($5 AS TEXT) IS NULL OR i.campaign_id = $5) \
                      AND (CAST($7 AS TEXT) IS NULL OR i.delete_after > $6 \
                           OR (i.delete_after = $6 AND i.item_id > $7)) \
-                     AND NOT {HELD} \
-                     ORDER BY i.delete_after, i.item_id LIMIT $8"
+                     AND NOT {} \
+                     ORDER BY i.delete_after, i.item_id LIMIT $8",
+                    held("$3")
                 );
                 sqlx::query(&sql)
                     .bind(tenant)
@@ -966,8 +1008,9 @@ macro_rules! sql_retention_store {
                 until: Timestamp,
                 limit: usize,
             ) -> Result<Vec<ExpiredGrant>> {
-                // Only grants still projected (the current choice): a withdrawn or replaced
-                // grant has nothing left to expire.
+                // Only grants still projected (the current choice) and not overtaken by a
+                // withdraw-all (collected at or after them: a tie goes to the withdrawal, as
+                // in decide): a withdrawn or replaced grant has nothing left to expire.
                 let rows = sqlx::query(
                     "SELECT e.subject_id, e.purpose_id, e.vendor_id, CAST(e.event_id AS TEXT), \
                      e.expires_at, e.revision FROM consent_events e \
@@ -976,6 +1019,9 @@ macro_rules! sql_retention_store {
                       AND s.event_id = e.event_id \
                      WHERE e.tenant_id = $1 AND e.decision = 'granted' \
                      AND e.expires_at IS NOT NULL AND e.expires_at <= $2 \
+                     AND NOT EXISTS (SELECT 1 FROM consent_state w WHERE w.tenant_id = e.tenant_id \
+                      AND w.subject_id = e.subject_id AND w.purpose_id = '' \
+                      AND w.collected_at >= s.collected_at) \
                      AND (e.expires_at > $3 OR (e.expires_at = $3 AND e.revision > $4)) \
                      ORDER BY e.expires_at, e.revision LIMIT $5",
                 )
@@ -1033,24 +1079,39 @@ macro_rules! sql_retention_store {
                 Ok(sealed)
             }
 
+            async fn mark_newly_due(&self, tenant: &str, now: Timestamp) -> Result<i64> {
+                let sql = format!(
+                    "UPDATE data_items SET due_reported_at = $2 WHERE tenant_id = $1 \
+                     AND deleted_at IS NULL AND due_reported_at IS NULL AND delete_after <= $2 \
+                     AND item_id IN (SELECT i.item_id FROM data_items i WHERE i.tenant_id = $1 \
+                       AND i.deleted_at IS NULL AND i.due_reported_at IS NULL \
+                       AND i.delete_after <= $2 AND NOT {})",
+                    held("$2")
+                );
+                let marked = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(time(now)?)
+                    .execute(self.$writer())
+                    .await
+                    .map_err(db)?;
+                Ok(i64::try_from(marked.rows_affected()).unwrap_or(i64::MAX))
+            }
+
             async fn retention_counts(
                 &self,
                 tenant: &str,
-                since: Timestamp,
                 now: Timestamp,
                 overdue_by: Timestamp,
             ) -> Result<RetentionCounts> {
+                let held = held("$2");
                 let sql = format!(
                     "SELECT COUNT(*), \
-                     COALESCE(SUM(CASE WHEN i.delete_after > $2 AND i.delete_after <= $3 \
-                       AND NOT {HELD} THEN 1 ELSE 0 END), 0), \
-                     COALESCE(SUM(CASE WHEN i.delete_after <= $3 AND NOT {HELD} THEN 1 ELSE 0 END), 0), \
-                     COALESCE(SUM(CASE WHEN i.delete_after <= $4 AND NOT {HELD} THEN 1 ELSE 0 END), 0) \
+                     COALESCE(SUM(CASE WHEN i.delete_after <= $2 AND NOT {held} THEN 1 ELSE 0 END), 0), \
+                     COALESCE(SUM(CASE WHEN i.delete_after <= $3 AND NOT {held} THEN 1 ELSE 0 END), 0) \
                      FROM data_items i WHERE i.tenant_id = $1 AND i.deleted_at IS NULL"
                 );
                 let row = sqlx::query(&sql)
                     .bind(tenant)
-                    .bind(time(since)?)
                     .bind(time(now)?)
                     .bind(time(overdue_by)?)
                     .fetch_one(self.$reader())
@@ -1058,9 +1119,9 @@ macro_rules! sql_retention_store {
                     .map_err(db)?;
                 Ok(RetentionCounts {
                     items: row.try_get(0).map_err(db)?,
-                    became_due: row.try_get(1).map_err(db)?,
-                    due: row.try_get(2).map_err(db)?,
-                    overdue: row.try_get(3).map_err(db)?,
+                    became_due: 0,
+                    due: row.try_get(1).map_err(db)?,
+                    overdue: row.try_get(2).map_err(db)?,
                 })
             }
         }

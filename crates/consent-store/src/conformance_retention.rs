@@ -253,6 +253,16 @@ pub async fn data_items_register_once_and_need_a_rule(store: &Arc<dyn Store>) {
     let closed = ok(store.update_anchor(&t, "ticket-1", day(10)).await);
     assert_eq!(closed.item.anchor_at, Some(day(10)));
     assert_eq!(closed.delete_after, Some(day(740)));
+    // A retry of the registration, sent without the anchor it did not know, still replays.
+    let retried = ok(store.register_item(&t, &ticket, day(11)).await);
+    assert!(retried.replayed);
+    assert_eq!(retried.item.delete_after, Some(day(740)));
+    let mut other_anchor = ticket.clone();
+    other_anchor.anchor_at = Some(day(12));
+    assert!(matches!(
+        store.register_item(&t, &other_anchor, day(12)).await,
+        Err(ConsentError::AlreadyExists(_))
+    ));
     assert!(matches!(
         store.update_anchor(&t, "nope", day(10)).await,
         Err(ConsentError::NotFound { .. })
@@ -336,13 +346,43 @@ pub async fn due_items_page_in_order_and_skip_held_items(store: &Arc<dyn Store>)
         .await);
     assert_eq!(covering.len(), 1);
     assert_eq!(covering[0].hold_id, on_spring.hold_id);
-    assert_eq!(ok(store.legal_holds(&t, None).await).len(), 3);
+    assert_eq!(
+        ok(store.legal_holds(&t, None, day(100), "", 100).await).len(),
+        3
+    );
     assert_eq!(
         ok(store
-            .legal_holds(&t, Some(&HoldScope::Subject("alice".into())))
+            .legal_holds(
+                &t,
+                Some(&HoldScope::Subject("alice".into())),
+                day(100),
+                "",
+                100
+            )
             .await)
         .len(),
         1
+    );
+    // Paged by id; a hold whose end passed is not in force.
+    let first = ok(store.legal_holds(&t, None, day(100), "", 2).await);
+    let rest = ok(store
+        .legal_holds(&t, None, day(100), &first[1].hold_id, 2)
+        .await);
+    let paged: Vec<&str> = first
+        .iter()
+        .chain(&rest)
+        .map(|h| h.hold_id.as_str())
+        .collect();
+    let mut all = vec![
+        on_alice.hold_id.as_str(),
+        on_d.hold_id.as_str(),
+        on_spring.hold_id.as_str(),
+    ];
+    all.sort_unstable();
+    assert_eq!(paged, all);
+    assert_eq!(
+        ok(store.legal_holds(&t, None, day(150), "", 100).await).len(),
+        2
     );
     let released = ok(store
         .release_legal_hold(&t, &on_spring.hold_id, day(120))
@@ -354,7 +394,10 @@ pub async fn due_items_page_in_order_and_skip_held_items(store: &Arc<dyn Store>)
         .await);
     assert_eq!(again.released_at, Some(day(120)));
     assert_eq!(ids(ok(store.due_items(&t, &due(100)).await)), ["b", "e"]);
-    assert_eq!(ok(store.legal_holds(&t, None).await).len(), 2);
+    assert_eq!(
+        ok(store.legal_holds(&t, None, day(100), "", 100).await).len(),
+        2
+    );
     assert!(matches!(
         store.release_legal_hold(&t, "nope", day(1)).await,
         Err(ConsentError::NotFound { .. })
@@ -518,7 +561,7 @@ pub async fn retention_is_tenant_scoped(store: &Arc<dyn Store>) {
     );
     assert_eq!(ok(store.data_item(&b, "rec-1").await), None);
     assert!(ok(store.due_items(&b, &due(400)).await).is_empty());
-    assert!(ok(store.legal_holds(&b, None).await).is_empty());
+    assert!(ok(store.legal_holds(&b, None, day(2), "", 100).await).is_empty());
     assert!(matches!(
         store.release_legal_hold(&b, &h.hold_id, day(2)).await,
         Err(ConsentError::NotFound { .. })
@@ -540,7 +583,7 @@ pub async fn retention_is_tenant_scoped(store: &Arc<dyn Store>) {
         ok(store.data_item(&a, "rec-1").await).map(|i| i.item.subject_id),
         Some("alice".into())
     );
-    assert!(ok(store.legal_holds(&a, None).await).len() == 1);
+    assert!(ok(store.legal_holds(&a, None, day(2), "", 100).await).len() == 1);
 }
 
 fn flag(kind: RecordKind, subject: &str, purpose: &str, at: i64) -> NewRecord {

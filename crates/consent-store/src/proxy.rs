@@ -267,6 +267,20 @@ macro_rules! retention_store_proxy {
                 )
                 .await
             }
+            async fn subject_items(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                after_item_id: &str,
+                limit: usize,
+            ) -> consent_core::Result<Vec<$crate::StoredItem>> {
+                self.around(
+                    "subject_items",
+                    self.inner()
+                        .subject_items(tenant, subject_id, after_item_id, limit),
+                )
+                .await
+            }
             async fn data_item(
                 &self,
                 tenant: &str,
@@ -314,9 +328,16 @@ macro_rules! retention_store_proxy {
                 &self,
                 tenant: &str,
                 scope: Option<&consent_core::retention::HoldScope>,
+                now: consent_core::Timestamp,
+                after_hold_id: &str,
+                limit: usize,
             ) -> consent_core::Result<Vec<$crate::StoredHold>> {
-                self.around("legal_holds", self.inner().legal_holds(tenant, scope))
-                    .await
+                self.around(
+                    "legal_holds",
+                    self.inner()
+                        .legal_holds(tenant, scope, now, after_hold_id, limit),
+                )
+                .await
             }
             async fn holds_covering(
                 &self,
@@ -389,17 +410,23 @@ macro_rules! retention_store_proxy {
                 )
                 .await
             }
+            async fn mark_newly_due(
+                &self,
+                tenant: &str,
+                now: consent_core::Timestamp,
+            ) -> consent_core::Result<i64> {
+                self.around("mark_newly_due", self.inner().mark_newly_due(tenant, now))
+                    .await
+            }
             async fn retention_counts(
                 &self,
                 tenant: &str,
-                since: consent_core::Timestamp,
                 now: consent_core::Timestamp,
                 overdue_by: consent_core::Timestamp,
             ) -> consent_core::Result<$crate::RetentionCounts> {
                 self.around(
                     "retention_counts",
-                    self.inner()
-                        .retention_counts(tenant, since, now, overdue_by),
+                    self.inner().retention_counts(tenant, now, overdue_by),
                 )
                 .await
             }

@@ -191,6 +191,15 @@ pub trait RetentionStore: Send + Sync {
         now: Timestamp,
     ) -> Result<Registered>;
 
+    /// The items of a subject, by id, after `after_item_id` (exclusive), at most `limit`.
+    async fn subject_items(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        after_item_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredItem>>;
+
     /// An item by id.
     async fn data_item(&self, tenant: &str, item_id: &str) -> Result<Option<StoredItem>>;
 
@@ -216,9 +225,17 @@ pub trait RetentionStore: Send + Sync {
         at: Timestamp,
     ) -> Result<StoredHold>;
 
-    /// The holds not released, oldest first; with `scope`, only those with that scope.
-    async fn legal_holds(&self, tenant: &str, scope: Option<&HoldScope>)
-    -> Result<Vec<StoredHold>>;
+    /// The holds in force at `now` (not released, not ended), by id (UUIDv7: oldest
+    /// first), after `after_hold_id` (exclusive; empty: from the first), at most `limit`;
+    /// with `scope`, only those with that scope.
+    async fn legal_holds(
+        &self,
+        tenant: &str,
+        scope: Option<&HoldScope>,
+        now: Timestamp,
+        after_hold_id: &str,
+        limit: usize,
+    ) -> Result<Vec<StoredHold>>;
 
     /// The holds not released that cover `item` (by subject, item or campaign).
     async fn holds_covering(&self, tenant: &str, item: &DataItem) -> Result<Vec<StoredHold>>;
@@ -269,12 +286,17 @@ pub trait RetentionStore: Send + Sync {
         mark: &SweepMark,
     ) -> Result<Vec<LedgerRecord>>;
 
-    /// Counts of the tenant's items at `now`: all not deleted; due since `since`; due; due
-    /// at or before `overdue_by` (overdue). Held items are not due.
+    /// Marks the items due at `now` (not deleted, not held) that no sweep reported yet as
+    /// reported, and returns how many there were: the items that became due since the last
+    /// sweep, however they became due.
+    async fn mark_newly_due(&self, tenant: &str, now: Timestamp) -> Result<i64>;
+
+    /// Counts of the tenant's items at `now`: all not deleted; due; due at or before
+    /// `overdue_by` (overdue). Held items are not due. (`became_due` is left 0: see
+    /// [`RetentionStore::mark_newly_due`].)
     async fn retention_counts(
         &self,
         tenant: &str,
-        since: Timestamp,
         now: Timestamp,
         overdue_by: Timestamp,
     ) -> Result<RetentionCounts>;
