@@ -1,12 +1,13 @@
-//! The decision engine on arbitrary purposes, choices and policy histories: never a panic,
-//! and never "allowed" without a reason that allows.
+//! The decision engine on arbitrary purposes, choices, policy histories and subject flags
+//! (restriction, objections, GPC): never a panic, never "allowed" without a reason that
+//! allows, and never allowed where a flag in force forbids it.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use consent_core::{
     Catalog, Decision, LegalBasis, PolicyVersion, Purpose, PurposeCategory, Reason, StateEntry,
-    SubjectState, Timestamp, decide,
+    SubjectFlags, SubjectState, Timestamp, decide,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -35,6 +36,10 @@ struct Input {
     at: i64,
     choices: Vec<Choice>,
     policies: Vec<Policy>,
+    restricted_since: Option<i64>,
+    /// (objects to this purpose rather than to all, since)
+    objection: Option<(bool, i64)>,
+    gpc_since: Option<i64>,
 }
 
 const VENDORS: [&str; 3] = ["", "ga4", "hubspot"];
@@ -90,6 +95,18 @@ fuzz_target!(|input: Input| {
             })
             .collect(),
         revision: 0,
+        flags: SubjectFlags {
+            restricted_since: input.restricted_since.map(Timestamp),
+            objections: input
+                .objection
+                .map(|(specific, since)| {
+                    let purpose = if specific { "analytics" } else { "" };
+                    (purpose.to_owned(), Timestamp(since))
+                })
+                .into_iter()
+                .collect(),
+            gpc_since: input.gpc_since.map(Timestamp),
+        },
     };
     let verdict = decide(
         &purpose,
@@ -99,6 +116,17 @@ fuzz_target!(|input: Input| {
         Timestamp(input.at),
     );
     assert_eq!(verdict.allowed, verdict.reason.allows());
+    let at = Timestamp(input.at);
+    let flags = &state.flags;
+    if flags.restricted_at(at) && purpose.category != PurposeCategory::StrictlyNecessary {
+        assert_eq!(verdict.reason, Reason::ProcessingRestricted);
+    }
+    if purpose.objection_applies() && flags.objected_at(&purpose.id, at) {
+        assert!(!verdict.allowed);
+    }
+    if purpose.category == PurposeCategory::Marketing && flags.gpc_at(at) {
+        assert!(!verdict.allowed);
+    }
     if verdict.allowed
         && purpose.legal_basis == LegalBasis::Consent
         && purpose.category != PurposeCategory::StrictlyNecessary

@@ -233,3 +233,125 @@ async fn a_voice_call_from_consent_to_attested_deletion() {
         server.stop().await;
     }
 }
+
+/// An export tells a withdraw-all for what it did: the grants it overtook are superseded,
+/// naming it; and no more than `MAX_CONCURRENT_EXPORTS` exports run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_show_a_withdraw_all_and_are_bounded() {
+    let server = TestServer::sqlite().await;
+    let client = &server.client;
+    apply_seed_catalog(client).await;
+    ok(
+        client
+            .consent()
+            .record_consent(record(
+                CALLER,
+                &[
+                    ("analytics", Decision::Granted),
+                    ("marketing_communications", Decision::Granted),
+                ],
+                Channel::Web,
+            ))
+            .await,
+        "grant",
+    );
+    let withdrawal = ok(
+        client
+            .consent()
+            .withdraw_consent(pb::WithdrawConsentRequest {
+                subject_id: CALLER.into(),
+                channel: Channel::Web.into(),
+                ..Default::default()
+            })
+            .await,
+        "withdraw all",
+    );
+    let withdraw_all_id = withdrawal.events[0].id.clone();
+    let documents = export(client).await;
+    let records: Vec<&Value> = documents
+        .iter()
+        .filter(|(t, _)| t == "consent_record")
+        .map(|(_, j)| j)
+        .collect();
+    assert_eq!(records.len(), 3);
+    for grant in records.iter().filter(|r| r["event"]["type"] == "granted") {
+        assert_eq!(grant["state"], "superseded", "{grant}");
+        assert_eq!(
+            grant["withdrawal"]["withdrawn_by_event"],
+            withdraw_all_id.as_str()
+        );
+    }
+    let all = records
+        .iter()
+        .find(|r| r["record_id"] == withdraw_all_id.as_str())
+        .unwrap_or_else(|| panic!("the withdraw-all is exported"));
+    assert_eq!(all["purposes"][0]["purpose_id"], "");
+    assert!(all["purposes"][0]["scope"].is_string(), "{all}");
+    assert_eq!(all["state"], "withdrawn");
+
+    // Enough documents that an unread export holds its place: more than the export's buffer
+    // and the HTTP/2 windows and send buffers together (40 events of 128 KB of evidence).
+    let evidence = pb::Evidence {
+        attributes: (0..32)
+            .map(|i| (format!("note-{i}"), "x".repeat(4000)))
+            .collect(),
+        ..Default::default()
+    };
+    for i in 0..40 {
+        let mut grant = record(
+            CALLER,
+            &[(
+                if i % 2 == 0 {
+                    "analytics"
+                } else {
+                    "functional"
+                },
+                Decision::Granted,
+            )],
+            Channel::Web,
+        );
+        grant.evidence = Some(evidence.clone());
+        ok(client.consent().record_consent(grant).await, "grant");
+    }
+    // Each export on its own connection: unread streams fill their connection's window.
+    let connect = || async {
+        ConsentClient::connect(format!("http://{}", server.addr))
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    };
+    let mut held = Vec::new();
+    for _ in 0..consent_server::export::MAX_CONCURRENT_EXPORTS {
+        let mut stream = ok(
+            connect()
+                .await
+                .rights()
+                .export_subject(pb::ExportSubjectRequest {
+                    subject_id: CALLER.into(),
+                })
+                .await,
+            "export",
+        );
+        // The first document proves the export runs (and holds its place).
+        let first = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no export document within the safety net"));
+        assert!(matches!(first, Ok(Some(_))), "{first:?}");
+        held.push(stream);
+    }
+    let refused = connect()
+        .await
+        .rights()
+        .export_subject(pb::ExportSubjectRequest {
+            subject_id: CALLER.into(),
+        })
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("one export too many was accepted"));
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    drop(held);
+    server.stop().await;
+}

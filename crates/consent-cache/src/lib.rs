@@ -188,6 +188,11 @@ impl CacheStats {
 /// are always attempted.
 pub const SKIP_AFTER_FAULT: Duration = Duration::from_secs(1);
 
+/// A ledger read that took longer than this is not put in the cache (it is answered all the
+/// same): the in-process cache's write guards last longer ([`memory::GUARD_WINDOW`]), so a
+/// fill always meets the guard of any write that committed after its read began.
+pub const MAX_FILL_READ_AGE: Duration = Duration::from_secs(5);
+
 /// The most a write waits for the cache, before its commit (pending markers) and after it
 /// (tombstones) each: past it the cache counts as unreachable and the write is fenced
 /// instead, so a slow or dead cache adds at most this much to a write, twice.
@@ -561,6 +566,7 @@ impl LedgerStore for CachedStore {
             }
         }
         // Behind the same tombstone, concurrent misses share one read (see single_flight).
+        let read_started = Instant::now();
         let (state, joined) = match tombstone {
             Some(revision) => {
                 self.loads
@@ -584,7 +590,9 @@ impl LedgerStore for CachedStore {
                 .subject_state(tenant, subject_id, None, Consistency::Full)
                 .await;
         }
-        if let Err(e) = self.cache.fill_state(tenant, subject_id, &state).await {
+        if read_started.elapsed() < MAX_FILL_READ_AGE
+            && let Err(e) = self.cache.fill_state(tenant, subject_id, &state).await
+        {
             self.fallback("fill state", &e);
         }
         Ok(state)
@@ -646,12 +654,14 @@ impl LedgerStore for CachedStore {
                 .iter()
                 .filter_map(|&i| subjects.get(i).cloned())
                 .collect();
+            let read_started = Instant::now();
             let read = self
                 .inner
                 .subject_states(tenant, &names, Consistency::Full)
                 .await?;
+            let fill = read_started.elapsed() < MAX_FILL_READ_AGE;
             for ((&i, name), state) in missing.iter().zip(&names).zip(read) {
-                if let Err(e) = self.cache.fill_state(tenant, name, &state).await {
+                if fill && let Err(e) = self.cache.fill_state(tenant, name, &state).await {
                     self.fallback("fill state", &e);
                 }
                 if let Some(slot) = states.get_mut(i) {

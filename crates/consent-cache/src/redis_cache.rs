@@ -42,6 +42,30 @@ local function of_this_run(raw)
 end
 "#;
 
+/// Refuses a Redis that may evict keys: a tombstone or pending marker evicted under memory
+/// pressure would let a fill read before a write land after it, and a stale entry answer
+/// (an outside test found exactly that with `allkeys-lru`). Only `noeviction` (or no
+/// `maxmemory`) keeps markers until they expire. Shared by `PUT_IF` (for markers) and the
+/// start-up check.
+const NO_EVICTION: &str = r#"
+local function evicting()
+  local mem = redis.call('INFO', 'memory')
+  local maxmemory = tonumber(string.match(mem, 'maxmemory:(%d+)')) or 0
+  local policy = string.match(mem, 'maxmemory_policy:([%w%-]+)') or 'noeviction'
+  if maxmemory > 0 and policy ~= 'noeviction' then
+    return 'consent cache: this Redis evicts keys (maxmemory ' .. maxmemory .. ', maxmemory-policy ' .. policy .. '): an evicted tombstone could let a stale entry answer after a write; set maxmemory-policy noeviction (or maxmemory 0)'
+  end
+  return nil
+end
+"#;
+
+/// The start-up check: an error when the server may evict keys.
+const CHECK_EVICTION: &str = r#"
+local why = evicting()
+if why then return redis.error_reply(why) end
+return 1
+"#;
+
 /// Reads an entry stored under the current run. KEYS[1] the key; returns the value or nil.
 const GET_CURRENT: &str = r#"
 local value = of_this_run(redis.call('GET', KEYS[1]))
@@ -69,8 +93,13 @@ const HELD_CATALOGS: usize = 10_000;
 /// `T<version>:` tombstone, `P:` pending, stored as `<run_id>|<value>`. Returns 1 when
 /// stored, 0 when the entry wins.
 const PUT_IF: &str = r#"
-local current = of_this_run(redis.call('GET', KEYS[1]))
 local op = ARGV[2]
+if op ~= 'fill' then
+  -- A marker on a server that may evict it protects nothing: refuse, so the write fences.
+  local why = evicting()
+  if why then return redis.error_reply(why) end
+end
+local current = of_this_run(redis.call('GET', KEYS[1]))
 if current and op ~= 'pending' then
   local kind = string.sub(current, 1, 1)
   if kind == 'P' then
@@ -260,10 +289,22 @@ impl RedisCache {
     /// wrongly, or a server that refuses scripts, stops the start instead of making every
     /// read fall back.
     async fn usable(self) -> Result<RedisCache> {
-        match self.get(&catalog_key(&self.namespace, "")).await {
+        if let Err(e) = self.get(&catalog_key(&self.namespace, "")).await {
+            return Err(ConsentError::Unavailable(format!(
+                "{} does not answer the cache's commands: {e}",
+                self.description
+            )));
+        }
+        let check = Script::new(&format!("{NO_EVICTION}{CHECK_EVICTION}"));
+        let invocation = check.key(catalog_key(&self.namespace, ""));
+        let answer: Result<i64> = match self.connection.clone() {
+            Connection::Standalone(mut c) => invoke(&invocation, &mut c).await,
+            Connection::Cluster(mut c) => invoke(&invocation, &mut c).await,
+        };
+        match answer {
             Ok(_) => Ok(self),
             Err(e) => Err(ConsentError::Unavailable(format!(
-                "{} does not answer the cache's commands: {e}",
+                "{} cannot hold the cache: {e}",
                 self.description
             ))),
         }
@@ -286,7 +327,7 @@ impl RedisCache {
             get_current: Script::new(&format!("{CURRENT_RUN}{GET_CURRENT}")),
             get_unless_held: Script::new(&format!("{CURRENT_RUN}{GET_UNLESS_HELD}")),
             catalogs: std::sync::Arc::default(),
-            put_if: Script::new(&format!("{CURRENT_RUN}{PUT_IF}")),
+            put_if: Script::new(&format!("{CURRENT_RUN}{NO_EVICTION}{PUT_IF}")),
             description,
             namespace: namespace.to_owned(),
         })

@@ -11,17 +11,22 @@ use std::sync::Arc;
 
 use consent_core::retention::{RetentionBound, item_status};
 use consent_core::{
-    Catalog, Clock, ConsentEvent, Decision, LedgerRecord, Result, Revision, StateEntry,
-    SubjectState, Timestamp, decide,
+    Catalog, Clock, ConsentError, ConsentEvent, Decision, LedgerRecord, Result, Revision,
+    SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, decide,
 };
 use consent_store::{Consistency, EventQuery, LedgerEntry, RetentionRules, Store, list_entries};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-/// Ledger entries and items read per page.
-const PAGE: usize = 500;
+/// Ledger entries and items read per page (a page of events with the largest evidence is a
+/// few MB).
+const PAGE: usize = 100;
 /// Documents buffered ahead of a slow reader.
 const BUFFER: usize = 16;
+/// Exports one replica runs at once; more are RESOURCE_EXHAUSTED (an outside test held 20
+/// stalled exports of maximal evidence open: 1.6 GB). Each holds at most a page and the
+/// buffer.
+pub const MAX_CONCURRENT_EXPORTS: usize = 8;
 
 /// One exported document.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,12 +37,13 @@ pub struct ExportDocument {
     pub json: Value,
 }
 
-/// What an export reads from.
+/// What an export reads from, and the exports in flight.
 #[derive(Clone)]
 pub struct Exporter {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     overdue_grace_secs: i64,
+    running: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Exporter {
@@ -61,24 +67,34 @@ impl Exporter {
             store,
             clock,
             overdue_grace_secs,
+            running: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_EXPORTS)),
         }
     }
 
     /// Starts exporting `subject_id` of `tenant`; the documents arrive on the receiver (the
     /// export waits while the reader is slow, so memory stays bounded).
+    /// `ResourceExhausted` when [`MAX_CONCURRENT_EXPORTS`] run already.
     pub fn start(
         &self,
         tenant: String,
         subject_id: String,
-    ) -> mpsc::Receiver<Result<ExportDocument>> {
+    ) -> Result<mpsc::Receiver<Result<ExportDocument>>> {
+        let permit = Arc::clone(&self.running)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ConsentError::ResourceExhausted(format!(
+                    "{MAX_CONCURRENT_EXPORTS} subject exports are running on this replica; retry when one ends"
+                ))
+            })?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let this = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = this.run(&tenant, &subject_id, &tx).await {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        rx
+        Ok(rx)
     }
 
     async fn run(
@@ -251,13 +267,15 @@ impl Exporter {
 }
 
 /// The state of a consent event now: whether it is still the subject's choice for its
-/// purpose and vendor, and what it says.
+/// purpose and vendor (and not overtaken by a withdraw-all), and what it says.
 fn record_state(
     event: &ConsentEvent,
     current: Option<&StateEntry>,
+    withdrawn_by_all: bool,
     now: Timestamp,
 ) -> &'static str {
     match current {
+        _ if withdrawn_by_all => "superseded",
         Some(c) if c.event_id == event.event.id => match event.event.decision {
             Decision::Granted if event.event.expires_at.is_some_and(|t| t <= now) => "expired",
             Decision::Granted => "active",
@@ -312,9 +330,27 @@ fn consent_record(
             "legal_basis": r.legal_basis,
         })
     });
-    let withdrawn_by = current
-        .filter(|c| c.event_id != n.id && c.decision == Decision::Withdrawn)
-        .map(|c| c.event_id.clone());
+    // A withdraw-all collected at or after a grant overtakes it, as in `decide`.
+    let this = consent_core::StateEntry::from_event(event);
+    let withdraw_all = (n.decision == Decision::Granted && n.purpose_id != SUBJECT_WIDE)
+        .then(|| state.subject_wide().find(|w| w.supersedes(&this)))
+        .flatten();
+    let withdrawn_by = withdraw_all.map(|w| w.event_id.clone()).or_else(|| {
+        current
+            .filter(|c| c.event_id != n.id && c.decision == Decision::Withdrawn)
+            .map(|c| c.event_id.clone())
+    });
+    let purposes = if n.purpose_id == SUBJECT_WIDE {
+        json!([{"purpose_id": "", "scope": "every purpose and vendor (a withdraw-all)"}])
+    } else {
+        json!([{
+            "purpose_id": n.purpose_id,
+            "name": purpose.map(|p| p.name.clone()),
+            "description": purpose.map(|p| p.description.clone()),
+            "category": purpose.map(|p| p.category.as_str()),
+            "legal_basis": purpose.map(|p| p.legal_basis.as_str()),
+        }])
+    };
     json!({
         "schema": "consent-ledger/iso-27560-consent-record/v1",
         "record_id": n.id,
@@ -325,13 +361,7 @@ fn consent_record(
             "published_at": opt_time(policy.map(|p| p.published_at)),
             "text_sha256": policy.map(|p| p.text_sha256.clone()),
         },
-        "purposes": [{
-            "purpose_id": n.purpose_id,
-            "name": purpose.map(|p| p.name.clone()),
-            "description": purpose.map(|p| p.description.clone()),
-            "category": purpose.map(|p| p.category.as_str()),
-            "legal_basis": purpose.map(|p| p.legal_basis.as_str()),
-        }],
+        "purposes": purposes,
         "recipients": recipients,
         "retention": retention,
         "collection": {
@@ -350,7 +380,7 @@ fn consent_record(
             "actor_key_id": n.actor_key_id,
         },
         "validity": {"expires_at": opt_time(n.expires_at)},
-        "state": record_state(event, current, now),
+        "state": record_state(event, current, withdraw_all.is_some(), now),
         "withdrawal": {
             "method": "any channel, as easily as consent was given: ConsentService.WithdrawConsent (web, mobile, voice, API)",
             "withdrawn_by_event": withdrawn_by,

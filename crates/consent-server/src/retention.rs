@@ -70,6 +70,7 @@ pub struct Retention {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     overdue_grace_secs: i64,
+    exporter: crate::export::Exporter,
 }
 
 impl std::fmt::Debug for Retention {
@@ -86,19 +87,21 @@ impl Retention {
     /// `overdue_grace_secs` is overdue.
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, overdue_grace_secs: i64) -> Retention {
         Retention {
+            exporter: crate::export::Exporter::new(
+                Arc::clone(&store),
+                Arc::clone(&clock),
+                overdue_grace_secs,
+            ),
             store,
             clock,
             overdue_grace_secs,
         }
     }
 
-    /// An exporter of subjects over the same store and clock.
-    pub fn exporter(&self) -> crate::export::Exporter {
-        crate::export::Exporter::new(
-            Arc::clone(&self.store),
-            Arc::clone(&self.clock),
-            self.overdue_grace_secs,
-        )
+    /// The exporter of subjects over the same store and clock (one per server: it bounds
+    /// the exports running at once).
+    pub fn exporter(&self) -> &crate::export::Exporter {
+        &self.exporter
     }
 
     /// The current time of this layer's clock.

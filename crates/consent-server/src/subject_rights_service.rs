@@ -74,7 +74,8 @@ impl SubjectRightsService for Api {
         let documents = self
             .retention()
             .exporter()
-            .start(who.tenant_id, r.subject_id);
+            .start(who.tenant_id, r.subject_id)
+            .map_err(status)?;
         let stream = ReceiverStream::new(documents).map(|document| match document {
             Ok(d) => Ok(pb::ExportSubjectResponse {
                 document_type: d.document_type.to_owned(),
