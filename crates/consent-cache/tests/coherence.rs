@@ -730,3 +730,63 @@ async fn a_replica_whose_namespace_was_rotated_fences_its_writes() {
         .unwrap_or_else(|e| panic!("sync: {e}"));
     assert_eq!(read(&new).await, Some(Decision::Granted));
 }
+
+/// A Redis that may evict keys is refused when the cache connects (an evicted tombstone
+/// would let a fill read before a write land after it: a stale answer); one whose policy
+/// turns evicting later refuses the write markers, so writes fence in the ledger instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_may_evict_is_refused() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(None).await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    redis.cli(&["CONFIG", "SET", "maxmemory", "100mb"]).await;
+    redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"])
+        .await;
+    match RedisCache::standalone(&url, NAMESPACE, TTL).await {
+        Err(e) => assert!(e.to_string().contains("noeviction"), "{e}"),
+        Ok(_) => panic!("a Redis that evicts keys was accepted"),
+    }
+    redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        .await;
+    let cache = RedisCache::standalone(&url, NAMESPACE, TTL)
+        .await
+        .unwrap_or_else(|e| panic!("a noeviction Redis is fine: {e}"));
+    let (ledger, _dir) = ledger().await;
+    let store = CachedStore::new(Arc::clone(&ledger), Arc::new(cache));
+    let t = tenant();
+    write(&store, &t, "caller", Decision::Granted).await;
+    let fenced_before = ledger
+        .cache_fences(0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .any(|f| f.tenant_id == t);
+    assert!(
+        !fenced_before,
+        "a write told to a sound Redis needs no fence"
+    );
+
+    // Turned evicting while running: the next write cannot trust its markers and fences.
+    redis
+        .cli(&["CONFIG", "SET", "maxmemory-policy", "volatile-lru"])
+        .await;
+    write(&store, &t, "caller", Decision::Withdrawn).await;
+    let fence = ledger
+        .cache_fences(0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_iter()
+        .find(|f| f.tenant_id == t);
+    assert!(
+        fence.is_some_and(|f| f.revision >= 2),
+        "the write fenced the tenant's cached states"
+    );
+    assert_eq!(
+        decision(&store, &t, "caller", Consistency::MinimizeLatency).await,
+        Some(Decision::Withdrawn)
+    );
+}
