@@ -1128,4 +1128,49 @@ pub async fn a_write_told_in_another_namespace_is_fenced(store: &Arc<dyn Store>)
     assert_eq!(fences_of(&t).await, None, "told in the ledger's namespace");
     let elsewhere = ok(store.append(&t, &event(), None, told("rotated-away")).await);
     assert_eq!(fences_of(&t).await, Some(elsewhere.revision));
+
+    // Flag writes follow the same rule, as does a write that could not tell the cache.
+    let u = tenant();
+    let flag = |kind: consent_core::RecordKind| {
+        vec![consent_core::NewRecord {
+            id: new_event_id(),
+            kind,
+            subject_id: "alice".into(),
+            purpose_id: String::new(),
+            at: day(2),
+            detail: Default::default(),
+            actor_key_id: String::new(),
+        }]
+    };
+    ok(store
+        .append_flags(
+            &u,
+            "alice",
+            flag(consent_core::RecordKind::GpcSet),
+            told(&namespace),
+        )
+        .await);
+    assert_eq!(
+        fences_of(&u).await,
+        None,
+        "flags told in the ledger's namespace"
+    );
+    let moved = ok(store
+        .append_flags(
+            &u,
+            "alice",
+            flag(consent_core::RecordKind::GpcCleared),
+            told("rotated-away"),
+        )
+        .await);
+    assert_eq!(fences_of(&u).await, Some(moved.revision));
+    let untold = ok(store
+        .append_flags(
+            &u,
+            "alice",
+            flag(consent_core::RecordKind::GpcSet),
+            CacheFence::States,
+        )
+        .await);
+    assert_eq!(fences_of(&u).await, Some(untold.revision));
 }
