@@ -292,6 +292,19 @@ impl Violations {
         }
     }
 
+    /// A page size as requests send it: 0 means [`DEFAULT_PAGE_SIZE`], 1..=[`MAX_PAGE_SIZE`]
+    /// as given; anything else is a violation (and the default is returned).
+    pub fn page_size(&mut self, field: &str, size: i32) -> usize {
+        match usize::try_from(size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) if n <= MAX_PAGE_SIZE => n,
+            _ => {
+                self.add(field, format!("must be 0..={MAX_PAGE_SIZE}, got {size}"));
+                DEFAULT_PAGE_SIZE
+            }
+        }
+    }
+
     /// A retention rule: a category id, an optional campaign id, a period of 1 second to
     /// 100 years, and a legal basis in words (required: it is what people and auditors see).
     pub fn retention_rule(&mut self, field: &str, r: &crate::retention::RetentionRule) {

@@ -145,14 +145,18 @@ impl Retention {
         item_id: &str,
         anchor_at: Timestamp,
     ) -> Result<ItemView> {
-        let current = self.item(who, item_id).await?;
-        if anchor_at < current.stored.item.created_at {
+        // The item alone (not its status): only its creation time is checked here.
+        let created_at = self
+            .store
+            .data_item(&who.tenant_id, item_id)
+            .await?
+            .ok_or_else(|| ConsentError::not_found("data item", item_id))?
+            .item
+            .created_at;
+        if anchor_at < created_at {
             return Err(ConsentError::invalid(
                 "anchor_at",
-                format!(
-                    "must not be before the item's created_at ({})",
-                    current.stored.item.created_at
-                ),
+                format!("must not be before the item's created_at ({created_at})"),
             ));
         }
         let stored = self

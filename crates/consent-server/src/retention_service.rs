@@ -5,7 +5,7 @@ use consent_core::retention::{
     DataItem, HoldScope, ItemStatus, RetentionAction, RetentionAnchor, RetentionBound,
     RetentionDefault, RetentionRule,
 };
-use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Violations};
+use consent_core::validate::Violations;
 use consent_core::{ConsentError, LedgerRecord, Timestamp};
 use consent_proto::v1 as pb;
 use consent_proto::v1::retention_service_server::RetentionService;
@@ -157,20 +157,6 @@ fn required_text(v: &mut Violations, field: &str, value: &str, why: &str) {
         v.add(field, format!("must not be empty: {why}"));
     } else {
         v.text(field, value);
-    }
-}
-
-fn page_size(v: &mut Violations, size: i32) -> usize {
-    match usize::try_from(size) {
-        Ok(0) => DEFAULT_PAGE_SIZE,
-        Ok(n) if n <= MAX_PAGE_SIZE => n,
-        _ => {
-            v.add(
-                "page_size",
-                format!("must be 0..={MAX_PAGE_SIZE}, got {size}"),
-            );
-            DEFAULT_PAGE_SIZE
-        }
     }
 }
 
@@ -413,7 +399,7 @@ impl RetentionService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        let limit = page_size(&mut v, r.page_size);
+        let limit = v.page_size("page_size", r.page_size);
         let after = r
             .page_token
             .strip_prefix('h')
@@ -446,7 +432,7 @@ impl RetentionService for Api {
         let mut v = Violations::new();
         v.optional_id("data_category", &r.data_category);
         v.optional_id("campaign_id", &r.campaign_id);
-        let limit = page_size(&mut v, r.page_size);
+        let limit = v.page_size("page_size", r.page_size);
         let after = due_token_in(&mut v, &r.page_token);
         finish(v)?;
         let page = self

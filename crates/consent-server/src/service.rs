@@ -2,7 +2,7 @@
 //! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
 
 use consent_core::access::parse_scopes;
-use consent_core::validate::{DEFAULT_PAGE_SIZE, MAX_BATCH_CHECKS, MAX_PAGE_SIZE, Violations};
+use consent_core::validate::{MAX_BATCH_CHECKS, Violations};
 use consent_core::{Catalog, ConsentError, Timestamp};
 use consent_proto::v1 as pb;
 use consent_proto::v1::admin_service_server::AdminService;
@@ -374,17 +374,7 @@ impl ConsentService for Api {
         v.optional_id("purpose_id", &r.purpose_id);
         let from = convert::time_in(&mut v, "from", r.from.as_ref());
         let to = convert::time_in(&mut v, "to", r.to.as_ref());
-        let page_size = match usize::try_from(r.page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
-            Ok(n) if n <= MAX_PAGE_SIZE => n,
-            _ => {
-                v.add(
-                    "page_size",
-                    format!("must be 0..={MAX_PAGE_SIZE}, got {}", r.page_size),
-                );
-                DEFAULT_PAGE_SIZE
-            }
-        };
+        let page_size = v.page_size("page_size", r.page_size);
         let after_revision = if r.page_token.is_empty() {
             0
         } else {

@@ -371,17 +371,13 @@ struct PgTx(Transaction<'static, Postgres>);
 impl BatchTx for PgTx {
     async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead> {
         // `DO UPDATE` locks the row whether it was just inserted or already there.
-        let row = sqlx::query(
-            "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
-             ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
-             RETURNING revision, head_hash",
-        )
-        .bind(tenant)
-        .bind(GENESIS.as_slice())
-        .bind(pg_time(now)?)
-        .fetch_one(&mut *self.0)
-        .await
-        .map_err(db)?;
+        let row = sqlx::query(crate::rows::LOCK_HEAD)
+            .bind(tenant)
+            .bind(GENESIS.as_slice())
+            .bind(pg_time(now)?)
+            .fetch_one(&mut *self.0)
+            .await
+            .map_err(db)?;
         Ok(LedgerHead {
             revision: row.try_get(0).map_err(db)?,
             hash: hash32(&row.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,

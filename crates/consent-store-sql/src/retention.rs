@@ -205,39 +205,41 @@ macro_rules! sql_retention_store {
             Ok(())
         }
 
+        /// The JSON bodies `sql` selects for `tenant` (`$1`), decoded.
+        async fn bodies<T: serde::de::DeserializeOwned>(
+            conn: &mut Conn,
+            sql: &str,
+            tenant: &str,
+            what: &str,
+        ) -> Result<Vec<T>> {
+            sqlx::query(sql)
+                .bind(tenant)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?
+                .iter()
+                .map(|r| from_json::<T>(&r.try_get::<String, _>(0).map_err(db)?, what))
+                .collect()
+        }
+
         async fn load_rules(conn: &mut Conn, tenant: &str) -> Result<RetentionRules> {
-            let defaults = sqlx::query(
-                "SELECT body FROM retention_defaults WHERE tenant_id = $1 ORDER BY data_category",
-            )
-            .bind(tenant)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| {
-                from_json::<RetentionDefault>(
-                    &r.try_get::<String, _>(0).map_err(db)?,
+            Ok(RetentionRules {
+                defaults: bodies(
+                    conn,
+                    "SELECT body FROM retention_defaults WHERE tenant_id = $1 ORDER BY data_category",
+                    tenant,
                     "retention_defaults.body",
                 )
-            })
-            .collect::<Result<Vec<_>>>()?;
-            let rules = sqlx::query(
-                "SELECT body FROM retention_rules WHERE tenant_id = $1 \
-                 ORDER BY data_category, campaign_id",
-            )
-            .bind(tenant)
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?
-            .iter()
-            .map(|r| {
-                from_json::<RetentionRule>(
-                    &r.try_get::<String, _>(0).map_err(db)?,
+                .await?,
+                rules: bodies(
+                    conn,
+                    "SELECT body FROM retention_rules WHERE tenant_id = $1 \
+                     ORDER BY data_category, campaign_id",
+                    tenant,
                     "retention_rules.body",
                 )
+                .await?,
             })
-            .collect::<Result<Vec<_>>>()?;
-            Ok(RetentionRules { defaults, rules })
         }
 
         /// Which items a rule change moves.
@@ -307,11 +309,7 @@ macro_rules! sql_retention_store {
         /// Locks the tenant's head row (creating it on the tenant's first write), as the group
         /// commit does, and returns its revision and hash.
         async fn lock_head(tx: &mut Tx, tenant: &str, now: Timestamp) -> Result<(i64, [u8; 32])> {
-            let head = sqlx::query(
-                "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
-                 RETURNING revision, head_hash",
-            )
+            let head = sqlx::query(crate::rows::LOCK_HEAD)
             .bind(tenant)
             .bind(GENESIS.as_slice())
             .bind(time(now)?)

@@ -108,6 +108,14 @@ where
         .collect())
 }
 
+/// Locks a tenant's ledger head (creating the row on the tenant's first write) and returns
+/// it: `$1` tenant, `$2` the genesis hash, `$3` now. `DO UPDATE` takes the row lock whether
+/// the row was just inserted or already there, so every ledger write of the tenant (group
+/// commit, ledger records) serialises on it. Columns: revision, head_hash.
+pub(crate) const LOCK_HEAD: &str = "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) \
+     VALUES ($1, 0, $2, $3) ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
+     RETURNING revision, head_hash";
+
 /// Which table a catalogue row came from (the one-statement catalogue read tags each row).
 pub(crate) const CATALOG_VERSION: &str = "version";
 pub(crate) const CATALOG_PURPOSE: &str = "purpose";

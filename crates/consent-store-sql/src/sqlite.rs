@@ -406,17 +406,13 @@ struct SqliteTx(Transaction<'static, Sqlite>);
 impl BatchTx for SqliteTx {
     async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead> {
         // A write statement first, so the transaction holds the write lock from here on.
-        let row = sqlx::query(
-            "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) VALUES ($1, 0, $2, $3) \
-             ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision \
-             RETURNING revision, head_hash",
-        )
-        .bind(tenant)
-        .bind(GENESIS.as_slice())
-        .bind(now.as_micros())
-        .fetch_one(&mut *self.0)
-        .await
-        .map_err(db)?;
+        let row = sqlx::query(crate::rows::LOCK_HEAD)
+            .bind(tenant)
+            .bind(GENESIS.as_slice())
+            .bind(now.as_micros())
+            .fetch_one(&mut *self.0)
+            .await
+            .map_err(db)?;
         Ok(LedgerHead {
             revision: row.try_get(0).map_err(db)?,
             hash: hash32(&row.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
