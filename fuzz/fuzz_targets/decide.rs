@@ -40,6 +40,7 @@ struct Input {
     /// (objects to this purpose rather than to all, since)
     objection: Option<(bool, i64)>,
     gpc_since: Option<i64>,
+    erased_since: Option<i64>,
 }
 
 const VENDORS: [&str; 3] = ["", "ga4", "hubspot"];
@@ -106,6 +107,7 @@ fuzz_target!(|input: Input| {
                 .into_iter()
                 .collect(),
             gpc_since: input.gpc_since.map(Timestamp),
+            erased_since: input.erased_since.map(Timestamp),
         },
     };
     let verdict = decide(
@@ -118,6 +120,11 @@ fuzz_target!(|input: Input| {
     assert_eq!(verdict.allowed, verdict.reason.allows());
     let at = Timestamp(input.at);
     let flags = &state.flags;
+    if flags.erased_since.is_some() {
+        // Erasure comes first and denies everything.
+        assert_eq!(verdict.reason, Reason::SubjectErased);
+        return;
+    }
     if flags.restricted_at(at) && purpose.category != PurposeCategory::StrictlyNecessary {
         assert_eq!(verdict.reason, Reason::ProcessingRestricted);
     }

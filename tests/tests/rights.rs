@@ -283,3 +283,186 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
         server.stop().await;
     }
 }
+
+/// Erasure end to end on every backend: Checks answer SUBJECT_ERASED (strictly necessary
+/// purposes too), the state shows when, writes for the id are refused, items become due
+/// unless kept by law (which they say), another tenant's same id is untouched, the ledger
+/// verifies, a repeat changes nothing, and bad input names its field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
+    let settings =
+        consent_server::server::ServerSettings::with_auth(consent_server::config::AuthMode::ApiKey);
+    for server in consent_e2e::backends_with(settings).await {
+        let b = server.backend;
+        let client = server
+            .client_for("acme", consent_core::access::Scope::ALL)
+            .await;
+        let other = server
+            .client_for("globex", consent_core::access::Scope::ALL)
+            .await;
+        for c in [&client, &other] {
+            apply_seed_catalog(c).await;
+            ok(
+                c.consent()
+                    .record_consent(record(
+                        SUBJECT,
+                        &[("call_recording", Decision::Granted)],
+                        Channel::Voice,
+                    ))
+                    .await,
+                b,
+            );
+        }
+        consent_e2e::apply_seed_retention(&server, "acme").await;
+        for (item, category) in [("rec-1", "call_recording"), ("bill-1", "billing")] {
+            ok(
+                client
+                    .retention()
+                    .register_data_item(pb::RegisterDataItemRequest {
+                        item_id: item.into(),
+                        subject_id: SUBJECT.into(),
+                        data_category: category.into(),
+                        campaign_id: String::new(),
+                        created_at: Some(consent_e2e::days_ago(1)),
+                        anchor_at: None,
+                    })
+                    .await,
+                b,
+            );
+        }
+
+        // Bad input names its field; the reserved prefix is refused everywhere.
+        let mut rights = client.rights();
+        let bad = rights
+            .erase_subject(pb::EraseSubjectRequest::default())
+            .await;
+        assert_eq!(rejected_fields(bad), ["subject_id", "reason"], "{b}");
+        let bad = client
+            .consent()
+            .record_consent(record(
+                "erased:0000",
+                &[("analytics", Decision::Granted)],
+                Channel::Web,
+            ))
+            .await;
+        assert_eq!(rejected_fields(bad), ["subject_id"], "{b}");
+
+        let erased = ok(
+            rights
+                .erase_subject(pb::EraseSubjectRequest {
+                    subject_id: SUBJECT.into(),
+                    reason: "Art. 17 request #4711".into(),
+                })
+                .await,
+            b,
+        );
+        assert!(!erased.already_erased, "{b}");
+        assert_eq!((erased.items_due, erased.items_kept_by_law), (1, 1), "{b}");
+        for purpose in [
+            "call_recording",
+            "service_delivery",
+            "marketing_communications",
+        ] {
+            assert_eq!(
+                reason(&client, purpose).await,
+                (false, Reason::SubjectErased),
+                "{b}: {purpose}"
+            );
+        }
+        // The other tenant's person with the same id is another person.
+        let answer = other
+            .check(SUBJECT, "call_recording")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert_eq!((answer.allowed, answer.reason()), (true, Reason::Granted));
+        let state = ok(
+            client
+                .consent()
+                .get_subject_state(pb::GetSubjectStateRequest {
+                    subject_id: SUBJECT.into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        assert!(
+            state
+                .flags
+                .as_ref()
+                .is_some_and(|f| f.erased_since.is_some()),
+            "{b}: {state:?}"
+        );
+
+        // Items: the recording is due at once, the bill is kept by law and says so.
+        let item = |id: &str| {
+            let mut retention = client.retention();
+            let id = id.to_owned();
+            async move {
+                ok(
+                    retention
+                        .get_data_item(pb::GetDataItemRequest { item_id: id })
+                        .await,
+                    "get item",
+                )
+                .item
+                .unwrap_or_default()
+            }
+        };
+        let rec = item("rec-1").await;
+        assert_eq!(rec.status(), pb::DataItemStatus::Due, "{b}: {rec:?}");
+        assert!(rec.reason.contains("erased"), "{b}: {rec:?}");
+        let bill = item("bill-1").await;
+        assert_eq!(bill.status(), pb::DataItemStatus::Keep, "{b}: {bill:?}");
+        assert!(bill.reason.contains("legal obligation"), "{b}: {bill:?}");
+
+        // Every write for the id is refused, for what it is.
+        let refused = client
+            .consent()
+            .record_consent(record(
+                SUBJECT,
+                &[("analytics", Decision::Granted)],
+                Channel::Web,
+            ))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{b}: a consent for an erased subject was recorded"));
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{b}: {refused:?}");
+        assert!(refused.message().contains("erased"), "{b}: {refused:?}");
+        let refused = rights
+            .set_gpc(pb::SetGpcRequest {
+                subject_id: SUBJECT.into(),
+                enabled: true,
+                reason: String::new(),
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{b}: a flag for an erased subject was recorded"));
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{b}: {refused:?}");
+
+        // A repeat changes nothing; the ledger verifies.
+        let again = ok(
+            rights
+                .erase_subject(pb::EraseSubjectRequest {
+                    subject_id: SUBJECT.into(),
+                    reason: "duplicate request".into(),
+                })
+                .await,
+            b,
+        );
+        assert!(again.already_erased, "{b}");
+        assert_eq!(
+            (&again.erased_id, again.revision),
+            (&erased.erased_id, erased.revision),
+            "{b}"
+        );
+        let verified = ok(
+            client
+                .admin()
+                .verify_ledger(pb::VerifyLedgerRequest {})
+                .await,
+            b,
+        );
+        assert!(verified.ok, "{b}: {verified:?}");
+        server.stop().await;
+    }
+}

@@ -557,6 +557,11 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .await,
         ),
         "SetGpc" => code(rights.set_gpc(pb::SetGpcRequest::default()).await),
+        "EraseSubject" => code(
+            rights
+                .erase_subject(pb::EraseSubjectRequest::default())
+                .await,
+        ),
         "VerifyLedger" => code(admin.verify_ledger(pb::VerifyLedgerRequest {}).await),
         "CreateApiKey" => code(
             admin

@@ -230,6 +230,67 @@ async fn a_voice_call_from_consent_to_attested_deletion() {
             b,
         );
         assert!(verified.ok, "{b}: {verified:?}");
+
+        // The caller asks to be erased: the story is gone, the proof stays verifiable.
+        let erased = ok(
+            client
+                .rights()
+                .erase_subject(pb::EraseSubjectRequest {
+                    subject_id: CALLER.into(),
+                    reason: "Art. 17 request by phone, ticket 7731".into(),
+                })
+                .await,
+            b,
+        );
+        assert!(erased.erased_id.starts_with("erased:"), "{b}: {erased:?}");
+        assert!(erased.entries_erased >= 3, "{b}: {erased:?}");
+        // Both items were already deleted: none became due.
+        assert_eq!((erased.items_due, erased.items_kept_by_law), (0, 0), "{b}");
+        let answer = client
+            .check(CALLER, "call_recording")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: check: {e}"));
+        assert_eq!(
+            (answer.allowed, answer.reason()),
+            (false, pb::Reason::SubjectErased),
+            "{b}"
+        );
+        let verified = ok(
+            client
+                .admin()
+                .verify_ledger(pb::VerifyLedgerRequest {})
+                .await,
+            b,
+        );
+        assert!(verified.ok, "{b}: {verified:?}");
+        let after = export(client).await;
+        assert!(
+            after
+                .iter()
+                .all(|(t, _)| t != "consent_record" && t != "data_item"),
+            "{b}: {after:?}"
+        );
+        let subject = &after[0].1;
+        assert!(
+            subject["flags"]["erased_since"].is_string(),
+            "{b}: {subject}"
+        );
+        let events = ok(
+            client
+                .consent()
+                .list_events(pb::ListEventsRequest {
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        let text = format!("{events:?}");
+        assert!(!text.contains(CALLER), "{b}: the clear id is still listed");
+        assert!(
+            !text.contains("call-42"),
+            "{b}: the evidence is still listed"
+        );
         server.stop().await;
     }
 }

@@ -41,9 +41,9 @@ use consent_core::{
     Timestamp, Vendor,
 };
 use consent_store::{
-    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, NamespaceTag, Store, StoredEvent,
-    StoredRecord,
+    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, ErasureOutcome,
+    EventQuery, FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, NamespaceTag, Store,
+    StoredEvent, StoredRecord,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -524,6 +524,29 @@ impl LedgerStore for CachedStore {
         self.after_write(tenant, &subjects, fence, outcome.revision)
             .await;
         Ok(outcome)
+    }
+
+    async fn erase_subject(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<ErasureOutcome> {
+        // The erased marker is part of the subject's cached state: a consent write's coherence.
+        let subjects = [subject_id];
+        let fence = self.before_write(tenant, &subjects, fence).await;
+        let outcome = self
+            .inner
+            .erase_subject(tenant, subject_id, record, fence)
+            .await?;
+        self.after_write(tenant, &subjects, fence, outcome.revision)
+            .await;
+        Ok(outcome)
+    }
+
+    async fn chain_key(&self, tenant: &str) -> Result<consent_core::chain::ChainKey> {
+        self.inner.chain_key(tenant).await
     }
 
     async fn subject_state(

@@ -3,7 +3,17 @@
 //! `hash = sha256(prev_hash || canonical(event))`. The canonical form holds digests of the
 //! personal data (the subject id and the evidence), never the data itself, so erasure can
 //! delete the data and the chain still verifies.
+//!
+//! Two versions of the canonical forms exist. Version 1 (`consent-event/v1`,
+//! `ledger-record/v1`) commits to `SHA-256(subject id)`: anyone holding the rows can confirm a
+//! guessed id, so an erasure on a v1 entry leaves a linkable digest. Version 2 (`/v2` tags)
+//! commits to `HMAC-SHA256(tenant subject key, subject id)`; the key is the tenant's
+//! ([`ChainKey`]), and a tenant's entries are v2 from [`ChainKey::keyed_from`] on (new ledgers
+//! from their first entry, ledgers older than the key from their first write after it).
+//! Erasure rewrites an entry's subject to [`ERASED_PREFIX`] + the hex digest its form
+//! committed to, which the verifier then takes as is.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::model::{ConsentEvent, Evidence, LedgerRecord, NewEvent, NewRecord, Revision};
@@ -12,10 +22,100 @@ use crate::time::Timestamp;
 /// The `prev_hash` of a tenant's first event.
 pub const GENESIS: [u8; 32] = [0; 32];
 
-/// Version tag of the canonical form; a new form gets a new tag.
+/// Version tags of the canonical forms; a new form gets a new tag.
 const CANONICAL_TAG: &[u8] = b"consent-event/v1";
-/// Version tag of a ledger record's canonical form.
+const CANONICAL_TAG_KEYED: &[u8] = b"consent-event/v2";
+/// Version tags of a ledger record's canonical form.
 const RECORD_TAG: &[u8] = b"ledger-record/v1";
+const RECORD_TAG_KEYED: &[u8] = b"ledger-record/v2";
+
+/// What an erased subject id starts with: `erased:` and 64 lowercase hex digits (the digest
+/// the chain committed to). Callers' subject ids may not start with it.
+pub const ERASED_PREFIX: &str = "erased:";
+
+/// The digest in an erased subject id, if `subject_id` is one.
+pub fn erased_digest(subject_id: &str) -> Option<[u8; 32]> {
+    let hex_digits = subject_id.strip_prefix(ERASED_PREFIX)?;
+    let mut digest = [0u8; 32];
+    (hex_digits.len() == 64
+        && hex_digits
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    .then(|| hex::decode_to_slice(hex_digits, &mut digest).ok())
+    .flatten()
+    .map(|()| digest)
+}
+
+/// A tenant's subject key and the revision its chain is keyed from (see the module doc).
+/// Its `Debug` form does not show the key.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ChainKey {
+    /// The key, `None` for a ledger that has none yet (every entry is then v1).
+    pub subject_key: Option<[u8; 32]>,
+    /// The first revision whose canonical form is v2.
+    pub keyed_from: Revision,
+}
+
+impl std::fmt::Debug for ChainKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChainKey")
+            .field("subject_key", &self.subject_key.map(|_| "[redacted]"))
+            .field("keyed_from", &self.keyed_from)
+            .finish()
+    }
+}
+
+impl ChainKey {
+    /// The key of a ledger without one: every entry v1.
+    pub const NONE: ChainKey = ChainKey {
+        subject_key: None,
+        keyed_from: Revision::MAX,
+    };
+
+    /// `HMAC-SHA256(key, subject_id)`, if there is a key.
+    pub fn keyed_digest(&self, subject_id: &str) -> Option<[u8; 32]> {
+        let key = self.subject_key?;
+        // HMAC takes keys of any length; 32 bytes cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).ok()?;
+        mac.update(subject_id.as_bytes());
+        Some(mac.finalize().into_bytes().into())
+    }
+
+    /// Whether the entry at `revision` has the keyed (v2) canonical form.
+    pub fn is_keyed(&self, revision: Revision) -> bool {
+        self.subject_key.is_some() && revision >= self.keyed_from
+    }
+
+    /// The subject digest the entry at `revision` commits to: taken from an erased id as
+    /// is, else keyed (v2) or plain SHA-256 (v1).
+    pub fn subject_digest(&self, revision: Revision, subject_id: &str) -> [u8; 32] {
+        if let Some(digest) = erased_digest(subject_id) {
+            return digest;
+        }
+        match self
+            .keyed_digest(subject_id)
+            .filter(|_| self.is_keyed(revision))
+        {
+            Some(digest) => digest,
+            None => Sha256::digest(subject_id.as_bytes()).into(),
+        }
+    }
+
+    /// The id an erasure writes in place of `subject_id` on the entry at `revision`.
+    pub fn erased_entry_id(&self, revision: Revision, subject_id: &str) -> String {
+        format!(
+            "{ERASED_PREFIX}{}",
+            hex::encode(self.subject_digest(revision, subject_id))
+        )
+    }
+
+    /// The id under which an erased subject's marker is kept and its projections are
+    /// rewritten (the keyed digest); `None` without a key.
+    pub fn erased_subject_id(&self, subject_id: &str) -> Option<String> {
+        self.keyed_digest(subject_id)
+            .map(|d| format!("{ERASED_PREFIX}{}", hex::encode(d)))
+    }
+}
 
 /// Appends length-prefixed fields so no two different events share an encoding.
 #[derive(Default)]
@@ -72,6 +172,8 @@ pub fn evidence_digest(evidence: &Evidence) -> [u8; 32] {
 pub struct ChainFields<'a> {
     /// Tenant of the ledger.
     pub tenant_id: &'a str,
+    /// The tenant's chain key (which form, and the subject digest).
+    pub key: &'a ChainKey,
     /// The event as decided by the caller.
     pub event: &'a NewEvent,
     /// Revision assigned by the store.
@@ -85,9 +187,14 @@ pub struct ChainFields<'a> {
 /// The canonical byte form of an event (personal data only as digests).
 pub fn canonical(fields: &ChainFields<'_>) -> Vec<u8> {
     let e = fields.event;
-    let subject_digest: [u8; 32] = Sha256::digest(e.subject_id.as_bytes()).into();
+    let subject_digest = fields.key.subject_digest(fields.revision, &e.subject_id);
+    let tag = if fields.key.is_keyed(fields.revision) {
+        CANONICAL_TAG_KEYED
+    } else {
+        CANONICAL_TAG
+    };
     let mut c = Canonical::default();
-    c.bytes(CANONICAL_TAG)
+    c.bytes(tag)
         .str(fields.tenant_id)
         .int(fields.revision)
         .str(&e.id)
@@ -127,14 +234,20 @@ pub fn detail_digest(detail: &std::collections::BTreeMap<String, String>) -> [u8
 /// The canonical byte form of a ledger record (the subject and the detail only as digests).
 pub fn canonical_record(
     tenant_id: &str,
+    key: &ChainKey,
     record: &NewRecord,
     revision: Revision,
     recorded_at: Timestamp,
     detail_sha256: &[u8; 32],
 ) -> Vec<u8> {
-    let subject_digest: [u8; 32] = Sha256::digest(record.subject_id.as_bytes()).into();
+    let subject_digest = key.subject_digest(revision, &record.subject_id);
+    let tag = if key.is_keyed(revision) {
+        RECORD_TAG_KEYED
+    } else {
+        RECORD_TAG
+    };
     let mut c = Canonical::default();
-    c.bytes(RECORD_TAG)
+    c.bytes(tag)
         .str(tenant_id)
         .int(revision)
         .str(&record.id)
@@ -151,13 +264,21 @@ pub fn canonical_record(
 /// Builds the stored form of `record`, linked after `prev_hash`.
 pub fn seal_record(
     tenant_id: &str,
+    key: &ChainKey,
     record: NewRecord,
     revision: Revision,
     recorded_at: Timestamp,
     prev_hash: [u8; 32],
 ) -> LedgerRecord {
     let detail_sha256 = detail_digest(&record.detail);
-    let bytes = canonical_record(tenant_id, &record, revision, recorded_at, &detail_sha256);
+    let bytes = canonical_record(
+        tenant_id,
+        key,
+        &record,
+        revision,
+        recorded_at,
+        &detail_sha256,
+    );
     let hash = link(&prev_hash, &bytes);
     LedgerRecord {
         record,
@@ -191,6 +312,7 @@ impl ChainEntry<'_> {
 /// Builds the stored form of `event`, linked after `prev_hash`.
 pub fn seal(
     tenant_id: &str,
+    key: &ChainKey,
     event: NewEvent,
     revision: Revision,
     recorded_at: Timestamp,
@@ -203,6 +325,7 @@ pub fn seal(
     let evidence_sha256 = evidence_digest(&event.evidence);
     let bytes = canonical(&ChainFields {
         tenant_id,
+        key,
         event: &event,
         revision,
         recorded_at,
@@ -236,6 +359,7 @@ pub struct VerifyReport {
 #[derive(Debug)]
 pub struct ChainVerifier {
     tenant_id: String,
+    key: ChainKey,
     expected_prev: [u8; 32],
     last_revision: Revision,
     checked: i64,
@@ -243,10 +367,11 @@ pub struct ChainVerifier {
 }
 
 impl ChainVerifier {
-    /// A verifier for the chain of `tenant_id`, starting at genesis.
-    pub fn new(tenant_id: &str) -> ChainVerifier {
+    /// A verifier for the chain of `tenant_id` keyed by `key`, starting at genesis.
+    pub fn new(tenant_id: &str, key: ChainKey) -> ChainVerifier {
         ChainVerifier {
             tenant_id: tenant_id.to_owned(),
+            key,
             expected_prev: GENESIS,
             last_revision: 0,
             checked: 0,
@@ -293,6 +418,7 @@ impl ChainVerifier {
                     } else {
                         Ok(canonical(&ChainFields {
                             tenant_id: &self.tenant_id,
+                            key: &self.key,
                             event: &e.event,
                             revision,
                             recorded_at: e.recorded_at,
@@ -306,6 +432,7 @@ impl ChainVerifier {
                     } else {
                         Ok(canonical_record(
                             &self.tenant_id,
+                            &self.key,
                             &r.record,
                             revision,
                             r.recorded_at,
@@ -359,6 +486,12 @@ mod tests {
     use crate::model::{Channel, Decision};
     use proptest::prelude::*;
 
+    /// Keyed from revision 3: entries 1 and 2 are v1, the rest v2.
+    const KEY: ChainKey = ChainKey {
+        subject_key: Some([7; 32]),
+        keyed_from: 3,
+    };
+
     fn new_event(i: usize, subject: &str) -> NewEvent {
         NewEvent {
             id: format!("evt-{i}"),
@@ -384,6 +517,7 @@ mod tests {
             .map(|i| {
                 let e = seal(
                     "t1",
+                    &KEY,
                     new_event(i, "alice"),
                     i64::try_from(i).unwrap_or(0) + 1,
                     Timestamp(5_000),
@@ -396,7 +530,7 @@ mod tests {
     }
 
     fn verify(events: &[ConsentEvent], erased: &[usize]) -> VerifyReport {
-        let mut v = ChainVerifier::new("t1");
+        let mut v = ChainVerifier::new("t1", KEY);
         for (i, e) in events.iter().enumerate() {
             v.push(e, erased.contains(&i));
         }
@@ -433,10 +567,24 @@ mod tests {
     #[test]
     fn records_and_events_share_one_chain() {
         let first = chain(1);
-        let record = seal_record("t1", attestation(2), 2, Timestamp(5_000), first[0].hash);
-        let last = seal("t1", new_event(3, "bob"), 3, Timestamp(6_000), record.hash);
+        let record = seal_record(
+            "t1",
+            &KEY,
+            attestation(2),
+            2,
+            Timestamp(5_000),
+            first[0].hash,
+        );
+        let last = seal(
+            "t1",
+            &KEY,
+            new_event(3, "bob"),
+            3,
+            Timestamp(6_000),
+            record.hash,
+        );
         let run = |record: &LedgerRecord, erased: bool| {
-            let mut v = ChainVerifier::new("t1");
+            let mut v = ChainVerifier::new("t1", KEY);
             v.push(&first[0], false);
             v.push_entry(ChainEntry::Record(record, erased));
             v.push(&last, false);
@@ -453,7 +601,7 @@ mod tests {
         moved.record.at = Timestamp(2_001);
         assert!(!run(&moved, false).ok);
         // Leaving the record out is a gap.
-        let mut v = ChainVerifier::new("t1");
+        let mut v = ChainVerifier::new("t1", KEY);
         v.push(&first[0], false);
         v.push(&last, false);
         assert!(!v.finish(3, &last.hash).ok);
@@ -462,7 +610,7 @@ mod tests {
     #[test]
     fn head_mismatch_is_reported() {
         let events = chain(2);
-        let mut v = ChainVerifier::new("t1");
+        let mut v = ChainVerifier::new("t1", KEY);
         for e in &events {
             v.push(e, false);
         }
@@ -481,12 +629,75 @@ mod tests {
         let e = new_event(0, "alice@example.com");
         let bytes = canonical(&ChainFields {
             tenant_id: "t1",
+            key: &KEY,
             event: &e,
             revision: 1,
             recorded_at: Timestamp(1),
             evidence_sha256: &evidence_digest(&e.evidence),
         });
         assert!(!bytes.windows(5).any(|w| w == b"alice"));
+    }
+
+    /// Erasure as the stores do it: each entry's subject becomes the digest its form used.
+    fn erase(events: &mut [ConsentEvent], subject: &str) {
+        for e in events.iter_mut().filter(|e| e.event.subject_id == subject) {
+            e.event.subject_id = KEY.erased_entry_id(e.revision, subject);
+            e.event.evidence = Evidence::default();
+        }
+    }
+
+    #[test]
+    fn erasing_the_subject_keeps_v1_and_v2_entries_valid() {
+        let mut events = chain(5);
+        erase(&mut events, "alice");
+        let erased: Vec<usize> = (0..5).collect();
+        assert!(verify(&events, &erased).ok);
+        // v1 entries kept the plain digest, v2 ones the keyed digest: a guess of the id
+        // confirms only the v1 ones.
+        let plain = format!("{ERASED_PREFIX}{}", hex::encode(Sha256::digest(b"alice")));
+        assert_eq!(events[1].event.subject_id, plain);
+        assert_ne!(events[2].event.subject_id, plain);
+        assert_eq!(
+            Some(events[2].event.subject_id.clone()),
+            KEY.erased_subject_id("alice")
+        );
+        // An erased id that is not the committed digest fails at that entry.
+        let mut wrong = events.clone();
+        wrong[3].event.subject_id = KEY.erased_entry_id(4, "bob");
+        assert_eq!(
+            verify(&wrong, &erased).first_bad_event_id.as_deref(),
+            Some("evt-3")
+        );
+    }
+
+    #[test]
+    fn the_key_decides_the_form_and_is_never_printed() {
+        let events = chain(4);
+        // Verifying with another key, or none, fails at the first keyed entry.
+        let other = ChainKey {
+            subject_key: Some([8; 32]),
+            ..KEY
+        };
+        for key in [other, ChainKey::NONE] {
+            let mut v = ChainVerifier::new("t1", key);
+            for e in &events {
+                v.push(e, false);
+            }
+            let report = v.finish(4, &events[3].hash);
+            assert_eq!(report.first_bad_event_id.as_deref(), Some("evt-2"));
+        }
+        assert!(!format!("{KEY:?}").contains("7, 7"));
+        assert!(format!("{KEY:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn only_well_formed_erased_ids_carry_a_digest() {
+        let id = KEY.erased_entry_id(9, "alice");
+        assert!(erased_digest(&id).is_some());
+        assert!(erased_digest(&id.to_uppercase()).is_none());
+        assert!(erased_digest(&id[..id.len() - 1]).is_none());
+        assert!(erased_digest("erased:").is_none());
+        assert!(erased_digest("alice").is_none());
     }
 
     proptest! {

@@ -108,7 +108,7 @@ impl RecordConsent {
     /// Checks every field; `now` bounds `collected_at`.
     pub fn validate(&self, now: Timestamp) -> Result<()> {
         let mut v = Violations::new();
-        v.id("subject_id", &self.subject_id);
+        v.subject_id("subject_id", &self.subject_id);
         if self.decisions.is_empty() {
             v.add("decisions", "must hold at least one decision");
         } else if self.decisions.len() > MAX_DECISIONS {
@@ -227,7 +227,7 @@ impl WithdrawConsent {
     /// Checks every field; `now` bounds `collected_at`.
     pub fn validate(&self, now: Timestamp) -> Result<()> {
         let mut v = Violations::new();
-        v.id("subject_id", &self.subject_id);
+        v.subject_id("subject_id", &self.subject_id);
         if self.purpose_ids.len() > MAX_WITHDRAW_PURPOSES {
             v.add(
                 "purpose_ids",

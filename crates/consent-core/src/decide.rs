@@ -81,6 +81,10 @@ pub fn decide(
         needs_reconsent: false,
     };
     let flags = &state.flags;
+    // Nothing is kept to answer with, for any time: the erasure stands first.
+    if flags.erased_since.is_some() {
+        return basis_only(Reason::SubjectErased);
+    }
     if flags.restricted_at(at) && purpose.category != PurposeCategory::StrictlyNecessary {
         return basis_only(Reason::ProcessingRestricted);
     }
@@ -588,6 +592,7 @@ mod tests {
                 .map(|(p, d)| ((*p).to_owned(), at_day(*d)))
                 .collect(),
             gpc_since: gpc.map(at_day),
+            erased_since: None,
         }
     }
 
@@ -664,8 +669,12 @@ mod tests {
                 0..4,
             ),
             prop::option::of(0i64..400),
+            prop::option::weighted(0.2, 0i64..400),
         )
-            .prop_map(|(restricted, objections, gpc)| flags(restricted, &objections, gpc))
+            .prop_map(|(restricted, objections, gpc, erased)| SubjectFlags {
+                erased_since: erased.map(at_day),
+                ..flags(restricted, &objections, gpc)
+            })
     }
 
     fn arb_purpose() -> impl Strategy<Value = Purpose> {
@@ -794,7 +803,11 @@ mod tests {
             let v = decide(&p, "", &s, &catalog(), at_day(at));
             let now = at_day(at);
             let necessary = p.category == PurposeCategory::StrictlyNecessary;
-            if f.restricted_at(now) && !necessary {
+            if f.erased_since.is_some() {
+                // Erasure denies everything, even as of a time before it.
+                prop_assert!(!v.allowed);
+                prop_assert_eq!(v.reason, Reason::SubjectErased);
+            } else if f.restricted_at(now) && !necessary {
                 prop_assert!(!v.allowed);
                 prop_assert_eq!(v.reason, Reason::ProcessingRestricted);
             } else if p.objection_applies() && f.objected_at(&p.id, now) {

@@ -163,6 +163,8 @@ string_enum! {
         Objected => "objected",
         /// Global Privacy Control / "do not sell or share": marketing purposes denied.
         GpcOptOut => "gpc_opt_out",
+        /// The subject was erased (Art. 17): every purpose denied, whatever the time asked.
+        SubjectErased => "subject_erased",
     }
 }
 
@@ -364,6 +366,8 @@ pub struct SubjectFlags {
     pub objections: BTreeMap<String, Timestamp>,
     /// Global Privacy Control (do not sell or share) since.
     pub gpc_since: Option<Timestamp>,
+    /// Erased (Art. 17) at; nothing else is kept about an erased subject.
+    pub erased_since: Option<Timestamp>,
 }
 
 impl SubjectFlags {
@@ -404,6 +408,12 @@ impl SubjectFlags {
                 self.gpc_since.get_or_insert(record.at);
             }
             RecordKind::GpcCleared => self.gpc_since = None,
+            RecordKind::SubjectErased => {
+                *self = SubjectFlags {
+                    erased_since: Some(record.at),
+                    ..SubjectFlags::default()
+                };
+            }
             RecordKind::DeletionAttested
             | RecordKind::ConsentExpired
             | RecordKind::RetentionSweep => {}
@@ -571,6 +581,9 @@ string_enum! {
         GpcSet => "gpc_set",
         /// The subject's GPC signal was cleared.
         GpcCleared => "gpc_cleared",
+        /// The subject was erased (Art. 17): its entries now carry a digest in place of its
+        /// id, its evidence and details are deleted; the record's subject is that digest.
+        SubjectErased => "subject_erased",
     }
 }
 

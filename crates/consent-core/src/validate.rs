@@ -93,6 +93,31 @@ impl Violations {
         }
     }
 
+    /// A required subject id: an id as [`Violations::id`] that does not start with
+    /// [`crate::chain::ERASED_PREFIX`], which names erased subjects in the ledger.
+    pub fn subject_id(&mut self, field: &str, value: &str) {
+        self.id(field, value);
+        self.not_erased(field, value);
+    }
+
+    /// An optional subject id: empty, or as [`Violations::subject_id`].
+    pub fn optional_subject_id(&mut self, field: &str, value: &str) {
+        self.optional_id(field, value);
+        self.not_erased(field, value);
+    }
+
+    fn not_erased(&mut self, field: &str, value: &str) {
+        if value.starts_with(crate::chain::ERASED_PREFIX) {
+            self.add(
+                field,
+                format!(
+                    "must not start with `{}`: the ledger names erased subjects so",
+                    crate::chain::ERASED_PREFIX
+                ),
+            );
+        }
+    }
+
     /// An optional id: empty, or as [`Violations::id`]. Ids are opaque and compared byte
     /// for byte, so characters that show nothing would make ids that look the same: they
     /// are refused like control characters (see [`is_invisible`]).
@@ -362,6 +387,19 @@ mod tests {
             Err(ConsentError::InvalidArgument(list)) => list,
             Err(other) => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn subject_ids_may_not_take_the_erased_prefix() {
+        let v = violations(|v| {
+            v.subject_id("subject_id", "erased:00");
+            v.optional_subject_id("s", "");
+            v.optional_subject_id("s", "alice");
+            v.subject_id("t", "");
+        });
+        assert_eq!(v.len(), 2, "{v:?}");
+        assert!(v[0].description.contains("erased:"));
+        assert_eq!(v[1], FieldViolation::new("t", "must not be empty"));
     }
 
     #[test]

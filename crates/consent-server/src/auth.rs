@@ -137,6 +137,10 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
         "/consent.v1.SubjectRightsService/ExportSubject",
         Scope::RightsRead,
     ),
+    (
+        "/consent.v1.SubjectRightsService/EraseSubject",
+        Scope::RightsWrite,
+    ),
     ("/consent.v1.AdminService/VerifyLedger", Scope::Admin),
     ("/consent.v1.AdminService/CreateApiKey", Scope::Admin),
     ("/consent.v1.AdminService/ListApiKeys", Scope::Admin),

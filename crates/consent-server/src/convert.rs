@@ -105,12 +105,14 @@ enum_map!(Reason, Reason, reason_in, reason_out {
     StrictlyNecessary <=> StrictlyNecessary, Contract <=> Contract, LegalObligation <=> LegalObligation,
     LegitimateInterest <=> LegitimateInterest, VitalInterest <=> VitalInterest, PublicTask <=> PublicTask,
     ProcessingRestricted <=> ProcessingRestricted, Objected <=> Objected, GpcOptOut <=> GpcOptOut,
+    SubjectErased <=> SubjectErased,
 });
 enum_map!(RecordKind, LedgerRecordKind, record_kind_in, record_kind_out {
     DeletionAttested <=> DeletionAttested, ConsentExpired <=> ConsentExpired,
     RetentionSweep <=> RetentionSweep, ProcessingRestricted <=> ProcessingRestricted,
     RestrictionLifted <=> RestrictionLifted, Objected <=> Objected,
     ObjectionWithdrawn <=> ObjectionWithdrawn, GpcSet <=> GpcSet, GpcCleared <=> GpcCleared,
+    SubjectErased <=> SubjectErased,
 });
 
 /// A subject's flags to the wire.
@@ -126,6 +128,7 @@ pub fn flags_out(f: &SubjectFlags) -> pb::SubjectFlags {
             })
             .collect(),
         gpc_since: f.gpc_since.map(timestamp),
+        erased_since: f.erased_since.map(timestamp),
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use consent_core::retention::{RetentionBound, item_status};
+use consent_core::retention::{Erasure, RetentionBound, item_status};
 use consent_core::{
     Catalog, Clock, ConsentError, ConsentEvent, Decision, LedgerRecord, Result, Revision,
     SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, decide,
@@ -144,6 +144,8 @@ impl Exporter {
                     .map(|(p, since)| json!({"purpose_id": p, "since": time(*since)}))
                     .collect::<Vec<_>>(),
                 "gpc_since": opt_time(state.flags.gpc_since),
+                // Erased: nothing else is held about the id (its entries carry a digest).
+                "erased_since": opt_time(state.flags.erased_since),
             },
             "decisions": decisions,
         });
@@ -221,7 +223,7 @@ impl Exporter {
                         rule,
                         kept_by_law,
                         &holds,
-                        None,
+                        stored.erased_at.map(|at| Erasure { at }),
                         now,
                         self.overdue_grace_secs,
                     )

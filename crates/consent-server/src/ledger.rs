@@ -14,8 +14,8 @@ use consent_core::{
     SubjectFlags, SubjectState, Timestamp, Vendor, Verdict, decide,
 };
 use consent_store::{
-    AppendOutcome, CacheFence, Consistency, EventQuery, FlagsOutcome, LedgerEntry, LedgerHead,
-    Store, StoredEvent, verify_ledger,
+    AppendOutcome, CacheFence, Consistency, ErasureOutcome, EventQuery, FlagsOutcome, LedgerEntry,
+    LedgerHead, Store, StoredEvent, verify_ledger,
 };
 
 use crate::context::Principal;
@@ -374,6 +374,28 @@ impl Ledger {
         };
         self.store
             .append_flags(&who.tenant_id, subject_id, records, CacheFence::None)
+            .await
+    }
+
+    /// Erases a subject (Art. 17; see `LedgerStore::erase_subject`).
+    pub async fn erase(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        reason: &str,
+    ) -> Result<ErasureOutcome> {
+        let record = NewRecord {
+            id: consent_core::commands::new_event_id(),
+            kind: RecordKind::SubjectErased,
+            // The store writes the erased id here: the clear id never reaches the record.
+            subject_id: String::new(),
+            purpose_id: String::new(),
+            at: Timestamp::now(),
+            detail: [("reason".to_owned(), reason.to_owned())].into(),
+            actor_key_id: who.key_id.clone(),
+        };
+        self.store
+            .erase_subject(&who.tenant_id, subject_id, record, CacheFence::None)
             .await
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use consent_core::commands::new_event_id;
 use consent_core::retention::{
-    DataItem, HoldScope, ItemStatus, ItemVerdict, LegalHold, RetentionAction, RetentionBound,
-    RetentionRule, item_status,
+    DataItem, Erasure, HoldScope, ItemStatus, ItemVerdict, LegalHold, RetentionAction,
+    RetentionBound, RetentionRule, item_status,
 };
 use consent_core::{Clock, ConsentError, NewRecord, RecordKind, Result, Timestamp};
 use consent_store::{
@@ -378,7 +378,7 @@ impl Retention {
             rule,
             kept_by_law,
             holds,
-            None,
+            stored.erased_at.map(|at| Erasure { at }),
             now,
             self.overdue_grace_secs,
         );

@@ -254,7 +254,7 @@ impl RetentionService for Api {
         let now = self.retention().now();
         let mut v = Violations::new();
         v.id("item_id", &r.item_id);
-        v.id("subject_id", &r.subject_id);
+        v.subject_id("subject_id", &r.subject_id);
         v.id("data_category", &r.data_category);
         v.optional_id("campaign_id", &r.campaign_id);
         let created_at = required_time(&mut v, "created_at", r.created_at.as_ref(), now);
@@ -333,7 +333,7 @@ impl RetentionService for Api {
         let mut v = Violations::new();
         let scope = match r.scope {
             Some(Scope::SubjectId(id)) => {
-                v.id("subject_id", &id);
+                v.subject_id("subject_id", &id);
                 Some(HoldScope::Subject(id))
             }
             Some(Scope::ItemId(id)) => {

@@ -200,7 +200,7 @@ fn consistency(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> 
 }
 
 fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> CheckQuery {
-    v.id(&format!("{prefix}subject_id"), &r.subject_id);
+    v.subject_id(&format!("{prefix}subject_id"), &r.subject_id);
     v.id(&format!("{prefix}purpose_id"), &r.purpose_id);
     v.optional_id(&format!("{prefix}vendor_id"), &r.vendor_id);
     CheckQuery {
@@ -339,7 +339,7 @@ impl ConsentService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        v.id("subject_id", &r.subject_id);
+        v.subject_id("subject_id", &r.subject_id);
         let at = convert::time_in(&mut v, "at", r.at.as_ref());
         let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
@@ -370,7 +370,7 @@ impl ConsentService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        v.optional_id("subject_id", &r.subject_id);
+        v.optional_subject_id("subject_id", &r.subject_id);
         v.optional_id("purpose_id", &r.purpose_id);
         let from = convert::time_in(&mut v, "from", r.from.as_ref());
         let to = convert::time_in(&mut v, "to", r.to.as_ref());
@@ -440,7 +440,7 @@ impl ConsentService for Api {
         if r.from_revision < 0 {
             v.add("from_revision", "must not be negative");
         }
-        v.optional_id("subject_id", &r.subject_id);
+        v.optional_subject_id("subject_id", &r.subject_id);
         v.id_list("purpose_ids", &r.purpose_ids);
         finish(v)?;
         let filter = WatchFilter {
@@ -739,6 +739,7 @@ mod tests {
         };
         seal(
             &id('t'),
+            &consent_core::chain::ChainKey::NONE,
             event,
             revision,
             Timestamp(i64::MAX / 2),

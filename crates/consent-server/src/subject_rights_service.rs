@@ -1,6 +1,7 @@
 //! `consent.v1.SubjectRightsService`: thin handlers for restriction (Art. 18), objection
 //! (Art. 21) and GPC (each validates, calls [`crate::ledger::Ledger::exercise`], and answers
-//! what changed), and the export of a subject (Art. 15/20, [`crate::export`]).
+//! what changed), the export of a subject (Art. 15/20, [`crate::export`]) and its erasure
+//! (Art. 17, [`crate::ledger::Ledger::erase`]).
 
 use consent_core::validate::Violations;
 use consent_proto::v1 as pb;
@@ -24,7 +25,7 @@ type RpcResult<T> = Result<Response<T>, Status>;
 /// reason in words.
 fn validated(subject_id: &str, purpose_ids: &[String], reason: &str) -> Result<(), Status> {
     let mut v = Violations::new();
-    v.id("subject_id", subject_id);
+    v.subject_id("subject_id", subject_id);
     v.id_list("purpose_ids", purpose_ids);
     v.text("reason", reason);
     v.finish().map_err(status)
@@ -61,6 +62,39 @@ impl Api {
 
 #[tonic::async_trait]
 impl SubjectRightsService for Api {
+    async fn erase_subject(
+        &self,
+        request: Request<pb::EraseSubjectRequest>,
+    ) -> RpcResult<pb::EraseSubjectResponse> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.subject_id("subject_id", &r.subject_id);
+        if r.reason.trim().is_empty() {
+            v.add(
+                "reason",
+                "must not be empty: say why (e.g. the request's reference); it stays in the ledger",
+            );
+        }
+        v.text("reason", &r.reason);
+        v.finish().map_err(status)?;
+        let outcome = self
+            .ledger()
+            .erase(&who, &r.subject_id, &r.reason)
+            .await
+            .map_err(status)?;
+        let record = &outcome.record;
+        Ok(Response::new(pb::EraseSubjectResponse {
+            erased_id: record.record.subject_id.clone(),
+            erased_at: Some(crate::convert::timestamp(record.record.at)),
+            revision: record.revision,
+            already_erased: outcome.already_erased,
+            entries_erased: outcome.entries_erased,
+            items_due: outcome.items_due,
+            items_kept_by_law: outcome.items_kept,
+        }))
+    }
+
     type ExportSubjectStream =
         Pin<Box<dyn Stream<Item = Result<pb::ExportSubjectResponse, Status>> + Send + 'static>>;
 

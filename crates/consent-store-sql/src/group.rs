@@ -15,7 +15,7 @@
 //! The algorithm is here once ([`write_batch`]); each backend supplies its statements through
 //! [`BatchTx`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +24,8 @@ use consent_core::chain::seal;
 use consent_core::commands::Idempotency;
 use consent_core::{ConsentError, ConsentEvent, NewEvent, Result, Revision, StateEntry, Timestamp};
 use consent_store::{AppendOutcome, CacheFence, Commit, LedgerHead, NamespaceTag};
+
+use crate::rows::LockedHead;
 use tokio::sync::oneshot;
 
 /// Most events one group commit writes; a write larger than this still goes alone.
@@ -73,8 +75,14 @@ pub(crate) struct BatchWrite<'a> {
 #[async_trait]
 pub(crate) trait BatchTx: Send {
     /// Locks the tenant row (creating it on the tenant's first write), in one statement, and
-    /// returns the head.
-    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead>;
+    /// returns the head with the tenant's key ([`crate::rows::LOCK_HEAD`]).
+    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LockedHead>;
+    /// Which of `erased_ids` (erased ids of subjects) have an erased marker.
+    async fn erased_among(
+        &mut self,
+        tenant: &str,
+        erased_ids: &[String],
+    ) -> Result<HashSet<String>>;
     /// The idempotency records among `keys` created after `live_after` (older ones expired).
     async fn find_keys(
         &mut self,
@@ -169,7 +177,9 @@ async fn write_in_one_transaction(
 ) -> Result<Vec<Result<AppendOutcome>>> {
     let now = Timestamp::now();
     let mut tx = backend.begin().await?;
-    let head = tx.lock_head(tenant, now).await?;
+    let locked = tx.lock_head(tenant, now).await?;
+    let head = locked.head;
+    let erased = erased_subjects(tx.as_mut(), tenant, &locked, writes).await?;
     let keys: Vec<&str> = writes
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
@@ -203,11 +213,18 @@ async fn write_in_one_transaction(
             });
             continue;
         }
+        if let Some(subject) = write.events.iter().find(|e| erased.contains(&e.subject_id)) {
+            plans.push(Planned::Failed(ConsentError::FailedPrecondition(format!(
+                "subject_id `{}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it",
+                subject.subject_id
+            ))));
+            continue;
+        }
         let from = sealed.len();
         let first_revision = revision + 1;
         for event in &write.events {
             revision += 1;
-            let event = seal(tenant, event.clone(), revision, now, prev);
+            let event = seal(tenant, &locked.key, event.clone(), revision, now, prev);
             prev = event.hash;
             sealed.push(event);
         }
@@ -286,6 +303,30 @@ async fn write_in_one_transaction(
         });
     }
     Ok(outcomes)
+}
+
+/// The subjects of `writes` that were erased (none looked up while the tenant erased none).
+async fn erased_subjects(
+    tx: &mut dyn BatchTx,
+    tenant: &str,
+    locked: &LockedHead,
+    writes: &[PendingWrite],
+) -> Result<HashSet<String>> {
+    if locked.erasures == 0 {
+        return Ok(HashSet::new());
+    }
+    let mut by_erased_id: HashMap<String, &str> = HashMap::new();
+    for event in writes.iter().flat_map(|w| &w.events) {
+        if let Some(id) = locked.erased_lookup(&event.subject_id) {
+            by_erased_id.insert(id, &event.subject_id);
+        }
+    }
+    let ids: Vec<String> = by_erased_id.keys().cloned().collect();
+    let found = tx.erased_among(tenant, &ids).await?;
+    Ok(found
+        .iter()
+        .filter_map(|id| by_erased_id.get(id).map(|s| (*s).to_owned()))
+        .collect())
 }
 
 fn duration_micros(d: Duration) -> i64 {
@@ -451,6 +492,7 @@ mod tests {
     fn event(subject: &str, purpose: &str, decision: Decision, at: i64) -> ConsentEvent {
         seal(
             "t",
+            &consent_core::chain::ChainKey::NONE,
             NewEvent {
                 id: consent_core::commands::new_event_id(),
                 subject_id: subject.into(),

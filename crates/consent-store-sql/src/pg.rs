@@ -4,20 +4,20 @@
 //! records with one `UNNEST` statement each, and commits once. Commit wake-ups are sent
 //! after the commit, coalesced, by [`crate::commits`]: never `NOTIFY` inside a write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant, scopes_from_text, scopes_to_text};
-use consent_core::chain::GENESIS;
+use consent_core::chain::{ChainKey, GENESIS};
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, NewRecord, PolicyVersion, Purpose,
     Result, Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
+    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, ErasureOutcome,
+    EventQuery, FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
 };
 use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row, Transaction};
@@ -30,8 +30,8 @@ use crate::group::{
     BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, PendingWrite, StateRow,
 };
 use crate::rows::{
-    CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, catalog_from_rows,
-    event_uuid, from_json, from_pg_time, hash32, parse, pg_time, to_json,
+    CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, LockedHead,
+    catalog_from_rows, event_uuid, from_json, from_pg_time, hash32, parse, pg_time, to_json,
 };
 
 /// The ledger on PostgreSQL.
@@ -40,6 +40,7 @@ pub struct PgStore {
     pool: PgPool,
     pub(crate) commits: CommitFeed,
     group: GroupCommit,
+    pub(crate) keys: crate::rows::SubjectKeys,
 }
 
 /// The write side the group commit drives.
@@ -61,6 +62,7 @@ impl PgStore {
             pool,
             commits,
             group: GroupCommit::new(Arc::new(writer)),
+            keys: crate::rows::SubjectKeys::default(),
         }
     }
 
@@ -164,17 +166,21 @@ async fn subject_rows(
     order: &str,
     tenant: &str,
     subject: &str,
+    erased_id: Option<&str>,
 ) -> Result<SubjectState> {
+    // An erased subject's marker (under its erased id) comes before any flags.
     let sql = format!(
         "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
          s.collected_at, s.revision, h.flags \
          FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision, \
-               (SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2) AS flags) h \
+               COALESCE((SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $3), \
+                        (SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2)) AS flags) h \
          LEFT JOIN {table} s ON s.tenant_id = $1 AND s.subject_id = $2 {order}"
     );
     let rows = sqlx::query(&sql)
         .bind(tenant)
         .bind(subject)
+        .bind(erased_id)
         .fetch_all(pool)
         .await
         .map_err(db)?;
@@ -194,14 +200,16 @@ async fn states_of(
     pool: &PgPool,
     tenant: &str,
     subjects: &[String],
-) -> Result<Vec<Arc<SubjectState>>> {
+) -> Result<(Vec<Arc<SubjectState>>, i64)> {
     let rows = sqlx::query(
         "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
-         s.collected_at, s.revision, s.subject_id, NULL AS flags \
-         FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision) h \
+         s.collected_at, s.revision, s.subject_id, NULL AS flags, h.erasures \
+         FROM (SELECT COALESCE(t.revision, 0) AS revision, COALESCE(t.erasures, 0) AS erasures \
+               FROM (SELECT 1) AS one LEFT JOIN tenants t ON t.tenant_id = $1) h \
          LEFT JOIN consent_state s ON s.tenant_id = $1 AND s.subject_id = ANY($2) \
          UNION ALL SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0), \
-         NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.subject_id, f.body \
+         NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.subject_id, f.body, \
+         COALESCE((SELECT erasures FROM tenants WHERE tenant_id = $1), 0) \
          FROM subject_flags f WHERE f.tenant_id = $1 AND f.subject_id = ANY($2)",
     )
     .bind(tenant)
@@ -369,19 +377,33 @@ struct PgTx(Transaction<'static, Postgres>);
 
 #[async_trait]
 impl BatchTx for PgTx {
-    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead> {
+    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LockedHead> {
         // `DO UPDATE` locks the row whether it was just inserted or already there.
         let row = sqlx::query(crate::rows::LOCK_HEAD)
             .bind(tenant)
             .bind(GENESIS.as_slice())
             .bind(pg_time(now)?)
+            .bind(crate::rows::new_subject_key()?.as_slice())
             .fetch_one(&mut *self.0)
             .await
             .map_err(db)?;
-        Ok(LedgerHead {
-            revision: row.try_get(0).map_err(db)?,
-            hash: hash32(&row.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
-        })
+        crate::rows::locked_head(&row)
+    }
+
+    async fn erased_among(
+        &mut self,
+        tenant: &str,
+        erased_ids: &[String],
+    ) -> Result<HashSet<String>> {
+        let rows = sqlx::query(
+            "SELECT subject_id FROM subject_flags WHERE tenant_id = $1 AND subject_id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(erased_ids)
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|row| row.try_get(0).map_err(db)).collect()
     }
 
     async fn find_keys(
@@ -687,7 +709,18 @@ impl LedgerStore for PgStore {
     ) -> Result<Arc<SubjectState>> {
         Ok(Arc::new(match as_of {
             Some(at) => self.subject_history(tenant, subject_id).await?.as_of(at),
-            None => subject_rows(&self.pool, "consent_state", "", tenant, subject_id).await?,
+            None => {
+                let erased_id = self.key_of(tenant).await?.erased_subject_id(subject_id);
+                subject_rows(
+                    &self.pool,
+                    "consent_state",
+                    "",
+                    tenant,
+                    subject_id,
+                    erased_id.as_deref(),
+                )
+                .await?
+            }
         }))
     }
 
@@ -697,16 +730,25 @@ impl LedgerStore for PgStore {
         subjects: &[String],
         _consistency: Consistency,
     ) -> Result<Vec<Arc<SubjectState>>> {
-        states_of(&self.pool, tenant, subjects).await
+        let (mut states, erasures) = states_of(&self.pool, tenant, subjects).await?;
+        // Only a tenant that erased someone needs to look for erased markers.
+        if erasures > 0 {
+            let erased_ids = crate::rows::erased_ids(&self.key_of(tenant).await?, subjects);
+            let (markers, _) = states_of(&self.pool, tenant, &erased_ids).await?;
+            crate::rows::apply_markers(&mut states, &markers);
+        }
+        Ok(states)
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {
+        let erased_id = self.key_of(tenant).await?.erased_subject_id(subject_id);
         subject_rows(
             &self.pool,
             "consent_events",
             "ORDER BY s.revision",
             tenant,
             subject_id,
+            erased_id.as_deref(),
         )
         .await
     }
@@ -761,6 +803,20 @@ impl LedgerStore for PgStore {
 
     async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {
         self.records(tenant, query).await
+    }
+
+    async fn erase_subject(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<ErasureOutcome> {
+        self.subject_erase(tenant, subject_id, record, fence).await
+    }
+
+    async fn chain_key(&self, tenant: &str) -> Result<ChainKey> {
+        self.key_of(tenant).await
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

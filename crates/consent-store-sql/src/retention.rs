@@ -53,7 +53,7 @@ pub(crate) fn held(now: &str) -> String {
 }
 
 pub(crate) const ITEM_COLUMNS: &str = "item_id, subject_id, data_category, campaign_id, created_at, anchor_at, \
-     delete_after, deleted_at, attestation_revision, registered_at";
+     delete_after, deleted_at, attestation_revision, registered_at, erased_at";
 pub(crate) const HOLD_COLUMNS: &str =
     "hold_id, scope, scope_id, reason, until, created_at, released_at, actor_key_id";
 pub(crate) const RECORD_COLUMNS: &str = "revision, record_id, kind, subject_id, purpose_id, at, recorded_at, detail, \
@@ -73,14 +73,15 @@ macro_rules! sql_retention_store {
         namespace = $namespace:expr, raise_fence = $raise_fence:path $(,)?
     ) => {
         use async_trait::async_trait;
-        use consent_core::chain::{GENESIS, seal_record};
+        use consent_core::chain::{ChainKey, GENESIS, seal_record};
         use consent_core::retention::{
             DataItem, HoldScope, LegalHold, RetentionDefault, RetentionRule, delete_after,
         };
         use consent_core::{
-            ConsentError, LedgerRecord, NewRecord, Result, SubjectFlags, Timestamp,
+            ConsentError, LedgerRecord, NewRecord, RecordKind, Result, SubjectFlags, Timestamp,
         };
-        use consent_store::{CacheFence, FlagsOutcome, NamespaceTag};
+        use consent_store::{CacheFence, ErasureOutcome, FlagsOutcome, NamespaceTag};
+        use $crate::rows::LockedHead;
         use consent_store::{
             Attested, Commit, DueQuery, EventQuery, ExpiredGrant, Registered, RetentionCounts,
             RetentionRules, RetentionStore, StoredHold, StoredItem, StoredRecord, SweepMark,
@@ -133,6 +134,7 @@ macro_rules! sql_retention_store {
                 delete_after: read_opt_time(row, 6)?,
                 attestation_revision: row.try_get(8).map_err(db)?,
                 registered_at: read_time(row, 9)?,
+                erased_at: read_opt_time(row, 10)?,
             })
         }
 
@@ -289,7 +291,7 @@ macro_rules! sql_retention_store {
                 query = query.bind(campaign);
             }
             query.execute(&mut **tx).await.map_err(db)?;
-            Ok(())
+            erasures_bring_forward(tx, tenant, &rule.data_category).await
         }
 
         async fn item_in(tx: &mut Tx, tenant: &str, item_id: &str) -> Result<Option<StoredItem>> {
@@ -307,23 +309,60 @@ macro_rules! sql_retention_store {
         }
 
         /// Locks the tenant's head row (creating it on the tenant's first write), as the group
-        /// commit does, and returns its revision and hash.
-        async fn lock_head(tx: &mut Tx, tenant: &str, now: Timestamp) -> Result<(i64, [u8; 32])> {
+        /// commit does, and returns it with the tenant's key.
+        async fn lock_head(tx: &mut Tx, tenant: &str, now: Timestamp) -> Result<LockedHead> {
             let head = sqlx::query(crate::rows::LOCK_HEAD)
+                .bind(tenant)
+                .bind(GENESIS.as_slice())
+                .bind(time(now)?)
+                .bind(crate::rows::new_subject_key()?.as_slice())
+                .fetch_one(&mut **tx)
+                .await
+                .map_err(db)?;
+            crate::rows::locked_head(&head)
+        }
+
+        /// Whether the subject whose erased id is `erased_id` was erased (its marker is there).
+        async fn has_marker(tx: &mut Tx, tenant: &str, erased_id: &str) -> Result<bool> {
+            let found: Option<i64> = sqlx::query_scalar(
+                "SELECT revision FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2",
+            )
             .bind(tenant)
-            .bind(GENESIS.as_slice())
-            .bind(time(now)?)
-            .fetch_one(&mut **tx)
+            .bind(erased_id)
+            .fetch_optional(&mut **tx)
             .await
             .map_err(db)?;
-            Ok((
-                head.try_get(0).map_err(db)?,
-                hash32(&head.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
+            Ok(found.is_some())
+        }
+
+        fn erased_error(subject_id: &str) -> ConsentError {
+            ConsentError::FailedPrecondition(format!(
+                "subject_id `{subject_id}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it"
             ))
         }
 
+        /// `FailedPrecondition` if `subject_id` was erased, for writes that hold the tenant's
+        /// retention lock (which an erasure takes too) but not its head.
+        async fn refuse_erased(tx: &mut Tx, tenant: &str, subject_id: &str) -> Result<()> {
+            let row = sqlx::query(
+                "SELECT subject_key, keyed_from, erasures FROM tenants WHERE tenant_id = $1",
+            )
+            .bind(tenant)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            let Some(row) = row else { return Ok(()) };
+            let erasures: i64 = row.try_get(2).map_err(db)?;
+            let key = crate::rows::chain_key_from(&row, 0)?;
+            match key.erased_subject_id(subject_id).filter(|_| erasures > 0) {
+                Some(id) if has_marker(tx, tenant, &id).await? => Err(erased_error(subject_id)),
+                _ => Ok(()),
+            }
+        }
+
         /// Appends records after the tenant's head (locked: they take the next revisions) and
-        /// moves the head, in `tx`.
+        /// moves the head, in `tx`. Records of subjects erased meanwhile are left out (a
+        /// sweep that read a grant before its subject's erasure).
         async fn append_in(
             tx: &mut Tx,
             tenant: &str,
@@ -333,22 +372,33 @@ macro_rules! sql_retention_store {
             if records.is_empty() {
                 return Ok(Vec::new());
             }
-            let (revision, prev) = lock_head(tx, tenant, now).await?;
-            append_after(tx, tenant, revision, prev, records, now).await
+            let locked = lock_head(tx, tenant, now).await?;
+            let mut kept = Vec::with_capacity(records.len());
+            for record in records {
+                let erased = match locked.erased_lookup(&record.subject_id) {
+                    Some(id) => has_marker(tx, tenant, &id).await?,
+                    None => false,
+                };
+                if !erased {
+                    kept.push(record);
+                }
+            }
+            append_after(tx, tenant, &locked, kept, now).await
         }
 
-        /// Appends records after `revision` (whose hash is `prev`, the head locked in `tx`)
-        /// and moves the head.
+        /// Appends records after the head locked in `tx` and moves the head.
         async fn append_after(
             tx: &mut Tx,
             tenant: &str,
-            revision: i64,
-            prev: [u8; 32],
+            locked: &LockedHead,
             records: Vec<NewRecord>,
             now: Timestamp,
         ) -> Result<Vec<LedgerRecord>> {
-            let mut revision = revision;
-            let mut prev = prev;
+            if records.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut revision = locked.head.revision;
+            let mut prev = locked.head.hash;
             let sql = format!(
                 "INSERT INTO ledger_records (tenant_id, {RECORD_COLUMNS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
@@ -356,7 +406,7 @@ macro_rules! sql_retention_store {
             let mut sealed_all = Vec::with_capacity(records.len());
             for record in records {
                 revision += 1;
-                let sealed = seal_record(tenant, record, revision, now, prev);
+                let sealed = seal_record(tenant, &locked.key, record, revision, now, prev);
                 prev = sealed.hash;
                 let r = &sealed.record;
                 sqlx::query(&sql)
@@ -386,6 +436,58 @@ macro_rules! sql_retention_store {
                 .await
                 .map_err(db)?;
             Ok(sealed_all)
+        }
+
+        /// Brings `delete_after` of erased subjects' items of `category` forward to their
+        /// erasure, unless the category is kept by law (its default is a minimum). Runs after
+        /// every change of `delete_after`, so a rule change never undoes an erasure.
+        async fn erasures_bring_forward(tx: &mut Tx, tenant: &str, category: &str) -> Result<()> {
+            let rules = load_rules(&mut **tx, tenant).await?;
+            if kept_by_law(&rules, category) {
+                return Ok(());
+            }
+            sqlx::query(
+                "UPDATE data_items SET delete_after = erased_at \
+                 WHERE tenant_id = $1 AND data_category = $2 AND erased_at IS NOT NULL \
+                 AND deleted_at IS NULL AND (delete_after IS NULL OR delete_after > erased_at)",
+            )
+            .bind(tenant)
+            .bind(category)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+
+        /// Raises the tenant's cache fence if `fence` asks for it (or the namespace the writer
+        /// told is no longer the ledger's), then commits.
+        async fn fence_and_commit(
+            mut tx: Tx,
+            tenant: &str,
+            revision: i64,
+            fence: CacheFence,
+        ) -> Result<()> {
+            let must_fence = match fence {
+                CacheFence::None => false,
+                CacheFence::States => true,
+                CacheFence::Told { namespace } => {
+                    let current: Option<String> = sqlx::query_scalar($namespace)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                    current.is_none_or(|c| NamespaceTag::of(&c) != namespace)
+                }
+            };
+            if must_fence {
+                $raise_fence(&mut tx, tenant, revision, 0).await?;
+            }
+            tx.commit().await.map_err(db)
+        }
+
+        fn kept_by_law(rules: &RetentionRules, category: &str) -> bool {
+            rules
+                .default_for(category)
+                .is_some_and(|d| d.bound == consent_core::retention::RetentionBound::Minimum)
         }
 
         fn not_found(item_id: &str) -> ConsentError {
@@ -466,7 +568,13 @@ macro_rules! sql_retention_store {
                 let mut tx = self.$writer().begin().await.map_err(db)?;
                 // The head first (as every ledger write of the tenant): flag writes of one
                 // subject serialise on it, so each reads the flags the previous one left.
-                let (head, prev) = lock_head(&mut tx, tenant, now).await?;
+                let locked = lock_head(&mut tx, tenant, now).await?;
+                let head = locked.head.revision;
+                if let Some(id) = locked.erased_lookup(subject_id)
+                    && has_marker(&mut tx, tenant, &id).await?
+                {
+                    return Err(erased_error(subject_id));
+                }
                 let stored: Option<String> = sqlx::query_scalar(
                     "SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2",
                 )
@@ -495,7 +603,7 @@ macro_rules! sql_retention_store {
                         revision: head,
                     });
                 }
-                let sealed = append_after(&mut tx, tenant, head, prev, effective, now).await?;
+                let sealed = append_after(&mut tx, tenant, &locked, effective, now).await?;
                 let revision = sealed.last().map_or(head, |r| r.revision);
                 sqlx::query(
                     "INSERT INTO subject_flags (tenant_id, subject_id, body, revision) \
@@ -509,21 +617,7 @@ macro_rules! sql_retention_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                let must_fence = match fence {
-                    CacheFence::None => false,
-                    CacheFence::States => true,
-                    CacheFence::Told { namespace } => {
-                        let current: Option<String> = sqlx::query_scalar($namespace)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(db)?;
-                        current.is_none_or(|c| NamespaceTag::of(&c) != namespace)
-                    }
-                };
-                if must_fence {
-                    $raise_fence(&mut tx, tenant, revision, 0).await?;
-                }
-                tx.commit().await.map_err(db)?;
+                fence_and_commit(tx, tenant, revision, fence).await?;
                 self.commits.publish(Commit {
                     tenant_id: tenant.to_owned(),
                     revision,
@@ -531,6 +625,199 @@ macro_rules! sql_retention_store {
                 Ok(FlagsOutcome {
                     records: sealed,
                     flags,
+                    revision,
+                })
+            }
+
+            /// See `LedgerStore::chain_key`; remembered once the tenant has a key.
+            pub(crate) async fn key_of(&self, tenant: &str) -> Result<ChainKey> {
+                if let Some(key) = self.keys.get(tenant) {
+                    return Ok(key);
+                }
+                let row = sqlx::query(crate::rows::CHAIN_KEY)
+                    .bind(tenant)
+                    .fetch_optional(self.$reader())
+                    .await
+                    .map_err(db)?;
+                let key = match row {
+                    Some(row) => crate::rows::chain_key_from(&row, 0)?,
+                    None => ChainKey::NONE,
+                };
+                Ok(self.keys.remember(tenant, key))
+            }
+
+            /// See `LedgerStore::erase_subject`.
+            pub(crate) async fn subject_erase(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                record: NewRecord,
+                fence: CacheFence,
+            ) -> Result<ErasureOutcome> {
+                if record.kind != RecordKind::SubjectErased {
+                    return Err(ConsentError::Internal(format!(
+                        "an erasure records subject_erased, not {}",
+                        record.kind
+                    )));
+                }
+                let now = Timestamp::now();
+                // The retention lock (items and holds move), then the head, as attestations do.
+                let mut tx = self.begin_retention(tenant).await?;
+                let locked = lock_head(&mut tx, tenant, now).await?;
+                let key = locked.key;
+                let erased_id = key.erased_subject_id(subject_id).ok_or_else(|| {
+                    ConsentError::Internal("no subject key after the head lock".into())
+                })?;
+                let sql = format!(
+                    "SELECT {RECORD_COLUMNS} FROM ledger_records WHERE tenant_id = $1 \
+                     AND subject_id = $2 AND kind = $3 ORDER BY revision LIMIT 1"
+                );
+                let first = sqlx::query(&sql)
+                    .bind(tenant)
+                    .bind(erased_id.as_str())
+                    .bind(RecordKind::SubjectErased.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                if let Some(row) = first {
+                    tx.rollback().await.map_err(db)?;
+                    return Ok(ErasureOutcome {
+                        record: record_from_row(&row)?.record,
+                        already_erased: true,
+                        entries_erased: 0,
+                        items_due: 0,
+                        items_kept: 0,
+                        revision: locked.head.revision,
+                    });
+                }
+
+                // Each entry gets the digest its canonical form committed to: plain before the
+                // key (v1), keyed from it on (v2). Payloads go with the clear id.
+                let plain_id = key.erased_entry_id(0, subject_id);
+                let mut entries_erased: u64 = 0;
+                for (table, payload) in [("consent_events", "evidence"), ("ledger_records", "detail")] {
+                    for (id, keyed) in [(plain_id.as_str(), false), (erased_id.as_str(), true)] {
+                        let sql = format!(
+                            "UPDATE {table} SET subject_id = $3, {payload} = NULL \
+                             WHERE tenant_id = $1 AND subject_id = $2 AND (revision >= $4) = $5"
+                        );
+                        entries_erased += sqlx::query(&sql)
+                            .bind(tenant)
+                            .bind(subject_id)
+                            .bind(id)
+                            .bind(key.keyed_from)
+                            .bind(keyed)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(db)?
+                            .rows_affected();
+                    }
+                }
+                for table in ["consent_state", "subject_flags"] {
+                    sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE tenant_id = $1 AND subject_id = $2"
+                    ))
+                    .bind(tenant)
+                    .bind(subject_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                }
+                sqlx::query(
+                    "UPDATE legal_holds SET scope_id = $3 \
+                     WHERE tenant_id = $1 AND scope = 'subject' AND scope_id = $2",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .bind(erased_id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+
+                // Items: counted by category (kept by law or not) before they move.
+                let counts = sqlx::query(
+                    "SELECT data_category, COUNT(*) FROM data_items \
+                     WHERE tenant_id = $1 AND subject_id = $2 AND deleted_at IS NULL \
+                     GROUP BY data_category",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db)?;
+                let rules = load_rules(&mut *tx, tenant).await?;
+                let (mut items_due, mut items_kept) = (0i64, 0i64);
+                let mut categories = Vec::with_capacity(counts.len());
+                for row in &counts {
+                    let category: String = row.try_get(0).map_err(db)?;
+                    let n: i64 = row.try_get(1).map_err(db)?;
+                    if kept_by_law(&rules, &category) {
+                        items_kept += n;
+                    } else {
+                        items_due += n;
+                    }
+                    categories.push(category);
+                }
+                sqlx::query(
+                    "UPDATE data_items SET subject_id = $3, erased_at = $4 \
+                     WHERE tenant_id = $1 AND subject_id = $2",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .bind(erased_id.as_str())
+                .bind(time(now)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                for category in &categories {
+                    erasures_bring_forward(&mut tx, tenant, category).await?;
+                }
+
+                let mut record = record;
+                record.subject_id = erased_id.clone();
+                record.at = now;
+                let entries_erased = i64::try_from(entries_erased).unwrap_or(i64::MAX);
+                record.detail.extend([
+                    ("entries_erased".to_owned(), entries_erased.to_string()),
+                    ("items_due".to_owned(), items_due.to_string()),
+                    ("items_kept_by_law".to_owned(), items_kept.to_string()),
+                ]);
+                let sealed = append_after(&mut tx, tenant, &locked, vec![record], now)
+                    .await?
+                    .pop()
+                    .ok_or_else(|| ConsentError::Internal("the erasure was not sealed".into()))?;
+                let revision = sealed.revision;
+                let marker = SubjectFlags {
+                    erased_since: Some(now),
+                    ..SubjectFlags::default()
+                };
+                sqlx::query(
+                    "INSERT INTO subject_flags (tenant_id, subject_id, body, revision) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(tenant)
+                .bind(erased_id.as_str())
+                .bind(to_json(&marker)?)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                sqlx::query("UPDATE tenants SET erasures = erasures + 1 WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                fence_and_commit(tx, tenant, revision, fence).await?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(ErasureOutcome {
+                    record: sealed,
+                    already_erased: false,
+                    entries_erased,
+                    items_due,
+                    items_kept,
                     revision,
                 })
             }
@@ -634,6 +921,7 @@ macro_rules! sql_retention_store {
                 now: Timestamp,
             ) -> Result<Registered> {
                 let mut tx = self.begin_retention(tenant).await?;
+                refuse_erased(&mut tx, tenant, &item.subject_id).await?;
                 if let Some(stored) = item_in(&mut tx, tenant, &item.item_id).await? {
                     // A retry that omits the anchor (not known when first sent) matches an item
                     // whose anchor was set since.
@@ -664,7 +952,7 @@ macro_rules! sql_retention_store {
                 let due = delete_after(item, rule);
                 let sql = format!(
                     "INSERT INTO data_items (tenant_id, {ITEM_COLUMNS}) \
-                     VALUES ($9, $1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8)"
+                     VALUES ($9, $1, $2, $3, $4, $5, $6, $7, NULL, NULL, $8, NULL)"
                 );
                 sqlx::query(&sql)
                     .bind(item.item_id.as_str())
@@ -689,6 +977,7 @@ macro_rules! sql_retention_store {
                         delete_after: due,
                         attestation_revision: None,
                         registered_at: now,
+                        erased_at: None,
                     },
                     replayed: false,
                 })
@@ -764,12 +1053,24 @@ macro_rules! sql_retention_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
+                if stored.erased_at.is_some() {
+                    erasures_bring_forward(&mut tx, tenant, &stored.item.data_category).await?;
+                    stored = item_in(&mut tx, tenant, item_id)
+                        .await?
+                        .ok_or_else(|| not_found(item_id))?;
+                }
                 tx.commit().await.map_err(db)?;
                 Ok(stored)
             }
 
             async fn place_legal_hold(&self, tenant: &str, hold: &StoredHold) -> Result<()> {
                 let (scope, scope_id) = hold_scope_parts(&hold.hold.scope);
+                // A hold on an erased subject would hold nothing (its items moved to its
+                // erased id): refused, as every write for an erased subject.
+                let mut tx = self.begin_retention(tenant).await?;
+                if let HoldScope::Subject(subject_id) = &hold.hold.scope {
+                    refuse_erased(&mut tx, tenant, subject_id).await?;
+                }
                 let sql = format!(
                     "INSERT INTO legal_holds (tenant_id, {HOLD_COLUMNS}) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -784,10 +1085,10 @@ macro_rules! sql_retention_store {
                     .bind(time(hold.created_at)?)
                     .bind(opt_time(hold.released_at)?)
                     .bind(hold.actor_key_id.as_str())
-                    .execute(self.$writer())
+                    .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                Ok(())
+                tx.commit().await.map_err(db)
             }
 
             async fn release_legal_hold(

@@ -5,20 +5,20 @@
 //! instead of many connections queueing on the file lock through `busy_timeout`, and a
 //! read-only pool for everything else (WAL readers never wait for the writer).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant, scopes_from_text, scopes_to_text};
-use consent_core::chain::GENESIS;
+use consent_core::chain::{ChainKey, GENESIS};
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, NewRecord, PolicyVersion, Purpose,
     Result, Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
-    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, EventQuery,
-    FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
+    AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, ErasureOutcome,
+    EventQuery, FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, StoredEvent, StoredRecord,
 };
 use sqlx::sqlite::{SqlitePool, SqliteRow};
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
@@ -29,8 +29,8 @@ use crate::group::{
     BatchBackend, BatchTx, BatchWrite, GroupCommit, KeyRecord, NewKey, PendingWrite, StateRow,
 };
 use crate::rows::{
-    CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, catalog_from_rows, from_json,
-    hash32, parse, to_json,
+    CATALOG_POLICY, CATALOG_PURPOSE, CATALOG_VENDOR, CATALOG_VERSION, LockedHead,
+    catalog_from_rows, from_json, hash32, parse, to_json,
 };
 
 /// Rows per multi-row INSERT (17 parameters each, well under SQLite's 32,766).
@@ -43,6 +43,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     pub(crate) commits: CommitFeed,
     group: GroupCommit,
+    pub(crate) keys: crate::rows::SubjectKeys,
 }
 
 /// The write side the group commit drives.
@@ -70,6 +71,7 @@ impl SqliteStore {
             reader,
             commits,
             group,
+            keys: crate::rows::SubjectKeys::default(),
         }
     }
 
@@ -184,17 +186,21 @@ async fn subject_rows(
     order: &str,
     tenant: &str,
     subject: &str,
+    erased_id: Option<&str>,
 ) -> Result<SubjectState> {
+    // An erased subject's marker (under its erased id) comes before any flags.
     let sql = format!(
         "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
          s.collected_at, s.revision, h.flags \
          FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision, \
-               (SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2) AS flags) h \
+               COALESCE((SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $3), \
+                        (SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2)) AS flags) h \
          LEFT JOIN {table} s ON s.tenant_id = $1 AND s.subject_id = $2 {order}"
     );
     let rows = sqlx::query(&sql)
         .bind(tenant)
         .bind(subject)
+        .bind(erased_id)
         .fetch_all(pool)
         .await
         .map_err(db)?;
@@ -214,16 +220,18 @@ async fn states_of(
     pool: &SqlitePool,
     tenant: &str,
     subjects: &[String],
-) -> Result<Vec<Arc<SubjectState>>> {
+) -> Result<(Vec<Arc<SubjectState>>, i64)> {
     let mut states = Vec::with_capacity(subjects.len());
+    let mut erasures = 0;
     for chunk in subjects.chunks(ROWS_PER_INSERT) {
         let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
             "SELECT h.revision, s.purpose_id, s.vendor_id, s.decision, s.event_id, s.policy_version_id, \
-             s.collected_at, s.revision, s.subject_id, NULL AS flags \
-             FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = ",
+             s.collected_at, s.revision, s.subject_id, NULL AS flags, h.erasures \
+             FROM (SELECT COALESCE(t.revision, 0) AS revision, COALESCE(t.erasures, 0) AS erasures \
+             FROM (SELECT 1) AS one LEFT JOIN tenants t ON t.tenant_id = ",
         );
         sql.push_bind(tenant)
-            .push("), 0) AS revision) h LEFT JOIN consent_state s ON s.tenant_id = ")
+            .push(") h LEFT JOIN consent_state s ON s.tenant_id = ")
             .push_bind(tenant)
             .push(" AND s.subject_id IN (");
         let mut list = sql.separated(", ");
@@ -233,7 +241,8 @@ async fn states_of(
         sql.push(") UNION ALL SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = ")
             .push_bind(tenant)
             .push(
-                "), 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.subject_id, f.body \
+                "), 0), NULL, NULL, NULL, NULL, NULL, NULL, NULL, f.subject_id, f.body, \
+                   COALESCE((SELECT erasures FROM tenants WHERE tenant_id = f.tenant_id), 0) \
                    FROM subject_flags f WHERE f.tenant_id = ",
             )
             .push_bind(tenant)
@@ -244,9 +253,12 @@ async fn states_of(
         }
         sql.push(")");
         let rows = sql.build().fetch_all(pool).await.map_err(db)?;
-        states.extend(crate::rows::states_in_order(chunk, &rows, state_from_row)?);
+        let (chunk_states, chunk_erasures) =
+            crate::rows::states_in_order(chunk, &rows, state_from_row)?;
+        states.extend(chunk_states);
+        erasures = erasures.max(chunk_erasures);
     }
-    Ok(states)
+    Ok((states, erasures))
 }
 
 #[async_trait]
@@ -404,19 +416,40 @@ struct SqliteTx(Transaction<'static, Sqlite>);
 
 #[async_trait]
 impl BatchTx for SqliteTx {
-    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LedgerHead> {
+    async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LockedHead> {
         // A write statement first, so the transaction holds the write lock from here on.
         let row = sqlx::query(crate::rows::LOCK_HEAD)
             .bind(tenant)
             .bind(GENESIS.as_slice())
             .bind(now.as_micros())
+            .bind(crate::rows::new_subject_key()?.as_slice())
             .fetch_one(&mut *self.0)
             .await
             .map_err(db)?;
-        Ok(LedgerHead {
-            revision: row.try_get(0).map_err(db)?,
-            hash: hash32(&row.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
-        })
+        crate::rows::locked_head(&row)
+    }
+
+    async fn erased_among(
+        &mut self,
+        tenant: &str,
+        erased_ids: &[String],
+    ) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in erased_ids.chunks(ROWS_PER_INSERT) {
+            let mut sql: QueryBuilder<Sqlite> =
+                QueryBuilder::new("SELECT subject_id FROM subject_flags WHERE tenant_id = ");
+            sql.push_bind(tenant).push(" AND subject_id IN (");
+            let mut list = sql.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            sql.push(")");
+            let rows = sql.build().fetch_all(&mut *self.0).await.map_err(db)?;
+            for row in &rows {
+                found.insert(row.try_get(0).map_err(db)?);
+            }
+        }
+        Ok(found)
     }
 
     async fn find_keys(
@@ -676,7 +709,18 @@ impl LedgerStore for SqliteStore {
     ) -> Result<Arc<SubjectState>> {
         Ok(Arc::new(match as_of {
             Some(at) => self.subject_history(tenant, subject_id).await?.as_of(at),
-            None => subject_rows(&self.reader, "consent_state", "", tenant, subject_id).await?,
+            None => {
+                let erased_id = self.key_of(tenant).await?.erased_subject_id(subject_id);
+                subject_rows(
+                    &self.reader,
+                    "consent_state",
+                    "",
+                    tenant,
+                    subject_id,
+                    erased_id.as_deref(),
+                )
+                .await?
+            }
         }))
     }
 
@@ -686,16 +730,25 @@ impl LedgerStore for SqliteStore {
         subjects: &[String],
         _consistency: Consistency,
     ) -> Result<Vec<Arc<SubjectState>>> {
-        states_of(&self.reader, tenant, subjects).await
+        let (mut states, erasures) = states_of(&self.reader, tenant, subjects).await?;
+        // Only a tenant that erased someone needs to look for erased markers.
+        if erasures > 0 {
+            let erased_ids = crate::rows::erased_ids(&self.key_of(tenant).await?, subjects);
+            let (markers, _) = states_of(&self.reader, tenant, &erased_ids).await?;
+            crate::rows::apply_markers(&mut states, &markers);
+        }
+        Ok(states)
     }
 
     async fn subject_history(&self, tenant: &str, subject_id: &str) -> Result<SubjectState> {
+        let erased_id = self.key_of(tenant).await?.erased_subject_id(subject_id);
         subject_rows(
             &self.reader,
             "consent_events",
             "ORDER BY s.revision",
             tenant,
             subject_id,
+            erased_id.as_deref(),
         )
         .await
     }
@@ -751,6 +804,20 @@ impl LedgerStore for SqliteStore {
 
     async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {
         self.records(tenant, query).await
+    }
+
+    async fn erase_subject(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<ErasureOutcome> {
+        self.subject_erase(tenant, subject_id, record, fence).await
+    }
+
+    async fn chain_key(&self, tenant: &str) -> Result<ChainKey> {
+        self.key_of(tenant).await
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {

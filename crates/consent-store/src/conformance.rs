@@ -85,6 +85,7 @@ macro_rules! store_conformance_suite {
             an_attestation_is_a_ledger_record_and_final,
             retention_is_tenant_scoped,
             flags_are_projected_with_the_state,
+            erasure_keeps_the_chain_and_refuses_the_subject,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

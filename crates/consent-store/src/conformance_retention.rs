@@ -729,3 +729,207 @@ pub async fn flags_are_projected_with_the_state(store: &Arc<dyn Store>) {
         .await);
     assert!(other.flags.is_empty());
 }
+
+fn erasure(reason: &str) -> NewRecord {
+    NewRecord {
+        id: new_event_id(),
+        kind: RecordKind::SubjectErased,
+        subject_id: String::new(),
+        purpose_id: String::new(),
+        at: day(1),
+        detail: [("reason".to_owned(), reason.to_owned())].into(),
+        actor_key_id: "key-1".into(),
+    }
+}
+
+/// Erasure (Art. 17): the subject's id and payloads leave every row, the chain still
+/// verifies, reads answer with the erased marker, items become due unless kept by law,
+/// every later write for the subject is refused, and a second erasure changes nothing.
+pub async fn erasure_keeps_the_chain_and_refuses_the_subject(store: &Arc<dyn Store>) {
+    let t = tenant();
+    ok(store.apply_retention_defaults(&t, &defaults()).await);
+    append(
+        store,
+        &t,
+        vec![
+            event("alice", "analytics", "", Decision::Granted, day(1)),
+            event("bob", "analytics", "", Decision::Granted, day(1)),
+        ],
+    )
+    .await;
+    ok(store
+        .append_flags(
+            &t,
+            "alice",
+            vec![flag(RecordKind::GpcSet, "alice", "", 2)],
+            crate::CacheFence::None,
+        )
+        .await);
+    // Items created far ahead, so their own periods end long after the erasure.
+    register(
+        store,
+        &t,
+        &item("rec-a", "alice", "call_recording", "", 30_000),
+    )
+    .await;
+    register(store, &t, &item("bill-a", "alice", "billing", "", 30_000)).await;
+    register(
+        store,
+        &t,
+        &item("rec-b", "bob", "call_recording", "", 30_000),
+    )
+    .await;
+    ok(store
+        .place_legal_hold(&t, &hold(HoldScope::Subject("alice".into()), None))
+        .await);
+    // Read (and cache) the state before the erasure.
+    let before = ok(store
+        .subject_state(&t, "alice", None, crate::Consistency::default())
+        .await);
+    assert_eq!(before.entries.len(), 1);
+
+    let erased = ok(store
+        .erase_subject(&t, "alice", erasure("request #1"), crate::CacheFence::None)
+        .await);
+    assert!(!erased.already_erased);
+    assert_eq!(erased.entries_erased, 2, "the grant and the GPC record");
+    assert_eq!((erased.items_due, erased.items_kept), (1, 1));
+    let erased_id = erased.record.record.subject_id.clone();
+    assert!(
+        consent_core::chain::erased_digest(&erased_id).is_some(),
+        "{erased_id}"
+    );
+    assert_eq!(erased.record.record.kind, RecordKind::SubjectErased);
+    assert_eq!(
+        erased
+            .record
+            .record
+            .detail
+            .get("reason")
+            .map(String::as_str),
+        Some("request #1")
+    );
+    assert_eq!(erased.revision, 4);
+
+    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events_checked, 4);
+
+    // No row holds the clear id or the payloads.
+    let all = EventQuery {
+        limit: 100,
+        ..EventQuery::default()
+    };
+    for entry in ok(list_entries(store.as_ref(), &t, &all).await) {
+        match entry {
+            LedgerEntry::Event(e) if e.event.event.subject_id != "bob" => {
+                assert_eq!(e.event.event.subject_id, erased_id);
+                assert!(e.evidence_erased);
+            }
+            LedgerEntry::Event(_) => {}
+            LedgerEntry::Record(r) => {
+                assert_eq!(r.record.record.subject_id, erased_id);
+                assert!(
+                    r.detail_erased || r.record.record.kind == RecordKind::SubjectErased,
+                    "{r:?}"
+                );
+            }
+        }
+    }
+    let by_subject = EventQuery {
+        subject_id: Some("alice".into()),
+        ..all.clone()
+    };
+    assert!(ok(list_entries(store.as_ref(), &t, &by_subject).await).is_empty());
+
+    // Reads: single, batch and as-of answer with the marker only.
+    let state = ok(store
+        .subject_state(&t, "alice", None, crate::Consistency::default())
+        .await);
+    assert!(state.entries.is_empty());
+    assert!(state.flags.erased_since.is_some());
+    assert_eq!(state.flags.gpc_since, None);
+    let batch = ok(store
+        .subject_states(
+            &t,
+            &["bob".into(), "alice".into()],
+            crate::Consistency::default(),
+        )
+        .await);
+    assert_eq!(batch[0].entries.len(), 1);
+    assert!(batch[0].flags.is_empty());
+    assert_eq!(batch[1].flags, state.flags);
+    assert!(batch[1].entries.is_empty());
+    let past = ok(store
+        .subject_state(&t, "alice", Some(day(1)), crate::Consistency::default())
+        .await);
+    assert!(past.entries.is_empty() && past.flags.erased_since.is_some());
+
+    // Items moved to the erased id; the call recording is due at the erasure, the bill
+    // stays (kept by law), and the subject hold moved with them.
+    let rec = ok(store.data_item(&t, "rec-a").await).unwrap_or_else(|| panic!("rec-a is gone"));
+    assert_eq!(rec.item.subject_id, erased_id);
+    assert!(rec.erased_at.is_some());
+    assert_eq!(rec.delete_after, rec.erased_at);
+    let bill = ok(store.data_item(&t, "bill-a").await).unwrap_or_else(|| panic!("bill-a is gone"));
+    assert!(bill.delete_after > bill.erased_at);
+    assert_eq!(ok(store.holds_covering(&t, &rec.item).await).len(), 1);
+    let bob = ok(store.data_item(&t, "rec-b").await).unwrap_or_else(|| panic!("rec-b is gone"));
+    assert_eq!(bob.erased_at, None);
+
+    // Every write for the subject is refused; others go on.
+    is_failed_precondition(
+        store
+            .append(
+                &t,
+                &[event("alice", "analytics", "", Decision::Granted, day(5))],
+                None,
+                crate::CacheFence::None,
+            )
+            .await,
+        "erased",
+    );
+    is_failed_precondition(
+        store
+            .append_flags(
+                &t,
+                "alice",
+                vec![flag(RecordKind::ProcessingRestricted, "alice", "", 5)],
+                crate::CacheFence::None,
+            )
+            .await,
+        "erased",
+    );
+    is_failed_precondition(
+        store
+            .register_item(
+                &t,
+                &item("rec-a2", "alice", "call_recording", "", 5),
+                day(5),
+            )
+            .await,
+        "erased",
+    );
+    is_failed_precondition(
+        store
+            .place_legal_hold(&t, &hold(HoldScope::Subject("alice".into()), None))
+            .await,
+        "erased",
+    );
+    append(
+        store,
+        &t,
+        vec![event("bob", "analytics", "", Decision::Withdrawn, day(6))],
+    )
+    .await;
+
+    // A second erasure writes nothing and answers with the first.
+    let again = ok(store
+        .erase_subject(&t, "alice", erasure("request #2"), crate::CacheFence::None)
+        .await);
+    assert!(again.already_erased);
+    assert_eq!(again.record, erased.record);
+    let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(head.revision, 5);
+}

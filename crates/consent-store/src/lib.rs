@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
-use consent_core::chain::{ChainEntry, ChainVerifier, GENESIS, VerifyReport};
+use consent_core::chain::{ChainEntry, ChainKey, ChainVerifier, GENESIS, VerifyReport};
 use consent_core::commands::Idempotency;
 use consent_core::{
     Catalog, ConsentEvent, LedgerRecord, NewEvent, NewRecord, PolicyVersion, Purpose, Result,
@@ -86,6 +86,24 @@ pub struct FlagsOutcome {
     /// The subject's flags after the write.
     pub flags: SubjectFlags,
     /// The tenant revision after the write.
+    pub revision: Revision,
+}
+
+/// What an erasure did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErasureOutcome {
+    /// The SUBJECT_ERASED record, or on a repeated erasure the first one's.
+    pub record: LedgerRecord,
+    /// Whether the subject had already been erased (nothing was written).
+    pub already_erased: bool,
+    /// Entries (consent events and ledger records) whose subject id was replaced.
+    pub entries_erased: i64,
+    /// The subject's data items that became due at the erasure.
+    pub items_due: i64,
+    /// The subject's data items kept because their category is kept under a legal
+    /// obligation (its default is a minimum).
+    pub items_kept: i64,
+    /// The tenant revision after the erasure.
     pub revision: Revision,
 }
 
@@ -256,6 +274,27 @@ pub trait LedgerStore: Send + Sync {
         fence: CacheFence,
     ) -> Result<FlagsOutcome>;
 
+    /// Erases `subject_id` (Art. 17) in one transaction after the tenant's head: appends
+    /// `record` (kind `SubjectErased`; the store writes the subject's erased id in place of
+    /// its subject), replaces the subject id on every entry of the chain by the digest the
+    /// entry committed to and deletes their evidence and details, drops the subject's
+    /// projections and flags, keeps an erased marker under its keyed digest (reads then
+    /// give flags with `erased_since`), moves the subject's data items to the erased id and
+    /// makes them due unless their category is kept by law, and refuses every later write
+    /// for the subject with `FailedPrecondition`. Fences as [`LedgerStore::append`] does. A
+    /// second erasure writes nothing and returns the first one's record.
+    async fn erase_subject(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<ErasureOutcome>;
+
+    /// The tenant's chain key ([`ChainKey::NONE`] before its first ledger write), for
+    /// verification. Never leaves the service.
+    async fn chain_key(&self, tenant: &str) -> Result<ChainKey>;
+
     /// Fences changed after sequence `after` (0: all), in sequence order.
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>>;
 
@@ -398,7 +437,9 @@ pub async fn verify_ledger(
     tenant: &str,
 ) -> Result<(VerifyReport, LedgerHead)> {
     let head = store.head(tenant).await?;
-    let mut verifier = ChainVerifier::new(tenant);
+    // Read after the head: a key set since applies only to revisions after it.
+    let key = store.chain_key(tenant).await?;
+    let mut verifier = ChainVerifier::new(tenant, key);
     let mut after = 0;
     while after < head.revision && !verifier.failed() {
         let page = list_entries(

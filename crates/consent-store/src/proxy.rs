@@ -87,6 +87,27 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn erase_subject(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                record: consent_core::NewRecord,
+                fence: $crate::CacheFence,
+            ) -> consent_core::Result<$crate::ErasureOutcome> {
+                self.around(
+                    "erase_subject",
+                    self.inner()
+                        .erase_subject(tenant, subject_id, record, fence),
+                )
+                .await
+            }
+            async fn chain_key(
+                &self,
+                tenant: &str,
+            ) -> consent_core::Result<consent_core::chain::ChainKey> {
+                self.around("chain_key", self.inner().chain_key(tenant))
+                    .await
+            }
             async fn cache_namespace(&self) -> consent_core::Result<String> {
                 self.around("cache_namespace", self.inner().cache_namespace())
                     .await

@@ -53,6 +53,8 @@ pub struct StoredItem {
     pub attestation_revision: Option<Revision>,
     /// When the ledger registered it.
     pub registered_at: Timestamp,
+    /// When its subject was erased (its `subject_id` is then the erased id).
+    pub erased_at: Option<Timestamp>,
 }
 
 /// A legal hold as stored.
