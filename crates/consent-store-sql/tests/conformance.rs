@@ -277,6 +277,14 @@ async fn the_ledger_table_is_append_only_except_erasing_evidence() {
                 "UPDATE consent_events SET evidence = NULL, subject_id = 'bob' WHERE {this_row}"
             ),
             format!("DELETE FROM consent_events WHERE {this_row}"),
+            // An erased id has exactly one form, and only with the payload gone.
+            format!(
+                "UPDATE consent_events SET evidence = NULL, subject_id = 'erased:zz' WHERE {this_row}"
+            ),
+            format!(
+                "UPDATE consent_events SET subject_id = 'erased:{}' WHERE {this_row}",
+                "a".repeat(64)
+            ),
         ];
         if store.backend() == consent_store_sql::Backend::Postgres {
             refused.push("TRUNCATE consent_events".into());
@@ -309,6 +317,185 @@ async fn the_ledger_table_is_append_only_except_erasing_evidence() {
             .await
             .unwrap_or_else(|e| panic!("verify: {e}"));
         assert!(report.ok, "the chain survives erasure: {report:?}");
+
+        // The guard lets an id become `erased:<64 hex>`, but only the digest the entry
+        // committed to verifies: a wrong one is caught at that entry.
+        store
+            .execute_raw(&format!(
+                "UPDATE consent_events SET subject_id = 'erased:{}' WHERE {this_row}",
+                "a".repeat(64)
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("the erasure form is allowed: {e}"));
+        let (report, _) = verify_ledger(store, &tenant)
+            .await
+            .unwrap_or_else(|e| panic!("verify: {e}"));
+        assert_eq!(
+            report.first_bad_event_id.as_deref(),
+            Some(written.events[0].event.id.as_str()),
+            "{report:?}"
+        );
+        // And an erased id is final.
+        assert!(
+            store
+                .execute_raw(&format!(
+                    "UPDATE consent_events SET subject_id = 'erased:{}' WHERE {this_row}",
+                    "b".repeat(64)
+                ))
+                .await
+                .is_err()
+        );
+    }
+    backends.drop_scratch().await;
+}
+
+/// A ledger written before subject keys existed (its tenant row without a key, its entries
+/// on the unkeyed v1 form) verifies, is keyed from its next write on, and an erasure then
+/// gives each entry the digest its form committed to: the plain one on v1 entries, the
+/// keyed one after. The v1 rows are written by hand, as the earlier code wrote them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_older_than_its_key_verifies_through_erasure() {
+    use consent_core::chain::{ChainKey, ERASED_PREFIX, GENESIS, seal};
+    use consent_core::{NewRecord, RecordKind, Timestamp};
+    use consent_store::{CacheFence, EventQuery, LedgerStore, verify_ledger};
+    use sha2::Digest;
+
+    let backends = every_backend(&SqlOptions::default()).await;
+    for store in &backends.stores {
+        let pg = store.backend() == consent_store_sql::Backend::Postgres;
+        let blob = |b: &[u8]| {
+            if pg {
+                format!("'\\x{}'::bytea", hex::encode(b))
+            } else {
+                format!("X'{}'", hex::encode(b))
+            }
+        };
+        let time = |t: Timestamp| {
+            if pg {
+                format!(
+                    "(TIMESTAMPTZ '1970-01-01 00:00:00+00' + {} * INTERVAL '1 microsecond')",
+                    t.as_micros()
+                )
+            } else {
+                t.as_micros().to_string()
+            }
+        };
+        let tenant = format!("t-{}", uuid::Uuid::now_v7());
+        let mut prev = GENESIS;
+        let recorded = Timestamp(1_700_000_100_000_000);
+        for revision in 1..=2 {
+            let e = seal(
+                &tenant,
+                &ChainKey::NONE,
+                grant("alice"),
+                revision,
+                recorded,
+                prev,
+            );
+            prev = e.hash;
+            let n = &e.event;
+            let evidence =
+                serde_json::to_string(&n.evidence).unwrap_or_else(|err| panic!("evidence: {err}"));
+            store
+                .execute_raw(&format!(
+                    "INSERT INTO consent_events (tenant_id, revision, event_id, subject_id, purpose_id, \
+                     vendor_id, decision, policy_version_id, channel, collected_at, recorded_at, \
+                     expires_at, evidence, evidence_sha256, actor_key_id, prev_hash, hash) VALUES \
+                     ('{tenant}', {revision}, '{}', 'alice', 'analytics', '', 'granted', 'v1', 'web', \
+                     {}, {}, NULL, '{evidence}', {}, 'key-1', {}, {})",
+                    n.id,
+                    time(n.collected_at),
+                    time(recorded),
+                    blob(&e.evidence_sha256),
+                    blob(&e.prev_hash),
+                    blob(&e.hash),
+                ))
+                .await
+                .unwrap_or_else(|err| panic!("{:?}: v1 row: {err}", store.backend()));
+        }
+        store
+            .execute_raw(&format!(
+                "INSERT INTO tenants (tenant_id, revision, head_hash, created_at) \
+                 VALUES ('{tenant}', 2, {}, {})",
+                blob(&prev),
+                time(recorded)
+            ))
+            .await
+            .unwrap_or_else(|err| panic!("tenant row: {err}"));
+        let verify = || async {
+            verify_ledger(store, &tenant)
+                .await
+                .unwrap_or_else(|e| panic!("verify: {e}"))
+                .0
+        };
+        assert!(verify().await.ok, "{:?}: the v1 ledger", store.backend());
+        assert_eq!(
+            store.chain_key(&tenant).await.ok(),
+            Some(ChainKey::NONE),
+            "no key before the first write"
+        );
+
+        // The first write keys the chain from its revision on.
+        for subject in ["bob", "alice"] {
+            store
+                .append(&tenant, &[grant(subject)], None, CacheFence::None)
+                .await
+                .unwrap_or_else(|e| panic!("append: {e}"));
+        }
+        let key = store
+            .chain_key(&tenant)
+            .await
+            .unwrap_or_else(|e| panic!("key: {e}"));
+        assert_eq!(key.keyed_from, 3);
+        assert!(key.subject_key.is_some());
+        assert!(verify().await.ok, "{:?}: v1 then v2", store.backend());
+
+        let outcome = store
+            .erase_subject(
+                &tenant,
+                "alice",
+                NewRecord {
+                    id: consent_core::commands::new_event_id(),
+                    kind: RecordKind::SubjectErased,
+                    subject_id: String::new(),
+                    purpose_id: String::new(),
+                    at: recorded,
+                    detail: [("reason".to_owned(), "request".to_owned())].into(),
+                    actor_key_id: "key-1".into(),
+                },
+                CacheFence::None,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("erase: {e}"));
+        assert_eq!(outcome.entries_erased, 3);
+        let report = verify().await;
+        assert!(report.ok, "{:?}: {report:?}", store.backend());
+        let events = store
+            .list_events(
+                &tenant,
+                &EventQuery {
+                    limit: 10,
+                    ..EventQuery::default()
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("list: {e}"));
+        let subjects: Vec<&str> = events
+            .iter()
+            .map(|e| e.event.event.subject_id.as_str())
+            .collect();
+        let plain = format!(
+            "{ERASED_PREFIX}{}",
+            hex::encode(sha2::Sha256::digest(b"alice"))
+        );
+        let keyed = key
+            .erased_subject_id("alice")
+            .unwrap_or_else(|| panic!("a key"));
+        assert_eq!(
+            subjects,
+            [plain.as_str(), plain.as_str(), "bob", keyed.as_str()]
+        );
+        assert_eq!(outcome.record.record.subject_id, keyed);
     }
     backends.drop_scratch().await;
 }
