@@ -155,7 +155,7 @@ async fn replicas_on_postgres_with_the_default_cache_agree() {
 /// PROCESSING_RESTRICTED at once, though B had the grant in the shared Redis cache; after
 /// LiftRestriction, GRANTED again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restriction_on_one_replica_is_seen_on_another_at_once() {
+async fn a_restriction_or_an_erasure_on_one_replica_is_seen_on_another_at_once() {
     let (Some(db), Some(redis)) = (
         consent_store_sql::testing::postgres_test_url(),
         consent_cache::testing::redis_test_url(),
@@ -193,6 +193,18 @@ async fn a_restriction_on_one_replica_is_seen_on_another_at_once() {
         .await
         .unwrap_or_else(|e| panic!("lift: {e}"));
     assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    // The first read after the lift fills B's cache, the second is served from it.
+    assert_eq!(reason(&b, "caller").await, Reason::Granted);
+    // An erasure too: B's cached grant is gone when the RPC returns.
+    a.client
+        .rights()
+        .erase_subject(pb::EraseSubjectRequest {
+            subject_id: "caller".into(),
+            reason: "Art. 17 request".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("erase: {e}"));
+    assert_eq!(reason(&b, "caller").await, Reason::SubjectErased);
     b.stop().await;
     a.stop().await;
 }
