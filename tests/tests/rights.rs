@@ -337,6 +337,13 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
             .erase_subject(pb::EraseSubjectRequest::default())
             .await;
         assert_eq!(rejected_fields(bad), ["subject_id", "reason"], "{b}");
+        let blank = rights
+            .erase_subject(pb::EraseSubjectRequest {
+                subject_id: SUBJECT.into(),
+                reason: "\u{200b}\u{feff} ".into(),
+            })
+            .await;
+        assert_eq!(rejected_fields(blank), ["reason"], "{b}");
         let bad = client
             .consent()
             .record_consent(record(

@@ -7,7 +7,8 @@
 //! Two versions of the canonical forms exist. Version 1 (`consent-event/v1`,
 //! `ledger-record/v1`) commits to `SHA-256(subject id)`: anyone holding the rows can confirm a
 //! guessed id, so an erasure on a v1 entry leaves a linkable digest. Version 2 (`/v2` tags)
-//! commits to `HMAC-SHA256(tenant subject key, subject id)`; the key is the tenant's
+//! commits to `HMAC-SHA256(tenant subject key, subject id)` (and keys the evidence and
+//! detail digests the same way); the key is the tenant's
 //! ([`ChainKey`]), and a tenant's entries are v2 from [`ChainKey::keyed_from`] on (new ledgers
 //! from their first entry, ledgers older than the key from their first write after it).
 //! Erasure rewrites an entry's subject to [`ERASED_PREFIX`] + the hex digest its form
@@ -74,11 +75,25 @@ impl ChainKey {
 
     /// `HMAC-SHA256(key, subject_id)`, if there is a key.
     pub fn keyed_digest(&self, subject_id: &str) -> Option<[u8; 32]> {
+        self.hmac(subject_id.as_bytes())
+    }
+
+    fn hmac(&self, bytes: &[u8]) -> Option<[u8; 32]> {
         let key = self.subject_key?;
         // HMAC takes keys of any length; 32 bytes cannot fail.
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).ok()?;
-        mac.update(subject_id.as_bytes());
+        mac.update(bytes);
         Some(mac.finalize().into_bytes().into())
+    }
+
+    /// The digest of an entry's payload (canonical evidence or detail, which start with a
+    /// length prefix and so never equal a subject id, which has no control characters):
+    /// keyed on v2 entries, SHA-256 on v1 ones.
+    fn payload_digest(&self, revision: Revision, canonical: &[u8]) -> [u8; 32] {
+        match self.hmac(canonical).filter(|_| self.is_keyed(revision)) {
+            Some(digest) => digest,
+            None => Sha256::digest(canonical).into(),
+        }
     }
 
     /// Whether the entry at `revision` has the keyed (v2) canonical form.
@@ -150,8 +165,14 @@ impl Canonical {
     }
 }
 
-/// SHA-256 of the evidence in a canonical form (attributes sorted by key).
-pub fn evidence_digest(evidence: &Evidence) -> [u8; 32] {
+/// The digest of the evidence in a canonical form (attributes sorted by key): SHA-256 on v1
+/// entries, HMAC-SHA256 under the tenant's key on v2 ones (evidence with little variety,
+/// such as an IP address alone, could otherwise be found again from its digest once erased).
+pub fn evidence_digest(key: &ChainKey, revision: Revision, evidence: &Evidence) -> [u8; 32] {
+    key.payload_digest(revision, &evidence_canonical(evidence))
+}
+
+fn evidence_canonical(evidence: &Evidence) -> Vec<u8> {
     let mut c = Canonical::default();
     c.str("evidence/v1")
         .str(&evidence.call_id)
@@ -164,7 +185,7 @@ pub fn evidence_digest(evidence: &Evidence) -> [u8; 32] {
     for (k, v) in &evidence.attributes {
         c.str(k).str(v);
     }
-    Sha256::digest(&c.0).into()
+    c.0
 }
 
 /// The fields of an event that the chain covers.
@@ -220,15 +241,20 @@ pub fn link(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// SHA-256 of a record's detail in a canonical form (sorted by name).
-pub fn detail_digest(detail: &std::collections::BTreeMap<String, String>) -> [u8; 32] {
+/// The digest of a record's detail in a canonical form (sorted by name), keyed on v2
+/// entries like [`evidence_digest`].
+pub fn detail_digest(
+    key: &ChainKey,
+    revision: Revision,
+    detail: &std::collections::BTreeMap<String, String>,
+) -> [u8; 32] {
     let mut c = Canonical::default();
     c.str("detail/v1")
         .int(i64::try_from(detail.len()).unwrap_or(i64::MAX));
     for (k, v) in detail {
         c.str(k).str(v);
     }
-    Sha256::digest(&c.0).into()
+    key.payload_digest(revision, &c.0)
 }
 
 /// The canonical byte form of a ledger record (the subject and the detail only as digests).
@@ -270,7 +296,7 @@ pub fn seal_record(
     recorded_at: Timestamp,
     prev_hash: [u8; 32],
 ) -> LedgerRecord {
-    let detail_sha256 = detail_digest(&record.detail);
+    let detail_sha256 = detail_digest(key, revision, &record.detail);
     let bytes = canonical_record(
         tenant_id,
         key,
@@ -322,7 +348,7 @@ pub fn seal(
     // applies the same rule at planning; this holds it even if the clock stepped back since).
     let mut event = event;
     event.collected_at = event.collected_at.min(recorded_at);
-    let evidence_sha256 = evidence_digest(&event.evidence);
+    let evidence_sha256 = evidence_digest(key, revision, &event.evidence);
     let bytes = canonical(&ChainFields {
         tenant_id,
         key,
@@ -413,7 +439,10 @@ impl ChainVerifier {
         } else {
             let content = match entry {
                 ChainEntry::Event(e, erased) => {
-                    if !erased && evidence_digest(&e.event.evidence) != e.evidence_sha256 {
+                    if !erased
+                        && evidence_digest(&self.key, revision, &e.event.evidence)
+                            != e.evidence_sha256
+                    {
                         Err("evidence")
                     } else {
                         Ok(canonical(&ChainFields {
@@ -427,7 +456,9 @@ impl ChainVerifier {
                     }
                 }
                 ChainEntry::Record(r, erased) => {
-                    if !erased && detail_digest(&r.record.detail) != r.detail_sha256 {
+                    if !erased
+                        && detail_digest(&self.key, revision, &r.record.detail) != r.detail_sha256
+                    {
                         Err("detail")
                     } else {
                         Ok(canonical_record(
@@ -633,7 +664,7 @@ mod tests {
             event: &e,
             revision: 1,
             recorded_at: Timestamp(1),
-            evidence_sha256: &evidence_digest(&e.evidence),
+            evidence_sha256: &evidence_digest(&KEY, 1, &e.evidence),
         });
         assert!(!bytes.windows(5).any(|w| w == b"alice"));
     }
@@ -686,6 +717,25 @@ mod tests {
             let report = v.finish(4, &events[3].hash);
             assert_eq!(report.first_bad_event_id.as_deref(), Some("evt-2"));
         }
+        // Payload digests are keyed on v2 entries too: an erased IP address cannot be found
+        // again by trying addresses against the digest.
+        let evidence = Evidence {
+            ip_address: "10.1.2.3".into(),
+            ..Evidence::default()
+        };
+        assert_ne!(
+            evidence_digest(&KEY, 3, &evidence),
+            evidence_digest(&ChainKey::NONE, 3, &evidence)
+        );
+        assert_eq!(
+            evidence_digest(&KEY, 2, &evidence),
+            evidence_digest(&ChainKey::NONE, 2, &evidence)
+        );
+        let detail = [("reason".to_owned(), "x".to_owned())].into();
+        assert_ne!(
+            detail_digest(&KEY, 3, &detail),
+            detail_digest(&ChainKey::NONE, 3, &detail)
+        );
         assert!(!format!("{KEY:?}").contains("7, 7"));
         assert!(format!("{KEY:?}").contains("redacted"));
     }

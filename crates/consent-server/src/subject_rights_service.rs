@@ -70,10 +70,13 @@ impl SubjectRightsService for Api {
         let r = request.into_inner();
         let mut v = Violations::new();
         v.subject_id("subject_id", &r.subject_id);
-        if r.reason.trim().is_empty() {
+        if r.reason
+            .chars()
+            .all(|c| c.is_whitespace() || consent_core::validate::is_invisible(c))
+        {
             v.add(
                 "reason",
-                "must not be empty: say why (e.g. the request's reference); it stays in the ledger",
+                "must not be empty or blank: say why (e.g. the request's reference); it stays in the ledger",
             );
         }
         v.text("reason", &r.reason);

@@ -197,6 +197,15 @@ async fn write_in_one_transaction(
     let mut fence = false;
     let (mut revision, mut prev) = (head.revision, head.hash);
     for write in writes {
+        // Before any replay: a replay of a write made before the erasure would show which
+        // erased id the subject's rows now carry.
+        if let Some(subject) = write.events.iter().find(|e| erased.contains(&e.subject_id)) {
+            plans.push(Planned::Failed(ConsentError::FailedPrecondition(format!(
+                "subject_id `{}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it",
+                subject.subject_id
+            ))));
+            continue;
+        }
         if let Some(key) = &write.idempotency
             && let Some(record) = known.get(&key.key)
         {
@@ -211,13 +220,6 @@ async fn write_in_one_transaction(
                     key.key
                 )))
             });
-            continue;
-        }
-        if let Some(subject) = write.events.iter().find(|e| erased.contains(&e.subject_id)) {
-            plans.push(Planned::Failed(ConsentError::FailedPrecondition(format!(
-                "subject_id `{}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it",
-                subject.subject_id
-            ))));
             continue;
         }
         let from = sealed.len();

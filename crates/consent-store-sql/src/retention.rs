@@ -691,6 +691,20 @@ macro_rules! sql_retention_store {
                     });
                 }
 
+                // Idempotency records of the subject's writes go: their fingerprints digest the
+                // request, clear id and evidence included, and a replay would link the clear
+                // id to its erased rows.
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE tenant_id = $1 AND EXISTS \
+                     (SELECT 1 FROM consent_events e WHERE e.tenant_id = $1 AND e.subject_id = $2 \
+                      AND e.revision BETWEEN idempotency_keys.first_revision \
+                      AND idempotency_keys.last_revision)",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
                 // Each entry gets the digest its canonical form committed to: plain before the
                 // key (v1), keyed from it on (v2). Payloads go with the clear id.
                 let plain_id = key.erased_entry_id(0, subject_id);

@@ -813,7 +813,21 @@ impl LedgerStore for SqliteStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
-        self.subject_erase(tenant, subject_id, record, fence).await
+        let outcome = self
+            .subject_erase(tenant, subject_id, record, fence)
+            .await?;
+        if !outcome.already_erased {
+            // The WAL still holds the pages as they were before the erasure: copy the new
+            // ones into the file and empty the WAL. Best effort (a reader on an older
+            // snapshot keeps the WAL until it is done; later checkpoints finish the work).
+            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.writer)
+                .await
+            {
+                tracing::warn!(error = %e, "checkpoint after an erasure failed");
+            }
+        }
+        Ok(outcome)
     }
 
     async fn chain_key(&self, tenant: &str) -> Result<ChainKey> {

@@ -557,3 +557,73 @@ async fn idempotency_keys_expire_and_are_purged() {
         backends.drop_scratch().await;
     }
 }
+
+/// On SQLite, once a subject is erased, neither its id nor its evidence is left anywhere in
+/// the database file or its WAL: the rows are rewritten, deleted content is zeroed in the
+/// pages written (`secure_delete`), and the erasure checkpoints the WAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subject_leaves_no_bytes_in_the_sqlite_files() {
+    use consent_core::{NewRecord, RecordKind, Timestamp};
+    use consent_store::{CacheFence, LedgerStore};
+
+    const PHONE: &str = "+32470009876";
+    const IP: &str = "198.51.100.77";
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("ledger.db");
+    let store = SqlStore::connect(
+        &format!("sqlite://{}", path.display()),
+        &SqlOptions::default(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("connect: {e}"));
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|e| panic!("migrate: {e}"));
+    let tenant = "t1";
+    for i in 0..50 {
+        let mut event = grant(if i % 5 == 0 { PHONE } else { "someone-else" });
+        event.evidence.ip_address = if i % 5 == 0 {
+            IP.into()
+        } else {
+            "192.0.2.9".into()
+        };
+        store
+            .append(tenant, &[event], None, CacheFence::None)
+            .await
+            .unwrap_or_else(|e| panic!("append: {e}"));
+    }
+    let holds = |needle: &str| -> bool {
+        ["", "-wal"].iter().any(|suffix| {
+            let file = std::fs::read(format!("{}{suffix}", path.display())).unwrap_or_default();
+            file.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+    };
+    assert!(
+        holds(PHONE) && holds(IP),
+        "the test looks for bytes that are there"
+    );
+    store
+        .erase_subject(
+            tenant,
+            PHONE,
+            NewRecord {
+                id: consent_core::commands::new_event_id(),
+                kind: RecordKind::SubjectErased,
+                subject_id: String::new(),
+                purpose_id: String::new(),
+                at: Timestamp(0),
+                detail: [("reason".to_owned(), "request".to_owned())].into(),
+                actor_key_id: "key-1".into(),
+            },
+            CacheFence::None,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("erase: {e}"));
+    assert!(!holds(PHONE), "the clear id is still in the SQLite files");
+    assert!(
+        !holds(IP),
+        "the erased evidence is still in the SQLite files"
+    );
+    store.close().await;
+}

@@ -748,13 +748,18 @@ fn erasure(reason: &str) -> NewRecord {
 pub async fn erasure_keeps_the_chain_and_refuses_the_subject(store: &Arc<dyn Store>) {
     let t = tenant();
     ok(store.apply_retention_defaults(&t, &defaults()).await);
+    let keyed = consent_core::commands::Idempotency {
+        key: "req-alice".into(),
+        fingerprint: [9; 32],
+    };
+    let alice_grant = [event("alice", "analytics", "", Decision::Granted, day(1))];
+    ok(store
+        .append(&t, &alice_grant, Some(&keyed), crate::CacheFence::None)
+        .await);
     append(
         store,
         &t,
-        vec![
-            event("alice", "analytics", "", Decision::Granted, day(1)),
-            event("bob", "analytics", "", Decision::Granted, day(1)),
-        ],
+        vec![event("bob", "analytics", "", Decision::Granted, day(1))],
     )
     .await;
     ok(store
@@ -877,6 +882,14 @@ pub async fn erasure_keeps_the_chain_and_refuses_the_subject(store: &Arc<dyn Sto
     let bob = ok(store.data_item(&t, "rec-b").await).unwrap_or_else(|| panic!("rec-b is gone"));
     assert_eq!(bob.erased_at, None);
 
+    // Every write for the subject is refused, a retry of a write made before the erasure
+    // too (its replay would show the erased rows under the clear id); others go on.
+    is_failed_precondition(
+        store
+            .append(&t, &alice_grant, Some(&keyed), crate::CacheFence::None)
+            .await,
+        "erased",
+    );
     // Every write for the subject is refused; others go on.
     is_failed_precondition(
         store
