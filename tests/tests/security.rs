@@ -442,6 +442,13 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .await,
         ),
         "ListEvents" => code(consent.list_events(pb::ListEventsRequest::default()).await),
+        "CheckStream" => code(
+            consent
+                .check_stream(futures::stream::iter(vec![
+                    pb::CheckStreamRequest::default(),
+                ]))
+                .await,
+        ),
         "Watch" => code(consent.watch(pb::WatchRequest::default()).await),
         "UpsertPurpose" => code(
             catalog

@@ -41,6 +41,7 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
     ),
     ("/consent.v1.ConsentService/Check", Scope::ConsentRead),
     ("/consent.v1.ConsentService/CheckBatch", Scope::ConsentRead),
+    ("/consent.v1.ConsentService/CheckStream", Scope::ConsentRead),
     (
         "/consent.v1.ConsentService/GetSubjectState",
         Scope::ConsentRead,

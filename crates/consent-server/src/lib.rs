@@ -5,6 +5,7 @@
 //! the same path: [`retention_service`] -> [`retention`] -> `consent_store::RetentionStore`.
 
 pub mod auth;
+pub mod check_stream;
 pub mod cli;
 pub mod config;
 pub mod context;

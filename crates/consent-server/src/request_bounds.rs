@@ -8,6 +8,10 @@
 //! with `INVALID_ARGUMENT` naming the field, the way the handler would have. Every request
 //! to the API must also hold exactly one message (tonic would read the first and ignore the
 //! rest). A body it cannot walk is passed on unchanged: tonic's decoder then rejects it.
+//!
+//! A streaming method (`CheckStream`) cannot be read whole first: its body passes through
+//! [`FrameBounded`], which holds back each message until all of it has arrived, checks it
+//! the same way, and ends the stream with the error instead of passing a message over.
 
 use bytes::{Buf, Bytes};
 use consent_core::ConsentError;
@@ -113,6 +117,15 @@ pub fn count_field(mut message: &[u8], field_number: u64) -> Option<usize> {
     Some(count)
 }
 
+/// Streaming methods: many messages, each checked as it arrives ([`FrameBounded`]).
+const STREAMING_LIMITS: &[RepeatedLimit] = &[RepeatedLimit {
+    path: "/consent.v1.ConsentService/CheckStream",
+    field_number: 2,
+    field: "checks",
+    what: "checks",
+    max: MAX_BATCH_CHECKS,
+}];
+
 /// The limit a request to `path` is checked against, if any.
 fn limit_of(path: &str) -> Option<RepeatedLimit> {
     REPEATED_LIMITS.iter().copied().find(|l| l.path == path)
@@ -186,6 +199,125 @@ async fn bounded(
     ))
 }
 
+/// A streaming request body whose messages are passed on only whole and checked: at most
+/// `max_message_bytes` each, at most `limit`'s entries. A message that breaks a bound ends
+/// the body with the error (tonic's decoder then yields it to the handler as the stream's
+/// error); nothing of it was decoded. Bytes wait here only until their message is whole.
+pub(crate) struct FrameBounded {
+    inner: Body,
+    pending: bytes::BytesMut,
+    limit: RepeatedLimit,
+    max_message_bytes: usize,
+    /// The inner body ended.
+    done: bool,
+    /// An error was returned: the body is over.
+    failed: bool,
+}
+
+impl FrameBounded {
+    fn new(inner: Body, limit: RepeatedLimit, max_message_bytes: usize) -> FrameBounded {
+        FrameBounded {
+            inner,
+            pending: bytes::BytesMut::new(),
+            limit,
+            max_message_bytes,
+            done: false,
+            failed: false,
+        }
+    }
+
+    /// The next whole message (with its frame header) if it has arrived and is within the
+    /// bounds; `Err` if it is not.
+    fn whole_message(&mut self) -> Result<Option<Bytes>, Status> {
+        let Some(header) = self.pending.get(..5) else {
+            return Ok(None);
+        };
+        let compressed = header[0] != 0;
+        let len = usize::try_from(u32::from_be_bytes([
+            header[1], header[2], header[3], header[4],
+        ]))
+        .unwrap_or(usize::MAX);
+        if len > self.max_message_bytes {
+            return Err(Status::resource_exhausted(format!(
+                "a message of {len} bytes is larger than limits.max_message_bytes ({})",
+                self.max_message_bytes
+            )));
+        }
+        if self.pending.len() < 5 + len {
+            return Ok(None);
+        }
+        let message = self.pending.split_to(5 + len).freeze();
+        // A compressed message is left to tonic (which refuses compression it was not
+        // configured for); an unreadable one to its decoder.
+        if !compressed
+            && let Some(count) = message
+                .get(5..)
+                .and_then(|m| count_field(m, self.limit.field_number))
+            && count > self.limit.max
+        {
+            return Err(status(ConsentError::invalid(
+                self.limit.field,
+                format!(
+                    "must hold at most {} {}, got {count}",
+                    self.limit.max, self.limit.what
+                ),
+            )));
+        }
+        Ok(Some(message))
+    }
+}
+
+impl http_body::Body for FrameBounded {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            if this.failed {
+                return Poll::Ready(None);
+            }
+            match this.whole_message() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(http_body::Frame::data(message)))),
+                Ok(None) => {}
+                Err(e) => {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            if this.done {
+                // A partial message at the end: tonic's decoder reports it.
+                return Poll::Ready(
+                    (!this.pending.is_empty())
+                        .then(|| Ok(http_body::Frame::data(this.pending.split().freeze()))),
+                );
+            }
+            match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(e))) => {
+                    this.failed = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.pending.extend_from_slice(&data),
+                    // Trailers: whatever is pending goes first (it cannot be whole, or it
+                    // would have gone), then the trailers.
+                    Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || (self.done && self.pending.is_empty())
+    }
+}
+
 /// The gate applying the bounds above.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestBounds {
@@ -206,6 +338,12 @@ impl crate::gate::Gate for RequestBounds {
         // many messages) are tonic's and pass as they are.
         if !path.starts_with("/consent.v1.") {
             return Ok(request);
+        }
+        if let Some(limit) = STREAMING_LIMITS.iter().copied().find(|l| l.path == path) {
+            let max_message_bytes = self.max_message_bytes;
+            return Ok(
+                request.map(|body| Body::new(FrameBounded::new(body, limit, max_message_bytes)))
+            );
         }
         let limit = limit_of(path);
         bounded(request, limit, self.max_message_bytes).await
@@ -252,5 +390,68 @@ mod tests {
             check_frames(&frame(&[0x0f]), Some(&limit)).is_ok(),
             "left to the decoder"
         );
+    }
+
+    /// A streaming body cut into `chunks`, read through [`FrameBounded`]: the data frames it
+    /// passes on, then its error if it ends with one.
+    async fn through_bounds(
+        chunks: Vec<Vec<u8>>,
+        max_message_bytes: usize,
+    ) -> (Vec<Bytes>, Option<Status>) {
+        let limit = STREAMING_LIMITS[0];
+        let frames = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, Status>(http_body::Frame::data(Bytes::from(c)))),
+        );
+        let body = Body::new(http_body_util::StreamBody::new(frames));
+        let mut bounded = FrameBounded::new(body, limit, max_message_bytes);
+        let mut passed = Vec::new();
+        while let Some(frame) = bounded.frame().await {
+            match frame {
+                Ok(f) => passed.extend(f.into_data().ok()),
+                Err(e) => return (passed, Some(e)),
+            }
+        }
+        (passed, None)
+    }
+
+    #[tokio::test]
+    async fn streamed_messages_pass_whole_and_bounded() {
+        // A CheckStreamRequest with `n` empty checks (field 2).
+        let request = |n: usize| frame(&[0x12, 0x00].repeat(n));
+        let (one, two) = (request(3), request(MAX_BATCH_CHECKS));
+        // Cut anywhere, even inside the header: each message comes out whole, on its own.
+        let mut all = one.clone();
+        all.extend_from_slice(&two);
+        let chunks: Vec<Vec<u8>> = all.chunks(7).map(<[u8]>::to_vec).collect();
+        let (passed, error) = through_bounds(chunks, 1 << 20).await;
+        assert!(error.is_none(), "{error:?}");
+        assert_eq!(passed, [Bytes::from(one.clone()), Bytes::from(two)]);
+
+        // One check too many: the messages before it pass, then the stream ends with the
+        // field named; nothing of the bad message is passed on.
+        let (passed, error) = through_bounds(
+            vec![one.clone(), request(MAX_BATCH_CHECKS + 1), one.clone()],
+            1 << 20,
+        )
+        .await;
+        assert_eq!(passed, [Bytes::from(one.clone())]);
+        let error = error.unwrap_or_else(|| panic!("the bad message was passed"));
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+        assert!(error.message().contains("checks"), "{error:?}");
+
+        // A message announced larger than the limit is refused at its header.
+        let (passed, error) = through_bounds(vec![vec![0, 0, 0x20, 0, 0]], 1 << 20).await;
+        assert!(passed.is_empty());
+        assert_eq!(
+            error.map(|e| e.code()),
+            Some(tonic::Code::ResourceExhausted)
+        );
+
+        // A message cut short at the end goes to the decoder, which reports it.
+        let (passed, error) = through_bounds(vec![one[..4].to_vec()], 1 << 20).await;
+        assert!(error.is_none());
+        assert_eq!(passed, [Bytes::from(one[..4].to_vec())]);
     }
 }

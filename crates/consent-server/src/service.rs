@@ -37,6 +37,8 @@ pub struct Api {
     feeds: FeedControl,
     /// `limits.max_message_bytes`: no answer may be larger.
     max_message_bytes: usize,
+    /// Places for CheckStream streams on this replica.
+    check_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
@@ -54,6 +56,9 @@ impl Api {
             auth,
             feeds,
             max_message_bytes,
+            check_streams: Arc::new(tokio::sync::Semaphore::new(
+                crate::check_stream::MAX_CHECK_STREAMS,
+            )),
         }
     }
 
@@ -86,6 +91,60 @@ impl Api {
             )));
         }
         Ok(Response::new(answer))
+    }
+
+    /// The answers to a batch of checks (CheckBatch, and each request of CheckStream).
+    pub(crate) async fn answer_checks(
+        &self,
+        who: &crate::context::Principal,
+        checks: &[pb::CheckRequest],
+        consistency_field: Option<&pb::Consistency>,
+    ) -> Result<pb::CheckBatchResponse, Status> {
+        if checks.len() > MAX_BATCH_CHECKS {
+            return Err(status(ConsentError::invalid(
+                "checks",
+                format!(
+                    "must hold at most {MAX_BATCH_CHECKS} checks, got {}",
+                    checks.len()
+                ),
+            )));
+        }
+        let mut v = Violations::new();
+        if checks.is_empty() {
+            v.add("checks", "must hold at least one check");
+        }
+        let queries: Vec<CheckQuery> = checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| check_query(&mut v, &format!("checks[{i}]."), c))
+            .collect();
+        let consistency = consistency(&mut v, "consistency", consistency_field);
+        finish(v)?;
+        let checked = self
+            .ledger
+            .check_many(who, &queries, consistency)
+            .await
+            .map_err(status)?;
+        let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
+        let results = checked
+            .into_iter()
+            .zip(&queries)
+            .map(|(c, q)| {
+                convert::verdict_out(
+                    c.verdict,
+                    &q.subject_id,
+                    &q.purpose_id,
+                    &q.vendor_id,
+                    c.revision,
+                )
+            })
+            .collect();
+        self.deliverable(
+            pb::CheckBatchResponse { results, revision },
+            "checks",
+            "send fewer checks per batch",
+        )
+        .map(Response::into_inner)
     }
 
     /// The catalogue of the caller's tenant.
@@ -285,51 +344,29 @@ impl ConsentService for Api {
     ) -> RpcResult<pb::CheckBatchResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        if r.checks.len() > MAX_BATCH_CHECKS {
-            return Err(status(ConsentError::invalid(
-                "checks",
-                format!(
-                    "must hold at most {MAX_BATCH_CHECKS} checks, got {}",
-                    r.checks.len()
-                ),
-            )));
-        }
-        let mut v = Violations::new();
-        if r.checks.is_empty() {
-            v.add("checks", "must hold at least one check");
-        }
-        let queries: Vec<CheckQuery> = r
-            .checks
-            .iter()
-            .enumerate()
-            .map(|(i, c)| check_query(&mut v, &format!("checks[{i}]."), c))
-            .collect();
-        let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
-        finish(v)?;
-        let checked = self
-            .ledger
-            .check_many(&who, &queries, consistency)
+        self.answer_checks(&who, &r.checks, r.consistency.as_ref())
             .await
-            .map_err(status)?;
-        let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
-        let results = checked
-            .into_iter()
-            .zip(&queries)
-            .map(|(c, q)| {
-                convert::verdict_out(
-                    c.verdict,
-                    &q.subject_id,
-                    &q.purpose_id,
-                    &q.vendor_id,
-                    c.revision,
-                )
-            })
-            .collect();
-        self.deliverable(
-            pb::CheckBatchResponse { results, revision },
-            "checks",
-            "send fewer checks per batch",
-        )
+            .map(Response::new)
+    }
+
+    type CheckStreamStream =
+        Pin<Box<dyn Stream<Item = Result<pb::CheckStreamResponse, Status>> + Send + 'static>>;
+
+    async fn check_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::CheckStreamRequest>>,
+    ) -> RpcResult<Self::CheckStreamStream> {
+        let who = principal(&request)?;
+        let place = Arc::clone(&self.check_streams)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this replica already serves {} CheckStream streams: retry later, or on another replica",
+                    crate::check_stream::MAX_CHECK_STREAMS
+                ))
+            })?;
+        let answers = crate::check_stream::start(self.clone(), who, request.into_inner(), place);
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn get_subject_state(
