@@ -344,3 +344,52 @@ pub fn rejected_fields<T: std::fmt::Debug>(
         Err(status) => bad_fields(&status),
     }
 }
+
+/// A server in `api_key` mode with the seed catalogue, an all-scopes client of tenant
+/// `acme`, and a `consent:read` client of the same tenant whose key the test can revoke.
+#[derive(Debug)]
+pub struct RevocableReader {
+    /// The server.
+    pub server: TestServer,
+    /// A client of `acme` with every scope.
+    pub admin: ConsentClient,
+    /// A client of `acme` with `consent:read` only.
+    pub reader: ConsentClient,
+    key_id: String,
+}
+
+impl RevocableReader {
+    /// Starts the server (SQLite) and makes both keys.
+    pub async fn start() -> RevocableReader {
+        let server = TestServer::sqlite_with(ServerSettings::with_auth(AuthMode::ApiKey)).await;
+        let admin = server.client_for("acme", Scope::ALL).await;
+        apply_seed_catalog(&admin).await;
+        let token = server.create_key("acme", &[Scope::ConsentRead], None).await;
+        let key_id = consent_core::access::parse_key(&token)
+            .unwrap_or_else(|e| fail("token", e))
+            .0
+            .to_owned();
+        let reader = server
+            .client
+            .with_api_key(&token)
+            .unwrap_or_else(|e| fail("api key", e));
+        RevocableReader {
+            server,
+            admin,
+            reader,
+            key_id,
+        }
+    }
+
+    /// Revokes the reader's key through `AdminService.RevokeApiKey` (on this replica, so at
+    /// once).
+    pub async fn revoke(&self) {
+        self.admin
+            .admin()
+            .revoke_api_key(pb::RevokeApiKeyRequest {
+                key_id: self.key_id.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| fail("revoke", e));
+    }
+}

@@ -172,8 +172,9 @@ async fn too_many_checks_in_one_message_end_the_stream() {
     server.stop().await;
 }
 
-/// A replica serves at most `MAX_CHECK_STREAMS` streams at once; one more is refused with
-/// RESOURCE_EXHAUSTED, and a place is free again once a stream has ended.
+/// A tenant holds at most `MAX_CHECK_STREAMS_PER_TENANT` streams on a replica; one more
+/// is refused with RESOURCE_EXHAUSTED, and a place is free again once a stream has ended.
+/// (The replica-wide cap and its accounting are unit-tested in `check_stream.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_beyond_the_cap_are_refused_until_one_ends() {
     let server = TestServer::sqlite().await;
@@ -188,7 +189,7 @@ async fn streams_beyond_the_cap_are_refused_until_one_ends() {
         (sender, answers)
     };
     let mut held = Vec::new();
-    for i in 0..consent_server::check_stream::MAX_CHECK_STREAMS {
+    for i in 0..consent_server::check_stream::MAX_CHECK_STREAMS_PER_TENANT {
         let (sender, answers) = open().await;
         let answers = answers.unwrap_or_else(|e| panic!("stream {i}: {e:?}"));
         held.push((sender, answers.into_inner()));
@@ -198,6 +199,7 @@ async fn streams_beyond_the_cap_are_refused_until_one_ends() {
         .err()
         .unwrap_or_else(|| panic!("one stream too many was served"));
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("tenant"), "{refused:?}");
 
     // End one stream and read it to its end: its place is free by then.
     let Some((sender, mut answers)) = held.pop() else {
@@ -220,4 +222,39 @@ async fn streams_beyond_the_cap_are_refused_until_one_ends() {
     );
     drop(held);
     server.stop().await;
+}
+
+/// A stream is authorised when it opens and again at each request: once its key is revoked
+/// (here on the same replica, where revocation is immediate) the next request ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_ends_its_open_stream() {
+    let acme = consent_e2e::RevocableReader::start().await;
+    let (sender, receiver) = mpsc::channel(1);
+    let mut answers = acme
+        .reader
+        .consent()
+        .check_stream(ReceiverStream::new(receiver))
+        .await
+        .unwrap_or_else(|e| panic!("open: {e:?}"))
+        .into_inner();
+    sender
+        .send(request("before", vec![check("s", "analytics")]))
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    let first = answers.message().await;
+    assert!(
+        matches!(&first, Ok(Some(a)) if a.correlation_id == "before" && a.error.is_none()),
+        "{first:?}"
+    );
+    acme.revoke().await;
+    sender
+        .send(request("after", vec![check("s", "analytics")]))
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    let ended = answers.message().await;
+    assert!(
+        matches!(&ended, Err(e) if e.code() == Code::Unauthenticated && e.message().contains("revoked")),
+        "{ended:?}"
+    );
+    acme.server.stop().await;
 }

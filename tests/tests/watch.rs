@@ -205,3 +205,34 @@ async fn shutdown_ends_open_streams() {
         "the stream ended: {end:?}"
     );
 }
+
+/// A feed is authorised when it opens and again at each batch: once its key is revoked
+/// (here on the same replica, where revocation is immediate) the next batch ends the
+/// stream with UNAUTHENTICATED instead of the tenant's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_ends_its_feed() {
+    let acme = consent_e2e::RevocableReader::start().await;
+    let mut feed = watch(&acme.reader, pb::WatchRequest::default()).await;
+    write(&acme.admin, "alice", "analytics", Decision::Granted).await;
+    take_events(&mut feed, 1).await;
+    acme.revoke().await;
+    write(&acme.admin, "bob", "analytics", Decision::Granted).await;
+    let ended = tokio::time::timeout(SAFETY, async {
+        loop {
+            match feed.message().await {
+                Ok(Some(message)) => assert!(
+                    message.events.iter().all(|e| e.subject_id != "bob"),
+                    "a change after the revocation was delivered"
+                ),
+                other => return other,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the feed went on past the safety net"));
+    assert!(
+        matches!(&ended, Err(e) if e.code() == tonic::Code::Unauthenticated),
+        "{ended:?}"
+    );
+    acme.server.stop().await;
+}

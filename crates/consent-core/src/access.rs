@@ -217,6 +217,12 @@ impl ApiKey {
         if !bool::from(secret_digest(secret).ct_eq(&self.secret_sha256)) {
             return Err(KeyRejection::Invalid);
         }
+        self.usable_at(now)
+    }
+
+    /// Whether the key is neither revoked nor expired at `now` (for a caller whose secret
+    /// was verified earlier, such as a long-lived stream).
+    pub fn usable_at(&self, now: Timestamp) -> Result<(), KeyRejection> {
         if self.revoked_at.is_some_and(|t| t <= now) {
             return Err(KeyRejection::Revoked);
         }

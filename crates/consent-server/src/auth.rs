@@ -402,6 +402,25 @@ impl Authenticator {
         Ok(key)
     }
 
+    /// Whether `who`'s key still holds `scope` and is neither revoked nor expired, for a
+    /// stream authorised when it opened and asked again at each message: a revocation on
+    /// this replica is seen at once, one elsewhere within the key cache's TTL (as for new
+    /// calls).
+    pub async fn still_valid(&self, who: &Principal, scope: Scope) -> Result<(), Status> {
+        if self.mode == AuthMode::None {
+            return Ok(());
+        }
+        let key = self
+            .key(&who.key_id, || Ok(()))
+            .await?
+            .ok_or_else(|| unauthenticated(KeyRejection::Invalid))?;
+        key.usable_at(Timestamp::now()).map_err(unauthenticated)?;
+        if !key.allows(scope) {
+            return Err(status_for_scope(&key, scope));
+        }
+        Ok(())
+    }
+
     /// The caller of a request to `path` from `peer`, or the status refusing it. `None`
     /// for public methods, which carry no principal.
     pub async fn authorize(

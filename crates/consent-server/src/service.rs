@@ -1,7 +1,7 @@
 //! The gRPC handlers: thin. Each converts the request (collecting every bad field), calls
 //! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
 
-use consent_core::access::parse_scopes;
+use consent_core::access::{Scope, parse_scopes};
 use consent_core::validate::{MAX_BATCH_CHECKS, Violations};
 use consent_core::{Catalog, ConsentError, Timestamp};
 use consent_proto::v1 as pb;
@@ -38,7 +38,7 @@ pub struct Api {
     /// `limits.max_message_bytes`: no answer may be larger.
     max_message_bytes: usize,
     /// Places for CheckStream streams on this replica.
-    check_streams: Arc<tokio::sync::Semaphore>,
+    check_streams: crate::check_stream::Places,
 }
 
 impl Api {
@@ -56,9 +56,7 @@ impl Api {
             auth,
             feeds,
             max_message_bytes,
-            check_streams: Arc::new(tokio::sync::Semaphore::new(
-                crate::check_stream::MAX_CHECK_STREAMS,
-            )),
+            check_streams: crate::check_stream::Places::default(),
         }
     }
 
@@ -91,6 +89,29 @@ impl Api {
             )));
         }
         Ok(Response::new(answer))
+    }
+
+    /// Whether a stream's caller may still call CheckStream (its key neither revoked nor
+    /// expired, still holding `consent:read`).
+    pub(crate) async fn caller_still_valid(
+        &self,
+        who: &crate::context::Principal,
+    ) -> Result<(), Status> {
+        self.caller_still_valid_for(who, Scope::ConsentRead).await
+    }
+
+    /// Whether a stream's caller still holds `scope` with a key neither revoked nor expired.
+    pub(crate) async fn caller_still_valid_for(
+        &self,
+        who: &crate::context::Principal,
+        scope: Scope,
+    ) -> Result<(), Status> {
+        self.auth.still_valid(who, scope).await
+    }
+
+    /// The server's shutdown signal (true once shutting down), which streams end on.
+    pub(crate) fn shutdown_signal(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.feeds.shutdown.clone()
     }
 
     /// The answers to a batch of checks (CheckBatch, and each request of CheckStream).
@@ -357,14 +378,7 @@ impl ConsentService for Api {
         request: Request<tonic::Streaming<pb::CheckStreamRequest>>,
     ) -> RpcResult<Self::CheckStreamStream> {
         let who = principal(&request)?;
-        let place = Arc::clone(&self.check_streams)
-            .try_acquire_owned()
-            .map_err(|_| {
-                Status::resource_exhausted(format!(
-                    "this replica already serves {} CheckStream streams: retry later, or on another replica",
-                    crate::check_stream::MAX_CHECK_STREAMS
-                ))
-            })?;
+        let place = self.check_streams.take(&who.tenant_id)?;
         let answers = crate::check_stream::start(self.clone(), who, request.into_inner(), place);
         Ok(Response::new(Box::pin(answers)))
     }
@@ -486,17 +500,30 @@ impl ConsentService for Api {
         };
         let batches = watch::start(
             Arc::clone(self.ledger.store()),
-            who.tenant_id,
+            who.tenant_id.clone(),
             r.from_revision,
             filter,
             self.feeds.clone(),
         )
         .map_err(status)?;
         let budget = self.entry_budget();
+        // The key was checked when the stream opened; a feed outlives that check, so every
+        // batch asks again: a revoked or expired key ends the stream (UNAUTHENTICATED).
+        let api = self.clone();
+        let batches = futures::StreamExt::then(ReceiverStream::new(batches), move |batch| {
+            let api = api.clone();
+            let who = who.clone();
+            async move {
+                match api.caller_still_valid_for(&who, Scope::ConsentRead).await {
+                    Ok(()) => batch.map_err(status),
+                    Err(refused) => Err(refused),
+                }
+            }
+        });
         // Events go out without their evidence (ListEvents has it), in messages cut by size.
-        let stream = futures::StreamExt::flat_map(ReceiverStream::new(batches), move |batch| {
+        let stream = futures::StreamExt::flat_map(batches, move |batch| {
             let messages: Vec<Result<pb::WatchResponse, Status>> = match batch {
-                Err(e) => vec![Err(status(e))],
+                Err(e) => vec![Err(e)],
                 Ok(b) if b.entries.is_empty() => vec![Ok(pb::WatchResponse {
                     events: Vec::new(),
                     revision: b.revision,

@@ -10,7 +10,8 @@
 //!   and this API say `RESOURCE_EXHAUSTED` for an exceeded limit (the message is kept).
 //!
 //! These faults are answered trailers-only (status in the response headers), which is where
-//! this looks; the RPCs here take one request message each.
+//! [`correct`] looks; a streaming handler meets them mid-stream, as errors of its request
+//! stream, and passes them through [`correct_stream_error`].
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -53,6 +54,24 @@ pub fn correct(
         }
     }
     response
+}
+
+/// The same correction for an error a streaming handler reads from its request stream
+/// (tonic reports there, mid-stream, what it answers trailers-only for a unary call).
+pub fn correct_stream_error(status: Status) -> Status {
+    match status.code() {
+        Code::Internal
+            if UNREADABLE_BODY
+                .iter()
+                .any(|p| status.message().starts_with(p)) =>
+        {
+            unreadable_body(status.message())
+        }
+        Code::OutOfRange if status.message().contains("too large") => {
+            Status::new(Code::ResourceExhausted, status.message())
+        }
+        _ => status,
+    }
 }
 
 fn unreadable_body(detail: &str) -> Status {
@@ -106,5 +125,19 @@ mod tests {
         let corrected = answered(&oversized);
         assert_eq!(corrected.code(), Code::ResourceExhausted);
         assert!(corrected.message().contains("9000000"));
+    }
+
+    #[test]
+    fn stream_errors_get_the_same_correction() {
+        let bad = correct_stream_error(Status::internal(
+            "failed to decode Protobuf message: invalid varint",
+        ));
+        assert_eq!(bad.code(), Code::InvalidArgument);
+        assert!(bad.message().starts_with(BODY_FIELD), "{bad:?}");
+        let large = correct_stream_error(Status::out_of_range("message too large"));
+        assert_eq!(large.code(), Code::ResourceExhausted);
+        // A server fault stays one.
+        let fault = correct_stream_error(Status::internal("the store broke"));
+        assert_eq!(fault.code(), Code::Internal);
     }
 }
