@@ -110,6 +110,44 @@ async fn each_key_has_its_own_request_rate() {
         Some(Code::NotFound),
         "another key of the same tenant is not limited by the first"
     );
+
+    // A stream is one call when it opens, and each of its requests counts like a call: a
+    // fresh key (burst 3) opens one and sends 3 requests; the third is over the rate and
+    // answered RESOURCE_EXHAUSTED, and the stream goes on.
+    let streamer = server.client_for("acme", &[Scope::ConsentRead]).await;
+    let requests: Vec<pb::CheckStreamRequest> = (0..3)
+        .map(|i| pb::CheckStreamRequest {
+            correlation_id: format!("r{i}"),
+            checks: vec![pb::CheckRequest {
+                subject_id: "s".into(),
+                purpose_id: "analytics".into(),
+                ..Default::default()
+            }],
+            consistency: None,
+        })
+        .collect();
+    let mut answers = streamer
+        .consent()
+        .check_stream(futures::stream::iter(requests))
+        .await
+        .unwrap_or_else(|e| panic!("open: {e:?}"))
+        .into_inner();
+    let mut codes = Vec::new();
+    while let Some(answer) = answers
+        .message()
+        .await
+        .unwrap_or_else(|e| panic!("the stream failed: {e:?}"))
+    {
+        codes.push(answer.error.map_or(0, |e| e.code));
+    }
+    assert_eq!(
+        codes,
+        [
+            Code::NotFound as i32,
+            Code::NotFound as i32,
+            Code::ResourceExhausted as i32
+        ]
+    );
     server.stop().await;
 }
 

@@ -402,6 +402,15 @@ impl Authenticator {
         Ok(key)
     }
 
+    /// `RESOURCE_EXHAUSTED` (with a retry delay) when `who`'s key is over its request rate:
+    /// for each request of a stream, which was counted once when it opened.
+    pub fn rate_check(&self, who: &Principal) -> Result<(), Status> {
+        match (&self.rate, self.mode) {
+            (Some(rate), AuthMode::ApiKey) => rate.check(&who.key_id),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `who`'s key still holds `scope` and is neither revoked nor expired, for a
     /// stream authorised when it opened and asked again at each message: a revocation on
     /// this replica is seen at once, one elsewhere within the key cache's TTL (as for new

@@ -221,11 +221,16 @@ async fn answer(api: &Api, who: &Principal, r: pb::CheckStreamRequest) -> pb::Ch
     let (correlation_id, outcome) = match v.finish() {
         // A correlation id that breaks the rules is not echoed (it could be anything).
         Err(e) => (String::new(), Err(status(e))),
-        Ok(()) => (
-            r.correlation_id,
-            api.answer_checks(who, &r.checks, r.consistency.as_ref())
-                .await,
-        ),
+        // Each request counts against the key's request rate, as a CheckBatch would; over
+        // it, this request is refused (with a retry delay) and the stream goes on.
+        Ok(()) => match api.rate_check(who) {
+            Err(e) => (r.correlation_id, Err(e)),
+            Ok(()) => (
+                r.correlation_id,
+                api.answer_checks(who, &r.checks, r.consistency.as_ref())
+                    .await,
+            ),
+        },
     };
     match outcome {
         Ok(batch) => pb::CheckStreamResponse {

@@ -100,6 +100,11 @@ impl Api {
         self.caller_still_valid_for(who, Scope::ConsentRead).await
     }
 
+    /// Whether the caller's key is within its request rate (for each request of a stream).
+    pub(crate) fn rate_check(&self, who: &crate::context::Principal) -> Result<(), Status> {
+        self.auth.rate_check(who)
+    }
+
     /// Whether a stream's caller still holds `scope` with a key neither revoked nor expired.
     pub(crate) async fn caller_still_valid_for(
         &self,
