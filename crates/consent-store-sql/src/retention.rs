@@ -291,7 +291,8 @@ macro_rules! sql_retention_store {
                 query = query.bind(campaign);
             }
             query.execute(&mut **tx).await.map_err(db)?;
-            erasures_bring_forward(tx, tenant, &rule.data_category).await
+            let rules = load_rules(&mut **tx, tenant).await?;
+            erasures_bring_forward(tx, tenant, &rules, &rule.data_category).await
         }
 
         async fn item_in(tx: &mut Tx, tenant: &str, item_id: &str) -> Result<Option<StoredItem>> {
@@ -441,9 +442,13 @@ macro_rules! sql_retention_store {
         /// Brings `delete_after` of erased subjects' items of `category` forward to their
         /// erasure, unless the category is kept by law (its default is a minimum). Runs after
         /// every change of `delete_after`, so a rule change never undoes an erasure.
-        async fn erasures_bring_forward(tx: &mut Tx, tenant: &str, category: &str) -> Result<()> {
-            let rules = load_rules(&mut **tx, tenant).await?;
-            if kept_by_law(&rules, category) {
+        async fn erasures_bring_forward(
+            tx: &mut Tx,
+            tenant: &str,
+            rules: &RetentionRules,
+            category: &str,
+        ) -> Result<()> {
+            if kept_by_law(rules, category) {
                 return Ok(());
             }
             sqlx::query(
@@ -784,7 +789,7 @@ macro_rules! sql_retention_store {
                 .await
                 .map_err(db)?;
                 for category in &categories {
-                    erasures_bring_forward(&mut tx, tenant, category).await?;
+                    erasures_bring_forward(&mut tx, tenant, &rules, category).await?;
                 }
 
                 let mut record = record;
@@ -1068,7 +1073,8 @@ macro_rules! sql_retention_store {
                 .await
                 .map_err(db)?;
                 if stored.erased_at.is_some() {
-                    erasures_bring_forward(&mut tx, tenant, &stored.item.data_category).await?;
+                    erasures_bring_forward(&mut tx, tenant, &rules, &stored.item.data_category)
+                        .await?;
                     stored = item_in(&mut tx, tenant, item_id)
                         .await?
                         .ok_or_else(|| not_found(item_id))?;
