@@ -450,6 +450,11 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .await,
         ),
         "Watch" => code(consent.watch(pb::WatchRequest::default()).await),
+        "ExportSnapshot" => code(
+            consent
+                .export_snapshot(pb::ExportSnapshotRequest::default())
+                .await,
+        ),
         "UpsertPurpose" => code(
             catalog
                 .upsert_purpose(pb::UpsertPurposeRequest { purpose: None })

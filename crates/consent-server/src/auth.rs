@@ -49,6 +49,10 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
     ("/consent.v1.ConsentService/ListEvents", Scope::ConsentRead),
     ("/consent.v1.ConsentService/Watch", Scope::ConsentRead),
     (
+        "/consent.v1.ConsentService/ExportSnapshot",
+        Scope::ConsentRead,
+    ),
+    (
         "/consent.v1.CatalogService/UpsertPurpose",
         Scope::CatalogWrite,
     ),

@@ -43,10 +43,18 @@ pub const IDLE_LIMIT: Duration = Duration::from_secs(120);
 /// unread answers hold memory.
 pub const STALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// The places for streams on this replica: [`MAX_CHECK_STREAMS`] in all,
-/// [`MAX_CHECK_STREAMS_PER_TENANT`] per tenant.
-#[derive(Clone, Debug, Default)]
-pub struct Places(Arc<Mutex<PlacesTaken>>);
+/// The places for streams of one kind on this replica: so many in all, so many per tenant
+/// (for CheckStream [`MAX_CHECK_STREAMS`] and [`MAX_CHECK_STREAMS_PER_TENANT`]).
+#[derive(Clone, Debug)]
+pub struct Places {
+    taken: Arc<Mutex<PlacesTaken>>,
+    total: usize,
+    per_tenant: usize,
+    /// What the places are for, in refusals ("CheckStream streams").
+    what: &'static str,
+    /// What a tenant at its limit can do instead.
+    advice: &'static str,
+}
 
 #[derive(Debug, Default)]
 struct PlacesTaken {
@@ -62,21 +70,49 @@ pub struct Place {
 }
 
 impl Places {
+    /// The places of CheckStream.
+    pub fn check_streams() -> Places {
+        Places::new(
+            MAX_CHECK_STREAMS,
+            MAX_CHECK_STREAMS_PER_TENANT,
+            "CheckStream streams",
+            "send more requests on the open ones",
+        )
+    }
+
+    /// `total` places, at most `per_tenant` of them per tenant, for `what`.
+    pub fn new(
+        total: usize,
+        per_tenant: usize,
+        what: &'static str,
+        advice: &'static str,
+    ) -> Places {
+        Places {
+            taken: Arc::default(),
+            total,
+            per_tenant,
+            what,
+            advice,
+        }
+    }
+
     /// A place for a stream of `tenant`, or RESOURCE_EXHAUSTED saying which limit is full.
     pub fn take(&self, tenant: &str) -> Result<Place, Status> {
         let mut taken = self
-            .0
+            .taken
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let of_tenant = taken.by_tenant.get(tenant).copied().unwrap_or(0);
-        if taken.total >= MAX_CHECK_STREAMS {
+        if taken.total >= self.total {
             return Err(Status::resource_exhausted(format!(
-                "this replica already serves {MAX_CHECK_STREAMS} CheckStream streams: retry later, or on another replica"
+                "this replica already serves {} {}: retry later, or on another replica",
+                self.total, self.what
             )));
         }
-        if of_tenant >= MAX_CHECK_STREAMS_PER_TENANT {
+        if of_tenant >= self.per_tenant {
             return Err(Status::resource_exhausted(format!(
-                "this tenant already holds {MAX_CHECK_STREAMS_PER_TENANT} CheckStream streams on this replica: send more requests on the open ones"
+                "this tenant already holds {} {} on this replica: {}",
+                self.per_tenant, self.what, self.advice
             )));
         }
         taken.total += 1;
@@ -92,7 +128,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         let mut taken = self
             .places
-            .0
+            .taken
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         taken.total = taken.total.saturating_sub(1);
@@ -452,7 +488,7 @@ mod tests {
 
     #[test]
     fn places_are_limited_per_replica_and_per_tenant() {
-        let places = Places::default();
+        let places = Places::check_streams();
         let mut held: Vec<Place> = (0..MAX_CHECK_STREAMS_PER_TENANT)
             .map(|i| {
                 places

@@ -20,6 +20,7 @@ pub mod retention;
 pub mod retention_service;
 pub mod server;
 pub mod service;
+pub mod snapshot;
 pub mod stack;
 pub mod subject_rights_service;
 pub mod sweeper;

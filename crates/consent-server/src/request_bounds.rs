@@ -65,6 +65,13 @@ const REPEATED_LIMITS: &[RepeatedLimit] = &[
         max: MAX_LIST_ENTRIES,
     },
     RepeatedLimit {
+        path: "/consent.v1.ConsentService/ExportSnapshot",
+        field_number: 1,
+        field: "purpose_ids",
+        what: "entries",
+        max: MAX_LIST_ENTRIES,
+    },
+    RepeatedLimit {
         path: "/consent.v1.AdminService/CreateApiKey",
         field_number: 3,
         field: "scopes",

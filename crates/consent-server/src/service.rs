@@ -39,6 +39,8 @@ pub struct Api {
     max_message_bytes: usize,
     /// Places for CheckStream streams on this replica.
     check_streams: crate::check_stream::Places,
+    /// Places for ExportSnapshot streams on this replica.
+    snapshots: crate::check_stream::Places,
 }
 
 impl Api {
@@ -56,7 +58,8 @@ impl Api {
             auth,
             feeds,
             max_message_bytes,
-            check_streams: crate::check_stream::Places::default(),
+            check_streams: crate::check_stream::Places::check_streams(),
+            snapshots: crate::snapshot::places(),
         }
     }
 
@@ -112,6 +115,11 @@ impl Api {
         scope: Scope,
     ) -> Result<(), Status> {
         self.auth.still_valid(who, scope).await
+    }
+
+    /// The ledger reads feeds and snapshots share (a few at a time per replica).
+    pub(crate) fn feed_reads(&self) -> &tokio::sync::Semaphore {
+        &self.feeds.reads
     }
 
     /// The server's shutdown signal (true once shutting down), which streams end on.
@@ -190,7 +198,7 @@ fn lookup_id(id: &str) -> Result<(), Status> {
 type RpcResult<T> = Result<Response<T>, Status>;
 
 /// Bytes an entry adds to a repeated message field: tag, length, body.
-fn entry_bytes<M: prost::Message>(entry: &M) -> usize {
+pub(crate) fn entry_bytes<M: prost::Message>(entry: &M) -> usize {
     let len = entry.encoded_len();
     1 + prost::length_delimiter_len(len) + len
 }
@@ -388,6 +396,54 @@ impl ConsentService for Api {
         Ok(Response::new(Box::pin(answers)))
     }
 
+    type ExportSnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportSnapshotResponse, Status>> + Send + 'static>>;
+
+    async fn export_snapshot(
+        &self,
+        request: Request<pb::ExportSnapshotRequest>,
+    ) -> RpcResult<Self::ExportSnapshotStream> {
+        let who = principal(&request)?;
+        let r = request.into_inner();
+        let mut v = Violations::new();
+        v.id_list("purpose_ids", &r.purpose_ids);
+        v.optional_id("vendor_id", &r.vendor_id);
+        if r.at_revision < 0 {
+            v.add("at_revision", "must not be negative");
+        }
+        v.optional_subject_id("after_subject_id", &r.after_subject_id);
+        finish(v)?;
+        let catalog = self.ledger.catalog(&who).await.map_err(status)?;
+        let purposes = if r.purpose_ids.is_empty() {
+            catalog.purposes.values().cloned().collect()
+        } else {
+            r.purpose_ids
+                .iter()
+                .map(|id| catalog.require_purpose(id).cloned())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(status)?
+        };
+        if !r.vendor_id.is_empty() {
+            catalog.require_vendor(&r.vendor_id).map_err(status)?;
+        }
+        let plan = crate::snapshot::SnapshotPlan {
+            purposes,
+            vendor_id: r.vendor_id,
+            at_revision: Some(r.at_revision).filter(|r| *r > 0),
+            after_subject_id: r.after_subject_id,
+            catalog,
+        };
+        let place = self.snapshots.take(&who.tenant_id)?;
+        let shape = crate::snapshot::Shape {
+            page: crate::snapshot::PAGE,
+            chunk_subjects: crate::snapshot::CHUNK_SUBJECTS,
+            chunk_bytes: self.entry_budget(),
+            stall: crate::snapshot::STALL_LIMIT,
+        };
+        let stream = crate::snapshot::start(self.clone(), who, plan, place, shape).await?;
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn get_subject_state(
         &self,
         request: Request<pb::GetSubjectStateRequest>,
@@ -449,12 +505,16 @@ impl ConsentService for Api {
         finish(v)?;
         let query = EventQuery {
             subject_id: Some(r.subject_id).filter(|s| !s.is_empty()),
-            purpose_id: Some(r.purpose_id).filter(|s| !s.is_empty()),
+            purpose_ids: Some(r.purpose_id)
+                .filter(|s| !s.is_empty())
+                .into_iter()
+                .collect(),
             collected_from: from,
             collected_to: to,
             after_revision,
             until_revision: None,
             limit: page_size + 1,
+            by_subject: None,
             without_evidence: false,
         };
         let stored = self.ledger.entries(&who, &query).await.map_err(status)?;

@@ -258,6 +258,7 @@ async fn write_in_one_transaction(
             head: LedgerHead {
                 revision,
                 hash: prev,
+                erasures: head.erasures,
             },
             keys: &new_keys,
             now,
@@ -314,7 +315,7 @@ async fn erased_subjects(
     locked: &LockedHead,
     writes: &[PendingWrite],
 ) -> Result<HashSet<String>> {
-    if locked.erasures == 0 {
+    if locked.head.erasures == 0 {
         return Ok(HashSet::new());
     }
     let mut by_erased_id: HashMap<String, &str> = HashMap::new();

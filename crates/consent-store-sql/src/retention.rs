@@ -63,14 +63,17 @@ pub(crate) const RECORD_COLUMNS: &str = "revision, record_id, kind, subject_id, 
 /// `$db`: the sqlx database; `writer`/`reader`: the store's pool accessors; `time`: how a
 /// time is bound; `to_db`/`from_db`: conversions; `period`: SQL that turns a bound period in
 /// microseconds (`{}`) into something addable to a time; `lock`: the statement that takes
-/// the tenant's retention lock (`$1` is the tenant), if the backend needs one.
+/// the tenant's retention lock (`$1` is the tenant), if the backend needs one; the
+/// `event_*` items: the backend's event columns (with and without evidence) and row reader.
 macro_rules! sql_retention_store {
     (
         $store:ty, $db:ty,
         writer = $writer:ident, reader = $reader:ident,
         time = $time:ty, to_db = $to_db:path, from_db = $from_db:path,
         period = $period:literal, lock = $lock:expr,
-        namespace = $namespace:expr, raise_fence = $raise_fence:path $(,)?
+        namespace = $namespace:expr, raise_fence = $raise_fence:path,
+        event_columns = $event_columns:path, event_columns_lean = $event_columns_lean:path,
+        event_from_row = $event_from_row:path $(,)?
     ) => {
         use async_trait::async_trait;
         use consent_core::chain::{ChainKey, GENESIS, seal_record};
@@ -499,7 +502,86 @@ macro_rules! sql_retention_store {
             ConsentError::not_found("data item", item_id)
         }
 
+        /// The `WHERE` conditions after `tenant_id = `, the order and the limit of a ledger
+        /// read by `query` (events and records alike; `time_column` is the one the time
+        /// filters apply to).
+        fn push_filters(
+            sql: &mut sqlx::QueryBuilder<'_, $db>,
+            tenant: &str,
+            query: &EventQuery,
+            time_column: &str,
+        ) -> Result<()> {
+            sql.push_bind(tenant.to_owned())
+                .push(" AND revision > ")
+                .push_bind(query.after_revision);
+            if let Some(subject) = &query.subject_id {
+                sql.push(" AND subject_id = ").push_bind(subject.clone());
+            }
+            if !query.purpose_ids.is_empty() {
+                // A subject-wide event or a record without a purpose bears on every purpose.
+                sql.push(" AND purpose_id IN ('', ");
+                let mut ids = sql.separated(", ");
+                for purpose in &query.purpose_ids {
+                    ids.push_bind(purpose.clone());
+                }
+                sql.push(")");
+            }
+            if let Some(from) = query.collected_from {
+                sql.push(format!(" AND {time_column} >= "))
+                    .push_bind(time(from)?);
+            }
+            if let Some(to) = query.collected_to {
+                sql.push(format!(" AND {time_column} < "))
+                    .push_bind(time(to)?);
+            }
+            if let Some(until) = query.until_revision {
+                sql.push(" AND revision <= ").push_bind(until);
+            }
+            match &query.by_subject {
+                None => {
+                    sql.push(" ORDER BY revision");
+                }
+                Some(after) => {
+                    // Row values follow the (tenant_id, subject_id, revision) index; subject
+                    // ids compare byte for byte (BINARY in SQLite, COLLATE "C" in
+                    // PostgreSQL, migration 0009), as Rust compares them.
+                    sql.push(" AND substr(subject_id, 1, 7) <> 'erased:'")
+                        .push(" AND (subject_id, revision) > (")
+                        .push_bind(after.subject_id.clone())
+                        .push(", ")
+                        .push_bind(after.revision)
+                        .push(") ORDER BY subject_id, revision");
+                }
+            }
+            sql.push(" LIMIT ")
+                .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+            Ok(())
+        }
+
         impl $store {
+            /// Events matching `query` (see `LedgerStore::list_events`).
+            pub(crate) async fn events(
+                &self,
+                tenant: &str,
+                query: &EventQuery,
+            ) -> Result<Vec<consent_store::StoredEvent>> {
+                let columns = if query.without_evidence {
+                    $event_columns_lean
+                } else {
+                    $event_columns
+                };
+                let mut sql: sqlx::QueryBuilder<$db> = sqlx::QueryBuilder::new(format!(
+                    "SELECT {columns} FROM consent_events WHERE tenant_id = "
+                ));
+                push_filters(&mut sql, tenant, query, "collected_at")?;
+                let rows = sql
+                    .build()
+                    .fetch_all(self.$reader())
+                    .await
+                    .map_err(db)?;
+                rows.iter().map($event_from_row).collect()
+            }
+
             /// Ledger records matching `query` (see `LedgerStore::list_records`).
             pub(crate) async fn records(
                 &self,
@@ -514,28 +596,7 @@ macro_rules! sql_retention_store {
                 let mut sql: sqlx::QueryBuilder<$db> = sqlx::QueryBuilder::new(format!(
                     "SELECT {columns} FROM ledger_records WHERE tenant_id = "
                 ));
-                sql.push_bind(tenant)
-                    .push(" AND revision > ")
-                    .push_bind(query.after_revision);
-                if let Some(subject) = &query.subject_id {
-                    sql.push(" AND subject_id = ").push_bind(subject.clone());
-                }
-                if let Some(purpose) = &query.purpose_id {
-                    sql.push(" AND purpose_id IN (")
-                        .push_bind(purpose.clone())
-                        .push(", '')");
-                }
-                if let Some(from) = query.collected_from {
-                    sql.push(" AND at >= ").push_bind(time(from)?);
-                }
-                if let Some(to) = query.collected_to {
-                    sql.push(" AND at < ").push_bind(time(to)?);
-                }
-                if let Some(until) = query.until_revision {
-                    sql.push(" AND revision <= ").push_bind(until);
-                }
-                sql.push(" ORDER BY revision LIMIT ")
-                    .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+                push_filters(&mut sql, tenant, query, "at")?;
                 let rows = sql
                     .build()
                     .fetch_all(self.$reader())
@@ -1469,6 +1530,9 @@ mod on_sqlite {
         lock = None,
         namespace = crate::errors::CACHE_NAMESPACE,
         raise_fence = crate::sqlite::raise_fence,
+        event_columns = crate::sqlite::EVENT_COLUMNS,
+        event_columns_lean = crate::sqlite::EVENT_COLUMNS_WITHOUT_EVIDENCE,
+        event_from_row = crate::sqlite::event_from_row,
     );
 }
 
@@ -1489,5 +1553,8 @@ mod on_postgres {
         // commit).
         namespace = "SELECT cache_namespace FROM ledger_identity WHERE id = 1 FOR SHARE",
         raise_fence = crate::pg::raise_fence,
+        event_columns = crate::pg::EVENT_COLUMNS,
+        event_columns_lean = crate::pg::EVENT_COLUMNS_WITHOUT_EVIDENCE,
+        event_from_row = crate::pg::event_from_row,
     );
 }

@@ -145,15 +145,14 @@ pub(crate) fn new_subject_key() -> Result<[u8; 32]> {
 pub(crate) struct LockedHead {
     pub(crate) head: LedgerHead,
     pub(crate) key: ChainKey,
-    /// How many subjects of the tenant were erased (0: no write needs to look for one).
-    pub(crate) erasures: i64,
 }
 
 impl LockedHead {
     /// The erased id of `subject_id` if the tenant erased any subject (else no lookup is
     /// needed).
     pub(crate) fn erased_lookup(&self, subject_id: &str) -> Option<String> {
-        (self.erasures > 0)
+        // No erasure yet: no write needs to look for one.
+        (self.head.erasures > 0)
             .then(|| self.key.erased_subject_id(subject_id))
             .flatten()
     }
@@ -205,9 +204,9 @@ where
         head: LedgerHead {
             revision: row.try_get(0).map_err(db)?,
             hash: hash32(&row.try_get::<Vec<u8>, _>(1).map_err(db)?, "head_hash")?,
+            erasures: row.try_get(4).map_err(db)?,
         },
         key,
-        erasures: row.try_get(4).map_err(db)?,
     })
 }
 

@@ -14,7 +14,7 @@ use consent_core::access::{ApiKey, Tenant, scopes_from_text, scopes_to_text};
 use consent_core::chain::{ChainKey, GENESIS};
 use consent_core::{
     Catalog, ConsentError, ConsentEvent, Evidence, NewEvent, NewRecord, PolicyVersion, Purpose,
-    Result, Revision, SUBJECT_WIDE, StateEntry, SubjectState, Timestamp, Vendor,
+    Result, Revision, StateEntry, SubjectState, Timestamp, Vendor,
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, ErasureOutcome,
@@ -110,18 +110,18 @@ impl SqliteStore {
     }
 }
 
-const EVENT_COLUMNS: &str = "revision, event_id, subject_id, purpose_id, vendor_id, decision, \
+pub(crate) const EVENT_COLUMNS: &str = "revision, event_id, subject_id, purpose_id, vendor_id, decision, \
      policy_version_id, channel, collected_at, recorded_at, expires_at, evidence, \
      evidence_sha256, actor_key_id, prev_hash, hash";
 
 /// The same columns with the evidence left out: erased stays NULL, present reads as an empty
 /// string (decoded as the default, empty evidence).
-const EVENT_COLUMNS_WITHOUT_EVIDENCE: &str = "revision, event_id, subject_id, purpose_id, \
+pub(crate) const EVENT_COLUMNS_WITHOUT_EVIDENCE: &str = "revision, event_id, subject_id, purpose_id, \
      vendor_id, decision, policy_version_id, channel, collected_at, recorded_at, expires_at, \
      CASE WHEN evidence IS NULL THEN NULL ELSE '' END, evidence_sha256, actor_key_id, \
      prev_hash, hash";
 
-fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
+pub(crate) fn event_from_row(row: &SqliteRow) -> Result<StoredEvent> {
     let text = |i: usize| row.try_get::<String, _>(i).map_err(db);
     let int = |i: usize| row.try_get::<i64, _>(i).map_err(db);
     let digest = |i: usize, what: &str| hash32(&row.try_get::<Vec<u8>, _>(i).map_err(db)?, what);
@@ -754,42 +754,7 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn list_events(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredEvent>> {
-        let columns = if query.without_evidence {
-            EVENT_COLUMNS_WITHOUT_EVIDENCE
-        } else {
-            EVENT_COLUMNS
-        };
-        let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT {columns} FROM consent_events WHERE tenant_id = "
-        ));
-        sql.push_bind(tenant)
-            .push(" AND revision > ")
-            .push_bind(query.after_revision);
-        if let Some(subject) = &query.subject_id {
-            sql.push(" AND subject_id = ").push_bind(subject.as_str());
-        }
-        if let Some(purpose) = &query.purpose_id {
-            // A subject-wide choice (withdraw-all) bears on every purpose.
-            sql.push(" AND purpose_id IN (")
-                .push_bind(purpose.as_str())
-                .push(", ")
-                .push_bind(SUBJECT_WIDE)
-                .push(")");
-        }
-        if let Some(from) = query.collected_from {
-            sql.push(" AND collected_at >= ")
-                .push_bind(from.as_micros());
-        }
-        if let Some(to) = query.collected_to {
-            sql.push(" AND collected_at < ").push_bind(to.as_micros());
-        }
-        if let Some(until) = query.until_revision {
-            sql.push(" AND revision <= ").push_bind(until);
-        }
-        sql.push(" ORDER BY revision LIMIT ")
-            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
-        let rows = sql.build().fetch_all(&self.reader).await.map_err(db)?;
-        rows.iter().map(event_from_row).collect()
+        self.events(tenant, query).await
     }
 
     async fn append_flags(
@@ -835,17 +800,19 @@ impl LedgerStore for SqliteStore {
     }
 
     async fn head(&self, tenant: &str) -> Result<LedgerHead> {
-        let row: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT revision, head_hash FROM tenants WHERE tenant_id = $1")
-                .bind(tenant)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(db)?;
+        let row: Option<(i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT revision, head_hash, erasures FROM tenants WHERE tenant_id = $1",
+        )
+        .bind(tenant)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db)?;
         match row {
             None => Ok(LedgerHead::default()),
-            Some((revision, hash)) => Ok(LedgerHead {
+            Some((revision, hash, erasures)) => Ok(LedgerHead {
                 revision,
                 hash: hash32(&hash, "head_hash")?,
+                erasures,
             }),
         }
     }

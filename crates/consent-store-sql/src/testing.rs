@@ -14,9 +14,18 @@ pub fn postgres_test_url() -> Option<String> {
 
 /// Creates an empty database beside the one `admin_url` names and returns its URL and name.
 pub async fn create_scratch_database(admin_url: &str) -> Result<(String, String), sqlx::Error> {
+    create_scratch_database_with(admin_url, "").await
+}
+
+/// As [`create_scratch_database`], with `options` after `CREATE DATABASE name` (a template,
+/// a locale...).
+pub async fn create_scratch_database_with(
+    admin_url: &str,
+    options: &str,
+) -> Result<(String, String), sqlx::Error> {
     let name = format!("consent_test_{}", uuid::Uuid::now_v7().simple());
     let mut conn = PgConnection::connect(admin_url).await?;
-    conn.execute(format!("CREATE DATABASE {name}").as_str())
+    conn.execute(format!("CREATE DATABASE {name} {options}").as_str())
         .await?;
     conn.close().await?;
     let base = admin_url.split('?').next().unwrap_or(admin_url);

@@ -627,3 +627,95 @@ async fn an_erased_subject_leaves_no_bytes_in_the_sqlite_files() {
     );
     store.close().await;
 }
+
+/// Snapshot scans page in byte order of subject ids whatever the database's collation: on a
+/// database whose default collation is dictionary order (ICU en-US sorts "a-b" before "ab"
+/// and "B" after "a"), the scan case still lists subjects in byte order, each once (before
+/// migration 0009 made the columns `COLLATE "C"`, the merge of events and records broke).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_scans_order_bytewise_on_a_dictionary_collation() {
+    use consent_store_sql::testing::{create_scratch_database_with, drop_scratch_database};
+
+    let Some(admin) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let (url, name) = create_scratch_database_with(
+        &admin,
+        "TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scratch database: {e}"));
+    let store: Arc<dyn consent_store::Store> = Arc::new(open(&url).await);
+    let outcome = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            consent_store::conformance::a_snapshot_scan_reads_every_subject_at_one_revision(&store)
+                .await;
+        }
+    })
+    .await;
+    drop(store);
+    drop_scratch_database(&admin, &name)
+        .await
+        .unwrap_or_else(|e| panic!("drop {name}: {e}"));
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// A snapshot scan reads the ledger only as chunks are asked for: one page of at most
+/// `page` entries per store call, so what a scan holds is one page of each kind and one
+/// chunk, however large the tenant (ExportSnapshot's memory bound rests on this).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_scan_reads_the_ledger_as_it_is_asked() {
+    use consent_store::counting::CountingStore;
+    use consent_store::snapshot::SnapshotScan;
+    use consent_store::{CacheFence, LedgerStore};
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let url = format!("sqlite://{}/ledger.db", dir.path().display());
+    let counting = Arc::new(CountingStore::new(Arc::new(open(&url).await)));
+    let tenant = format!("t-{}", uuid::Uuid::now_v7());
+    for batch in 0..4 {
+        let events: Vec<_> = (0..500)
+            .map(|i| grant(&format!("s{:05}", batch * 500 + i)))
+            .collect();
+        counting
+            .append(&tenant, &events, None, CacheFence::None)
+            .await
+            .unwrap_or_else(|e| panic!("append: {e}"));
+    }
+    let mut scan = SnapshotScan::start(
+        Arc::clone(&counting),
+        &tenant,
+        None,
+        consent_core::Timestamp::now(),
+        vec![],
+        100,
+        "",
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start: {e}"));
+    let mut chunks = 0;
+    while let Some(chunk) = scan
+        .next_chunk(100)
+        .await
+        .unwrap_or_else(|e| panic!("chunk: {e}"))
+    {
+        chunks += 1;
+        assert_eq!(chunk.len(), 100);
+        // The pages this chunk needed, and the first of the next one (read to know where
+        // the chunk's last subject ends): never more.
+        assert!(
+            counting.calls("list_events") <= chunks + 1,
+            "{} event pages read for {chunks} chunks",
+            counting.calls("list_events")
+        );
+        assert!(
+            counting.calls("list_records") <= 1,
+            "no records: one empty page"
+        );
+        assert!(chunks <= 20, "2,000 subjects, 100 per chunk");
+    }
+    assert_eq!(chunks, 20);
+}

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub use crate::conformance_retention::*;
+pub use crate::conformance_snapshot::*;
 
 /// The value of a test environment variable naming a service (a database, a Redis), or
 /// `None` after printing a notice that the tests needing it are skipped. Under `CI=true` a
@@ -86,6 +87,8 @@ macro_rules! store_conformance_suite {
             retention_is_tenant_scoped,
             flags_are_projected_with_the_state,
             erasure_keeps_the_chain_and_refuses_the_subject,
+            a_snapshot_scan_reads_every_subject_at_one_revision,
+            a_subject_erased_during_a_scan_is_left_out,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -611,7 +614,7 @@ pub async fn a_subject_wide_withdrawal_is_projected_and_listed(store: &Arc<dyn S
             &t,
             &EventQuery {
                 subject_id: Some("alice".into()),
-                purpose_id: Some("analytics".into()),
+                purpose_ids: vec!["analytics".into()],
                 limit: 100,
                 ..EventQuery::default()
             },
@@ -654,7 +657,7 @@ pub async fn list_events_filters_and_pages(store: &Arc<dyn Store>) {
     assert_eq!(alice.len(), 5);
     assert!(alice.iter().all(|e| e.event.event.subject_id == "alice"));
     let recording = ok(query(EventQuery {
-        purpose_id: Some("call_recording".into()),
+        purpose_ids: vec!["call_recording".into()],
         collected_from: Some(day(2)),
         collected_to: Some(day(4)),
         limit: 100,

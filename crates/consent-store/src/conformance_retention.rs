@@ -494,7 +494,7 @@ pub async fn an_attestation_is_a_ledger_record_and_final(store: &Arc<dyn Store>)
     );
     assert_eq!(
         by(EventQuery {
-            purpose_id: Some("analytics".into()),
+            purpose_ids: vec!["analytics".into()],
             ..all.clone()
         })
         .await,

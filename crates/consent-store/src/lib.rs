@@ -23,9 +23,11 @@ use consent_core::{
 pub mod breaker;
 pub mod conformance;
 mod conformance_retention;
+mod conformance_snapshot;
 pub mod counting;
 mod proxy;
 pub mod retention;
+pub mod snapshot;
 
 pub use retention::{
     Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,
@@ -114,6 +116,10 @@ pub struct LedgerHead {
     pub revision: Revision,
     /// The latest event's hash ([`GENESIS`] before the first event).
     pub hash: [u8; 32],
+    /// How many subjects the tenant erased: an erasure renames entries below the head, so a
+    /// reader that pages through the ledger while writes go on (a snapshot) checks it did
+    /// not change under it.
+    pub erasures: i64,
 }
 
 impl Default for LedgerHead {
@@ -121,6 +127,7 @@ impl Default for LedgerHead {
         LedgerHead {
             revision: 0,
             hash: GENESIS,
+            erasures: 0,
         }
     }
 }
@@ -130,8 +137,9 @@ impl Default for LedgerHead {
 pub struct EventQuery {
     /// Only this subject.
     pub subject_id: Option<String>,
-    /// Only this purpose.
-    pub purpose_id: Option<String>,
+    /// Only these purposes (empty: every purpose). Subject-wide events (withdraw-all) and
+    /// records without a purpose bear on every purpose, so a purpose filter keeps them.
+    pub purpose_ids: Vec<String>,
     /// Only events collected at or after this time.
     pub collected_from: Option<Timestamp>,
     /// Only events collected before this time.
@@ -142,10 +150,25 @@ pub struct EventQuery {
     pub until_revision: Option<Revision>,
     /// At most this many events.
     pub limit: usize,
+    /// Read in subject order instead of revision order: entries sorted by (subject id,
+    /// revision), starting after this cursor, leaving out erased subject ids (`erased:...`).
+    /// Subject ids compare byte for byte (UTF-8). For scans over every subject (snapshots)
+    /// that page by subject; `after_revision` still applies.
+    pub by_subject: Option<SubjectCursor>,
     /// Leave the evidence out (each event then has the default, empty evidence; whether it
     /// was erased is still told): for readers that only need the choices, such as the
     /// change feed, so a page's size does not depend on what the evidence holds.
     pub without_evidence: bool,
+}
+
+/// A position in a scan of the ledger in subject order: after this subject's entries up to
+/// `revision` (`SubjectCursor::default()` is before every subject).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SubjectCursor {
+    /// The subject id.
+    pub subject_id: String,
+    /// The revision within the subject's entries.
+    pub revision: Revision,
 }
 
 /// An event as read back, with whether its evidence was erased.
