@@ -393,3 +393,42 @@ impl RevocableReader {
             .unwrap_or_else(|e| fail("revoke", e));
     }
 }
+
+/// Checks through the generated client, answering the raw status: for tests about what the
+/// server answers (the SDK's typed methods retry and decode errors).
+pub trait RawChecks {
+    /// `Check` of `subject` and `purpose`, now.
+    fn check_raw(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> impl std::future::Future<Output = Result<pb::CheckResponse, tonic::Status>> + Send;
+
+    /// Any `Check`.
+    fn check_request_raw(
+        &self,
+        request: pb::CheckRequest,
+    ) -> impl std::future::Future<Output = Result<pb::CheckResponse, tonic::Status>> + Send;
+}
+
+impl RawChecks for ConsentClient {
+    fn check_raw(
+        &self,
+        subject: &str,
+        purpose: &str,
+    ) -> impl std::future::Future<Output = Result<pb::CheckResponse, tonic::Status>> + Send {
+        self.check_request_raw(pb::CheckRequest {
+            subject_id: subject.to_owned(),
+            purpose_id: purpose.to_owned(),
+            ..Default::default()
+        })
+    }
+
+    fn check_request_raw(
+        &self,
+        request: pb::CheckRequest,
+    ) -> impl std::future::Future<Output = Result<pb::CheckResponse, tonic::Status>> + Send {
+        let mut consent = self.consent();
+        async move { Ok(consent.check(request).await?.into_inner()) }
+    }
+}

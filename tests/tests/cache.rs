@@ -2,6 +2,7 @@
 
 use consent_client::pb;
 use consent_client::pb::{Channel, Decision, Reason};
+use consent_e2e::RawChecks;
 use consent_e2e::{TestServer, apply_seed_catalog, record};
 use consent_server::config::{AuthMode, CacheConfig, CacheMode};
 use consent_server::server::ServerSettings;
@@ -33,7 +34,7 @@ async fn record_on(server: &TestServer, decision: Decision, channel: Channel) ->
 async fn reason(server: &TestServer, subject: &str) -> Reason {
     server
         .client
-        .check(subject, "call_recording")
+        .check_raw(subject, "call_recording")
         .await
         .unwrap_or_else(|e| panic!("check: {e}"))
         .reason()
@@ -109,7 +110,7 @@ async fn consistency_tokens_cross_replicas_with_in_process_caches() {
     use pb::consistency::Requirement;
     let at_least = b
         .client
-        .check_request(with_consistency(
+        .check_request_raw(with_consistency(
             "caller",
             Requirement::AtLeastRevision(withdrawn),
         ))
@@ -119,7 +120,7 @@ async fn consistency_tokens_cross_replicas_with_in_process_caches() {
     assert!(at_least.revision >= withdrawn);
     let full = b
         .client
-        .check_request(with_consistency(
+        .check_request_raw(with_consistency(
             "caller",
             Requirement::FullyConsistent(true),
         ))

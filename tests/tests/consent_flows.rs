@@ -2,6 +2,7 @@
 
 use consent_client::pb;
 use consent_client::pb::{Channel, Decision, Reason};
+use consent_e2e::RawChecks;
 use consent_e2e::{TestServer, apply_seed_catalog, backends, days_ago, record};
 
 fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>, what: &str, server: &TestServer) -> T {
@@ -12,7 +13,7 @@ fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>, what: &str, server: &Test
 }
 
 async fn check(server: &TestServer, req: pb::CheckRequest) -> pb::CheckResponse {
-    match server.client.check_request(req).await {
+    match server.client.check_request_raw(req).await {
         Ok(r) => r,
         Err(status) => panic!("[{}] check: {status:?}", server.backend),
     }

@@ -3,6 +3,7 @@
 
 use consent_client::pb;
 use consent_client::pb::{Channel, Decision};
+use consent_e2e::RawChecks;
 use consent_e2e::{TestServer, apply_seed_catalog, bad_fields, record, rejected_fields};
 use tonic::Code;
 
@@ -19,7 +20,7 @@ fn future(secs: u64) -> prost_types::Timestamp {
 }
 
 async fn expect_check(server: &TestServer, req: pb::CheckRequest, code: Code, field: Option<&str>) {
-    let status = match server.client.check_request(req.clone()).await {
+    let status = match server.client.check_request_raw(req.clone()).await {
         Ok(answer) => panic!("{req:?} was answered {answer:?}, expected {code:?}"),
         Err(s) => s,
     };
@@ -306,19 +307,23 @@ async fn store_down_is_unavailable_never_allowed() {
     assert!(
         server
             .client
-            .check("s", "analytics")
+            .check_raw("s", "analytics")
             .await
             .is_ok_and(|c| c.allowed)
     );
 
     server.store.close().await;
-    let uncached = server.client.check("never-seen", "analytics").await.err();
+    let uncached = server
+        .client
+        .check_raw("never-seen", "analytics")
+        .await
+        .err();
     assert_eq!(
         uncached.as_ref().map(tonic::Status::code),
         Some(Code::Unavailable),
         "{uncached:?}"
     );
-    let cached = server.client.check("s", "analytics").await;
+    let cached = server.client.check_raw("s", "analytics").await;
     assert!(cached.is_ok_and(|c| c.allowed && c.reason() == pb::Reason::Granted));
     let write = server
         .client
@@ -349,7 +354,7 @@ async fn store_down_is_unavailable_never_allowed() {
     full.consistency = Some(pb::Consistency {
         requirement: Some(pb::consistency::Requirement::FullyConsistent(true)),
     });
-    let full = server.client.check_request(full).await.err();
+    let full = server.client.check_request_raw(full).await.err();
     assert_eq!(
         full.map(|s| s.code()),
         Some(Code::Unavailable),
@@ -521,12 +526,12 @@ async fn an_unreachable_database_fails_fast_then_recovers() {
         }),
         ..check("s", "analytics")
     };
-    assert!(server.client.check_request(fresh()).await.is_ok());
+    assert!(server.client.check_request_raw(fresh()).await.is_ok());
 
     relay.cut();
     let mut messages = Vec::new();
     for _ in 0..10 {
-        match server.client.check_request(fresh()).await {
+        match server.client.check_request_raw(fresh()).await {
             Ok(answer) => panic!("answered with the database unreachable: {answer:?}"),
             Err(status) => {
                 assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -545,7 +550,7 @@ async fn an_unreachable_database_fails_fast_then_recovers() {
     // The breaker probes after its open window (1 s); bounded retries.
     let mut served = false;
     for _ in 0..100 {
-        if server.client.check_request(fresh()).await.is_ok() {
+        if server.client.check_request_raw(fresh()).await.is_ok() {
             served = true;
             break;
         }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use consent_client::pb;
 use consent_core::access::Scope;
+use consent_e2e::RawChecks;
 use consent_e2e::{TestServer, apply_seed_catalog, backends_with, bad_fields, record};
 use consent_server::config::{AuthMode, LimitsConfig, MIN_MESSAGE_BYTES};
 use consent_server::server::ServerSettings;
@@ -69,7 +70,7 @@ async fn oversized_messages_and_metadata_are_resource_exhausted() {
     );
     assert!(status.is_some_and(|s| s.message().contains("limits.max_metadata_bytes")));
     assert!(
-        client.check("s", "analytics").await.is_ok(),
+        client.check_raw("s", "analytics").await.is_ok(),
         "the server serves on afterwards"
     );
     server.stop().await;
@@ -87,11 +88,14 @@ async fn each_key_has_its_own_request_rate() {
     let busy = server.client_for("acme", &[Scope::ConsentRead]).await;
     for _ in 0..3 {
         assert_eq!(
-            busy.check("s", "analytics").await.err().map(|s| s.code()),
+            busy.check_raw("s", "analytics")
+                .await
+                .err()
+                .map(|s| s.code()),
             Some(Code::NotFound)
         );
     }
-    let status = busy.check("s", "analytics").await.err();
+    let status = busy.check_raw("s", "analytics").await.err();
     assert_eq!(
         status.as_ref().map(tonic::Status::code),
         Some(Code::ResourceExhausted),
@@ -106,7 +110,11 @@ async fn each_key_has_its_own_request_rate() {
     );
     let other = server.client_for("acme", &[Scope::ConsentRead]).await;
     assert_eq!(
-        other.check("s", "analytics").await.err().map(|s| s.code()),
+        other
+            .check_raw("s", "analytics")
+            .await
+            .err()
+            .map(|s| s.code()),
         Some(Code::NotFound),
         "another key of the same tenant is not limited by the first"
     );
@@ -473,8 +481,12 @@ async fn a_silent_connection_holds_a_slot_only_until_its_handshake_deadline() {
     let addr = server.addr;
     let served = || async move {
         let client = consent_client::ConsentClient::connect(format!("http://{addr}")).await?;
-        let code = client.check("s", "analytics").await.err().map(|s| s.code());
-        Ok::<_, consent_client::ClientError>(code)
+        let code = client
+            .check_raw("s", "analytics")
+            .await
+            .err()
+            .map(|s| s.code());
+        Ok::<_, consent_client::Error>(code)
     };
     assert_eq!(
         served().await.ok().flatten(),

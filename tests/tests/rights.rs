@@ -4,6 +4,7 @@
 
 use consent_client::pb::{Channel, Decision, Reason};
 use consent_client::{ConsentClient, pb};
+use consent_e2e::RawChecks;
 use consent_e2e::{apply_seed_catalog, backends, record, rejected_fields};
 use tonic::Code;
 
@@ -11,7 +12,7 @@ const SUBJECT: &str = "+32470000042";
 
 async fn reason(client: &ConsentClient, purpose: &str) -> (bool, Reason) {
     let answer = client
-        .check(SUBJECT, purpose)
+        .check_raw(SUBJECT, purpose)
         .await
         .unwrap_or_else(|e| panic!("check {purpose}: {e}"));
     (answer.allowed, answer.reason())
@@ -378,7 +379,7 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
         }
         // The other tenant's person with the same id is another person.
         let answer = other
-            .check(SUBJECT, "call_recording")
+            .check_raw(SUBJECT, "call_recording")
             .await
             .unwrap_or_else(|e| panic!("{b}: {e}"));
         assert_eq!((answer.allowed, answer.reason()), (true, Reason::Granted));

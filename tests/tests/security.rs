@@ -6,6 +6,7 @@ use consent_client::pb::{Channel, Decision, Reason};
 use consent_client::{ConsentClient, pb};
 use consent_core::Timestamp;
 use consent_core::access::{KEY_RANDOM_BYTES, Scope, issue_key};
+use consent_e2e::RawChecks;
 use consent_e2e::{
     TestServer, apply_seed_catalog, apply_seed_retention, backends_with, days_ago, record,
 };
@@ -38,7 +39,7 @@ fn check(subject: &str, purpose: &str) -> pb::CheckRequest {
 }
 
 async fn check_code(client: &ConsentClient) -> Code {
-    match client.check("s", "analytics").await {
+    match client.check_raw("s", "analytics").await {
         Ok(_) => Code::Ok,
         Err(s) => s.code(),
     }
@@ -110,7 +111,7 @@ async fn keys_authenticate_and_their_lifecycle_is_enforced() {
             .client
             .with_api_key(&token)
             .unwrap_or_else(|e| panic!("{e}"));
-        let status = expired_client.check("s", "analytics").await.err();
+        let status = expired_client.check_raw("s", "analytics").await.err();
         assert_eq!(
             status.as_ref().map(tonic::Status::code),
             Some(Code::Unauthenticated)
@@ -134,7 +135,7 @@ async fn keys_authenticate_and_their_lifecycle_is_enforced() {
             .unwrap_or_else(|e| panic!("{e}"))
             .into_inner();
         assert!(revoked.api_key.is_some_and(|k| k.revoked_at.is_some()));
-        let status = reader.check("s", "analytics").await.err();
+        let status = reader.check_raw("s", "analytics").await.err();
         assert_eq!(
             status.as_ref().map(tonic::Status::code),
             Some(Code::Unauthenticated)
@@ -248,7 +249,7 @@ async fn one_tenant_cannot_read_or_change_another() {
         let purposes = b.catalog().list_purposes(pb::ListPurposesRequest {}).await;
         assert!(purposes.is_ok_and(|r| r.into_inner().purposes.is_empty()));
         assert_eq!(
-            b.check("+3247000", "call_recording")
+            b.check_raw("+3247000", "call_recording")
                 .await
                 .err()
                 .map(|s| s.code()),
@@ -301,13 +302,13 @@ async fn one_tenant_cannot_read_or_change_another() {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            b.check("+3247000", "call_recording")
+            b.check_raw("+3247000", "call_recording")
                 .await
                 .map(|c| c.reason())
                 .ok(),
             Some(Reason::Denied)
         );
-        let a_answer = a.check("+3247000", "call_recording").await;
+        let a_answer = a.check_raw("+3247000", "call_recording").await;
         assert_eq!(
             a_answer.map(|c| c.reason()).ok(),
             Some(Reason::Granted),
@@ -655,7 +656,7 @@ async fn failed_authentications_are_rate_limited_per_address() {
         Code::NotFound,
         "a key verified lately still works from the same address"
     );
-    let refused = not_yet_used.check("s", "analytics").await.err();
+    let refused = not_yet_used.check_raw("s", "analytics").await.err();
     assert_eq!(
         refused.as_ref().map(tonic::Status::code),
         Some(Code::ResourceExhausted),

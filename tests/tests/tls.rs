@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use consent_client::ConsentClient;
+use consent_e2e::RawChecks;
 use consent_server::config::{AuthMode, Config};
 use consent_server::server::{ServerSettings, serve};
 use consent_store_sql::{SqlOptions, SqlStore};
@@ -107,7 +108,7 @@ async fn round_trip(
         .map_err(|e| e.to_string())?;
     let channel = endpoint.connect().await.map_err(|e| format!("{e:?}"))?;
     let client = ConsentClient::from_channel(channel);
-    match client.check("s", "analytics").await {
+    match client.check_raw("s", "analytics").await {
         Ok(answer) => Err(format!("unexpected answer {answer:?}")),
         Err(s) if s.code() == tonic::Code::NotFound => Ok(s.code()),
         Err(s) => Err(format!("{s:?}")),
@@ -128,7 +129,11 @@ async fn tls_serves_tls_clients_and_refuses_plaintext() {
 
     // Plaintext HTTP/2 to a TLS port reaches no handler.
     let plain = match ConsentClient::connect(format!("http://{addr}")).await {
-        Ok(client) => client.check("s", "analytics").await.err().map(|s| s.code()),
+        Ok(client) => client
+            .check_raw("s", "analytics")
+            .await
+            .err()
+            .map(|s| s.code()),
         Err(_) => None,
     };
     assert_ne!(plain, Some(tonic::Code::NotFound));

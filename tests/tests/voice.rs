@@ -10,6 +10,7 @@ use std::time::Duration;
 use consent_client::pb::{Channel, Decision};
 use consent_client::{ConsentClient, pb};
 use consent_core::{Clock, ManualClock, Timestamp};
+use consent_e2e::RawChecks;
 use consent_e2e::{TestServer, apply_seed_catalog, apply_seed_retention, record};
 use consent_server::config::AuthMode;
 use consent_server::convert::timestamp;
@@ -247,7 +248,7 @@ async fn a_voice_call_from_consent_to_attested_deletion() {
         // Both items were already deleted: none became due.
         assert_eq!((erased.items_due, erased.items_kept_by_law), (0, 0), "{b}");
         let answer = client
-            .check(CALLER, "call_recording")
+            .check_raw(CALLER, "call_recording")
             .await
             .unwrap_or_else(|e| panic!("{b}: check: {e}"));
         assert_eq!(

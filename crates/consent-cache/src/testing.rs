@@ -28,7 +28,10 @@ pub fn redis_cluster_test_nodes() -> Option<Vec<String>> {
 pub struct Relay {
     /// Where clients connect.
     pub port: u16,
+    /// The accepting task and the relayed connections' tasks.
     tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    /// The relayed connections' tasks only.
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl Relay {
@@ -42,7 +45,9 @@ impl Relay {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         let port = listener.local_addr()?.port();
         let tasks: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let registry = Arc::clone(&tasks);
+        let open = Arc::clone(&connections);
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 let relay = tokio::spawn(async move {
@@ -55,12 +60,29 @@ impl Relay {
                 if let Ok(mut t) = registry.lock() {
                     t.push(relay.abort_handle());
                 }
+                if let Ok(mut t) = open.lock() {
+                    t.push(relay.abort_handle());
+                }
             }
         });
         if let Ok(mut t) = tasks.lock() {
             t.push(accept.abort_handle());
         }
-        Ok(Relay { port, tasks })
+        Ok(Relay {
+            port,
+            tasks,
+            connections,
+        })
+    }
+
+    /// Drops every relayed connection but keeps accepting: what is in flight is lost, a
+    /// client that reconnects gets through.
+    pub fn sever(&self) {
+        if let Ok(mut connections) = self.connections.lock() {
+            for task in connections.drain(..) {
+                task.abort();
+            }
+        }
     }
 
     /// Drops every relayed connection and stops accepting: the path is cut.

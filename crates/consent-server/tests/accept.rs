@@ -104,7 +104,7 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
     for _ in 0..60 {
         if let Ok(client) = ConsentClient::connect(format!("http://{addr}")).await
             && client
-                .check("s", "analytics")
+                .check(consent_client::Check::new("s", "analytics"))
                 .await
                 .err()
                 .is_some_and(|s| s.code() == tonic::Code::NotFound)

@@ -107,13 +107,16 @@ async fn bootstrap_a_tenant_and_key_from_the_command_line() {
     let anonymous = ConsentClient::connect(format!("http://{addr}"))
         .await
         .unwrap_or_else(|e| fail("connect", e));
-    let status = anonymous.check("s", "analytics").await.err();
+    let status = anonymous
+        .check(consent_client::Check::new("s", "analytics"))
+        .await
+        .err();
     assert_eq!(status.map(|s| s.code()), Some(tonic::Code::Unauthenticated));
     let ops = anonymous
         .with_api_key(&token)
         .unwrap_or_else(|e| fail("key", e));
     let answer = ops
-        .check("s", "analytics")
+        .check(consent_client::Check::new("s", "analytics"))
         .await
         .unwrap_or_else(|e| fail("check", e));
     assert_eq!(
@@ -135,7 +138,10 @@ async fn bootstrap_a_tenant_and_key_from_the_command_line() {
 
     let revoked = run_cli(&url, &[], &["keys", "revoke", &key_id]).await;
     assert_eq!(revoked.code, Some(0), "{revoked:?}");
-    let status = ops.check("s", "analytics").await.err();
+    let status = ops
+        .check(consent_client::Check::new("s", "analytics"))
+        .await
+        .err();
     assert_eq!(
         status.map(|s| s.code()),
         Some(tonic::Code::Unauthenticated),

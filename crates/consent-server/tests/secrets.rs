@@ -150,7 +150,7 @@ async fn record_and_check(client: &ConsentClient, subject: &str) -> Vec<tonic::C
         })
         .await;
     let check = client
-        .check(subject, "call_recording")
+        .check(consent_client::Check::new(subject, "call_recording"))
         .await
         .map(|_| ())
         .map_err(|e| e.code());
