@@ -485,3 +485,99 @@ async fn seed_grants(server: &TestServer, subjects: &[String]) {
             .unwrap_or_else(|e| panic!("seed: {e}"));
     }
 }
+
+/// The local cache answers repeated checks in-process, and a change (an event, a right, an
+/// erasure) made anywhere drops the answers it makes stale as soon as the feed delivers
+/// it; checks it may not answer (fully consistent, as of a time, a revision the feed has
+/// not reached) go to the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_cache_serves_hits_and_follows_every_change() {
+    use consent_client::LocalCacheOptions;
+
+    let server = TestServer::sqlite().await;
+    let client = server.client.clone();
+    apply_seed_catalog(&client).await;
+    ok(client
+        .record_consent(Record::new("hot").grant("analytics"))
+        .await);
+    ok(client
+        .record_consent(Record::new("other").grant("analytics"))
+        .await);
+    let cached = ok(client.local_cache(LocalCacheOptions::default()).await);
+    let hits = |c: &consent_client::LocalCache| c.hits_and_misses().0;
+
+    assert!(ok(cached.allowed("hot", "analytics").await));
+    assert!(ok(cached.allowed("other", "analytics").await));
+    assert_eq!(cached.hits_and_misses(), (0, 2));
+    assert!(ok(cached.allowed("hot", "analytics").await));
+    assert_eq!(hits(&cached), 1, "the second check is a hit");
+
+    // A withdrawal through another path: once the feed delivers it, no stale allow.
+    let w = ok(client
+        .withdraw_consent(Withdraw::purposes("hot", ["analytics"]).channel(Channel::Web))
+        .await);
+    tokio::time::timeout(SAFETY, cached.wait_for_revision(w.revision))
+        .await
+        .unwrap_or_else(|_| panic!("the feed did not deliver the withdrawal"));
+    assert!(
+        !ok(cached.allowed("hot", "analytics").await),
+        "no stale allow"
+    );
+    // A revision the feed may not have reached yet is asked of the service if so.
+    let ahead = ok(client
+        .record_consent(Record::new("hot").grant("analytics"))
+        .await);
+    let fresh = ok(cached
+        .check(Check::new("hot", "analytics").at_least_revision(ahead.revision))
+        .await);
+    assert!(fresh.allowed && fresh.revision >= ahead.revision);
+    assert!(
+        ok(cached.allowed("other", "analytics").await),
+        "other subjects stay"
+    );
+    let before = hits(&cached);
+    assert!(ok(cached.allowed("other", "analytics").await));
+    assert_eq!(hits(&cached), before + 1);
+
+    // A right (restriction) drops the subject's answers too.
+    let restricted = ok(client
+        .restrict_processing(pb::RestrictProcessingRequest {
+            subject_id: "other".into(),
+            reason: "letter".into(),
+        })
+        .await);
+    let restricted = restricted.change.map_or(0, |c| c.revision);
+    tokio::time::timeout(SAFETY, cached.wait_for_revision(restricted))
+        .await
+        .unwrap_or_else(|_| panic!("the feed did not deliver the restriction"));
+    assert!(!ok(cached.allowed("other", "analytics").await));
+
+    // An erasure (its record names only the erased id) drops every answer.
+    ok(client
+        .record_consent(Record::new("gone").grant("analytics"))
+        .await);
+    assert!(ok(cached.allowed("gone", "analytics").await));
+    assert!(ok(cached.allowed("gone", "analytics").await));
+    let erased = ok(client
+        .erase_subject(pb::EraseSubjectRequest {
+            subject_id: "gone".into(),
+            reason: "request".into(),
+        })
+        .await);
+    tokio::time::timeout(SAFETY, cached.wait_for_revision(erased.revision))
+        .await
+        .unwrap_or_else(|_| panic!("the feed did not deliver the erasure"));
+    let after = ok(cached.check(Check::new("gone", "analytics")).await);
+    assert_eq!(after.reason(), pb::Reason::SubjectErased);
+
+    // Fully consistent and as-of checks always ask the service.
+    let misses = cached.hits_and_misses().1;
+    ok(cached
+        .check(Check::new("gone", "analytics").fully_consistent())
+        .await);
+    ok(cached
+        .check(Check::new("gone", "analytics").at(std::time::SystemTime::now()))
+        .await);
+    assert_eq!(cached.hits_and_misses().1, misses + 2);
+    server.stop().await;
+}

@@ -23,7 +23,10 @@
 //! twice; RecordConsent and WithdrawConsent get an idempotency key per logical write unless
 //! the caller gives one) and typed [`Error`]s decoded from the rich status details.
 //! Pipelines use [`ConsentClient::filter_allowed`], [`ConsentClient::snapshot`] and
-//! [`ConsentClient::watch`], which resume by themselves. The generated clients stay
+//! [`ConsentClient::watch`], which resume by themselves. With the `local-cache` feature,
+//! `ConsentClient::local_cache` gives a client whose checks are answered in-process from
+//! a cache kept current by `Watch`, within a documented staleness bound. The generated
+//! clients stay
 //! available ([`ConsentClient::consent`]...) for anything else; the wire types are [`pb`].
 //!
 //! ```no_run
@@ -48,12 +51,16 @@
 
 mod client;
 mod error;
+#[cfg(feature = "local-cache")]
+mod local_cache;
 mod pipeline;
 mod requests;
 mod retry;
 
 pub use client::{BearerAuth, ClientBuilder, ClientTls, ConsentClient, Transport};
 pub use error::{Error, FieldViolation};
+#[cfg(feature = "local-cache")]
+pub use local_cache::{LocalCache, LocalCacheOptions};
 pub use pipeline::{FilterOptions, ResultStream, Snapshot};
 pub use requests::{Check, Record, Withdraw};
 pub use retry::RetryPolicy;
