@@ -191,6 +191,24 @@ impl ConsentClient {
         })
     }
 
+    /// Everything held about a subject (GDPR Art. 15, `ExportSubject`), document by
+    /// document. Not resumed: an interrupted export is asked for again.
+    pub fn export_subject(
+        &self,
+        request: impl Into<pb::ExportSubjectRequest>,
+    ) -> ResultStream<pb::ExportSubjectResponse> {
+        let client = self.clone();
+        // No deadline: a stream is as long as the subject's history.
+        let request = tonic::Request::new(request.into());
+        let opened = async move {
+            match client.rights().export_subject(request).await {
+                Ok(stream) => stream.into_inner().map(|m| m.map_err(Error::from)).boxed(),
+                Err(status) => futures::stream::once(async { Err(Error::from(status)) }).boxed(),
+            }
+        };
+        Box::pin(futures::stream::once(opened).flatten())
+    }
+
     /// The change feed (`Watch`) from `request.from_revision`, resumed by itself from the
     /// last revision received whenever the stream ends or the service is unavailable (after
     /// [`crate::RetryPolicy::max_attempts`] failed reopenings in a row, the error is
