@@ -581,3 +581,160 @@ async fn the_local_cache_serves_hits_and_follows_every_change() {
     assert_eq!(cached.hits_and_misses().1, misses + 2);
     server.stop().await;
 }
+
+/// The catalogue, retention and rights methods of the SDK, each against the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalogue_retention_and_rights_methods_round_trip() {
+    let server = TestServer::sqlite().await;
+    let client = server.client.clone();
+    apply_seed_catalog(&client).await;
+    consent_e2e::apply_seed_retention(&server, "default").await;
+
+    let purpose = ok(client
+        .get_purpose(pb::GetPurposeRequest {
+            id: "analytics".into(),
+        })
+        .await);
+    assert_eq!(purpose.purpose.map(|p| p.id).as_deref(), Some("analytics"));
+    let policy = ok(client
+        .get_policy_version(pb::GetPolicyVersionRequest {
+            id: "2025-05".into(),
+        })
+        .await);
+    assert!(policy.policy_version.is_some());
+    let vendors = ok(client.list_vendors(pb::ListVendorsRequest {}).await);
+    let mut vendor = vendors.vendors[0].clone();
+    vendor.name = "Renamed".into();
+    ok(client
+        .upsert_vendor(pb::UpsertVendorRequest {
+            vendor: Some(vendor),
+        })
+        .await);
+    let mut analytics = ok(client
+        .get_purpose(pb::GetPurposeRequest {
+            id: "analytics".into(),
+        })
+        .await)
+    .purpose
+    .unwrap_or_default();
+    analytics.description = "measures the calls".into();
+    ok(client
+        .upsert_purpose(pb::UpsertPurposeRequest {
+            purpose: Some(analytics),
+        })
+        .await);
+
+    // Retention: a campaign rule, an item, its anchor, a hold, due items, an attestation.
+    ok(client
+        .set_retention_rule(pb::SetRetentionRuleRequest {
+            data_category: "call_recording".into(),
+            campaign_id: "spring".into(),
+            period: Some(prost_types::Duration {
+                seconds: 30 * 86_400,
+                nanos: 0,
+            }),
+            anchor: pb::RetentionAnchor::Created.into(),
+            action: pb::RetentionAction::Delete.into(),
+            legal_basis: "customer setting".into(),
+        })
+        .await);
+    let rules = ok(client
+        .list_retention_rules(pb::ListRetentionRulesRequest {})
+        .await);
+    assert!(!rules.defaults.is_empty());
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(40 * 86_400);
+    let request = pb::RegisterDataItemRequest {
+        item_id: "rec-1".into(),
+        subject_id: "+32470000005".into(),
+        data_category: "call_recording".into(),
+        campaign_id: "spring".into(),
+        created_at: Some(consent_client::timestamp(long_ago)),
+        anchor_at: None,
+    };
+    ok(client.register_data_item(request.clone()).await);
+    let again = ok(client.register_data_item(request).await);
+    assert!(again.replayed, "the same facts again are a replay");
+    let item = ok(client
+        .get_data_item(pb::GetDataItemRequest {
+            item_id: "rec-1".into(),
+        })
+        .await);
+    assert_eq!(item.item.map(|i| i.status()), Some(pb::DataItemStatus::Due));
+    let hold = ok(client
+        .set_legal_hold(pb::SetLegalHoldRequest {
+            scope: Some(pb::set_legal_hold_request::Scope::ItemId("rec-1".into())),
+            reason: "audit".into(),
+            until: None,
+        })
+        .await);
+    let holds = ok(client
+        .list_legal_holds(pb::ListLegalHoldsRequest::default())
+        .await);
+    assert_eq!(holds.holds.len(), 1);
+    assert!(
+        ok(client
+            .list_due_items(pb::ListDueItemsRequest::default())
+            .await)
+        .items
+        .is_empty(),
+        "a held item is not due"
+    );
+    ok(client
+        .release_legal_hold(pb::ReleaseLegalHoldRequest {
+            hold_id: hold.hold.map(|h| h.hold_id).unwrap_or_default(),
+        })
+        .await);
+    let due = ok(client
+        .list_due_items(pb::ListDueItemsRequest::default())
+        .await);
+    assert_eq!(due.items.len(), 1);
+    let attested = ok(client
+        .attest_deletion(pb::AttestDeletionRequest {
+            item_id: "rec-1".into(),
+            method: "deleted".into(),
+            deleted_at: Some(consent_client::timestamp(std::time::SystemTime::now())),
+        })
+        .await);
+    assert!(!attested.replayed);
+
+    // Rights: object and withdraw the objection (marketing), lift a restriction.
+    let subject = "+32470000006";
+    ok(client
+        .object(pb::ObjectRequest {
+            subject_id: subject.into(),
+            purpose_ids: vec!["marketing_communications".into()],
+            reason: "letter".into(),
+        })
+        .await);
+    assert_eq!(
+        ok(client
+            .check(Check::new(subject, "marketing_communications"))
+            .await)
+        .reason(),
+        pb::Reason::Objected
+    );
+    ok(client
+        .withdraw_objection(pb::WithdrawObjectionRequest {
+            subject_id: subject.into(),
+            purpose_ids: vec!["marketing_communications".into()],
+            reason: "changed mind".into(),
+        })
+        .await);
+    assert_eq!(
+        ok(client
+            .check(Check::new(subject, "marketing_communications"))
+            .await)
+        .reason(),
+        pb::Reason::NoDecision
+    );
+    let mut export = client.export_subject(pb::ExportSubjectRequest {
+        subject_id: subject.into(),
+    });
+    let mut documents = 0;
+    while let Some(document) = export.next().await {
+        ok(document);
+        documents += 1;
+    }
+    assert!(documents > 0);
+    server.stop().await;
+}

@@ -277,6 +277,9 @@ enum ItemsCommand {
         /// How: deleted or anonymised.
         #[arg(long, default_value = "deleted")]
         method: String,
+        /// When it was deleted, RFC 3339 (default: now).
+        #[arg(long)]
+        deleted_at: Option<humantime::Timestamp>,
     },
 }
 
@@ -698,12 +701,17 @@ async fn items(client: &ConsentClient, out: &Out, command: ItemsCommand) -> Resu
                 next_page_token: String::new(),
             })
         }
-        ItemsCommand::Attest { item_id, method } => {
+        ItemsCommand::Attest {
+            item_id,
+            method,
+            deleted_at,
+        } => {
+            let deleted_at = deleted_at.map_or_else(std::time::SystemTime::now, Into::into);
             let attested = client
                 .attest_deletion(pb::AttestDeletionRequest {
                     item_id,
                     method,
-                    deleted_at: None,
+                    deleted_at: Some(consent_client::timestamp(deleted_at)),
                 })
                 .await?;
             out.attested(&attested)

@@ -152,6 +152,7 @@ async fn an_operator_session_matches_the_golden_output() {
         vec!["consent", "check", "", "analytics"],
         vec!["consent", "check", caller, "no_such_purpose"],
         vec!["items", "due"],
+        vec!["items", "attest", "no-such-item"],
     ];
     // Without a key, the service refuses (exit 3) and says why.
     let (code, _, stderr) = consentctl(&url, &["verify"]);
