@@ -510,3 +510,91 @@ async fn shutdown_ends_a_snapshot_with_where_to_resume() {
         Ok(other) => panic!("the snapshot ended without an error: {other:?}"),
     }
 }
+
+/// Subjects erased while a snapshot is read are not listed once the erasure committed
+/// (beyond the few chunks the transport already held), and the end counts what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subjects_erased_during_a_snapshot_are_not_listed_after_it() {
+    let server = consent_e2e::TestServer::sqlite().await;
+    apply_seed_catalog(&server.client).await;
+    seed(&server, "default", 30).await;
+    // A reader with HTTP/2's smallest windows (64 KiB), so the transport holds little
+    // (by default a client takes 2 MB, here the whole snapshot, before it reads any).
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+        .unwrap_or_else(|e| panic!("endpoint: {e}"))
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let reader = ConsentClient::from_channel(channel);
+    let mut stream = reader
+        .consent()
+        .export_snapshot(ask(&["analytics"]))
+        .await
+        .unwrap_or_else(|e| panic!("export_snapshot: {e:?}"))
+        .into_inner();
+    let mut listed: Vec<String> = Vec::new();
+    // The header and the first chunk.
+    for _ in 0..2 {
+        match stream.message().await {
+            Ok(Some(pb::ExportSnapshotResponse {
+                part: Some(Part::Chunk(c)),
+            })) => listed.extend(c.subjects.into_iter().map(|s| s.subject_id)),
+            Ok(Some(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // Erase subjects all along the rest, near (queued) and far (not read yet).
+    let erased: Vec<String> = (1000..30_000)
+        .step_by(97)
+        .map(|i| format!("s{i:06}"))
+        .collect();
+    for subject in &erased {
+        server
+            .client
+            .rights()
+            .erase_subject(pb::EraseSubjectRequest {
+                subject_id: subject.clone(),
+                reason: "request".into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("erase: {e}"));
+    }
+    let mut end = None;
+    tokio::time::timeout(SAFETY, async {
+        while let Some(message) = stream
+            .message()
+            .await
+            .unwrap_or_else(|e| panic!("stream: {e:?}"))
+        {
+            match message.part {
+                Some(Part::Chunk(c)) => listed.extend(c.subjects.into_iter().map(|s| s.subject_id)),
+                Some(Part::End(e)) => end = Some(e.subjects),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the snapshot did not end"));
+    assert_eq!(
+        end,
+        Some(i64::try_from(listed.len()).unwrap_or(0)),
+        "the end counts what was sent"
+    );
+    let erased_and_listed: Vec<&String> = erased
+        .iter()
+        .filter(|e| listed.binary_search(e).is_ok())
+        .collect();
+    // Only subjects within the first chunks after the first one (those the transport may
+    // already have held) can predate their erasure.
+    assert!(
+        erased_and_listed.iter().all(|s| s.as_str() < "s008000"),
+        "listed after their erasure: {erased_and_listed:?}"
+    );
+    assert_eq!(
+        listed.len(),
+        30_000 - erased.len() + erased_and_listed.len()
+    );
+    server.stop().await;
+}

@@ -437,7 +437,7 @@ impl ConsentService for Api {
         let shape = crate::snapshot::Shape {
             page: crate::snapshot::PAGE,
             chunk_subjects: crate::snapshot::CHUNK_SUBJECTS,
-            chunk_bytes: self.entry_budget(),
+            chunk_bytes: self.entry_budget().min(crate::snapshot::CHUNK_BYTES),
             stall: crate::snapshot::STALL_LIMIT,
         };
         let stream = crate::snapshot::start(self.clone(), who, plan, place, shape).await?;

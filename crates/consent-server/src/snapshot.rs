@@ -26,7 +26,6 @@ use consent_store::snapshot::{SnapshotScan, SubjectSnapshot};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendTimeoutError;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use crate::check_stream::{Place, Places};
@@ -40,6 +39,14 @@ pub const PAGE: usize = 1000;
 
 /// Most subjects in one chunk.
 pub const CHUNK_SUBJECTS: usize = 1000;
+
+/// Most decisions (subjects x purposes) in one chunk: with many purposes a chunk holds
+/// fewer subjects, so what a stream builds and queues stays small (about 1.5 MB encoded).
+pub const CHUNK_DECISIONS: usize = 20_000;
+
+/// Most bytes of subjects in one message: within the 4 MiB a gRPC client receives by
+/// default (grpcurl, grpcio), whatever `limits.max_message_bytes` allows.
+pub const CHUNK_BYTES: usize = 3 * 1024 * 1024;
 
 /// Chunks queued for a slow reader before the scan waits for it.
 pub const BUFFER: usize = 2;
@@ -118,6 +125,12 @@ pub async fn start(
     // Where the task leaves the status the stream ends with, read after the last chunk.
     let ending: Arc<Mutex<Option<Status>>> = Arc::default();
     let task_ending = Arc::clone(&ending);
+    let recheck = Recheck {
+        store: Arc::clone(api.ledger().store()),
+        tenant: who.tenant_id.clone(),
+        erasures: scan.erasures(),
+        dropped: 0,
+    };
     tokio::spawn(async move {
         let _place = place;
         let outcome = run(&api, &who, &plan, scan, evaluated_at, shape, &sender).await;
@@ -134,7 +147,74 @@ pub async fn start(
             .take()
     })
     .filter_map(|e| async move { e.map(Err) });
-    Ok(ReceiverStream::new(receiver).map(Ok).chain(last))
+    // Chunks wait in the queue for the reader: an erasure committed meanwhile is checked
+    // for again as each leaves it, so only what the transport already holds can predate it.
+    let queued = futures::stream::unfold(Some((receiver, recheck)), |state| async move {
+        let (mut receiver, mut recheck) = state?;
+        loop {
+            let message = receiver.recv().await?;
+            match recheck.release(message).await {
+                Ok(Some(message)) => return Some((Ok(message), Some((receiver, recheck)))),
+                Ok(None) => {}
+                // The queue is dropped: the task sees the stream closed and stops.
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+    });
+    Ok(queued.chain(last))
+}
+
+/// What a message leaving the queue is checked against.
+struct Recheck {
+    store: Arc<dyn Store>,
+    tenant: String,
+    /// The tenant's erasure count when the scan began.
+    erasures: i64,
+    /// Subjects left out here, taken off the end's count.
+    dropped: i64,
+}
+
+impl Recheck {
+    /// The message as it may leave: a chunk without the subjects erased since the scan
+    /// began (`None` if that leaves none), the end with the count of what was sent.
+    async fn release(
+        &mut self,
+        message: pb::ExportSnapshotResponse,
+    ) -> Result<Option<pb::ExportSnapshotResponse>, Status> {
+        let part = match message.part {
+            Some(Part::Chunk(mut chunk)) => {
+                let head = self.store.head(&self.tenant).await.map_err(status)?;
+                if head.erasures != self.erasures {
+                    let ids: Vec<String> = chunk
+                        .subjects
+                        .iter()
+                        .map(|s| s.subject_id.clone())
+                        .collect();
+                    let erased = consent_store::snapshot::erased_among(
+                        self.store.as_ref(),
+                        &self.tenant,
+                        &ids,
+                    )
+                    .await
+                    .map_err(status)?;
+                    let before = chunk.subjects.len();
+                    let mut flags = erased.into_iter();
+                    chunk.subjects.retain(|_| !flags.next().unwrap_or(false));
+                    self.dropped += i64::try_from(before - chunk.subjects.len()).unwrap_or(0);
+                }
+                if chunk.subjects.is_empty() {
+                    return Ok(None);
+                }
+                Part::Chunk(chunk)
+            }
+            Some(Part::End(end)) => Part::End(pb::SnapshotEnd {
+                subjects: end.subjects - self.dropped,
+            }),
+            Some(other) => other,
+            None => return Ok(None),
+        };
+        Ok(Some(pb::ExportSnapshotResponse { part: Some(part) }))
+    }
 }
 
 /// Streams the header, the chunks and the end; `Err` is the status the stream ends with.
@@ -170,6 +250,11 @@ async fn run(
         .await
         .map_err(|e| Status::new(e.code(), cut_short(e.message(), &last_subject)))?;
     let mut listed: i64 = 0;
+    // Fewer subjects per chunk when each has many decisions.
+    let chunk_subjects = shape
+        .chunk_subjects
+        .min(CHUNK_DECISIONS / plan.purposes.len().max(1))
+        .max(1);
     loop {
         if *shutdown.borrow_and_update() {
             return Err(Status::unavailable(cut_short(
@@ -183,7 +268,7 @@ async fn run(
             let _read = api.feed_reads().acquire().await.map_err(|_| {
                 Status::unavailable(cut_short("the server is shutting down", &last_subject))
             })?;
-            scan.next_chunk(shape.chunk_subjects).await
+            scan.next_chunk(chunk_subjects).await
         };
         let subjects = match chunk {
             Ok(Some(subjects)) => subjects,

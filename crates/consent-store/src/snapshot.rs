@@ -160,18 +160,21 @@ impl<S: LedgerStore + ?Sized> SnapshotScan<S> {
             return Ok(Some(chunk));
         }
         let ids: Vec<String> = chunk.iter().map(|s| s.subject_id.clone()).collect();
-        let now = self
-            .store
-            .subject_states(&self.tenant, &ids, Consistency::Full)
-            .await?;
+        let erased = erased_among(self.store.as_ref(), &self.tenant, &ids).await?;
         Ok(Some(
             chunk
                 .into_iter()
-                .zip(now)
-                .filter(|(_, state)| state.flags.erased_since.is_none())
+                .zip(erased)
+                .filter(|(_, erased)| !erased)
                 .map(|(subject, _)| subject)
                 .collect(),
         ))
+    }
+
+    /// The tenant's erasure count when the scan began: a reader that holds subjects for a
+    /// while (queued to be sent) compares it with the head's again before letting them go.
+    pub fn erasures(&self) -> i64 {
+        self.erasures
     }
 
     /// The revision the scan reads at.
@@ -279,4 +282,18 @@ fn take_page<T: Positioned>(side: &mut Side<T>, page: Vec<T>, limit: usize) {
         };
     }
     side.page = page.into();
+}
+
+/// Whether each of `subject_ids` is erased now (one batch read, bypassing caches).
+pub async fn erased_among<S: LedgerStore + ?Sized>(
+    store: &S,
+    tenant: &str,
+    subject_ids: &[String],
+) -> Result<Vec<bool>> {
+    Ok(store
+        .subject_states(tenant, subject_ids, Consistency::Full)
+        .await?
+        .iter()
+        .map(|state| state.flags.erased_since.is_some())
+        .collect())
 }
