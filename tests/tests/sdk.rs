@@ -697,6 +697,31 @@ async fn catalogue_retention_and_rights_methods_round_trip() {
         .await);
     assert!(!attested.replayed);
 
+    // An item whose period runs from an anchor event (a ticket closed).
+    ok(client
+        .register_data_item(pb::RegisterDataItemRequest {
+            item_id: "ticket-1".into(),
+            subject_id: "+32470000005".into(),
+            data_category: "support_ticket".into(),
+            created_at: Some(consent_client::timestamp(long_ago)),
+            ..Default::default()
+        })
+        .await);
+    let anchored = ok(client
+        .update_anchor(pb::UpdateAnchorRequest {
+            item_id: "ticket-1".into(),
+            anchor_at: Some(consent_client::timestamp(long_ago)),
+        })
+        .await);
+    assert!(anchored.item.is_some_and(|i| i.anchor_at.is_some()));
+    // Publishing a policy version again with the same content returns the stored one.
+    let republished = ok(client
+        .publish_policy_version(pb::PublishPolicyVersionRequest {
+            policy_version: policy.policy_version.clone(),
+        })
+        .await);
+    assert_eq!(republished.policy_version, policy.policy_version);
+
     // Rights: object and withdraw the objection (marketing), lift a restriction.
     let subject = "+32470000006";
     ok(client
@@ -737,4 +762,112 @@ async fn catalogue_retention_and_rights_methods_round_trip() {
     }
     assert!(documents > 0);
     server.stop().await;
+}
+
+/// One consentd on `listener` over the SQLite file of `config`, until `stop` fires.
+async fn serve_on(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    consent_store_sql::SqlStore,
+) {
+    let stack = consent_server::stack::open(config, true)
+        .await
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(consent_server::server::serve(
+        ServerSettings::with_auth(AuthMode::None),
+        Arc::clone(&stack.store),
+        listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    (stop, task, stack.ledger)
+}
+
+/// A write sent while the server is down (stopped, then started again on the same
+/// address) is retried until the server is back and applied once; a watch open across the
+/// restart resumes from its last revision and misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_across_a_server_restart_succeed_and_apply_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let mut config = Config::default();
+    config.store.url = format!("sqlite://{}/consent.db", dir.path().display());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|e| panic!("addr: {e}"));
+    let (stop, task, ledger) = serve_on(&config, listener).await;
+    let client = ConsentClient::builder(format!("http://{addr}"))
+        .retry(RetryPolicy {
+            max_attempts: 300,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(100),
+            multiplier: 2.0,
+        })
+        .connect_lazy()
+        .unwrap_or_else(|e| panic!("client: {e}"));
+    apply_seed_catalog(&client).await;
+    let first = ok(client
+        .record_consent(Record::new("a").grant("analytics"))
+        .await);
+    let mut feed = client.watch(pb::WatchRequest::default());
+    let seen = |message: Option<Result<pb::WatchResponse, Error>>| {
+        message
+            .unwrap_or_else(|| panic!("the feed ended"))
+            .unwrap_or_else(|e| panic!("the feed failed: {e:?}"))
+    };
+    let mut events: Vec<String> = Vec::new();
+    while events.len() < first.events.len() {
+        events.extend(seen(feed.next().await).events.into_iter().map(|e| e.id));
+    }
+
+    // Down: stopped and its store closed.
+    let _ = stop.send(());
+    let _ = task.await;
+    ledger.close().await;
+    let pending = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .record_consent(Record::new("b").grant("analytics"))
+                .await
+        }
+    });
+    // Back on the same address.
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr} again: {e}"));
+    let (stop, task, _ledger) = serve_on(&config, listener).await;
+    let second = pending
+        .await
+        .unwrap_or_else(|e| panic!("task: {e}"))
+        .unwrap_or_else(|e| panic!("the write across the restart failed: {e:?}"));
+    let listed = ok(client
+        .list_events(pb::ListEventsRequest {
+            subject_id: "b".into(),
+            ..Default::default()
+        })
+        .await);
+    assert_eq!(listed.events.len(), 1, "applied once");
+    assert_eq!(listed.events[0].id, second.events[0].id);
+    // The feed resumed from its last revision: the write made while it was down, once.
+    tokio::time::timeout(SAFETY, async {
+        while !events.contains(&second.events[0].id) {
+            events.extend(seen(feed.next().await).events.into_iter().map(|e| e.id));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the feed did not resume"));
+    let mut sorted = events.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), events.len(), "no event twice");
+    let _ = stop.send(());
+    let _ = task.await;
 }
