@@ -351,7 +351,7 @@ async fn filter_allowed_over_100_000_subjects_matches_per_subject_checks() {
         .filter(|i| i % 3 == 0)
         .map(|i| format!("s{i:06}"))
         .collect();
-    seed_grants(&server, &granted).await;
+    consent_e2e::seed_grants(&server, "default", &granted).await;
     // One of them withdrew through the API since.
     ok(client
         .withdraw_consent(Withdraw::purposes("s000003", ["analytics"]).channel(Channel::Web))
@@ -392,7 +392,7 @@ async fn snapshot_then_watch_reaches_the_state_checks_see() {
     let client = server.client.clone();
     apply_seed_catalog(&client).await;
     let subjects: Vec<String> = (0..2500).map(|i| format!("p{i:05}")).collect();
-    seed_grants(&server, &subjects).await;
+    consent_e2e::seed_grants(&server, "default", &subjects).await;
 
     let mut snapshot = ok(client
         .snapshot(pb::ExportSnapshotRequest {
@@ -456,34 +456,6 @@ async fn snapshot_then_watch_reaches_the_state_checks_see() {
     }
     assert_eq!(state.len(), 2501);
     server.stop().await;
-}
-
-/// Grants `analytics` to each subject, in the ledger directly (fast).
-async fn seed_grants(server: &TestServer, subjects: &[String]) {
-    use consent_store::{CacheFence, LedgerStore};
-    for chunk in subjects.chunks(2000) {
-        let events: Vec<consent_core::NewEvent> = chunk
-            .iter()
-            .map(|s| consent_core::NewEvent {
-                id: consent_core::commands::new_event_id(),
-                subject_id: s.clone(),
-                purpose_id: "analytics".into(),
-                vendor_id: String::new(),
-                decision: consent_core::Decision::Granted,
-                policy_version_id: "2025-05".into(),
-                channel: consent_core::Channel::Web,
-                collected_at: consent_core::Timestamp::now(),
-                expires_at: None,
-                evidence: consent_core::Evidence::default(),
-                actor_key_id: "seed".into(),
-            })
-            .collect();
-        server
-            .store
-            .append("default", &events, None, CacheFence::States)
-            .await
-            .unwrap_or_else(|e| panic!("seed: {e}"));
-    }
 }
 
 /// The local cache answers repeated checks in-process, and a change (an event, a right, an

@@ -417,6 +417,31 @@ async fn a_revoked_key_ends_its_snapshot() {
         "{first:?}"
     );
     acme.revoke().await;
+    let (chunks, ended) = chunks_until_the_end(&mut stream).await;
+    assert!(
+        matches!(&ended, Err(e) if e.code() == Code::Unauthenticated),
+        "{ended:?} after {chunks} chunks"
+    );
+    assert!(
+        chunks < 30,
+        "{chunks} chunks were sent after the revocation"
+    );
+    acme.server.stop().await;
+}
+
+/// Writes `thousands` x 1,000 subjects `s000000`... (one grant each) to `tenant`.
+async fn seed(server: &consent_e2e::TestServer, tenant: &str, thousands: usize) {
+    let subjects: Vec<String> = (0..thousands * 1000).map(|i| format!("s{i:06}")).collect();
+    consent_e2e::seed_grants(server, tenant, &subjects).await;
+}
+
+/// Counts the chunks `stream` gives until it yields anything else (its end, an error).
+async fn chunks_until_the_end(
+    stream: &mut tonic::Streaming<pb::ExportSnapshotResponse>,
+) -> (
+    usize,
+    Result<Option<pb::ExportSnapshotResponse>, tonic::Status>,
+) {
     let mut chunks = 0;
     let ended = tokio::time::timeout(SAFETY, async {
         loop {
@@ -430,42 +455,7 @@ async fn a_revoked_key_ends_its_snapshot() {
     })
     .await
     .unwrap_or_else(|_| panic!("the snapshot went on past the safety net"));
-    assert!(
-        matches!(&ended, Err(e) if e.code() == Code::Unauthenticated),
-        "{ended:?} after {chunks} chunks"
-    );
-    assert!(
-        chunks < 30,
-        "{chunks} chunks were sent after the revocation"
-    );
-    acme.server.stop().await;
-}
-
-/// Writes `thousands` x 1,000 subjects (one grant each) to `tenant`'s ledger directly: fast.
-async fn seed(server: &consent_e2e::TestServer, tenant: &str, thousands: usize) {
-    use consent_store::{CacheFence, LedgerStore};
-    for batch in 0..thousands {
-        let events: Vec<consent_core::NewEvent> = (0..1000)
-            .map(|i| consent_core::NewEvent {
-                id: consent_core::commands::new_event_id(),
-                subject_id: format!("s{:06}", batch * 1000 + i),
-                purpose_id: "analytics".into(),
-                vendor_id: String::new(),
-                decision: consent_core::Decision::Granted,
-                policy_version_id: "2025-05".into(),
-                channel: consent_core::Channel::Web,
-                collected_at: consent_core::Timestamp::now(),
-                expires_at: None,
-                evidence: consent_core::Evidence::default(),
-                actor_key_id: "seed".into(),
-            })
-            .collect();
-        server
-            .store
-            .append(tenant, &events, None, CacheFence::States)
-            .await
-            .unwrap_or_else(|e| panic!("seed: {e}"));
-    }
+    (chunks, ended)
 }
 
 /// Shutting down ends an open snapshot whose reader reads nothing, instead of waiting on
@@ -488,19 +478,7 @@ async fn shutdown_ends_a_snapshot_with_where_to_resume() {
     tokio::time::timeout(SAFETY, server.stop())
         .await
         .unwrap_or_else(|_| panic!("shutdown waited on an open snapshot"));
-    let mut chunks = 0;
-    let ended = tokio::time::timeout(SAFETY, async {
-        loop {
-            match stream.message().await {
-                Ok(Some(pb::ExportSnapshotResponse {
-                    part: Some(Part::Chunk(_)),
-                })) => chunks += 1,
-                other => return other,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the snapshot went on past the safety net"));
+    let (chunks, ended) = chunks_until_the_end(&mut stream).await;
     assert!(chunks < 30, "{chunks} chunks");
     match ended {
         Err(e) => assert!(

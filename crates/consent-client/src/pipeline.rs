@@ -281,11 +281,8 @@ impl Filter {
                 Ok(answers) => answers.into_inner(),
                 Err(status) => {
                     let e = Error::from(status);
-                    failures += 1;
-                    if !e.is_unavailable() || failures >= policy.max_attempts {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(policy.delay(failures, &e)).await;
+                    let resumable = e.is_unavailable();
+                    policy.after_failure(&mut failures, e, resumable).await?;
                     continue;
                 }
             };
@@ -348,11 +345,10 @@ impl Filter {
                     },
                 }
             };
-            failures += 1;
-            if !failure.is_unavailable() || failures >= policy.max_attempts {
-                return Err(failure);
-            }
-            tokio::time::sleep(policy.delay(failures, &failure)).await;
+            let resumable = failure.is_unavailable();
+            policy
+                .after_failure(&mut failures, failure, resumable)
+                .await?;
         }
     }
 }
@@ -455,13 +451,15 @@ impl SnapshotState {
                 },
             };
             self.stream = None;
-            self.failures += 1;
+            let resumable = failure.is_unavailable();
             let policy = self.client.retry_policy();
-            if !failure.is_unavailable() || self.failures >= policy.max_attempts {
+            if let Err(e) = policy
+                .after_failure(&mut self.failures, failure, resumable)
+                .await
+            {
                 self.done = true;
-                return Some(Err(failure));
+                return Some(Err(e));
             }
-            tokio::time::sleep(policy.delay(self.failures, &failure)).await;
         }
     }
 }
@@ -505,15 +503,16 @@ impl WatchState {
                 },
             };
             self.stream = None;
-            self.failures += 1;
-            let policy = self.client.retry_policy();
             let resumable =
                 failure.is_unavailable() || matches!(failure, Error::DeadlineExceeded { .. });
-            if !resumable || self.failures >= policy.max_attempts {
+            let policy = self.client.retry_policy();
+            if let Err(e) = policy
+                .after_failure(&mut self.failures, failure, resumable)
+                .await
+            {
                 self.done = true;
-                return Some(Err(failure));
+                return Some(Err(e));
             }
-            tokio::time::sleep(policy.delay(self.failures, &failure)).await;
         }
     }
 }

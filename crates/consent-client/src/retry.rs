@@ -76,6 +76,23 @@ impl RetryPolicy {
         full.mul_f64(0.5 + 0.5 * unit_random())
     }
 
+    /// One step of a resuming stream after `error`: counts the failure in `failures` and,
+    /// when `resumable` and attempts remain, waits the delay and returns `Ok`; otherwise
+    /// gives the error back (the stream then ends with it).
+    pub(crate) async fn after_failure(
+        &self,
+        failures: &mut u32,
+        error: Error,
+        resumable: bool,
+    ) -> Result<(), Error> {
+        *failures += 1;
+        if !resumable || *failures >= self.max_attempts {
+            return Err(error);
+        }
+        tokio::time::sleep(self.delay(*failures, &error)).await;
+        Ok(())
+    }
+
     /// Runs `call` until it succeeds, fails with anything but `Unavailable`, or the
     /// attempts run out (when `retry` is false, once).
     pub(crate) async fn run<T, F, Fut>(&self, retry: bool, mut call: F) -> Result<T, Error>

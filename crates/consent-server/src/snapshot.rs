@@ -230,11 +230,6 @@ async fn run(
     let revision = scan.revision();
     let mut shutdown = api.shutdown_signal();
     let mut last_subject = plan.after_subject_id.clone();
-    let cut_short = |why: &str, last_subject: &str| {
-        format!(
-            "{why}: resume with at_revision {revision} and after_subject_id `{last_subject}` (the last subject received)"
-        )
-    };
     let absent = SubjectState {
         revision,
         ..SubjectState::default()
@@ -248,7 +243,7 @@ async fn run(
     };
     send(sender, &mut shutdown, Part::Header(header), shape.stall)
         .await
-        .map_err(|e| Status::new(e.code(), cut_short(e.message(), &last_subject)))?;
+        .map_err(|e| resumable(&e, revision, &last_subject))?;
     let mut listed: i64 = 0;
     // Fewer subjects per chunk when each has many decisions.
     let chunk_subjects = shape
@@ -257,16 +252,21 @@ async fn run(
         .max(1);
     loop {
         if *shutdown.borrow_and_update() {
-            return Err(Status::unavailable(cut_short(
-                "the server is shutting down",
+            return Err(resumable(
+                &Status::unavailable("the server is shutting down"),
+                revision,
                 &last_subject,
-            )));
+            ));
         }
         // The key was checked when the stream opened; a snapshot outlives that check.
         api.caller_still_valid(who).await?;
         let chunk = {
             let _read = api.feed_reads().acquire().await.map_err(|_| {
-                Status::unavailable(cut_short("the server is shutting down", &last_subject))
+                resumable(
+                    &Status::unavailable("the server is shutting down"),
+                    revision,
+                    &last_subject,
+                )
             })?;
             scan.next_chunk(chunk_subjects).await
         };
@@ -275,12 +275,11 @@ async fn run(
             Ok(None) => break,
             Err(e) => {
                 let e = status(e);
-                return Err(Status::new(
-                    e.code(),
-                    cut_short(
-                        &format!("reading the ledger failed ({})", e.message()),
-                        &last_subject,
-                    ),
+                let failed = format!("reading the ledger failed ({})", e.message());
+                return Err(resumable(
+                    &Status::new(e.code(), failed),
+                    revision,
+                    &last_subject,
                 ));
             }
         };
@@ -291,7 +290,7 @@ async fn run(
             );
             send(sender, &mut shutdown, Part::Chunk(message), shape.stall)
                 .await
-                .map_err(|e| Status::new(e.code(), cut_short(e.message(), &last_subject)))?;
+                .map_err(|e| resumable(&e, revision, &last_subject))?;
             listed += i64::try_from(count).unwrap_or(i64::MAX);
             if let Some(last) = last {
                 last_subject = last;
@@ -305,7 +304,19 @@ async fn run(
         shape.stall,
     )
     .await
-    .map_err(|e| Status::new(e.code(), cut_short(e.message(), &last_subject)))
+    .map_err(|e| resumable(&e, revision, &last_subject))
+}
+
+/// `e` with where to resume the snapshot: at `revision`, after `last_subject` (the last
+/// subject the reader received).
+fn resumable(e: &Status, revision: Revision, last_subject: &str) -> Status {
+    Status::new(
+        e.code(),
+        format!(
+            "{}: resume with at_revision {revision} and after_subject_id `{last_subject}` (the last subject received)",
+            e.message()
+        ),
+    )
 }
 
 /// Sends one message, waiting at most `stall` for the reader to take one, and not past
