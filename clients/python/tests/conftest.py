@@ -52,6 +52,8 @@ def server(tmp_path_factory) -> Server:
         **os.environ,
         "CONSENT__STORE__URL": store_url,
         "CONSENT__AUTH__MODE": "api_key",
+        # A free port for probes and metrics: tests may run beside another consentd.
+        "CONSENT__HTTP__LISTEN": "127.0.0.1:0",
     }
     run(binary, env, "migrate")
     run(binary, env, "tenants", "create", "acme")

@@ -183,6 +183,16 @@ impl CacheStats {
     }
 }
 
+/// Notes a read's cache hits and misses on the request's span (`consent.cache.hits`,
+/// `consent.cache.misses`, declared by the server's `rpc` span; elsewhere this does nothing).
+fn note_on_span(hits: usize, misses: usize) {
+    let span = tracing::Span::current();
+    // As i64: OpenTelemetry attributes have no unsigned integers (u64 arrives as text).
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    span.record("consent.cache.hits", count(hits));
+    span.record("consent.cache.misses", count(misses));
+}
+
 /// After a cache fault, reads skip the cache this long (they go to the ledger), so an
 /// outage costs one timeout per window instead of one per read. Invalidations after writes
 /// are always attempted.
@@ -573,13 +583,18 @@ impl LedgerStore for CachedStore {
         match self.cache.get_state(tenant, subject_id).await {
             Ok(StateLookup::Hit(state)) if self.fresh_enough(tenant, &state, consistency) => {
                 CacheStats::count(&self.stats.hits);
+                note_on_span(1, 0);
                 return Ok(state);
             }
             Ok(StateLookup::Tombstone(revision)) => {
                 CacheStats::count(&self.stats.misses);
+                note_on_span(0, 1);
                 tombstone = Some(revision);
             }
-            Ok(StateLookup::Hit(_) | StateLookup::Miss) => CacheStats::count(&self.stats.misses),
+            Ok(StateLookup::Hit(_) | StateLookup::Miss) => {
+                CacheStats::count(&self.stats.misses);
+                note_on_span(0, 1);
+            }
             Err(e) => {
                 self.fallback("get state", &e);
                 return self
@@ -672,6 +687,7 @@ impl LedgerStore for CachedStore {
                 }
             }
         }
+        note_on_span(subjects.len() - missing.len(), missing.len());
         if !missing.is_empty() {
             let names: Vec<String> = missing
                 .iter()

@@ -333,6 +333,16 @@ impl RedisCache {
         })
     }
 
+    /// Whether Redis answers a `PING` (for readiness reports).
+    pub async fn ping(&self) -> Result<()> {
+        let ping = redis::cmd("PING");
+        let answer: redis::RedisResult<String> = match self.connection.clone() {
+            Connection::Standalone(mut c) => ping.query_async(&mut c).await,
+            Connection::Cluster(mut c) => ping.query_async(&mut c).await,
+        };
+        answer.map(drop).map_err(unavailable)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<String>> {
         let invocation = self.get_current.key(key);
         match self.connection.clone() {
@@ -369,12 +379,21 @@ impl RedisCache {
     }
 }
 
+/// Runs one script in a `redis` span (a child of the request's span when traced).
 async fn invoke<C: ConnectionLike + Send, T: redis::FromRedisValue>(
     invocation: &redis::ScriptInvocation<'_>,
     connection: &mut C,
 ) -> Result<T> {
+    use tracing::Instrument as _;
     invocation
         .invoke_async(connection)
+        .instrument(tracing::info_span!(
+            "redis",
+            otel.name = "EVALSHA",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "EVALSHA",
+        ))
         .await
         .map_err(unavailable)
 }

@@ -27,6 +27,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::config::{AuthMode, LimitsConfig};
 use crate::context::{DEFAULT_TENANT, Principal};
 use crate::error::status;
+use crate::metrics::{AuthFailure, Metrics};
 
 /// The scope each RPC requires. Every method of every `consent.v1` service must be here; a
 /// unit test compares this table with the compiled API.
@@ -317,6 +318,7 @@ pub struct Authenticator {
     rate: Option<KeyRateLimit>,
     failures: Option<FailedAuthLimit>,
     lookups: Option<KeyLookupLimit>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -353,7 +355,20 @@ impl Authenticator {
             rate: KeyRateLimit::from_limits(limits),
             failures: FailedAuthLimit::from_limits(limits),
             lookups: KeyLookupLimit::from_limits(limits),
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Counts refusals in `metrics` (`consent.auth.failures`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Authenticator {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a refusal for `cause` and hands its status back.
+    fn refuse(&self, cause: AuthFailure, status: Status) -> Status {
+        self.metrics.auth_failure(cause);
+        status
     }
 
     /// Drops a cached key (after a revocation on this replica).
@@ -472,13 +487,17 @@ impl Authenticator {
         }
         let key = key?;
         let Some(scope) = required_scope(path) else {
-            return Err(Status::permission_denied(format!("no scope grants {path}")));
+            return Err(self.refuse(
+                AuthFailure::MissingScope,
+                Status::permission_denied(format!("no scope grants {path}")),
+            ));
         };
         if !key.allows(scope) {
-            return Err(status_for_scope(&key, scope));
+            return Err(self.refuse(AuthFailure::MissingScope, status_for_scope(&key, scope)));
         }
         if let Some(rate) = &self.rate {
-            rate.check(&key.key_id)?;
+            rate.check(&key.key_id)
+                .map_err(|s| self.refuse(AuthFailure::KeyRateLimited, s))?;
         }
         Ok(Some(Principal {
             tenant_id: key.tenant_id,
@@ -492,21 +511,36 @@ impl Authenticator {
         headers: &http::HeaderMap,
         lookup_refused: impl FnOnce() -> Result<(), Status>,
     ) -> Result<ApiKey, Status> {
+        let rejected = |rejection: KeyRejection| {
+            let cause = match rejection {
+                KeyRejection::Malformed => AuthFailure::MalformedKey,
+                KeyRejection::Invalid => AuthFailure::InvalidKey,
+                KeyRejection::Revoked => AuthFailure::RevokedKey,
+                KeyRejection::Expired => AuthFailure::ExpiredKey,
+            };
+            self.refuse(cause, unauthenticated(rejection))
+        };
         let header = headers
             .get(http::header::AUTHORIZATION)
-            .ok_or_else(|| unauthenticated("no API key"))?;
+            .ok_or_else(|| self.refuse(AuthFailure::MissingKey, unauthenticated("no API key")))?;
         let token = header
             .to_str()
             .ok()
             .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| unauthenticated("the authorization header is not `Bearer <key>`"))?;
-        let (key_id, secret) = parse_key(token.trim()).map_err(unauthenticated)?;
+            .ok_or_else(|| {
+                self.refuse(
+                    AuthFailure::MalformedKey,
+                    unauthenticated("the authorization header is not `Bearer <key>`"),
+                )
+            })?;
+        let (key_id, secret) = parse_key(token.trim()).map_err(rejected)?;
         let key = self
-            .key(key_id, lookup_refused)
+            .key(key_id, || {
+                lookup_refused().map_err(|s| self.refuse(AuthFailure::LookupLimited, s))
+            })
             .await?
-            .ok_or_else(|| unauthenticated(KeyRejection::Invalid))?;
-        key.verify(secret, Timestamp::now())
-            .map_err(unauthenticated)?;
+            .ok_or_else(|| rejected(KeyRejection::Invalid))?;
+        key.verify(secret, Timestamp::now()).map_err(rejected)?;
         Ok(key)
     }
 }
@@ -568,13 +602,16 @@ impl AuthGate {
 
 impl crate::gate::Gate for AuthGate {
     async fn admit(&self, mut request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
-        check_metadata(request.headers(), self.max_metadata_bytes)?;
+        check_metadata(request.headers(), self.max_metadata_bytes)
+            .map_err(|s| self.auth.refuse(AuthFailure::MetadataTooLarge, s))?;
         let peer = peer_address(request.extensions());
         let principal = self
             .auth
             .authorize(request.uri().path(), request.headers(), peer)
             .await?;
         if let Some(principal) = principal {
+            // The request's `rpc` span (see `observe`) carries the tenant from here on.
+            tracing::Span::current().record("tenant", principal.tenant_id.as_str());
             request.extensions_mut().insert(principal);
         }
         Ok(request)

@@ -16,7 +16,9 @@ use tokio::net::TcpListener;
 use crate::config::{Config, FlagOverrides};
 use crate::context::DEFAULT_TENANT;
 use crate::ledger::new_api_key;
+use crate::metrics::Metrics;
 use crate::stack::StoreStack;
+use crate::telemetry::MetricsPipeline;
 
 /// consentd: the consent and retention ledger service.
 #[derive(Debug, Parser)]
@@ -155,9 +157,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         log_level: cli.log_level.clone(),
     };
     let config = Config::load(cli.config.as_deref(), &flags)?;
-    crate::telemetry::init(&config.log)?;
+    let otlp = crate::telemetry::OtlpSettings::from_env()?;
+    let telemetry = crate::telemetry::init(&config.log, otlp)?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(&config).await?,
+        Command::Serve => {
+            let served = serve(&config, &telemetry.otlp).await;
+            // The last spans go out even when serving failed (they may say why).
+            telemetry.shutdown().await;
+            served?;
+        }
         Command::Migrate => {
             open_migrated(&config).await?;
             println!("migrations applied to {}", redact_url(&config.store.url));
@@ -359,13 +367,70 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining in-flight RPCs");
 }
 
-async fn serve(config: &Config) -> anyhow::Result<()> {
-    // TLS files are read first so a bad path fails before anything is opened or bound.
-    let settings = crate::server::ServerSettings::from_config(config)?;
-    let stack = crate::stack::open(config, config.store.auto_migrate).await?;
-    let listener = TcpListener::bind(config.server.listen)
+/// Registers the observable series of the store stack: cache reads by result, and pool
+/// connections by state.
+fn observe_stack(metrics: &Metrics, stack: &StoreStack) {
+    use opentelemetry::KeyValue;
+    if let Some(stats) = stack.cache_stats.clone() {
+        metrics.observe_counter(
+            "consent.cache.reads",
+            "Subject state reads by cache result: hit, miss (read from the ledger), fallback (the cache failed; read from the ledger)",
+            move || {
+                let (hits, misses, fallbacks) = stats.snapshot();
+                [("hit", hits), ("miss", misses), ("fallback", fallbacks)]
+                    .into_iter()
+                    .map(|(result, n)| (n, vec![KeyValue::new("result", result)]))
+                    .collect()
+            },
+        );
+    }
+    let ledger = stack.ledger.clone();
+    metrics.observe_gauge(
+        "db.client.connection.count",
+        "Connections of the ledger's pools, by state (used, idle)",
+        "{connection}",
+        move || {
+            ledger
+                .pool_usage()
+                .into_iter()
+                .flat_map(|(pool, used, idle)| {
+                    [("used", used), ("idle", idle)].map(|(state, n)| {
+                        (
+                            i64::from(n),
+                            vec![
+                                KeyValue::new("db.client.connection.pool.name", pool),
+                                KeyValue::new("db.client.connection.state", state),
+                            ],
+                        )
+                    })
+                })
+                .collect()
+        },
+    );
+}
+
+async fn bind(setting: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.listen))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({setting}): {e}"))
+}
+
+async fn serve(config: &Config, otlp: &crate::telemetry::OtlpSettings) -> anyhow::Result<()> {
+    // TLS files are read first so a bad path fails before anything is opened or bound.
+    let mut settings = crate::server::ServerSettings::from_config(config)?;
+    let pipeline = Arc::new(MetricsPipeline::start(
+        otlp,
+        config.telemetry.max_tenant_labels,
+    )?);
+    let metrics = Arc::clone(&pipeline.metrics);
+    settings.metrics = Arc::clone(&metrics);
+    let stack =
+        crate::stack::open_observed(config, config.store.auto_migrate, Arc::clone(&metrics))
+            .await?;
+    observe_stack(&metrics, &stack);
+    let http_listener = bind("http.listen", config.http.listen).await?;
+    let http_addr = http_listener.local_addr()?;
+    let listener = bind("server.listen", config.server.listen).await?;
     let addr = listener.local_addr()?;
     if config.cache_mode() == crate::config::CacheMode::Memory
         && !config.store.url.starts_with("sqlite:")
@@ -375,8 +440,22 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         );
     }
     let effective = serde_json::to_string(&config.redacted())?;
-    tracing::info!(%addr, config = %effective, "consentd listening (effective configuration, credentials hidden)");
-    // A line on stdout that scripts and tests can wait for (no sleeps needed).
+    let exported = serde_json::to_string(otlp)?;
+    tracing::info!(%addr, %http_addr, config = %effective, otlp = %exported, "consentd listening (effective configuration, credentials hidden)");
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = Arc::new(crate::ops_http::Probes {
+        readiness: Arc::clone(&settings.readiness),
+        ledger: stack.ledger.clone(),
+        redis: stack.redis.clone(),
+        metrics: Arc::clone(&pipeline),
+    });
+    // Probes and metrics answer until the gRPC side has drained (`/readyz` says 503 then).
+    let http = tokio::spawn(crate::ops_http::serve(http_listener, probes, async move {
+        let _ = http_stopped.await;
+    }));
+    // Lines on stdout that scripts and tests can wait for (no sleeps needed); the gRPC line
+    // comes last, when both listeners are up.
+    println!("consentd http listening on {http_addr}");
     println!("consentd listening on {addr}");
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
@@ -385,6 +464,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         let _ = signalled_tx.send(());
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+    let drain_delay = settings.drain_delay;
     if settings.tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "serving plaintext on a non-loopback address: API keys cross the network in clear unless TLS terminates in front; set tls.cert and tls.key");
     }
@@ -394,7 +474,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
         result = &mut server => result?,
         () = async {
             if signalled_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
+                tokio::time::sleep(drain_delay + grace).await;
             } else {
                 std::future::pending::<()>().await;
             }
@@ -402,7 +482,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight RPCs did not finish within the grace period");
         }
     }
+    let _ = http_stop.send(());
+    match http.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP listener failed"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP listener task failed"),
+    }
     stack.ledger.close().await;
+    if let Ok(pipeline) = Arc::try_unwrap(pipeline) {
+        pipeline.shutdown().await;
+    }
     tracing::info!("consentd stopped");
     Ok(())
 }

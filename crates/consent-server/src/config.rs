@@ -28,6 +28,46 @@ pub struct Config {
     pub log: LogConfig,
     /// Retention tracking.
     pub retention: RetentionConfig,
+    /// The HTTP listener for probes and metrics.
+    pub http: HttpConfig,
+    /// Metrics and traces.
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[http]`: the plain-HTTP listener operators and Kubernetes use: `/healthz`, `/readyz`,
+/// `/metrics` (Prometheus text format). It serves no API call and needs no key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the probe and metrics listener (`CONSENT__HTTP__LISTEN`).
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[telemetry]`: what metrics may be labelled with. Export itself is configured by the
+/// standard OpenTelemetry variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`...).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Most tenants given their own series in per-tenant metrics (the ledger revision);
+    /// tenants seen after that are left out, so a replica serving thousands of tenants does
+    /// not flood the metrics backend. 0 labels none.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            max_tenant_labels: 100,
+        }
+    }
 }
 
 /// `[retention]`
@@ -59,6 +99,10 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Seconds to let in-flight RPCs finish after SIGTERM/SIGINT.
     pub shutdown_grace_secs: u64,
+    /// Seconds between SIGTERM and the start of the drain, during which `/readyz` and
+    /// `grpc.health.v1` already say not serving but calls are still answered: time for load
+    /// balancers to stop sending new calls here. Spent before `shutdown_grace_secs`.
+    pub drain_delay_secs: u64,
 }
 
 /// `[store]`
@@ -254,6 +298,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             shutdown_grace_secs: 20,
+            drain_delay_secs: 0,
         }
     }
 }
@@ -298,6 +343,10 @@ pub struct FlagOverrides {
     /// `--log-level`
     pub log_level: Option<String>,
 }
+
+/// The longest `server.shutdown_grace_secs` / `server.drain_delay_secs`: a replica that
+/// cannot stop within an hour is stuck, and a typo (days in seconds) should not hide it.
+pub const MAX_SHUTDOWN_SECS: u64 = 3600;
 
 /// The file read when `--config` is not given (ignored if absent).
 pub const DEFAULT_CONFIG_FILE: &str = "consentd.toml";
@@ -398,6 +447,23 @@ impl Config {
                 )
             }
             _ => {}
+        }
+        if self.http.listen == self.server.listen && self.server.listen.port() != 0 {
+            anyhow::bail!(
+                "http.listen and server.listen are both {}: give the probe and metrics listener its own port (default 127.0.0.1:9090)",
+                self.server.listen
+            );
+        }
+        for (name, value) in [
+            (
+                "server.shutdown_grace_secs",
+                self.server.shutdown_grace_secs,
+            ),
+            ("server.drain_delay_secs", self.server.drain_delay_secs),
+        ] {
+            if value > MAX_SHUTDOWN_SECS {
+                anyhow::bail!("{name} must be at most {MAX_SHUTDOWN_SECS} (one hour), got {value}");
+            }
         }
         let max_grace = consent_core::validate::MAX_DURATION_SECS.unsigned_abs();
         if self.retention.sweep_interval_secs > max_grace {

@@ -22,6 +22,9 @@ use crate::config::{AuthMode, Config, LimitsConfig};
 use crate::gate::{GateLayer, InFlight};
 use crate::ledger::Ledger;
 use crate::listener::ConnectionLimits;
+use crate::metrics::Metrics;
+use crate::observe::ObserveLayer;
+use crate::ops_http::Readiness;
 use crate::request_bounds::RequestBounds;
 use crate::retention::Retention;
 use crate::service::Api;
@@ -58,6 +61,14 @@ pub struct ServerSettings {
     /// Where each sweeper run reports what it did (tests).
     pub sweep_reports:
         Option<tokio::sync::mpsc::UnboundedSender<consent_core::Result<SweepReport>>>,
+    /// Where RPCs, decisions and refusals are counted (`Metrics::disabled()` records
+    /// nothing).
+    pub metrics: Arc<Metrics>,
+    /// Told when shutdown begins, before anything stops (`/readyz` reads it).
+    pub readiness: Arc<Readiness>,
+    /// `server.drain_delay_secs`: between the shutdown signal (readiness false) and the
+    /// drain.
+    pub drain_delay: Duration,
 }
 
 fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -91,6 +102,9 @@ impl ServerSettings {
             sweep_interval_secs: config.retention.sweep_interval_secs,
             sweep_requests: None,
             sweep_reports: None,
+            metrics: Metrics::disabled(),
+            readiness: Arc::default(),
+            drain_delay: Duration::from_secs(config.server.drain_delay_secs),
         })
     }
 
@@ -110,6 +124,9 @@ impl ServerSettings {
             sweep_reports: None,
             tls: None,
             limits: LimitsConfig::default(),
+            metrics: Metrics::disabled(),
+            readiness: Arc::default(),
+            drain_delay: Duration::ZERO,
         }
     }
 }
@@ -129,12 +146,16 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let access: Arc<dyn consent_store::AccessStore> = store.clone();
-    let auth = Arc::new(Authenticator::new(
-        settings.auth_mode,
-        access,
-        settings.key_cache_ttl,
-        &settings.limits,
-    ));
+    let metrics = Arc::clone(&settings.metrics);
+    let auth = Arc::new(
+        Authenticator::new(
+            settings.auth_mode,
+            access,
+            settings.key_cache_ttl,
+            &settings.limits,
+        )
+        .with_metrics(Arc::clone(&metrics)),
+    );
     let limits = settings.limits.clone();
     let max_message = limits.max_message_bytes;
     let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
@@ -144,10 +165,37 @@ pub async fn serve(
         limits.max_watches,
         limits.max_watches_per_tenant,
     );
+    let open_feeds = Arc::clone(&feeds.open);
+    metrics.observe_gauge(
+        "consent.watch.subscribers",
+        "Watch streams open on this replica",
+        "{stream}",
+        move || {
+            vec![(
+                i64::try_from(open_feeds.total()).unwrap_or(i64::MAX),
+                Vec::new(),
+            )]
+        },
+    );
     let mut stopped = stopping.subscribe();
     let sweeper_stop = stopping.subscribe();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let health_on_stop = health.clone();
+    let readiness = Arc::clone(&settings.readiness);
+    let drain_delay = settings.drain_delay;
     let shutdown = async move {
         shutdown.await;
+        // Readiness goes first: load balancers stop sending new calls here while the
+        // calls already sent are still answered.
+        readiness.start_draining();
+        set_health(&health_on_stop, false).await;
+        if !drain_delay.is_zero() {
+            tracing::info!(
+                drain_delay_secs = drain_delay.as_secs(),
+                "not ready; serving on until the drain delay ends"
+            );
+            tokio::time::sleep(drain_delay).await;
+        }
         // Watch streams end first, or they would hold the graceful shutdown open.
         let _ = stopping.send(true);
     };
@@ -176,16 +224,9 @@ pub async fn serve(
         Arc::clone(&auth),
         feeds,
         max_message,
+        Arc::clone(&metrics),
     );
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ConsentServiceServer<Api>>().await;
-    health.set_serving::<CatalogServiceServer<Api>>().await;
-    health.set_serving::<AdminServiceServer<Api>>().await;
-    health.set_serving::<RetentionServiceServer<Api>>().await;
-    health
-        .set_serving::<SubjectRightsServiceServer<Api>>()
-        .await;
+    set_health(&health, true).await;
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -205,7 +246,8 @@ pub async fn serve(
         // UNKNOWN); up to that ceiling the auth layer answers RESOURCE_EXHAUSTED naming
         // limits.max_metadata_bytes.
         .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
-        .trace_fn(|req| tracing::info_span!("rpc", method = %req.uri().path()))
+        // Outermost, so refusals by the gates below are traced and measured too.
+        .layer(ObserveLayer::new(Arc::clone(&metrics)))
         .layer(
             GateLayer::new(AuthGate::new(auth, limits.max_metadata_bytes as usize))
                 .counting(Arc::clone(&in_flight)),
@@ -267,6 +309,25 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Sets every service's `grpc.health.v1` status, and the server's as a whole (`""`).
+async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in [
+        "",
+        <ConsentServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <CatalogServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <AdminServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <RetentionServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <SubjectRightsServiceServer<Api> as tonic::server::NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Aborts a background task when dropped.

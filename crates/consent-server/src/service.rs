@@ -41,6 +41,8 @@ pub struct Api {
     check_streams: crate::check_stream::Places,
     /// Places for ExportSnapshot streams on this replica.
     snapshots: crate::check_stream::Places,
+    /// Decisions and ledger revisions are counted here.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Api {
@@ -51,6 +53,7 @@ impl Api {
         auth: Arc<Authenticator>,
         feeds: FeedControl,
         max_message_bytes: usize,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Api {
         Api {
             ledger,
@@ -58,6 +61,7 @@ impl Api {
             auth,
             feeds,
             max_message_bytes,
+            metrics,
             check_streams: crate::check_stream::Places::check_streams(),
             snapshots: crate::snapshot::places(),
         }
@@ -71,6 +75,27 @@ impl Api {
     /// The retention layer.
     pub(crate) fn retention(&self) -> &Retention {
         &self.retention
+    }
+
+    /// Counts check answers by outcome and reason, and notes the batch size on the
+    /// request's span.
+    fn count_decisions(&self, checked: &[crate::ledger::Checked]) {
+        // As i64: OpenTelemetry attributes have no unsigned integers (u64 arrives as text).
+        tracing::Span::current().record(
+            "consent.subjects",
+            i64::try_from(checked.len()).unwrap_or(i64::MAX),
+        );
+        self.metrics.decisions(checked.iter().map(|c| {
+            (
+                c.verdict.allowed,
+                convert::reason_out(c.verdict.reason).as_str_name(),
+            )
+        }));
+    }
+
+    /// Notes a committed write's revision (the `consent.ledger.revision` gauge).
+    pub(crate) fn committed(&self, who: &crate::context::Principal, revision: i64) {
+        self.metrics.ledger_revision(&who.tenant_id, revision);
     }
 
     /// How many bytes of repeated entries one answer may carry.
@@ -159,6 +184,7 @@ impl Api {
             .check_many(who, &queries, consistency)
             .await
             .map_err(status)?;
+        self.count_decisions(&checked);
         let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
         let results = checked
             .into_iter()
@@ -325,6 +351,7 @@ impl ConsentService for Api {
         let command = convert::record_in(&mut v, request.into_inner());
         finish(v)?;
         let outcome = self.ledger.record(&who, command).await.map_err(status)?;
+        self.committed(&who, outcome.revision);
         Ok(Response::new(pb::RecordConsentResponse {
             events: events_out(&outcome),
             revision: outcome.revision,
@@ -340,6 +367,7 @@ impl ConsentService for Api {
         let command = convert::withdraw_in(&mut v, request.into_inner());
         finish(v)?;
         let outcome = self.ledger.withdraw(&who, command).await.map_err(status)?;
+        self.committed(&who, outcome.revision);
         Ok(Response::new(pb::WithdrawConsentResponse {
             events: events_out(&outcome),
             revision: outcome.revision,
@@ -358,6 +386,7 @@ impl ConsentService for Api {
             .check_many(&who, std::slice::from_ref(&query), consistency)
             .await
             .map_err(status)?;
+        self.count_decisions(&checked);
         let Some(c) = checked.pop() else {
             return Err(status(ConsentError::Internal(
                 "a check produced no result".into(),

@@ -9,6 +9,8 @@ use consent_store::{LedgerStore, Store};
 use consent_store_sql::{SqlOptions, SqlStore};
 
 use crate::config::{CacheMode, Config};
+use crate::metrics::Metrics;
+use crate::store_observe::ObservedStore;
 
 /// The ledger and the store every caller uses (the ledger itself, or a cache in front).
 pub struct StoreStack {
@@ -18,6 +20,8 @@ pub struct StoreStack {
     pub store: Arc<dyn Store>,
     /// The cache's counters, when there is a cache.
     pub cache_stats: Option<Arc<CacheStats>>,
+    /// The shared cache, when it is Redis (for readiness reports).
+    pub redis: Option<Arc<RedisCache>>,
 }
 
 impl std::fmt::Debug for StoreStack {
@@ -32,24 +36,41 @@ impl std::fmt::Debug for StoreStack {
 /// Connects the ledger (applying the migrations first when `migrate`) and the cache. A
 /// shared cache needs the migrated ledger: its keys carry the ledger's cache namespace.
 pub async fn open(config: &Config, migrate: bool) -> anyhow::Result<StoreStack> {
+    open_observed(config, migrate, Metrics::disabled()).await
+}
+
+/// [`open`], with each ledger call traced (a `store` span) and timed into `metrics`.
+pub async fn open_observed(
+    config: &Config,
+    migrate: bool,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<StoreStack> {
     let ledger = open_ledger(config, migrate).await?;
+    let observed = ObservedStore::new(Arc::new(ledger.clone()), ledger.backend(), metrics);
     // While the database is down, requests fail fast instead of each waiting for a pool
-    // connection that cannot come.
+    // connection that cannot come (and those refusals are not store operations).
     let guarded: Arc<dyn Store> = Arc::new(BreakerStore::new(
-        Arc::new(ledger.clone()),
+        Arc::new(observed),
         BreakerSettings::default(),
     ));
     let ttl = Duration::from_secs(config.cache.ttl_secs);
-    let cache: Option<Arc<dyn CacheBackend>> = match config.cache_mode() {
-        CacheMode::None | CacheMode::Auto => None,
-        CacheMode::Memory => Some(Arc::new(MemoryCache::new(config.cache.max_entries, ttl))),
-        CacheMode::Redis => Some(redis(config, &ledger, ttl).await?),
+    let (cache, redis): (Option<Arc<dyn CacheBackend>>, _) = match config.cache_mode() {
+        CacheMode::None | CacheMode::Auto => (None, None),
+        CacheMode::Memory => (
+            Some(Arc::new(MemoryCache::new(config.cache.max_entries, ttl))),
+            None,
+        ),
+        CacheMode::Redis => {
+            let redis = redis(config, &ledger, ttl).await?;
+            (Some(redis.clone()), Some(redis))
+        }
     };
     Ok(match cache {
         None => StoreStack {
             store: guarded,
             ledger,
             cache_stats: None,
+            redis,
         },
         Some(cache) => {
             let cached = CachedStore::new(guarded, cache);
@@ -57,6 +78,7 @@ pub async fn open(config: &Config, migrate: bool) -> anyhow::Result<StoreStack> 
                 cache_stats: Some(cached.stats()),
                 store: Arc::new(cached),
                 ledger,
+                redis,
             }
         }
     })
@@ -81,7 +103,7 @@ async fn redis(
     config: &Config,
     ledger: &SqlStore,
     ttl: Duration,
-) -> anyhow::Result<Arc<dyn CacheBackend>> {
+) -> anyhow::Result<Arc<RedisCache>> {
     let namespace = ledger.cache_namespace().await?;
     tracing::info!(cache_namespace = %namespace, "shared cache keys are in this ledger's namespace");
     let nodes: Vec<String> = config

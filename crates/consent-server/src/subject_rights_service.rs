@@ -52,11 +52,13 @@ impl Api {
         request: RightsRequest,
         reason: &str,
     ) -> Result<pb::RightsChange, Status> {
-        self.ledger()
+        let outcome = self
+            .ledger()
             .exercise(who, subject_id, &request, reason)
             .await
-            .map(change_out)
-            .map_err(status)
+            .map_err(status)?;
+        self.committed(who, outcome.revision);
+        Ok(change_out(outcome))
     }
 }
 
@@ -87,6 +89,7 @@ impl SubjectRightsService for Api {
             .await
             .map_err(status)?;
         let record = &outcome.record;
+        self.committed(&who, record.revision);
         Ok(Response::new(pb::EraseSubjectResponse {
             erased_id: record.record.subject_id.clone(),
             erased_at: Some(crate::convert::timestamp(record.record.at)),

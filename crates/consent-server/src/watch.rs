@@ -134,6 +134,14 @@ impl Drop for FeedSlot {
 }
 
 impl OpenFeeds {
+    /// Feeds open on this replica now (the `consent.watch.subscribers` gauge).
+    pub fn total(&self) -> usize {
+        self.by_tenant
+            .lock()
+            .map(|by_tenant| by_tenant.values().sum())
+            .unwrap_or(0)
+    }
+
     /// A slot for one more feed of `tenant`, or `ResourceExhausted` naming the limit.
     pub fn open(self: &Arc<Self>, tenant: &str) -> Result<FeedSlot> {
         let mut by_tenant = self
@@ -288,7 +296,14 @@ async fn feed(
             tokio::select! {
                 () = &mut poll => break,
                 () = tx.closed() => return Ok(()),
-                _ = shutdown.wait_for(|stopping| *stopping) => return Ok(()),
+                _ = shutdown.wait_for(|stopping| *stopping) => {
+                    // Told, not just cut: the client resumes elsewhere without a gap. A
+                    // reader too far behind to take this gets the connection's GOAWAY.
+                    let _ = tx.try_send(Err(ConsentError::Unavailable(format!(
+                        "consentd is shutting down; resume the Watch with from_revision {cursor} (or the last revision received), on another replica or after the restart"
+                    ))));
+                    return Ok(());
+                }
                 received = commits.recv() => match received {
                     Ok(commit) if commit.tenant_id == tenant && commit.revision > cursor => break,
                     Ok(_) => {}

@@ -98,6 +98,16 @@ impl Default for SqlOptions {
     }
 }
 
+/// The schema of a database compared with this build's migrations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationState {
+    /// Migrations of this build not applied yet (`consentd migrate` applies them).
+    pub pending: usize,
+    /// Migrations applied that this build does not know (a newer build migrated: normal
+    /// while an upgrade rolls out, since migrations only add).
+    pub newer: usize,
+}
+
 /// The store of either backend.
 #[derive(Clone, Debug)]
 enum Engine {
@@ -305,6 +315,52 @@ impl SqlStore {
         match &self.engine {
             Engine::Postgres(s) => s.pool().close().await,
             Engine::Sqlite(s) => s.close().await,
+        }
+    }
+
+    /// How far the database's schema is from this build's migrations (for readiness).
+    pub async fn migration_state(&self) -> Result<MigrationState> {
+        const APPLIED: &str = "SELECT version FROM _sqlx_migrations WHERE success";
+        let (migrator, applied) = match &self.engine {
+            Engine::Postgres(s) => (
+                &POSTGRES_MIGRATIONS,
+                sqlx::query_scalar::<_, i64>(APPLIED)
+                    .fetch_all(s.pool())
+                    .await,
+            ),
+            Engine::Sqlite(s) => (
+                &SQLITE_MIGRATIONS,
+                sqlx::query_scalar::<_, i64>(APPLIED)
+                    .fetch_all(s.reader())
+                    .await,
+            ),
+        };
+        // No bookkeeping table yet: nothing applied (the database itself answered `ping`).
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(db(e)),
+        };
+        let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+        Ok(MigrationState {
+            pending: known.iter().filter(|v| !applied.contains(v)).count(),
+            newer: applied.iter().filter(|v| !known.contains(v)).count(),
+        })
+    }
+
+    /// Connections of each pool: `(pool name, in use, idle)`. PostgreSQL has one pool;
+    /// SQLite a writer (one connection) and a read-only pool.
+    pub fn pool_usage(&self) -> Vec<(&'static str, u32, u32)> {
+        let usage = |name, size: u32, idle: usize| {
+            let idle = u32::try_from(idle).unwrap_or(u32::MAX).min(size);
+            (name, size - idle, idle)
+        };
+        match &self.engine {
+            Engine::Postgres(s) => vec![usage("primary", s.pool().size(), s.pool().num_idle())],
+            Engine::Sqlite(s) => vec![
+                usage("writer", s.writer().size(), s.writer().num_idle()),
+                usage("reader", s.reader().size(), s.reader().num_idle()),
+            ],
         }
     }
 
