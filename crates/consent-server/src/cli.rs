@@ -72,6 +72,10 @@ pub enum Command {
         #[command(subcommand)]
         action: CacheCommand,
     },
+    /// Check the configuration (file, CONSENT__* and OTEL_* variables, flags) and print the
+    /// settings in effect as JSON, credentials hidden; opens nothing. An unknown,
+    /// contradictory or half-given setting exits 1 with what to set.
+    Config,
     /// Recompute a tenant's hash chain; exits 2 if it does not verify.
     Verify {
         /// Tenant whose ledger to verify.
@@ -158,8 +162,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     };
     let config = Config::load(cli.config.as_deref(), &flags)?;
     let otlp = crate::telemetry::OtlpSettings::from_env()?;
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Config = command {
+        let shown = serde_json::json!({ "config": config.redacted(), "otlp": otlp });
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let telemetry = crate::telemetry::init(&config.log, otlp)?;
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
+        Command::Config => {}
         Command::Serve => {
             let served = serve(&config, &telemetry.otlp).await;
             // The last spans go out even when serving failed (they may say why).

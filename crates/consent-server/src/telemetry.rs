@@ -68,12 +68,23 @@ const UNSUPPORTED: &[&str] = &[
 impl OtlpSettings {
     /// Reads the process environment.
     pub fn from_env() -> anyhow::Result<OtlpSettings> {
-        OtlpSettings::from_lookup(|name| {
+        let get = |name: &str| {
             std::env::var(name)
                 .ok()
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
-        })
+        };
+        // An endpoint may carry credentials: no text this process prints shows them.
+        for name in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+        ] {
+            if let Some(url) = get(name) {
+                consent_core::redact::register_secrets_of(&url);
+            }
+        }
+        OtlpSettings::from_lookup(get)
     }
 
     /// Reads the variables through `get` (tests pass a map).
