@@ -36,6 +36,7 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     store_duration: Histogram<f64>,
     revisions: Arc<TenantRevisions>,
+    retention: Arc<RetentionGauge>,
     /// Observable instruments live as long as this (their callbacks run on collection).
     observers: Mutex<Vec<Box<dyn std::any::Any + Send + Sync>>>,
 }
@@ -43,6 +44,32 @@ pub struct Metrics {
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Due and overdue items per tenant from this replica's last sweep, for at most `cap`
+/// tenants, shown until `until` (one sweep interval).
+#[derive(Debug, Default)]
+struct RetentionGauge {
+    cap: usize,
+    last: Mutex<LastSweep>,
+}
+
+/// `(tenant, due, overdue)` of a sweep, and until when they are shown.
+type LastSweep = (Vec<(String, i64, i64)>, Option<std::time::Instant>);
+
+impl RetentionGauge {
+    fn values(&self) -> Vec<(String, i64, i64)> {
+        match self.last.lock() {
+            Ok(last)
+                if last
+                    .1
+                    .is_some_and(|until| std::time::Instant::now() < until) =>
+            {
+                last.0.clone()
+            }
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -84,6 +111,10 @@ impl Metrics {
             cap: max_tenant_labels,
             latest: Mutex::new(HashMap::new()),
         });
+        let retention = Arc::new(RetentionGauge {
+            cap: max_tenant_labels,
+            last: Mutex::default(),
+        });
         let metrics = Metrics {
             rpc_duration: meter
                 .f64_histogram("rpc.server.duration")
@@ -110,6 +141,7 @@ impl Metrics {
             observers: Mutex::new(Vec::new()),
             meter,
             revisions: Arc::clone(&revisions),
+            retention: Arc::clone(&retention),
         };
         let gauge = metrics
             .meter
@@ -124,6 +156,28 @@ impl Metrics {
             })
             .build();
         metrics.keep(gauge);
+        let items = metrics
+            .meter
+            .i64_observable_gauge("consent.retention.items")
+            .with_description(
+                "Data items due for deletion (state=due) and due for longer than retention.overdue_grace_secs (state=overdue), not held, per tenant, from the last sweep this replica ran (shown for one sweep interval)",
+            )
+            .with_unit("{item}")
+            .with_callback(move |observer| {
+                for (tenant, due, overdue) in retention.values() {
+                    for (state, n) in [("due", due), ("overdue", overdue)] {
+                        observer.observe(
+                            n,
+                            &[
+                                KeyValue::new("tenant", tenant.clone()),
+                                KeyValue::new("state", state),
+                            ],
+                        );
+                    }
+                }
+            })
+            .build();
+        metrics.keep(items);
         Arc::new(metrics)
     }
 
@@ -196,6 +250,18 @@ impl Metrics {
         }
         self.store_duration
             .record(elapsed.as_secs_f64(), &attributes);
+    }
+
+    /// A sweep's counts per tenant `(tenant, due, overdue)`, shown for `valid_for`.
+    pub fn retention_items(
+        &self,
+        counts: impl Iterator<Item = (String, i64, i64)>,
+        valid_for: Duration,
+    ) {
+        let counts: Vec<_> = counts.take(self.retention.cap).collect();
+        if let Ok(mut last) = self.retention.last.lock() {
+            *last = (counts, Some(std::time::Instant::now() + valid_for));
+        }
     }
 
     /// A write of `tenant` committed at `revision` on this replica.
@@ -343,6 +409,19 @@ mod tests {
         for made_up in ["/consent.v1.ConsentService/Nope", "/x/y", "", "/", "//"] {
             assert_eq!(Route::of(made_up).service, "unknown", "{made_up}");
         }
+    }
+
+    #[test]
+    fn retention_counts_last_one_interval_for_the_first_tenants() {
+        let metrics = Metrics::new(&opentelemetry::metrics::NoopMeterProvider::new(), 1);
+        let counts = || vec![("a".to_owned(), 3, 1), ("b".to_owned(), 2, 0)].into_iter();
+        metrics.retention_items(counts(), Duration::from_secs(3600));
+        assert_eq!(metrics.retention.values(), vec![("a".to_owned(), 3, 1)]);
+        metrics.retention_items(counts(), Duration::ZERO);
+        assert!(
+            metrics.retention.values().is_empty(),
+            "an expired sweep's counts are not shown"
+        );
     }
 
     #[test]

@@ -212,6 +212,7 @@ pub async fn serve(
             i64::try_from(settings.sweep_interval_secs).unwrap_or(i64::MAX),
             settings.overdue_grace_secs,
         )
+        .observed(Arc::clone(&metrics))
         .spawn(
             settings.sweep_requests.clone(),
             settings.sweep_reports.clone(),

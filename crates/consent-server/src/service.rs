@@ -609,7 +609,7 @@ impl ConsentService for Api {
             let who = who.clone();
             async move {
                 match api.caller_still_valid_for(&who, Scope::ConsentRead).await {
-                    Ok(()) => batch.map_err(status),
+                    Ok(()) => batch,
                     Err(refused) => Err(refused),
                 }
             }

@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::metrics::Metrics;
 use consent_core::commands::new_event_id;
 use consent_core::{Clock, NewRecord, RecordKind, Result, Revision, Timestamp};
 use consent_store::{ExpiredGrant, RetentionCounts, Store};
@@ -32,6 +33,10 @@ pub struct TenantSweep {
     pub consents_expired: usize,
     /// The revision of the summary record, if one was written.
     pub summary_revision: Option<Revision>,
+    /// Items due now, not held.
+    pub items_due: i64,
+    /// Items due for longer than the overdue grace, not held.
+    pub items_overdue: i64,
 }
 
 /// What one run did.
@@ -52,6 +57,7 @@ pub struct Sweeper {
     clock: Arc<dyn Clock>,
     interval_secs: i64,
     overdue_grace_secs: i64,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Sweeper {
@@ -76,7 +82,14 @@ impl Sweeper {
             clock,
             interval_secs: interval_secs.max(1),
             overdue_grace_secs,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Publishes each run's due and overdue counts in `metrics` (`consent.retention.items`).
+    pub fn observed(mut self, metrics: Arc<Metrics>) -> Sweeper {
+        self.metrics = metrics;
+        self
     }
 
     /// The slot of `now`.
@@ -174,6 +187,8 @@ impl Sweeper {
             tenant_id: tenant.to_owned(),
             consents_expired,
             summary_revision: written.last().map(|r| r.revision),
+            items_due: counts.due,
+            items_overdue: counts.overdue,
         })
     }
 
@@ -214,6 +229,19 @@ impl Sweeper {
                     _ = shutdown.wait_for(|stopping| *stopping) => return,
                 }
                 let run = self.run_once().await;
+                if let Ok(report) = &run
+                    && report.acted
+                {
+                    // Shown for one interval: the next run, on whichever replica claims it,
+                    // publishes fresh counts (a replica's old ones must not outlive them).
+                    self.metrics.retention_items(
+                        report
+                            .tenants
+                            .iter()
+                            .map(|t| (t.tenant_id.clone(), t.items_due, t.items_overdue)),
+                        period,
+                    );
+                }
                 match &run {
                     Ok(report) if report.acted => tracing::info!(
                         slot = report.slot,

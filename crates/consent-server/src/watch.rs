@@ -27,6 +27,7 @@ use consent_store::{EventQuery, LedgerEntry, Store, list_entries};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+use tonic::Status;
 
 /// Events read from the ledger per step.
 pub const PAGE: usize = 500;
@@ -178,14 +179,14 @@ pub fn start(
     from: Revision,
     filter: WatchFilter,
     control: FeedControl,
-) -> Result<mpsc::Receiver<Result<WatchBatch>>> {
+) -> Result<mpsc::Receiver<std::result::Result<WatchBatch, Status>>> {
     let slot = control.open.open(&tenant)?;
     let (tx, rx) = mpsc::channel(BUFFER);
     tokio::spawn(async move {
         let _slot = slot;
         if let Err(e) = feed(store.as_ref(), &tenant, from, &filter, &tx, control).await {
             // Best effort: the consumer may be gone or stalled.
-            let _ = tx.try_send(Err(e));
+            let _ = tx.try_send(Err(crate::error::status(e)));
         }
     });
     Ok(rx)
@@ -193,7 +194,7 @@ pub fn start(
 
 /// Sends one batch; `false` when the consumer is gone or stalled past `stall`.
 async fn deliver(
-    tx: &mpsc::Sender<Result<WatchBatch>>,
+    tx: &mpsc::Sender<std::result::Result<WatchBatch, Status>>,
     batch: WatchBatch,
     stall: Duration,
 ) -> bool {
@@ -215,7 +216,7 @@ async fn feed(
     tenant: &str,
     from: Revision,
     filter: &WatchFilter,
-    tx: &mpsc::Sender<Result<WatchBatch>>,
+    tx: &mpsc::Sender<std::result::Result<WatchBatch, Status>>,
     control: FeedControl,
 ) -> Result<()> {
     let FeedControl {
@@ -299,7 +300,7 @@ async fn feed(
                 _ = shutdown.wait_for(|stopping| *stopping) => {
                     // Told, not just cut: the client resumes elsewhere without a gap. A
                     // reader too far behind to take this gets the connection's GOAWAY.
-                    let _ = tx.try_send(Err(ConsentError::Unavailable(format!(
+                    let _ = tx.try_send(Err(Status::unavailable(format!(
                         "consentd is shutting down; resume the Watch with from_revision {cursor} (or the last revision received), on another replica or after the restart"
                     ))));
                     return Ok(());

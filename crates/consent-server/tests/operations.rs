@@ -527,3 +527,58 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
         .unwrap_or_else(|| fail("log", "no key creation line"));
     assert!(created.contains(trace_id), "{created}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_counted_by_cause() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+    let url = seeded_store(&dir).await;
+    let server = start_with(
+        &url,
+        &[("CONSENT__AUTH__MODE", "api_key")],
+        &[],
+        Stdio::inherit(),
+    )
+    .await;
+    let endpoint = format!("http://{}", server.addr);
+    let anonymous = ConsentClient::connect(endpoint.clone())
+        .await
+        .unwrap_or_else(|e| fail("connect", e));
+    assert!(anonymous.check(check("alice", "analytics")).await.is_err());
+    let guesser = ConsentClient::builder(endpoint)
+        .api_key(format!("ck_{}_{}", "ab".repeat(8), "0".repeat(64)))
+        .connect()
+        .await
+        .unwrap_or_else(|e| fail("connect", e));
+    for _ in 0..2 {
+        assert!(guesser.check(check("alice", "analytics")).await.is_err());
+    }
+    let (_, metrics) = http_get(&server.http_addr, "/metrics").await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "consent_auth_failures_total",
+            &["cause=\"missing_key\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "consent_auth_failures_total",
+            &["cause=\"invalid_key\""]
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "rpc_server_duration_milliseconds_count",
+            &["rpc_method=\"Check\"", "rpc_grpc_status_code=\"16\""]
+        ),
+        Some(3.0),
+        "refused calls are measured under UNAUTHENTICATED"
+    );
+    terminate(server.child).await;
+}
