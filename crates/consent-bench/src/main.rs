@@ -28,6 +28,8 @@ use consent_core::{
 use consent_server::config::{AuthMode, CacheMode, Config};
 use consent_server::server::ServerSettings;
 use consent_store::{CacheFence, Store};
+
+mod telemetry_cost;
 use tonic::transport::{Channel as GrpcChannel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -85,9 +87,10 @@ struct Args {
 }
 
 /// The phases `--profile-phase` can name.
-const PHASES: [&str; 10] = [
+const PHASES: [&str; 11] = [
     "empty",
     "check_cached",
+    "check_observed",
     "check_store",
     "record_sqlite",
     "batch",
@@ -741,6 +744,33 @@ async fn main() -> anyhow::Result<()> {
         report.figure(&format!("{name}_half_load_rps"), rps / 2.0);
     }
 
+    // What production telemetry costs the cached Check: the same server with and without
+    // it, each on a runtime of its own, in alternating rounds.
+    let telemetry = telemetry_cost::production().await?;
+    let plain = telemetry_cost::start(&url, None).await?;
+    let observed = telemetry_cost::start(&url, Some(&telemetry)).await?;
+    let plain_channels = connect(plain.addr, args.connections).await?;
+    let observed_channels = connect(observed.addr, args.connections).await?;
+    warm_every_subject(&plain_channels, subjects, c).await?;
+    warm_every_subject(&observed_channels, subjects, c).await?;
+    let (mut unobserved, mut traced) = (Sample::default(), Sample::default());
+    for _ in 0..ROUNDS {
+        let round = window / ROUNDS;
+        unobserved.absorb(closed_loop(&plain_channels, c, round, check).await);
+        traced.absorb(
+            phase(
+                "check_observed",
+                closed_loop(&observed_channels, c, round, check),
+            )
+            .await,
+        );
+    }
+    errors += unobserved.errors + traced.errors;
+    report.figure("check_unobserved_rps", unobserved.per_second());
+    report.figure("check_observed_rps", traced.per_second());
+    drop((plain, observed));
+    report.figure("spans_exported", telemetry.finish().await as f64);
+
     match std::env::var(REDIS_VAR).ok().filter(|u| !u.is_empty()) {
         Some(redis_url) => {
             errors += redis_figures(&url, &redis_url, subjects, window, &args, &mut report)
@@ -812,6 +842,13 @@ async fn main() -> anyhow::Result<()> {
             false,
         );
     }
+    report.ratio(
+        "check_observed_vs_unobserved_rps",
+        "check_observed_rps",
+        "check_unobserved_rps",
+        0.95,
+        false,
+    );
     report.ratio(
         "batch_vs_hashmap_decisions",
         "batch_decisions_per_s",

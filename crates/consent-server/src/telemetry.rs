@@ -203,6 +203,53 @@ impl Telemetry {
 /// `OTEL_*` asks for traces, the span exporter. Must run inside the Tokio runtime (the OTLP
 /// client lives on it).
 pub fn init(config: &LogConfig, otlp: OtlpSettings) -> anyhow::Result<Telemetry> {
+    // Incoming `traceparent` headers are read with the W3C propagator whether or not spans
+    // are exported: the caller's trace id is logged either way.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let tracer = tracer_provider(&otlp, None)?;
+    subscriber(config, tracer.as_ref(), std::io::stderr)?
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
+    Ok(Telemetry { tracer, otlp })
+}
+
+/// The span pipeline `otlp` asks for (batched OTLP/gRPC export), or `None`. `endpoint`
+/// replaces the one of the environment (the benchmark's in-process receiver).
+pub fn tracer_provider(
+    otlp: &OtlpSettings,
+    endpoint: Option<&str>,
+) -> anyhow::Result<Option<SdkTracerProvider>> {
+    if !otlp.traces && endpoint.is_none() {
+        return Ok(None);
+    }
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+    if let Some(endpoint) = endpoint {
+        use opentelemetry_otlp::WithExportConfig as _;
+        exporter = exporter.with_endpoint(endpoint);
+    }
+    let exporter = exporter
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot set up the OTLP span exporter: {e}"))?;
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(otlp.resource())
+            .build(),
+    ))
+}
+
+/// The subscriber of `consentd`: log lines to `writer` filtered by `log.level` (JSON or
+/// human-readable), and spans to `tracer` (when given) through their own `info` filter.
+pub fn subscriber<W>(
+    config: &LogConfig,
+    tracer: Option<&SdkTracerProvider>,
+    writer: W,
+) -> anyhow::Result<impl tracing::Subscriber + Send + Sync + 'static>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_new(&config.level)
         .map_err(|e| anyhow::anyhow!("log.level `{}` is not a valid filter: {e}", config.level))?;
     let json = match config.format {
@@ -214,47 +261,23 @@ pub fn init(config: &LogConfig, otlp: OtlpSettings) -> anyhow::Result<Telemetry>
         tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_filter(filter)
             .boxed()
     };
-    // Incoming `traceparent` headers are read with the W3C propagator whether or not spans
-    // are exported: the caller's trace id is logged either way.
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
-    let tracer = if otlp.traces {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-            .map_err(|e| anyhow::anyhow!("cannot set up the OTLP span exporter: {e}"))?;
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(otlp.resource())
-                .build(),
-        )
-    } else {
-        None
-    };
-    let spans = tracer.as_ref().map(|provider| {
+    let spans = tracer.map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("consentd"))
             .with_location(false)
             .with_threads(false)
             .with_filter(LevelFilter::INFO)
     });
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
-    Ok(Telemetry { tracer, otlp })
+    Ok(tracing_subscriber::registry().with(logs).with(spans))
 }
 
 /// The metric instruments, the registry `/metrics` renders, and the OTLP push when asked.

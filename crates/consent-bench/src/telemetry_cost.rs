@@ -1,0 +1,194 @@
+//! What production telemetry costs the cached Check: two servers on the same ledger, each on
+//! its own runtime (two worker threads) so that only one of them is observed, measured in
+//! alternating rounds. The observed one runs what `consentd serve` runs with an OTLP
+//! endpoint: the `rpc` span and its children through the JSON log layer (at `info`, writing
+//! to a sink) and the OpenTelemetry layer (batched OTLP/gRPC export to a receiver in this
+//! process), and the metrics instruments.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use consent_server::config::{AuthMode, CacheMode, Config, LogConfig, LogFormat};
+use consent_server::metrics::Metrics;
+use consent_server::server::ServerSettings;
+use consent_server::telemetry::{MetricsPipeline, OtlpSettings};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+thread_local! {
+    /// The observed runtime's threads use its subscriber (the plain one's have none).
+    static SUBSCRIBER: RefCell<Option<tracing::dispatcher::DefaultGuard>> = const { RefCell::new(None) };
+}
+
+/// A `consentd` on a runtime of its own, until dropped.
+pub struct Isolated {
+    /// Its gRPC address.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The telemetry of the observed server, and what it exported.
+pub struct Telemetry {
+    dispatch: tracing::Dispatch,
+    _asks_every_time: tracing::Dispatch,
+    metrics: Arc<Metrics>,
+    tracer: SdkTracerProvider,
+    _pipeline: MetricsPipeline,
+    spans: Arc<AtomicU64>,
+    receiver: tokio::task::JoinHandle<()>,
+}
+
+impl Telemetry {
+    /// Flushes the queued spans; returns how many the receiver got in all.
+    pub async fn finish(self) -> u64 {
+        let tracer = self.tracer;
+        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+        self.receiver.abort();
+        self.spans.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts the spans it is sent.
+#[derive(Clone, Default)]
+struct Receiver(Arc<AtomicU64>);
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let spans: usize = request
+            .into_inner()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.0.fetch_add(spans as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Production telemetry exporting to a receiver on this runtime.
+pub async fn production() -> anyhow::Result<Telemetry> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let receiver = Receiver::default();
+    let spans = Arc::clone(&receiver.0);
+    let receiver = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let otlp = OtlpSettings::default();
+    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
+        .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?;
+    let log = LogConfig {
+        level: "info".into(),
+        format: LogFormat::Json,
+    };
+    let dispatch = tracing::Dispatch::new(consent_server::telemetry::subscriber(
+        &log,
+        Some(&tracer),
+        std::io::sink,
+    )?);
+    let pipeline = MetricsPipeline::start(&otlp, 100)?;
+    // `tracing` caches, per callsite, one interest for all dispatchers; consentd's
+    // per-layer filters can leave it at "never" when their dispatcher is only a thread's
+    // default (here) rather than the global one (in consentd). A dispatcher that answers
+    // "sometimes" everywhere makes each span ask its thread's dispatcher instead: the
+    // observed threads enable it, the plain ones do not.
+    let asks_every_time = tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
+        tracing_subscriber::registry(),
+        tracing_subscriber::filter::filter_fn(|_| false),
+    ));
+    Ok(Telemetry {
+        _asks_every_time: asks_every_time,
+        dispatch,
+        metrics: Arc::clone(&pipeline.metrics),
+        tracer,
+        _pipeline: pipeline,
+        spans,
+        receiver,
+    })
+}
+
+/// Starts a server on `store_url` (in-process cache) on a runtime of its own, observed with
+/// `telemetry` when given.
+pub async fn start(store_url: &str, telemetry: Option<&Telemetry>) -> anyhow::Result<Isolated> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    if let Some(telemetry) = telemetry {
+        let dispatch = telemetry.dispatch.clone();
+        builder
+            .on_thread_start(move || {
+                let guard = tracing::dispatcher::set_default(&dispatch);
+                SUBSCRIBER.with(|s| *s.borrow_mut() = Some(guard));
+            })
+            .on_thread_stop(|| SUBSCRIBER.with(|s| *s.borrow_mut() = None));
+    }
+    let runtime = builder.build()?;
+    let mut config = Config::default();
+    config.store.url = store_url.to_owned();
+    config.cache.mode = CacheMode::Memory;
+    config.check()?;
+    let metrics = telemetry.map_or_else(Metrics::disabled, |t| Arc::clone(&t.metrics));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound, addr) = tokio::sync::oneshot::channel();
+    runtime.spawn(async move {
+        let started = async {
+            let stack =
+                consent_server::stack::open_observed(&config, false, Arc::clone(&metrics)).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            anyhow::Ok((stack, listener))
+        }
+        .await;
+        let (stack, listener) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = bound.send(Err(e));
+                return;
+            }
+        };
+        let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
+        let settings = ServerSettings {
+            metrics,
+            ..ServerSettings::with_auth(AuthMode::None)
+        };
+        let _ = consent_server::server::serve(settings, stack.store, listener, async move {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    let addr = addr
+        .await
+        .map_err(|_| anyhow::anyhow!("the isolated server stopped before binding"))??;
+    Ok(Isolated {
+        addr,
+        stop: Some(stop),
+        runtime: Some(runtime),
+    })
+}
