@@ -51,7 +51,7 @@ SECRETS = {
 # Kinds that are CustomResourceDefinitions, absent from the Kubernetes schemas.
 CRD_KINDS = {"ServiceMonitor"}
 # OpenTelemetry's standard variables, read by the SDK (consentd checks them at start).
-OTEL_NAMES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
+OTEL_NAMES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 
 failures: list[str] = []
 

@@ -849,6 +849,10 @@ async fn main() -> anyhow::Result<()> {
         0.95,
         false,
     );
+    report.notes.push(format!(
+        "check_observed: logs, metrics and spans as consentd runs them with an OTLP endpoint, sampling {} % of root spans (the Helm chart's default)",
+        telemetry_cost::SAMPLED * 100.0
+    ));
     report.ratio(
         "batch_vs_hashmap_decisions",
         "batch_decisions_per_s",

@@ -3,7 +3,8 @@
 //! alternating rounds. The observed one runs what `consentd serve` runs with an OTLP
 //! endpoint: the `rpc` span and its children through the JSON log layer (at `info`, writing
 //! to a sink) and the OpenTelemetry layer (batched OTLP/gRPC export to a receiver in this
-//! process), and the metrics instruments.
+//! process) with the Helm chart's sampler (the callers' sampled traces, and [`SAMPLED`] of
+//! the rest), and the metrics instruments.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -19,7 +20,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+
+/// The share of root spans exported, as the Helm chart's `otel.samplerArg` sets it.
+pub const SAMPLED: f64 = 0.05;
 
 thread_local! {
     /// The observed runtime's threads use its subscriber (the plain one's have none).
@@ -104,7 +108,9 @@ pub async fn production() -> anyhow::Result<Telemetry> {
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
     let otlp = OtlpSettings::default();
-    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
+    // The chart's sampler: callers' sampled traces whole, 5 % of the rest.
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(SAMPLED)));
+    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint), Some(sampler))?
         .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?;
     let log = LogConfig {
         level: "info".into(),
@@ -118,12 +124,14 @@ pub async fn production() -> anyhow::Result<Telemetry> {
     let pipeline = MetricsPipeline::start(&otlp, 100)?;
     // `tracing` caches, per callsite, one interest for all dispatchers; consentd's
     // per-layer filters can leave it at "never" when their dispatcher is only a thread's
-    // default (here) rather than the global one (in consentd). A dispatcher that answers
-    // "sometimes" everywhere makes each span ask its thread's dispatcher instead: the
-    // observed threads enable it, the plain ones do not.
+    // default (here) rather than the global one (in consentd). A second dispatcher
+    // interested in `info` and above, and current nowhere, turns that into "sometimes" for
+    // those callsites: each of their spans asks its thread's dispatcher (the observed
+    // threads enable it, the plain ones do not), while `debug` and `trace` callsites (h2's
+    // many) stay "never", as under consentd's global subscriber.
     let asks_every_time = tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
         tracing_subscriber::registry(),
-        tracing_subscriber::filter::filter_fn(|_| false),
+        tracing_subscriber::filter::LevelFilter::INFO,
     ));
     Ok(Telemetry {
         _asks_every_time: asks_every_time,

@@ -183,14 +183,14 @@ impl CacheStats {
     }
 }
 
-/// Notes a read's cache hits and misses on the request's span (`consent.cache.hits`,
-/// `consent.cache.misses`, declared by the server's `rpc` span; elsewhere this does nothing).
+/// Notes a read's cache hits and misses on the request's span as OpenTelemetry attributes
+/// (`consent.cache.hits`, `consent.cache.misses`; nothing when spans are not exported).
 fn note_on_span(hits: usize, misses: usize) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = tracing::Span::current();
-    // As i64: OpenTelemetry attributes have no unsigned integers (u64 arrives as text).
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-    span.record("consent.cache.hits", count(hits));
-    span.record("consent.cache.misses", count(misses));
+    span.set_attribute("consent.cache.hits", count(hits));
+    span.set_attribute("consent.cache.misses", count(misses));
 }
 
 /// After a cache fault, reads skip the cache this long (they go to the ledger), so an

@@ -611,7 +611,10 @@ impl crate::gate::Gate for AuthGate {
             .await?;
         if let Some(principal) = principal {
             // The request's `rpc` span (see `observe`) carries the tenant from here on.
-            tracing::Span::current().record("tenant", principal.tenant_id.as_str());
+            {
+                use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+                tracing::Span::current().set_attribute("tenant", principal.tenant_id.clone());
+            }
             request.extensions_mut().insert(principal);
         }
         Ok(request)

@@ -359,6 +359,8 @@ impl AuthFailure {
 /// else `unknown` (a caller must not be able to create series by calling made-up paths).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
+    /// `consent.v1.ConsentService/Check` (the span name), or `unknown`.
+    pub name: &'static str,
     /// `consent.v1.ConsentService`, or `unknown`.
     pub service: &'static str,
     /// `Check`, or `unknown`.
@@ -374,21 +376,33 @@ const PUBLIC_METHODS: &[&str] = &[
 ];
 
 impl Route {
-    /// The route of `path`.
+    /// The route of `path` (a map lookup: it runs for every request).
     pub fn of(path: &str) -> Route {
-        crate::auth::METHOD_SCOPES
-            .iter()
-            .map(|(p, _)| *p)
-            .chain(PUBLIC_METHODS.iter().copied())
-            .find(|known| *known == path)
-            .and_then(|known| known.strip_prefix('/')?.split_once('/'))
-            .map_or(
-                Route {
-                    service: "unknown",
-                    method: "unknown",
-                },
-                |(service, method)| Route { service, method },
-            )
+        static ROUTES: std::sync::LazyLock<HashMap<&'static str, Route>> =
+            std::sync::LazyLock::new(|| {
+                crate::auth::METHOD_SCOPES
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .chain(PUBLIC_METHODS.iter().copied())
+                    .filter_map(|path| {
+                        let name = path.strip_prefix('/')?;
+                        let (service, method) = name.split_once('/')?;
+                        Some((
+                            path,
+                            Route {
+                                name,
+                                service,
+                                method,
+                            },
+                        ))
+                    })
+                    .collect()
+            });
+        ROUTES.get(path).copied().unwrap_or(Route {
+            name: "unknown",
+            service: "unknown",
+            method: "unknown",
+        })
     }
 }
 
@@ -401,6 +415,7 @@ mod tests {
         assert_eq!(
             Route::of("/consent.v1.ConsentService/Check"),
             Route {
+                name: "consent.v1.ConsentService/Check",
                 service: "consent.v1.ConsentService",
                 method: "Check"
             }

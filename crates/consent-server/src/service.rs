@@ -80,8 +80,7 @@ impl Api {
     /// Counts check answers by outcome and reason, and notes the batch size on the
     /// request's span.
     fn count_decisions(&self, checked: &[crate::ledger::Checked]) {
-        // As i64: OpenTelemetry attributes have no unsigned integers (u64 arrives as text).
-        tracing::Span::current().record(
+        crate::observe::note(
             "consent.subjects",
             i64::try_from(checked.len()).unwrap_or(i64::MAX),
         );

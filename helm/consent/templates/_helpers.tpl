@@ -94,6 +94,12 @@ capabilities:
   value: {{ .Values.otel.endpoint | quote }}
 - name: OTEL_SERVICE_NAME
   value: {{ .Values.otel.serviceName | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .Values.otel.sampler | quote }}
+{{- if hasSuffix "traceidratio" .Values.otel.sampler }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.otel.samplerArg | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 
