@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use consent_server::config::{AuthMode, CacheMode, Config, LogConfig, LogFormat};
 use consent_server::metrics::Metrics;
 use consent_server::server::ServerSettings;
-use consent_server::telemetry::{MetricsPipeline, OtlpSettings};
+use consent_server::telemetry::{MetricsPipeline, OtlpSettings, SamplerSettings};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// The share of root spans exported, as the Helm chart's `otel.samplerArg` sets it.
 pub const SAMPLED: f64 = 0.05;
@@ -52,6 +52,7 @@ impl Drop for Isolated {
 /// The telemetry of the observed server, and what it exported.
 pub struct Telemetry {
     dispatch: tracing::Dispatch,
+    sampler: SamplerSettings,
     _asks_every_time: tracing::Dispatch,
     metrics: Arc<Metrics>,
     tracer: SdkTracerProvider,
@@ -107,10 +108,15 @@ pub async fn production() -> anyhow::Result<Telemetry> {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let otlp = OtlpSettings::default();
     // The chart's sampler: callers' sampled traces whole, 5 % of the rest.
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(SAMPLED)));
-    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint), Some(sampler))?
+    let otlp = OtlpSettings {
+        sampler: SamplerSettings {
+            parent_based: true,
+            root_ratio: SAMPLED,
+        },
+        ..OtlpSettings::default()
+    };
+    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
         .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?;
     let log = LogConfig {
         level: "info".into(),
@@ -134,6 +140,7 @@ pub async fn production() -> anyhow::Result<Telemetry> {
         tracing_subscriber::filter::LevelFilter::INFO,
     ));
     Ok(Telemetry {
+        sampler: otlp.sampler,
         _asks_every_time: asks_every_time,
         dispatch,
         metrics: Arc::clone(&pipeline.metrics),
@@ -164,6 +171,7 @@ pub async fn start(store_url: &str, telemetry: Option<&Telemetry>) -> anyhow::Re
     config.cache.mode = CacheMode::Memory;
     config.check()?;
     let metrics = telemetry.map_or_else(Metrics::disabled, |t| Arc::clone(&t.metrics));
+    let sampler = telemetry.map_or_else(SamplerSettings::default, |t| t.sampler);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound, addr) = tokio::sync::oneshot::channel();
     runtime.spawn(async move {
@@ -184,6 +192,7 @@ pub async fn start(store_url: &str, telemetry: Option<&Telemetry>) -> anyhow::Re
         let _ = bound.send(listener.local_addr().map_err(anyhow::Error::from));
         let settings = ServerSettings {
             metrics,
+            sampler,
             ..ServerSettings::with_auth(AuthMode::None)
         };
         let _ = consent_server::server::serve(settings, stack.store, listener, async move {

@@ -435,6 +435,7 @@ async fn serve(config: &Config, otlp: &crate::telemetry::OtlpSettings) -> anyhow
     )?);
     let metrics = Arc::clone(&pipeline.metrics);
     settings.metrics = Arc::clone(&metrics);
+    settings.sampler = otlp.sampler;
     let stack =
         crate::stack::open_observed(config, config.store.auto_migrate, Arc::clone(&metrics))
             .await?;

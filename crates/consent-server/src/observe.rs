@@ -24,17 +24,19 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::metrics::{Metrics, Route};
+use crate::telemetry::{RPC_TARGET, SamplerSettings, UNSAMPLED_RPC_TARGET};
 
 /// Puts [`Observed`] in front of a service.
 #[derive(Clone, Debug)]
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
+    sampler: SamplerSettings,
 }
 
 impl ObserveLayer {
-    /// Records into `metrics`.
-    pub fn new(metrics: Arc<Metrics>) -> ObserveLayer {
-        ObserveLayer { metrics }
+    /// Records into `metrics`; exports the spans of the requests `sampler` picks.
+    pub fn new(metrics: Arc<Metrics>, sampler: SamplerSettings) -> ObserveLayer {
+        ObserveLayer { metrics, sampler }
     }
 }
 
@@ -44,6 +46,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
         Observed {
             inner,
             metrics: Arc::clone(&self.metrics),
+            sampler: self.sampler,
         }
     }
 }
@@ -53,6 +56,7 @@ impl<S> tower::Layer<S> for ObserveLayer {
 pub struct Observed<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    sampler: SamplerSettings,
 }
 
 /// Reads W3C trace context from request headers.
@@ -75,28 +79,41 @@ impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
 /// JSON), which costs a measurable share of a cached Check. The OpenTelemetry attributes go
 /// to the span directly ([`OpenTelemetrySpanExt::set_attribute`], a no-op when nothing is
 /// exported), the tenant among them.
-fn rpc_span(route: &Route, headers: &http::HeaderMap) -> tracing::Span {
-    let span = tracing::info_span!(
-        "rpc",
-        otel.name = route.name,
-        otel.kind = "server",
-        trace_id = Empty,
-    );
+fn rpc_span(route: &Route, headers: &http::HeaderMap, sampler: &SamplerSettings) -> tracing::Span {
+    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+        propagator.extract(&HeaderExtractor(headers))
+    });
+    let caller = parent.span().span_context().clone();
+    // Two callsites, so that the OpenTelemetry layer never sees a span it would not export
+    // (`telemetry::exported`); log lines look the same under either.
+    let span = if sampler.sample(&caller) {
+        tracing::info_span!(
+            target: RPC_TARGET,
+            "rpc",
+            otel.name = route.name,
+            otel.kind = "server",
+            trace_id = Empty,
+        )
+    } else {
+        tracing::info_span!(
+            target: UNSAMPLED_RPC_TARGET,
+            "rpc",
+            otel.name = route.name,
+            otel.kind = "server",
+            trace_id = Empty,
+        )
+    };
     if span.is_disabled() {
         return span;
     }
     span.set_attribute("rpc.system", "grpc");
     span.set_attribute("rpc.service", route.service);
     span.set_attribute("rpc.method", route.method);
-    let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
-        propagator.extract(&HeaderExtractor(headers))
-    });
-    let caller = parent.span().span_context().clone();
     // Without an exporter there is no OpenTelemetry layer and this does nothing; the
     // caller's trace id is still logged below.
     let _ = span.set_parent(parent);
-    // The caller's trace, or this span's own when it is exported (sampled): an id no
-    // exported span carries would correlate nothing.
+    // The caller's trace, or this span's own when it is exported: an id no exported span
+    // carries would correlate nothing.
     let trace_id = if caller.is_valid() {
         Some(caller.trace_id())
     } else {
@@ -134,7 +151,7 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let started = Instant::now();
         let route = Route::of(request.uri().path());
-        let span = rpc_span(&route, request.headers());
+        let span = rpc_span(&route, request.headers(), &self.sampler);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = Arc::clone(&self.metrics);

@@ -69,6 +69,8 @@ pub struct ServerSettings {
     /// `server.drain_delay_secs`: between the shutdown signal (readiness false) and the
     /// drain.
     pub drain_delay: Duration,
+    /// Which requests' spans are exported (`OTEL_TRACES_SAMPLER`).
+    pub sampler: crate::telemetry::SamplerSettings,
 }
 
 fn read_pem(setting: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -105,6 +107,7 @@ impl ServerSettings {
             metrics: Metrics::disabled(),
             readiness: Arc::default(),
             drain_delay: Duration::from_secs(config.server.drain_delay_secs),
+            sampler: crate::telemetry::SamplerSettings::default(),
         })
     }
 
@@ -127,6 +130,7 @@ impl ServerSettings {
             metrics: Metrics::disabled(),
             readiness: Arc::default(),
             drain_delay: Duration::ZERO,
+            sampler: crate::telemetry::SamplerSettings::default(),
         }
     }
 }
@@ -248,7 +252,7 @@ pub async fn serve(
         // limits.max_metadata_bytes.
         .http2_max_header_list_size(header_list_ceiling(limits.max_metadata_bytes))
         // Outermost, so refusals by the gates below are traced and measured too.
-        .layer(ObserveLayer::new(Arc::clone(&metrics)))
+        .layer(ObserveLayer::new(Arc::clone(&metrics), settings.sampler))
         .layer(
             GateLayer::new(AuthGate::new(auth, limits.max_metadata_bytes as usize))
                 .counting(Arc::clone(&in_flight)),

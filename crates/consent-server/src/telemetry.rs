@@ -19,6 +19,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde::Serialize;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -32,7 +33,7 @@ pub const DEFAULT_SERVICE_NAME: &str = "consentd";
 
 /// What the `OTEL_*` environment asks to export (read once at start, checked: a value this
 /// build cannot honour stops the start instead of being ignored).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct OtlpSettings {
     /// Spans go to the OTLP endpoint.
     pub traces: bool,
@@ -42,6 +43,84 @@ pub struct OtlpSettings {
     pub endpoint: Option<String>,
     /// `OTEL_SERVICE_NAME`, or `consentd`.
     pub service_name: String,
+    /// Which requests' spans are exported (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
+    pub sampler: SamplerSettings,
+}
+
+/// Which requests' spans are exported, decided per request before its span is made
+/// ([`SamplerSettings::sample`]): a span that will not be exported is never handed to the
+/// OpenTelemetry layer, which is most of what tracing costs a cached Check
+/// (`docs/performance.md`). The SDK then keeps every span it is given.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct SamplerSettings {
+    /// Follow the caller's decision when its `traceparent` carries one.
+    pub parent_based: bool,
+    /// The share of the other requests whose spans are exported (0 to 1).
+    pub root_ratio: f64,
+}
+
+impl Default for SamplerSettings {
+    /// The OpenTelemetry default, `parentbased_always_on`.
+    fn default() -> Self {
+        SamplerSettings {
+            parent_based: true,
+            root_ratio: 1.0,
+        }
+    }
+}
+
+impl SamplerSettings {
+    /// The settings `OTEL_TRACES_SAMPLER` (already checked against [`SAMPLERS`]) and its
+    /// ratio name.
+    fn named(sampler: &str, ratio: f64) -> SamplerSettings {
+        let parent_based = sampler.starts_with("parentbased_");
+        let root_ratio = match sampler.trim_start_matches("parentbased_") {
+            "always_off" => 0.0,
+            "traceidratio" => ratio,
+            _ => 1.0,
+        };
+        SamplerSettings {
+            parent_based,
+            root_ratio,
+        }
+    }
+
+    /// Whether the span of a request whose caller sent `caller` (invalid when it sent none)
+    /// is exported.
+    pub fn sample(&self, caller: &opentelemetry::trace::SpanContext) -> bool {
+        if self.parent_based && caller.is_valid() {
+            return caller.is_sampled();
+        }
+        if self.root_ratio >= 1.0 {
+            return true;
+        }
+        if self.root_ratio <= 0.0 {
+            return false;
+        }
+        draw() < self.root_ratio
+    }
+}
+
+/// A uniform draw in [0, 1) from a per-thread SplitMix64 (seeded from the OS once per
+/// thread; sampling needs no cryptographic quality, only no syscall per request).
+fn draw() -> f64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut seed = [0u8; 8];
+            let _ = getrandom::fill(&mut seed);
+            u64::from_le_bytes(seed) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut z = state.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        state.set(z);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        // The top 53 bits, as a fraction.
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    })
 }
 
 /// Samplers the SDK understands in `OTEL_TRACES_SAMPLER`.
@@ -127,6 +206,7 @@ impl OtlpSettings {
         };
         let traces_wanted = exporter_on("OTEL_TRACES_EXPORTER")?;
         let metrics_wanted = exporter_on("OTEL_METRICS_EXPORTER")?;
+        let mut sampling = SamplerSettings::default();
         if let Some(sampler) = get("OTEL_TRACES_SAMPLER") {
             if !SAMPLERS.contains(&sampler.as_str()) {
                 anyhow::bail!(
@@ -142,6 +222,10 @@ impl OtlpSettings {
                     );
                 }
             }
+            let ratio = get("OTEL_TRACES_SAMPLER_ARG")
+                .and_then(|a| a.parse::<f64>().ok())
+                .unwrap_or(1.0);
+            sampling = SamplerSettings::named(&sampler, ratio);
         }
         let shared = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(shared.clone());
@@ -164,6 +248,7 @@ impl OtlpSettings {
             metrics: metrics_wanted && metrics_endpoint.is_some(),
             endpoint,
             service_name,
+            sampler: sampling,
         })
     }
 
@@ -208,7 +293,7 @@ pub fn init(config: &LogConfig, otlp: OtlpSettings) -> anyhow::Result<Telemetry>
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    let tracer = tracer_provider(&otlp, None, None)?;
+    let tracer = tracer_provider(&otlp, None)?;
     subscriber(config, tracer.as_ref(), std::io::stderr)?
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
@@ -216,12 +301,12 @@ pub fn init(config: &LogConfig, otlp: OtlpSettings) -> anyhow::Result<Telemetry>
 }
 
 /// The span pipeline `otlp` asks for (batched OTLP/gRPC export), or `None`. `endpoint`
-/// replaces the one of the environment and `sampler` the one `OTEL_TRACES_SAMPLER` names
-/// (the benchmark's in-process receiver and fixed sampler).
+/// replaces the one of the environment (the benchmark's in-process receiver). The SDK keeps
+/// every span it is given: requests are sampled before their span is made
+/// ([`SamplerSettings::sample`]), and other spans reach it only inside a sampled request.
 pub fn tracer_provider(
     otlp: &OtlpSettings,
     endpoint: Option<&str>,
-    sampler: Option<opentelemetry_sdk::trace::Sampler>,
 ) -> anyhow::Result<Option<SdkTracerProvider>> {
     if !otlp.traces && endpoint.is_none() {
         return Ok(None);
@@ -234,13 +319,13 @@ pub fn tracer_provider(
     let exporter = exporter
         .build()
         .map_err(|e| anyhow::anyhow!("cannot set up the OTLP span exporter: {e}"))?;
-    let mut provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(otlp.resource());
-    if let Some(sampler) = sampler {
-        provider = provider.with_sampler(sampler);
-    }
-    Ok(Some(provider.build()))
+    Ok(Some(
+        SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+            .with_resource(otlp.resource())
+            .build(),
+    ))
 }
 
 /// The subscriber of `consentd`: log lines to `writer` filtered by `log.level` (JSON or
@@ -283,9 +368,32 @@ where
             .with_context_activation(false)
             .with_location(false)
             .with_threads(false)
-            .with_filter(LevelFilter::INFO)
+            .with_filter(LevelFilter::INFO.and(exported()))
     });
     Ok(tracing_subscriber::registry().with(logs).with(spans))
+}
+
+/// The target of the span of a request whose span is exported ([`crate::observe`]).
+pub const RPC_TARGET: &str = "consent_server::rpc";
+/// The target of the span of a request whose span is not exported: the log layer sees it
+/// (its log lines carry the method), the OpenTelemetry layer does not.
+pub const UNSAMPLED_RPC_TARGET: &str = "consent_server::rpc::unsampled";
+
+/// What reaches the OpenTelemetry layer: sampled request spans, and spans and events inside
+/// one (the store's, Redis's). Nothing inside an unsampled request, nothing outside any
+/// request (the sweeper's store calls): those would become traces of their own.
+fn exported<S>() -> impl tracing_subscriber::layer::Filter<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
+        match meta.target() {
+            UNSAMPLED_RPC_TARGET => false,
+            RPC_TARGET => true,
+            // The context seen by a layer's filter holds only the spans that filter enabled.
+            _ => cx.lookup_current().is_some(),
+        }
+    })
 }
 
 /// The metric instruments, the registry `/metrics` renders, and the OTLP push when asked.
@@ -422,6 +530,41 @@ mod tests {
             let message = refusal(&vars);
             assert!(message.contains(named), "{vars:?}: {message}");
         }
+    }
+
+    #[test]
+    fn requests_are_sampled_as_the_sampler_says() -> anyhow::Result<()> {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        let caller = |sampled: bool| {
+            SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            )
+        };
+        let none = SpanContext::empty_context();
+        let default = read(&[])?.sampler;
+        assert!(default.sample(&none) && default.sample(&caller(true)));
+        assert!(!default.sample(&caller(false)), "the caller said no");
+        let ratio = read(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])?
+        .sampler;
+        assert!(ratio.sample(&caller(true)));
+        let kept = (0..4000).filter(|_| ratio.sample(&none)).count();
+        assert!((700..1300).contains(&kept), "{kept} of 4000 at 0.25");
+        let off = read(&[("OTEL_TRACES_SAMPLER", "always_off")])?.sampler;
+        assert!(!off.sample(&caller(true)) && !off.sample(&none));
+        let on = read(&[("OTEL_TRACES_SAMPLER", "always_on")])?.sampler;
+        assert!(on.sample(&caller(false)), "not parent-based");
+        Ok(())
     }
 
     #[test]

@@ -454,6 +454,24 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
         .await
         .unwrap_or_else(|e| fail("create key", e));
 
+    // A caller whose trace is not sampled: nothing of this call is exported (its span never
+    // reaches the OpenTelemetry layer, nor do the store calls made for it).
+    let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(pb::GetSubjectStateRequest {
+        subject_id: "bob".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{unsampled_trace}-b7ad6b7169203331-00")
+            .parse()
+            .unwrap_or_else(|e| fail("metadata", e)),
+    );
+    consent
+        .get_subject_state(request)
+        .await
+        .unwrap_or_else(|e| fail("state", e));
+
     // Shutdown flushes what is still queued: no waiting on export intervals.
     let status = tokio::time::timeout(EXIT_LIMIT, terminate(server.child))
         .await
@@ -472,6 +490,16 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
                 format!("{:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>()),
             )
         });
+    assert!(
+        spans.iter().all(|s| hex(&s.trace_id) != unsampled_trace),
+        "an unsampled caller's call is not exported"
+    );
+    assert!(
+        !spans
+            .iter()
+            .any(|s| s.name == "consent.v1.ConsentService/GetSubjectState"),
+        "nor is its span under another trace"
+    );
     assert_eq!(hex(&check_span.trace_id), trace_id, "the caller's trace");
     assert_eq!(
         hex(&check_span.parent_span_id),
