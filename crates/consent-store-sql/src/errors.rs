@@ -19,11 +19,17 @@ const SQLITE_LOCKED: i64 = 6;
 const RETRYABLE_PG_CLASSES: [&str; 4] = ["08", "40", "53", "57"];
 
 /// Whether a database's own error is worth a retry, judged by the driver that raised it.
+/// A PostgreSQL error of severity FATAL or PANIC ends the session whatever its SQLSTATE: the
+/// server refused or dropped the connection (`database is not currently accepting
+/// connections` is 55000, a password rejected after a rotation 28P01), so the store is
+/// unavailable, not broken.
 fn retryable(d: &dyn DatabaseError) -> bool {
     if let Some(pg) = d.try_downcast_ref::<PgDatabaseError>() {
-        return RETRYABLE_PG_CLASSES
-            .iter()
-            .any(|class| pg.code().starts_with(class));
+        use sqlx::postgres::PgSeverity;
+        return matches!(pg.severity(), PgSeverity::Fatal | PgSeverity::Panic)
+            || RETRYABLE_PG_CLASSES
+                .iter()
+                .any(|class| pg.code().starts_with(class));
     }
     if d.try_downcast_ref::<SqliteError>().is_some() {
         return d

@@ -151,6 +151,56 @@ async fn postgres_data_errors_are_not_reported_as_unavailable() {
     }
 }
 
+/// A PostgreSQL that refuses new sessions (`ALLOW_CONNECTIONS false`: SQLSTATE 55000 at
+/// login, as during a restart or failover) is UNAVAILABLE, so the caller retries and the
+/// breaker trips, not INTERNAL (found by an outside test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_refusing_sessions_is_unavailable() {
+    use consent_core::ConsentError;
+    use consent_store::LedgerStore;
+    use sqlx::Connection as _;
+    use sqlx::Executor as _;
+
+    let Some(admin) = consent_store_sql::testing::postgres_test_url() else {
+        return;
+    };
+    let (url, name) = consent_store_sql::testing::create_scratch_database(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("scratch database: {e}"));
+    let store = open(&url).await;
+    assert!(store.head("t").await.is_ok());
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("admin: {e}"));
+    let refuse = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    conn.execute(refuse(false).as_str())
+        .await
+        .unwrap_or_else(|e| panic!("refuse sessions: {e}"));
+    conn.execute(
+        format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+            .as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("terminate sessions: {e}"));
+    // The pooled sessions are gone: every read needs a new one, which is refused.
+    let mut refused = None;
+    for _ in 0..5 {
+        if let Err(e) = store.head("t").await {
+            refused = Some(e);
+            break;
+        }
+    }
+    conn.execute(refuse(true).as_str())
+        .await
+        .unwrap_or_else(|e| panic!("allow sessions: {e}"));
+    store.close().await;
+    let _ = consent_store_sql::testing::drop_scratch_database(&admin, &name).await;
+    match refused {
+        Some(ConsentError::Unavailable(_)) => {}
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
 /// A store that is down (here: its pool closed) answers UNAVAILABLE; after `trip_after`
 /// such answers in a row the breaker answers at once without touching it, until a probe
 /// finds it back.
