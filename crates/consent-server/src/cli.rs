@@ -349,33 +349,46 @@ async fn apply_catalog(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
+/// SIGTERM and SIGINT, listened to from the moment this is made: made before the listeners
+/// print their lines, so a signal sent as soon as they appear is a graceful stop, not the
+/// default action (death by signal).
+struct ShutdownSignals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> anyhow::Result<ShutdownSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(ShutdownSignals {
+                term: signal(SignalKind::terminate())
+                    .map_err(|e| anyhow::anyhow!("cannot listen for SIGTERM: {e}"))?,
+                int: signal(SignalKind::interrupt())
+                    .map_err(|e| anyhow::anyhow!("cannot listen for SIGINT: {e}"))?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(ShutdownSignals {})
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT.
+    async fn received(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for SIGINT");
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutdown signal received; draining in-flight RPCs");
     }
-    tracing::info!("shutdown signal received; draining in-flight RPCs");
 }
 
 /// Registers the observable series of the store stack: cache reads by result, and pool
@@ -429,6 +442,7 @@ async fn bind(setting: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
 async fn serve(config: &Config, otlp: &crate::telemetry::OtlpSettings) -> anyhow::Result<()> {
     // TLS files are read first so a bad path fails before anything is opened or bound.
     let mut settings = crate::server::ServerSettings::from_config(config)?;
+    let signals = ShutdownSignals::install()?;
     let pipeline = Arc::new(MetricsPipeline::start(
         otlp,
         config.telemetry.max_tenant_labels,
@@ -472,7 +486,7 @@ async fn serve(config: &Config, otlp: &crate::telemetry::OtlpSettings) -> anyhow
 
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
-        shutdown_signal().await;
+        signals.received().await;
         let _ = signalled_tx.send(());
     };
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);

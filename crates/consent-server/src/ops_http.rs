@@ -150,7 +150,20 @@ async fn readyz(State(probes): State<Arc<Probes>>) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Renders running at once: a scrape costs about a millisecond of CPU, so a flood of them
+/// must wait its turn instead of starving the gRPC port.
+static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a scrape waits for a render slot before 503.
+const RENDER_WAIT: Duration = Duration::from_secs(2);
+
 async fn metrics(State(probes): State<Arc<Probes>>) -> Response {
+    let Ok(Ok(_turn)) = tokio::time::timeout(RENDER_WAIT, RENDERS.acquire()).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many /metrics requests at once; retry\n",
+        )
+            .into_response();
+    };
     match probes.metrics.render() {
         Ok(text) => (
             StatusCode::OK,
@@ -174,19 +187,69 @@ pub fn router(probes: Arc<Probes>) -> Router {
         .with_state(probes)
 }
 
-/// Serves the routes on `listener` until `shutdown` resolves.
+/// Most connections open at once on the HTTP listener; past it new ones are closed at once.
+/// Probes and scrapes take milliseconds: a few dozen cover every kubelet and scraper, and the
+/// cap keeps slow clients from taking the file descriptors the gRPC port needs.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest life of a connection (keep-alive included).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Once told to stop, open connections get this long to finish their answer.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+/// Largest buffered request head (hyper's minimum is 8 KiB).
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// Serves the routes on `listener` until `shutdown` resolves, then closes every connection
+/// within [`STOP_GRACE`]: a client that never finishes its request must not hold the
+/// process. HTTP/1.1 only (kubelets and scrapers speak it), bounded by [`MAX_CONNECTIONS`],
+/// [`HEADER_READ_TIMEOUT`], [`MAX_REQUEST_HEAD`] and [`CONNECTION_LIFETIME`].
 pub async fn serve(
     listener: TcpListener,
     probes: Arc<Probes>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Metrics answers span several segments: without NODELAY each would wait for an ACK.
-    let listener = listener.tap_io(|tcp| {
+    let router = router(probes);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        while connections.try_join_next().is_some() {}
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "the HTTP listener cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            continue; // over the cap: dropped, so closed
+        };
+        // Answers span several segments: without NODELAY each would wait for an ACK.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(probes))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| anyhow::anyhow!("the HTTP listener failed: {e}"))
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        connections.spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_REQUEST_HEAD)
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
+    }
+    let finished = tokio::time::timeout(STOP_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        connections.abort_all();
+    }
+    Ok(())
 }

@@ -13,6 +13,7 @@
 
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
@@ -123,6 +124,84 @@ fn draw() -> f64 {
     })
 }
 
+/// Checks the form of the `OTEL_*` values the SDK would otherwise ignore or replace by a
+/// default without a word: durations and sizes, headers, compression, endpoints.
+fn check_formats(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+    if let Some(v) = get("OTEL_SDK_DISABLED")
+        && !v.eq_ignore_ascii_case("true")
+        && !v.eq_ignore_ascii_case("false")
+    {
+        anyhow::bail!("OTEL_SDK_DISABLED = {v:?}: set true or false");
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_METRICS_TIMEOUT",
+        "OTEL_METRIC_EXPORT_INTERVAL",
+        "OTEL_METRIC_EXPORT_TIMEOUT",
+        "OTEL_BSP_SCHEDULE_DELAY",
+        "OTEL_BSP_EXPORT_TIMEOUT",
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+    ] {
+        if let Some(v) = get(name)
+            && !v.parse::<u64>().is_ok_and(|n| n > 0)
+        {
+            anyhow::bail!(
+                "{name} = {v:?}: set a whole number above 0 (milliseconds, or spans for the sizes)"
+            );
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_METRICS_COMPRESSION",
+    ] {
+        if let Some(v) = get(name)
+            && v != "none"
+        {
+            anyhow::bail!("{name} = {v:?}: consentd sends OTLP uncompressed; set none or unset it");
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+        "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+    ] {
+        // The values are often credentials: the message names the variable only.
+        if let Some(v) = get(name)
+            && !v.split(',').all(|pair| {
+                pair.split_once('=')
+                    .is_some_and(|(key, _)| !key.trim().is_empty())
+            })
+        {
+            anyhow::bail!("{name} is not a list of key=value pairs separated by commas");
+        }
+    }
+    for name in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
+        if let Some(v) = get(name) {
+            let uri = v.parse::<http::Uri>().ok();
+            let scheme = uri.as_ref().and_then(|u| u.scheme_str().map(str::to_owned));
+            let has_host = uri.as_ref().is_some_and(|u| u.host().is_some());
+            match scheme.as_deref() {
+                Some("http") if has_host => {}
+                Some("https") => anyhow::bail!(
+                    "{name}: consentd exports OTLP over plaintext gRPC only; use an http:// endpoint (a collector beside it: a sidecar or node agent)"
+                ),
+                _ => anyhow::bail!(
+                    "{name} = {:?} is not an http:// URL with a host, e.g. http://otel-collector:4317",
+                    consent_core::redact::redact_url(&v)
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Samplers the SDK understands in `OTEL_TRACES_SAMPLER`.
 const SAMPLERS: &[&str] = &[
     "always_on",
@@ -178,7 +257,7 @@ impl OtlpSettings {
         for name in UNSUPPORTED {
             if get(name).is_some() {
                 anyhow::bail!(
-                    "{name} is set, but consentd does not read it: unset it (OTLP goes over plaintext gRPC or server-verified TLS, and logs are not exported)"
+                    "{name} is set, but consentd does not read it: unset it (OTLP goes over plaintext gRPC to a collector, and logs are not exported)"
                 );
             }
         }
@@ -204,6 +283,7 @@ impl OtlpSettings {
                 ),
             }
         };
+        check_formats(&get)?;
         let traces_wanted = exporter_on("OTEL_TRACES_EXPORTER")?;
         let metrics_wanted = exporter_on("OTEL_METRICS_EXPORTER")?;
         let mut sampling = SamplerSettings::default();
@@ -231,7 +311,12 @@ impl OtlpSettings {
         let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(shared.clone());
         let metrics_endpoint = get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").or(shared.clone());
         if traces_endpoint.is_none() && metrics_endpoint.is_none() {
-            for name in ["OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_INSECURE"] {
+            for name in [
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
+                "OTEL_EXPORTER_OTLP_INSECURE",
+            ] {
                 if get(name).is_some() {
                     anyhow::bail!(
                         "{name} is set but no OTLP endpoint is: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://otel-collector:4317) or unset {name}"
@@ -276,11 +361,28 @@ impl Telemetry {
     pub async fn shutdown(self) {
         if let Some(tracer) = self.tracer {
             // The SDK's shutdown blocks until its export thread is done.
-            let flushed = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
-            if let Ok(Err(e)) = flushed {
-                tracing::warn!(error = %e, "could not send the last spans");
-            }
+            flush_within("spans", move || tracer.shutdown()).await;
         }
+    }
+}
+
+/// The longest a stopping process waits for its last export: a collector that does not
+/// answer must not hold the exit (the SDK would wait its export timeout, 10 s by default).
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
+/// Runs an SDK shutdown (blocking) for at most [`FLUSH_LIMIT`].
+async fn flush_within(
+    what: &str,
+    shutdown: impl FnOnce() -> opentelemetry_sdk::error::OTelSdkResult + Send + 'static,
+) {
+    match tokio::time::timeout(FLUSH_LIMIT, tokio::task::spawn_blocking(shutdown)).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not send the last {what}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "the {what} exporter failed"),
+        Err(_) => tracing::warn!(
+            limit_secs = FLUSH_LIMIT.as_secs(),
+            "the last {what} were not sent in time (is the OTLP collector answering?); exiting without them"
+        ),
     }
 }
 
@@ -451,10 +553,7 @@ impl MetricsPipeline {
     /// Pushes the last OTLP export (when configured).
     pub async fn shutdown(self) {
         let provider = self.provider;
-        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
-        if let Ok(Err(e)) = flushed {
-            tracing::warn!(error = %e, "could not send the last metrics");
-        }
+        flush_within("metrics", move || provider.shutdown()).await;
     }
 }
 
@@ -526,6 +625,38 @@ mod tests {
                 vec![("OTEL_EXPORTER_OTLP_CERTIFICATE", "/ca.pem")],
                 "OTEL_EXPORTER_OTLP_CERTIFICATE",
             ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317")],
+                "plaintext",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "garbage")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TIMEOUT", "abc")],
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_COMPRESSION", "brotli")],
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+            ),
+            (
+                vec![("OTEL_METRIC_EXPORT_INTERVAL", "0")],
+                "OTEL_METRIC_EXPORT_INTERVAL",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key"),
+                ],
+                "key=value",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "a=b")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (vec![("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED"),
         ] {
             let message = refusal(&vars);
             assert!(message.contains(named), "{vars:?}: {message}");

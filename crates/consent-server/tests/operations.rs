@@ -610,3 +610,25 @@ async fn refusals_are_counted_by_cause() {
     );
     terminate(server.child).await;
 }
+
+/// A client that opens the HTTP listener and never finishes its request does not hold the
+/// process after SIGTERM (found by an outside test: it used to, until the client left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_http_request_does_not_hold_shutdown() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+    let url = format!("sqlite://{}/consent.db", dir.path().display());
+    let server = start_with(&url, &[], &[], Stdio::inherit()).await;
+    let mut stuck = tokio::net::TcpStream::connect(&server.http_addr)
+        .await
+        .unwrap_or_else(|e| fail("connect", e));
+    stuck
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap_or_else(|e| fail("write", e));
+    let status = tokio::time::timeout(EXIT_LIMIT, terminate(server.child))
+        .await
+        .unwrap_or_else(|_| fail("consentd", "held by a half-sent HTTP request"));
+    assert_eq!(status.code(), Some(0));
+    drop(stuck);
+}
