@@ -486,11 +486,14 @@ impl Authenticator {
             failures.failed(peer);
         }
         let key = key?;
+        // Every method served has a scope (a test holds the table to the services), so a
+        // path without one is not served: UNIMPLEMENTED, as the router would say, and not a
+        // refusal of the caller.
         let Some(scope) = required_scope(path) else {
-            return Err(self.refuse(
-                AuthFailure::MissingScope,
-                Status::permission_denied(format!("no scope grants {path}")),
-            ));
+            return Err(Status::unimplemented(format!(
+                "{} is not a method of this server",
+                path.escape_debug()
+            )));
         };
         if !key.allows(scope) {
             return Err(self.refuse(AuthFailure::MissingScope, status_for_scope(&key, scope)));
@@ -626,6 +629,49 @@ mod tests {
     use super::*;
     use consent_store::counting::CountingStore;
     use prost::Message;
+
+    /// A path no service serves is UNIMPLEMENTED for a valid key (not a refusal of the
+    /// caller, and not counted as one).
+    #[tokio::test]
+    async fn a_method_not_served_is_unimplemented() {
+        use consent_core::access::new_tenant;
+        use consent_store::AccessStore as _;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let url = format!("sqlite://{}/keys.db", dir.path().display());
+        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sql.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        let tenant = new_tenant("acme", "", Timestamp::now()).unwrap_or_else(|e| panic!("{e}"));
+        sql.create_tenant(&tenant)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (key, token) = crate::ledger::new_api_key("acme", "ops", vec![Scope::Admin], None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        sql.create_api_key(&key)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let auth = Authenticator::new(
+            AuthMode::ApiKey,
+            Arc::new(sql),
+            Duration::from_secs(60),
+            &LimitsConfig::default(),
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let answer = auth
+            .authorize("/consent.v1.ConsentService/Nope", &headers, None)
+            .await;
+        assert_eq!(
+            answer.err().map(|s| s.code()),
+            Some(tonic::Code::Unimplemented)
+        );
+    }
 
     /// Unknown key ids are remembered like known keys: guessing costs the store one query
     /// per id and TTL, not one per request.

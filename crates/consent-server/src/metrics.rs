@@ -327,7 +327,7 @@ pub enum AuthFailure {
     RevokedKey,
     /// The key expired.
     ExpiredKey,
-    /// The key lacks the method's scope, or the method is not one the server knows.
+    /// The key lacks the method's scope.
     MissingScope,
     /// The key is over its request rate.
     KeyRateLimited,

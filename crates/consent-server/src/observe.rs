@@ -63,8 +63,14 @@ pub struct Observed<S> {
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl opentelemetry::propagation::Extractor for HeaderExtractor<'_> {
+    /// A header sent twice is ignored (W3C trace context: two `traceparent`s are no trace).
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let mut values = self.0.get_all(key).iter();
+        let first = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        first.to_str().ok()
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -273,6 +279,20 @@ impl HttpBody for ObservedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::propagation::Extractor as _;
+
+    #[test]
+    fn a_header_sent_twice_is_ignored() -> Result<(), http::header::InvalidHeaderValue> {
+        let mut headers = http::HeaderMap::new();
+        headers.append("traceparent", "00-a-b-01".parse()?);
+        assert_eq!(
+            HeaderExtractor(&headers).get("traceparent"),
+            Some("00-a-b-01")
+        );
+        headers.append("traceparent", "00-c-d-01".parse()?);
+        assert_eq!(HeaderExtractor(&headers).get("traceparent"), None);
+        Ok(())
+    }
 
     #[test]
     fn server_faults_mark_the_span_failed_and_caller_faults_do_not() {
