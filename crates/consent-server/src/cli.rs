@@ -449,7 +449,13 @@ async fn serve(config: &Config, otlp: &crate::telemetry::OtlpSettings) -> anyhow
     )?);
     let metrics = Arc::clone(&pipeline.metrics);
     settings.metrics = Arc::clone(&metrics);
-    settings.sampler = otlp.sampler;
+    // Without an exporter a request's span serves only log lines: made for callers that
+    // sent a trace (their id is logged), not for the others (it would cost every call).
+    settings.sampler = if otlp.traces {
+        otlp.sampler
+    } else {
+        crate::telemetry::SamplerSettings::none()
+    };
     let stack =
         crate::stack::open_observed(config, config.store.auto_migrate, Arc::clone(&metrics))
             .await?;

@@ -24,7 +24,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::metrics::{Metrics, Route};
-use crate::telemetry::{RPC_TARGET, SamplerSettings, UNSAMPLED_RPC_TARGET};
+use crate::telemetry::{LOGGED_RPC_TARGET, QUIET_RPC_TARGET, RPC_TARGET, SamplerSettings};
 
 /// Puts [`Observed`] in front of a service.
 #[derive(Clone, Debug)]
@@ -90,24 +90,25 @@ fn rpc_span(route: &Route, headers: &http::HeaderMap, sampler: &SamplerSettings)
         propagator.extract(&HeaderExtractor(headers))
     });
     let caller = parent.span().span_context().clone();
-    // Two callsites, so that the OpenTelemetry layer never sees a span it would not export
-    // (`telemetry::exported`); log lines look the same under either.
+    // Three callsites, one per audience (see the targets in `telemetry`): exported (and
+    // logged), logged only (the caller's trace id, not exported), or taken by no layer.
+    macro_rules! rpc {
+        ($target:expr) => {
+            tracing::info_span!(
+                target: $target,
+                "rpc",
+                otel.name = route.name,
+                otel.kind = "server",
+                trace_id = Empty,
+            )
+        };
+    }
     let span = if sampler.sample(&caller) {
-        tracing::info_span!(
-            target: RPC_TARGET,
-            "rpc",
-            otel.name = route.name,
-            otel.kind = "server",
-            trace_id = Empty,
-        )
+        rpc!(RPC_TARGET)
+    } else if caller.is_valid() {
+        rpc!(LOGGED_RPC_TARGET)
     } else {
-        tracing::info_span!(
-            target: UNSAMPLED_RPC_TARGET,
-            "rpc",
-            otel.name = route.name,
-            otel.kind = "server",
-            trace_id = Empty,
-        )
+        rpc!(QUIET_RPC_TARGET)
     };
     if span.is_disabled() {
         return span;

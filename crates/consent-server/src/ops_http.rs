@@ -191,6 +191,50 @@ pub fn router(probes: Arc<Probes>) -> Router {
 /// Probes and scrapes take milliseconds: a few dozen cover every kubelet and scraper, and the
 /// cap keeps slow clients from taking the file descriptors the gRPC port needs.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Most connections one client address may hold: a client that takes its share cannot take
+/// the kubelet's (liveness and readiness probes come from the node's address).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 8;
+
+/// Connections held per client address.
+#[derive(Debug, Default)]
+struct PeerSlots {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection of an address; given back when dropped.
+struct PeerSlot {
+    peers: Arc<PeerSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlots {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut held = self.held.lock().ok()?;
+        let count = held.entry(ip).or_insert(0);
+        if *count >= MAX_CONNECTIONS_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peers: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.peers.held.lock()
+            && let Some(count) = held.get_mut(&self.ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// A client has this long to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest life of a connection (keep-alive included).
@@ -202,7 +246,8 @@ const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// Serves the routes on `listener` until `shutdown` resolves, then closes every connection
 /// within [`STOP_GRACE`]: a client that never finishes its request must not hold the
-/// process. HTTP/1.1 only (kubelets and scrapers speak it), bounded by [`MAX_CONNECTIONS`],
+/// process. HTTP/1.1 only (kubelets and scrapers speak it), bounded by [`MAX_CONNECTIONS`]
+/// ([`MAX_CONNECTIONS_PER_ADDRESS`] per client address),
 /// [`HEADER_READ_TIMEOUT`], [`MAX_REQUEST_HEAD`] and [`CONNECTION_LIFETIME`].
 pub async fn serve(
     listener: TcpListener,
@@ -211,6 +256,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let router = router(probes);
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let peers = Arc::new(PeerSlots::default());
     let mut connections = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -228,6 +274,10 @@ pub async fn serve(
                 continue;
             }
         };
+        let peer = tcp.peer_addr().map(|a| a.ip()).ok();
+        let Some(peer_slot) = peer.and_then(|ip| peers.take(ip)) else {
+            continue; // this address holds its share already: dropped, so closed
+        };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             continue; // over the cap: dropped, so closed
         };
@@ -235,7 +285,7 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         connections.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

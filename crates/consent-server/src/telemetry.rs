@@ -71,6 +71,14 @@ impl Default for SamplerSettings {
 }
 
 impl SamplerSettings {
+    /// Nothing exported (no exporter): callers' traces still get a logged span.
+    pub fn none() -> SamplerSettings {
+        SamplerSettings {
+            parent_based: false,
+            root_ratio: 0.0,
+        }
+    }
+
     /// The settings `OTEL_TRACES_SAMPLER` (already checked against [`SAMPLERS`]) and its
     /// ratio name.
     fn named(sampler: &str, ratio: f64) -> SamplerSettings {
@@ -168,14 +176,19 @@ fn check_formats(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
         "OTEL_EXPORTER_OTLP_METRICS_HEADERS",
     ] {
-        // The values are often credentials: the message names the variable only.
+        // The values are often credentials: the message names the variable only. A header
+        // the exporter cannot send would be left out of every export without a word.
         if let Some(v) = get(name)
             && !v.split(',').all(|pair| {
-                pair.split_once('=')
-                    .is_some_and(|(key, _)| !key.trim().is_empty())
+                pair.split_once('=').is_some_and(|(key, value)| {
+                    http::HeaderName::from_bytes(key.trim().as_bytes()).is_ok()
+                        && http::HeaderValue::from_str(value.trim()).is_ok()
+                })
             })
         {
-            anyhow::bail!("{name} is not a list of key=value pairs separated by commas");
+            anyhow::bail!(
+                "{name} is not a list of key=value pairs separated by commas, with header names and values HTTP allows"
+            );
         }
     }
     for name in [
@@ -186,7 +199,17 @@ fn check_formats(get: &impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
         if let Some(v) = get(name) {
             let uri = v.parse::<http::Uri>().ok();
             let scheme = uri.as_ref().and_then(|u| u.scheme_str().map(str::to_owned));
-            let has_host = uri.as_ref().is_some_and(|u| u.host().is_some());
+            // A port that does not fit 16 bits parses, and every export would then fail.
+            let has_host = uri.as_ref().is_some_and(|u| {
+                u.host().is_some()
+                    && u.authority()
+                        .is_none_or(|a| match a.as_str().rsplit_once(':') {
+                            Some((_, port)) if port.bytes().all(|b| b.is_ascii_digit()) => {
+                                port.parse::<u16>().is_ok()
+                            }
+                            _ => true,
+                        })
+            });
             match scheme.as_deref() {
                 Some("http") if has_host => {}
                 Some("https") => anyhow::bail!(
@@ -366,9 +389,10 @@ impl Telemetry {
     }
 }
 
-/// The longest a stopping process waits for its last export: a collector that does not
-/// answer must not hold the exit (the SDK would wait its export timeout, 10 s by default).
-const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+/// The longest a stopping process waits for each last export (metrics, then spans): a
+/// collector that does not answer must not hold the exit (the SDK would wait its export
+/// timeout, 10 s by default).
+const FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Runs an SDK shutdown (blocking) for at most [`FLUSH_LIMIT`].
 async fn flush_within(
@@ -447,6 +471,7 @@ where
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    let filter = filter.and(never(&[QUIET_RPC_TARGET]));
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -475,11 +500,25 @@ where
     Ok(tracing_subscriber::registry().with(logs).with(spans))
 }
 
-/// The target of the span of a request whose span is exported ([`crate::observe`]).
+/// The target of the span of a request whose span is exported ([`crate::observe`]); log
+/// lines written inside it carry it (the method and the trace id).
 pub const RPC_TARGET: &str = "consent_server::rpc";
-/// The target of the span of a request whose span is not exported: the log layer sees it
-/// (its log lines carry the method), the OpenTelemetry layer does not.
-pub const UNSAMPLED_RPC_TARGET: &str = "consent_server::rpc::unsampled";
+/// The target of the span of a request not exported whose caller sent a trace: only the log
+/// layer sees it, so log lines carry the caller's trace id.
+pub const LOGGED_RPC_TARGET: &str = "consent_server::rpc::logged";
+/// The target of the span of any other request: no layer takes it, so it costs nothing (a
+/// span made only to be formatted for log lines that are almost never written was most of
+/// what telemetry cost a cached Check). Log lines inside such a request carry their own
+/// fields only.
+pub const QUIET_RPC_TARGET: &str = "consent_server::rpc::quiet";
+
+/// Targets a layer never takes (decided once per callsite, not per span).
+fn never(targets: &[&str]) -> tracing_subscriber::filter::Targets {
+    targets.iter().fold(
+        tracing_subscriber::filter::Targets::new().with_default(LevelFilter::TRACE),
+        |filter, target| filter.with_target(*target, LevelFilter::OFF),
+    )
+}
 
 /// What reaches the OpenTelemetry layer: sampled request spans, and spans and events inside
 /// one (the store's, Redis's). Nothing inside an unsampled request, nothing outside any
@@ -488,14 +527,12 @@ fn exported<S>() -> impl tracing_subscriber::layer::Filter<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
 {
-    tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
-        match meta.target() {
-            UNSAMPLED_RPC_TARGET => false,
-            RPC_TARGET => true,
+    never(&[LOGGED_RPC_TARGET, QUIET_RPC_TARGET]).and(
+        tracing_subscriber::filter::dynamic_filter_fn(|meta, cx| {
             // The context seen by a layer's filter holds only the spans that filter enabled.
-            _ => cx.lookup_current().is_some(),
-        }
-    })
+            meta.target() == RPC_TARGET || cx.lookup_current().is_some()
+        }),
+    )
 }
 
 /// The metric instruments, the registry `/metrics` renders, and the OTLP push when asked.
@@ -657,6 +694,17 @@ mod tests {
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
             ),
             (vec![("OTEL_SDK_DISABLED", "maybe")], "OTEL_SDK_DISABLED"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:99999")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                    ("OTEL_EXPORTER_OTLP_HEADERS", "api key=x"),
+                ],
+                "header names",
+            ),
         ] {
             let message = refusal(&vars);
             assert!(message.contains(named), "{vars:?}: {message}");

@@ -632,3 +632,60 @@ async fn a_half_sent_http_request_does_not_hold_shutdown() {
     assert_eq!(status.code(), Some(0));
     drop(stuck);
 }
+
+/// Without an exporter, a caller's trace id still reaches the log lines of its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_log_lines_carry_the_callers_trace_id() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
+    let url = seeded_store(&dir).await;
+    let tenant = run_cli(&url, &[], &["tenants", "create", "default"]).await;
+    assert_eq!(tenant.code, Some(0), "{tenant:?}");
+    let log_path = dir.path().join("consentd.log");
+    let log = std::fs::File::create(&log_path).unwrap_or_else(|e| fail("log file", e));
+    let server = start_with(
+        &url,
+        &[
+            ("CONSENT__LOG__FORMAT", "json"),
+            ("CONSENT__LOG__LEVEL", "info"),
+        ],
+        &[],
+        Stdio::from(log),
+    )
+    .await;
+    let client = ConsentClient::connect(format!("http://{}", server.addr))
+        .await
+        .unwrap_or_else(|e| fail("connect", e));
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    // Sampled or not, the caller's id is logged.
+    for (name, flags) in [("sampled", "01"), ("unsampled", "00")] {
+        let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
+            name: name.into(),
+            scopes: vec!["consent:read".into()],
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "traceparent",
+            format!("00-{trace_id}-00f067aa0ba902b7-{flags}")
+                .parse()
+                .unwrap_or_else(|e| fail("metadata", e)),
+        );
+        client
+            .admin()
+            .create_api_key(request)
+            .await
+            .unwrap_or_else(|e| fail("create key", e));
+    }
+    let status = tokio::time::timeout(EXIT_LIMIT, terminate(server.child))
+        .await
+        .unwrap_or_else(|_| fail("consentd", "did not exit"));
+    assert_eq!(status.code(), Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| fail("read log", e));
+    let created: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("API key created"))
+        .collect();
+    assert_eq!(created.len(), 2, "{log}");
+    for line in created {
+        assert!(line.contains(trace_id), "{line}");
+    }
+}
