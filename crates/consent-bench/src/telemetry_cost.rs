@@ -105,9 +105,7 @@ pub async fn production() -> anyhow::Result<Telemetry> {
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    consent_server::telemetry::read_w3c_trace_context();
     // The chart's sampler: callers' sampled traces whole, 5 % of the rest.
     let otlp = OtlpSettings {
         sampler: SamplerSettings {

@@ -630,6 +630,28 @@ mod tests {
     use consent_store::counting::CountingStore;
     use prost::Message;
 
+    /// A migrated SQLite ledger in `dir`.
+    async fn ledger(dir: &tempfile::TempDir) -> consent_store_sql::SqlStore {
+        let url = format!("sqlite://{}/keys.db", dir.path().display());
+        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sql.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        sql
+    }
+
+    /// Request headers presenting `token`.
+    fn bearer(token: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::AUTHORIZATION,
+            format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
+        headers
+    }
+
     /// A path no service serves is UNIMPLEMENTED for a valid key (not a refusal of the
     /// caller, and not counted as one).
     #[tokio::test]
@@ -637,11 +659,7 @@ mod tests {
         use consent_core::access::new_tenant;
         use consent_store::AccessStore as _;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("sqlite://{}/keys.db", dir.path().display());
-        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        sql.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        let sql = ledger(&dir).await;
         let tenant = new_tenant("acme", "", Timestamp::now()).unwrap_or_else(|e| panic!("{e}"));
         sql.create_tenant(&tenant)
             .await
@@ -657,15 +675,8 @@ mod tests {
             Duration::from_secs(60),
             &LimitsConfig::default(),
         );
-        let mut headers = http::HeaderMap::new();
-        headers.insert(
-            http::header::AUTHORIZATION,
-            format!("Bearer {token}")
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}")),
-        );
         let answer = auth
-            .authorize("/consent.v1.ConsentService/Nope", &headers, None)
+            .authorize("/consent.v1.ConsentService/Nope", &bearer(&token), None)
             .await;
         assert_eq!(
             answer.err().map(|s| s.code()),
@@ -678,24 +689,14 @@ mod tests {
     #[tokio::test]
     async fn unknown_keys_are_looked_up_once_per_ttl() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let url = format!("sqlite://{}/keys.db", dir.path().display());
-        let sql = consent_store_sql::SqlStore::connect(&url, &Default::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        sql.migrate().await.unwrap_or_else(|e| panic!("{e}"));
-        let store = Arc::new(CountingStore::new(Arc::new(sql)));
+        let store = Arc::new(CountingStore::new(Arc::new(ledger(&dir).await)));
         let auth = Authenticator::new(
             AuthMode::ApiKey,
             store.clone(),
             Duration::from_secs(60),
             &LimitsConfig::default(),
         );
-        let mut headers = http::HeaderMap::new();
-        let token = format!("Bearer ck_{}_{}", "ab".repeat(8), "0".repeat(64));
-        headers.insert(
-            http::header::AUTHORIZATION,
-            token.parse().unwrap_or_else(|e| panic!("{e}")),
-        );
+        let headers = bearer(&format!("ck_{}_{}", "ab".repeat(8), "0".repeat(64)));
         for _ in 0..5 {
             let refused = auth
                 .authorize("/consent.v1.ConsentService/Check", &headers, None)
@@ -720,12 +721,7 @@ mod tests {
         );
         let mut codes = Vec::new();
         for i in 0..5 {
-            let mut headers = http::HeaderMap::new();
-            let token = format!("Bearer ck_{i:016x}_{}", "0".repeat(64));
-            headers.insert(
-                http::header::AUTHORIZATION,
-                token.parse().unwrap_or_else(|e| panic!("{e}")),
-            );
+            let headers = bearer(&format!("ck_{i:016x}_{}", "0".repeat(64)));
             let answer = limited
                 .authorize("/consent.v1.ConsentService/Check", &headers, None)
                 .await;

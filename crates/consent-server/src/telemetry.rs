@@ -317,18 +317,14 @@ impl OtlpSettings {
                     SAMPLERS.join(", ")
                 );
             }
-            if sampler.ends_with("traceidratio") {
-                let ratio = get("OTEL_TRACES_SAMPLER_ARG").and_then(|a| a.parse::<f64>().ok());
-                if !ratio.is_some_and(|r| (0.0..=1.0).contains(&r)) {
-                    anyhow::bail!(
-                        "OTEL_TRACES_SAMPLER = {sampler} needs OTEL_TRACES_SAMPLER_ARG, a ratio from 0 to 1"
-                    );
-                }
+            let ratio = get("OTEL_TRACES_SAMPLER_ARG").and_then(|a| a.parse::<f64>().ok());
+            if sampler.ends_with("traceidratio") && !ratio.is_some_and(|r| (0.0..=1.0).contains(&r))
+            {
+                anyhow::bail!(
+                    "OTEL_TRACES_SAMPLER = {sampler} needs OTEL_TRACES_SAMPLER_ARG, a ratio from 0 to 1"
+                );
             }
-            let ratio = get("OTEL_TRACES_SAMPLER_ARG")
-                .and_then(|a| a.parse::<f64>().ok())
-                .unwrap_or(1.0);
-            sampling = SamplerSettings::named(&sampler, ratio);
+            sampling = SamplerSettings::named(&sampler, ratio.unwrap_or(1.0));
         }
         let shared = get("OTEL_EXPORTER_OTLP_ENDPOINT");
         let traces_endpoint = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or(shared.clone());
@@ -414,16 +410,20 @@ async fn flush_within(
 /// `OTEL_*` asks for traces, the span exporter. Must run inside the Tokio runtime (the OTLP
 /// client lives on it).
 pub fn init(config: &LogConfig, otlp: OtlpSettings) -> anyhow::Result<Telemetry> {
-    // Incoming `traceparent` headers are read with the W3C propagator whether or not spans
-    // are exported: the caller's trace id is logged either way.
-    opentelemetry::global::set_text_map_propagator(
-        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
-    );
+    read_w3c_trace_context();
     let tracer = tracer_provider(&otlp, None)?;
     subscriber(config, tracer.as_ref(), std::io::stderr)?
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))?;
     Ok(Telemetry { tracer, otlp })
+}
+
+/// Incoming `traceparent` headers are read with the W3C propagator ([`crate::observe`]),
+/// whether or not spans are exported: the caller's trace id is logged either way.
+pub fn read_w3c_trace_context() {
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
 }
 
 /// The span pipeline `otlp` asks for (batched OTLP/gRPC export), or `None`. `endpoint`

@@ -59,6 +59,62 @@ fn check(subject: &str, purpose: &str) -> pb::CheckRequest {
     }
 }
 
+/// `message` sent as part of the caller's trace `traceparent`.
+fn in_trace<T>(message: T, traceparent: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "traceparent",
+        traceparent.parse().unwrap_or_else(|e| fail("metadata", e)),
+    );
+    request
+}
+
+/// A server with tenant `default` (API keys need one), logging JSON at `info` to a file in
+/// `dir`, with `env`; returns it and the log's path.
+async fn logging_server(
+    dir: &tempfile::TempDir,
+    env: &[(&str, &str)],
+) -> (common::Running, std::path::PathBuf) {
+    let url = seeded_store(dir).await;
+    let tenant = run_cli(&url, &[], &["tenants", "create", "default"]).await;
+    assert_eq!(tenant.code, Some(0), "{tenant:?}");
+    let log_path = dir.path().join("consentd.log");
+    let log = std::fs::File::create(&log_path).unwrap_or_else(|e| fail("log file", e));
+    let env: Vec<(&str, &str)> = [
+        ("CONSENT__LOG__FORMAT", "json"),
+        ("CONSENT__LOG__LEVEL", "info"),
+    ]
+    .into_iter()
+    .chain(env.iter().copied())
+    .collect();
+    let server = start_with(&url, &env, &[], Stdio::from(log)).await;
+    (server, log_path)
+}
+
+/// Creates an API key (an RPC that logs a line) in the caller's trace `traceparent`.
+async fn create_key_in_trace(client: &ConsentClient, name: &str, traceparent: &str) {
+    let request = pb::CreateApiKeyRequest {
+        name: name.into(),
+        scopes: vec!["consent:read".into()],
+        ..Default::default()
+    };
+    client
+        .admin()
+        .create_api_key(in_trace(request, traceparent))
+        .await
+        .unwrap_or_else(|e| fail("create key", e));
+}
+
+/// The log lines of key creations.
+fn key_creation_lines(log_path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(log_path)
+        .unwrap_or_else(|e| fail("read log", e))
+        .lines()
+        .filter(|line| line.contains("API key created"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The value of the sample of `series` whose labels include every one of `labels`.
 fn sample(metrics: &str, series: &str, labels: &[&str]) -> Option<f64> {
     metrics
@@ -397,22 +453,13 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
     );
 
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
-    let url = seeded_store(&dir).await;
-    let tenant = run_cli(&url, &[], &["tenants", "create", "default"]).await;
-    assert_eq!(tenant.code, Some(0), "{tenant:?}");
-    let log_path = dir.path().join("consentd.log");
-    let log = std::fs::File::create(&log_path).unwrap_or_else(|e| fail("log file", e));
     let endpoint = format!("http://{collector}");
-    let server = start_with(
-        &url,
+    let (server, log_path) = logging_server(
+        &dir,
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_SERVICE_NAME", "consentd-under-test"),
-            ("CONSENT__LOG__FORMAT", "json"),
-            ("CONSENT__LOG__LEVEL", "info"),
         ],
-        &[],
-        Stdio::from(log),
     )
     .await;
     let client = ConsentClient::connect(format!("http://{}", server.addr))
@@ -428,47 +475,26 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
     let caller_span = "00f067aa0ba902b7";
     let traceparent = format!("00-{trace_id}-{caller_span}-01");
     let mut consent = client.consent();
-    let mut request = tonic::Request::new(check("alice", "analytics"));
-    request.metadata_mut().insert(
-        "traceparent",
-        traceparent.parse().unwrap_or_else(|e| fail("metadata", e)),
-    );
     let answer = consent
-        .check(request)
+        .check(in_trace(check("alice", "analytics"), &traceparent))
         .await
         .unwrap_or_else(|e| fail("check", e));
     assert!(answer.into_inner().allowed);
     // An RPC that logs (key creation), in the same trace: its log line carries the id.
-    let mut admin = client.admin();
-    let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
-        name: "traced".into(),
-        scopes: vec!["consent:read".into()],
-        ..Default::default()
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        traceparent.parse().unwrap_or_else(|e| fail("metadata", e)),
-    );
-    admin
-        .create_api_key(request)
-        .await
-        .unwrap_or_else(|e| fail("create key", e));
+    create_key_in_trace(&client, "traced", &traceparent).await;
 
     // A caller whose trace is not sampled: nothing of this call is exported (its span never
     // reaches the OpenTelemetry layer, nor do the store calls made for it).
     let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
-    let mut request = tonic::Request::new(pb::GetSubjectStateRequest {
+    let request = pb::GetSubjectStateRequest {
         subject_id: "bob".into(),
         ..Default::default()
-    });
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{unsampled_trace}-b7ad6b7169203331-00")
-            .parse()
-            .unwrap_or_else(|e| fail("metadata", e)),
-    );
+    };
     consent
-        .get_subject_state(request)
+        .get_subject_state(in_trace(
+            request,
+            &format!("00-{unsampled_trace}-b7ad6b7169203331-00"),
+        ))
         .await
         .unwrap_or_else(|e| fail("state", e));
 
@@ -548,12 +574,9 @@ async fn a_callers_trace_continues_through_consentd_into_otlp() {
         "{metric_names:?}"
     );
 
-    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| fail("read log", e));
-    let created = log
-        .lines()
-        .find(|line| line.contains("API key created"))
-        .unwrap_or_else(|| fail("log", "no key creation line"));
-    assert!(created.contains(trace_id), "{created}");
+    let created = key_creation_lines(&log_path);
+    assert_eq!(created.len(), 1, "{created:?}");
+    assert!(created[0].contains(trace_id), "{created:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,54 +660,26 @@ async fn a_half_sent_http_request_does_not_hold_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exporter_log_lines_carry_the_callers_trace_id() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| fail("tempdir", e));
-    let url = seeded_store(&dir).await;
-    let tenant = run_cli(&url, &[], &["tenants", "create", "default"]).await;
-    assert_eq!(tenant.code, Some(0), "{tenant:?}");
-    let log_path = dir.path().join("consentd.log");
-    let log = std::fs::File::create(&log_path).unwrap_or_else(|e| fail("log file", e));
-    let server = start_with(
-        &url,
-        &[
-            ("CONSENT__LOG__FORMAT", "json"),
-            ("CONSENT__LOG__LEVEL", "info"),
-        ],
-        &[],
-        Stdio::from(log),
-    )
-    .await;
+    let (server, log_path) = logging_server(&dir, &[]).await;
     let client = ConsentClient::connect(format!("http://{}", server.addr))
         .await
         .unwrap_or_else(|e| fail("connect", e));
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
     // Sampled or not, the caller's id is logged.
     for (name, flags) in [("sampled", "01"), ("unsampled", "00")] {
-        let mut request = tonic::Request::new(pb::CreateApiKeyRequest {
-            name: name.into(),
-            scopes: vec!["consent:read".into()],
-            ..Default::default()
-        });
-        request.metadata_mut().insert(
-            "traceparent",
-            format!("00-{trace_id}-00f067aa0ba902b7-{flags}")
-                .parse()
-                .unwrap_or_else(|e| fail("metadata", e)),
-        );
-        client
-            .admin()
-            .create_api_key(request)
-            .await
-            .unwrap_or_else(|e| fail("create key", e));
+        create_key_in_trace(
+            &client,
+            name,
+            &format!("00-{trace_id}-00f067aa0ba902b7-{flags}"),
+        )
+        .await;
     }
     let status = tokio::time::timeout(EXIT_LIMIT, terminate(server.child))
         .await
         .unwrap_or_else(|_| fail("consentd", "did not exit"));
     assert_eq!(status.code(), Some(0));
-    let log = std::fs::read_to_string(&log_path).unwrap_or_else(|e| fail("read log", e));
-    let created: Vec<&str> = log
-        .lines()
-        .filter(|line| line.contains("API key created"))
-        .collect();
-    assert_eq!(created.len(), 2, "{log}");
+    let created = key_creation_lines(&log_path);
+    assert_eq!(created.len(), 2, "{created:?}");
     for line in created {
         assert!(line.contains(trace_id), "{line}");
     }
