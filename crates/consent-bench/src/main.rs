@@ -47,6 +47,8 @@ const PURPOSES: &[&str] = &[
 ];
 /// Alternating rounds of the empty RPC and the cached Check (one window in all for each).
 const ROUNDS: u32 = 3;
+/// Rounds of the telemetry comparison: even, so each server goes first as often.
+const TELEMETRY_ROUNDS: u32 = 4;
 
 /// Checks per CheckBatch.
 const BATCH: usize = 100;
@@ -84,6 +86,11 @@ struct Args {
     /// The control FIFO of `perf record --control=fifo:PATH -D -1 -p <bench pid>`.
     #[arg(long, requires = "profile_phase")]
     perf_control: Option<PathBuf>,
+    /// What the observed server of `check_observed` runs: everything `consentd` runs with an
+    /// OTLP endpoint (the figure), or a part of it, to see what each part costs; `nothing`
+    /// measures the method's own noise (two identical servers).
+    #[arg(long, value_enum, default_value_t = telemetry_cost::Variant::All)]
+    observed_with: telemetry_cost::Variant,
 }
 
 /// The phases `--profile-phase` can name.
@@ -746,7 +753,7 @@ async fn main() -> anyhow::Result<()> {
 
     // What production telemetry costs the cached Check: the same server with and without
     // it, each on a runtime of its own, in alternating rounds.
-    let telemetry = telemetry_cost::production().await?;
+    let telemetry = telemetry_cost::production(args.observed_with).await?;
     let plain = telemetry_cost::start(&url, None).await?;
     let observed = telemetry_cost::start(&url, Some(&telemetry)).await?;
     let plain_channels = connect(plain.addr, args.connections).await?;
@@ -754,16 +761,25 @@ async fn main() -> anyhow::Result<()> {
     warm_every_subject(&plain_channels, subjects, c).await?;
     warm_every_subject(&observed_channels, subjects, c).await?;
     let (mut unobserved, mut traced) = (Sample::default(), Sample::default());
-    for _ in 0..ROUNDS {
-        let round = window / ROUNDS;
-        unobserved.absorb(closed_loop(&plain_channels, c, round, check).await);
-        traced.absorb(
+    // Each server goes first in half of the rounds: the second of a pair ran measurably
+    // slower (two identical servers gave 0.95 when the plain one always went first).
+    for r in 0..TELEMETRY_ROUNDS {
+        let round = window / TELEMETRY_ROUNDS;
+        let plain_round = async { closed_loop(&plain_channels, c, round, check).await };
+        let observed_round = async {
             phase(
                 "check_observed",
                 closed_loop(&observed_channels, c, round, check),
             )
-            .await,
-        );
+            .await
+        };
+        if r % 2 == 0 {
+            unobserved.absorb(plain_round.await);
+            traced.absorb(observed_round.await);
+        } else {
+            traced.absorb(observed_round.await);
+            unobserved.absorb(plain_round.await);
+        }
     }
     errors += unobserved.errors + traced.errors;
     report.figure("check_unobserved_rps", unobserved.per_second());
@@ -849,10 +865,15 @@ async fn main() -> anyhow::Result<()> {
         0.95,
         false,
     );
-    report.notes.push(format!(
-        "check_observed: logs, metrics and spans as consentd runs them with an OTLP endpoint, sampling {} % of root spans (the Helm chart's default)",
-        telemetry_cost::SAMPLED * 100.0
-    ));
+    report.notes.push(match args.observed_with {
+        telemetry_cost::Variant::All => format!(
+            "check_observed: logs, metrics and spans as consentd runs them with an OTLP endpoint, sampling {} % of root spans (the Helm chart's default)",
+            telemetry_cost::SAMPLED * 100.0
+        ),
+        variant => format!(
+            "check_observed: only a part of the telemetry (--observed-with {variant:?}), not the figure"
+        ),
+    });
     report.ratio(
         "batch_vs_hashmap_decisions",
         "batch_decisions_per_s",

@@ -49,14 +49,27 @@ impl Drop for Isolated {
     }
 }
 
+/// What the observed server runs (`--observed-with`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Variant {
+    /// Logs, metrics and spans, as `consentd` runs with an OTLP endpoint (the figure).
+    All,
+    /// Logs and metrics, as `consentd` runs without an OTLP endpoint.
+    NoExport,
+    /// The metrics instruments only.
+    Metrics,
+    /// Nothing: two identical servers (the method's noise).
+    Nothing,
+}
+
 /// The telemetry of the observed server, and what it exported.
 pub struct Telemetry {
-    dispatch: tracing::Dispatch,
+    dispatch: Option<tracing::Dispatch>,
     sampler: SamplerSettings,
     _asks_every_time: tracing::Dispatch,
     metrics: Arc<Metrics>,
-    tracer: SdkTracerProvider,
-    _pipeline: MetricsPipeline,
+    tracer: Option<SdkTracerProvider>,
+    _pipeline: Option<MetricsPipeline>,
     spans: Arc<AtomicU64>,
     receiver: tokio::task::JoinHandle<()>,
 }
@@ -64,8 +77,9 @@ pub struct Telemetry {
 impl Telemetry {
     /// Flushes the queued spans; returns how many the receiver got in all.
     pub async fn finish(self) -> u64 {
-        let tracer = self.tracer;
-        let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+        if let Some(tracer) = self.tracer {
+            let _ = tokio::task::spawn_blocking(move || tracer.shutdown()).await;
+        }
         self.receiver.abort();
         self.spans.load(Ordering::Relaxed)
     }
@@ -93,8 +107,9 @@ impl TraceService for Receiver {
     }
 }
 
-/// Production telemetry exporting to a receiver on this runtime.
-pub async fn production() -> anyhow::Result<Telemetry> {
+/// Production telemetry exporting to a receiver on this runtime, or the part of it that
+/// `variant` names.
+pub async fn production(variant: Variant) -> anyhow::Result<Telemetry> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let receiver = Receiver::default();
@@ -114,18 +129,27 @@ pub async fn production() -> anyhow::Result<Telemetry> {
         },
         ..OtlpSettings::default()
     };
-    let tracer = consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
-        .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?;
+    let tracer = match variant {
+        Variant::All => Some(
+            consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
+                .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?,
+        ),
+        Variant::NoExport | Variant::Metrics | Variant::Nothing => None,
+    };
     let log = LogConfig {
         level: "info".into(),
         format: LogFormat::Json,
     };
-    let dispatch = tracing::Dispatch::new(consent_server::telemetry::subscriber(
-        &log,
-        Some(&tracer),
-        std::io::sink,
-    )?);
-    let pipeline = MetricsPipeline::start(&otlp, 100)?;
+    let dispatch = match variant {
+        Variant::All | Variant::NoExport => Some(tracing::Dispatch::new(
+            consent_server::telemetry::subscriber(&log, tracer.as_ref(), std::io::sink)?,
+        )),
+        Variant::Metrics | Variant::Nothing => None,
+    };
+    let pipeline = match variant {
+        Variant::Nothing => None,
+        _ => Some(MetricsPipeline::start(&otlp, 100)?),
+    };
     // `tracing` caches, per callsite, one interest for all dispatchers; consentd's
     // per-layer filters can leave it at "never" when their dispatcher is only a thread's
     // default (here) rather than the global one (in consentd). A second dispatcher
@@ -138,10 +162,17 @@ pub async fn production() -> anyhow::Result<Telemetry> {
         tracing_subscriber::filter::LevelFilter::INFO,
     ));
     Ok(Telemetry {
-        sampler: otlp.sampler,
+        // As consentd: without an exporter, only callers' traces make a span.
+        sampler: if tracer.is_some() {
+            otlp.sampler
+        } else {
+            SamplerSettings::none()
+        },
         _asks_every_time: asks_every_time,
         dispatch,
-        metrics: Arc::clone(&pipeline.metrics),
+        metrics: pipeline
+            .as_ref()
+            .map_or_else(Metrics::disabled, |p| Arc::clone(&p.metrics)),
         tracer,
         _pipeline: pipeline,
         spans,
@@ -154,8 +185,7 @@ pub async fn production() -> anyhow::Result<Telemetry> {
 pub async fn start(store_url: &str, telemetry: Option<&Telemetry>) -> anyhow::Result<Isolated> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(2).enable_all();
-    if let Some(telemetry) = telemetry {
-        let dispatch = telemetry.dispatch.clone();
+    if let Some(dispatch) = telemetry.and_then(|t| t.dispatch.clone()) {
         builder
             .on_thread_start(move || {
                 let guard = tracing::dispatcher::set_default(&dispatch);

@@ -471,7 +471,14 @@ where
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let filter = filter.and(never(&[QUIET_RPC_TARGET]));
+    // The most verbose level a layer takes: the subscriber-wide filter below passes no more,
+    // so callsites no layer wants (h2's many `trace` ones) stay off for good.
+    let wanted = filter.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let wanted = if tracer.is_some() {
+        wanted.max(LevelFilter::INFO)
+    } else {
+        wanted
+    };
     let logs = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -485,8 +492,12 @@ where
             .with_filter(filter)
             .boxed()
     };
-    let spans = tracer.map(|provider| {
-        tracing_opentelemetry::layer()
+    // A Vec, not an Option: a `None` layer made every span enabled (tracing-subscriber
+    // 0.3.23 lets an absent layer take what the filtered ones refuse), so without an
+    // exporter each quiet request got a span in the log layer (test below).
+    let mut layers = vec![logs];
+    if let Some(provider) = tracer {
+        let spans = tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("consentd"))
             // Per span, these would read the clock at each poll (busy/idle times) and attach
             // an OpenTelemetry context at each poll: measurable on a sub-millisecond Check,
@@ -496,8 +507,15 @@ where
             .with_location(false)
             .with_threads(false)
             .with_filter(LevelFilter::INFO.and(exported()))
-    });
-    Ok(tracing_subscriber::registry().with(logs).with(spans))
+            .boxed();
+        layers.push(spans);
+    }
+    // The quiet target is refused by a filter of the whole subscriber, not by the layers'
+    // own filters: with them alone, a span whose callsite asks at each call (another
+    // dispatcher exists, as in the benchmark) was still made (test below).
+    Ok(tracing_subscriber::registry()
+        .with(never(&[QUIET_RPC_TARGET]).with_default(wanted))
+        .with(layers))
 }
 
 /// The target of the span of a request whose span is exported ([`crate::observe`]); log
@@ -757,6 +775,43 @@ mod tests {
             !endpoint.contains("otel-secret") && endpoint.contains("collector:4317"),
             "{endpoint}"
         );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use super::*;
+
+    /// Whether a span of each rpc target is made under `subscriber` (the thread's default).
+    /// A second dispatcher interested in `info` exists, so `tracing` asks the thread's
+    /// dispatcher at each span instead of deciding once per callsite: the decision then does
+    /// not depend on which dispatchers other tests of this binary made.
+    fn made(tracer: Option<&SdkTracerProvider>) -> anyhow::Result<[bool; 3]> {
+        let log = LogConfig {
+            level: "info".into(),
+            format: LogFormat::Json,
+        };
+        let dispatch = tracing::Dispatch::new(subscriber(&log, tracer, std::io::sink)?);
+        let _another = tracing::Dispatch::new(tracing_subscriber::layer::SubscriberExt::with(
+            tracing_subscriber::registry(),
+            LevelFilter::INFO,
+        ));
+        tracing::callsite::rebuild_interest_cache();
+        Ok(tracing::dispatcher::with_default(&dispatch, || {
+            [
+                !tracing::info_span!(target: RPC_TARGET, "rpc").is_disabled(),
+                !tracing::info_span!(target: LOGGED_RPC_TARGET, "rpc").is_disabled(),
+                !tracing::info_span!(target: QUIET_RPC_TARGET, "rpc").is_disabled(),
+            ]
+        }))
+    }
+
+    #[test]
+    fn a_quiet_request_makes_no_span_with_or_without_an_exporter() -> anyhow::Result<()> {
+        let tracer = SdkTracerProvider::builder().build();
+        assert_eq!(made(Some(&tracer))?, [true, true, false]);
+        assert_eq!(made(None)?, [true, true, false]);
         Ok(())
     }
 }
