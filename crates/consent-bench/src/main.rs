@@ -91,6 +91,17 @@ struct Args {
     /// measures the method's own noise (two identical servers).
     #[arg(long, value_enum, default_value_t = telemetry_cost::Variant::All)]
     observed_with: telemetry_cost::Variant,
+    /// The share of root spans the observed server exports (`all` only), in [0, 1].
+    #[arg(long, default_value_t = telemetry_cost::SAMPLED, value_parser = share)]
+    observed_sampling: f64,
+}
+
+/// A share in [0, 1].
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{text}` is not a share between 0 and 1")),
+    }
 }
 
 /// The phases `--profile-phase` can name.
@@ -753,7 +764,7 @@ async fn main() -> anyhow::Result<()> {
 
     // What production telemetry costs the cached Check: the same server with and without
     // it, each on a runtime of its own, in alternating rounds.
-    let telemetry = telemetry_cost::production(args.observed_with).await?;
+    let telemetry = telemetry_cost::production(args.observed_with, args.observed_sampling).await?;
     let plain = telemetry_cost::start(&url, None).await?;
     let observed = telemetry_cost::start(&url, Some(&telemetry)).await?;
     let plain_channels = connect(plain.addr, args.connections).await?;
@@ -866,9 +877,13 @@ async fn main() -> anyhow::Result<()> {
         false,
     );
     report.notes.push(match args.observed_with {
-        telemetry_cost::Variant::All => format!(
+        telemetry_cost::Variant::All if args.observed_sampling == telemetry_cost::SAMPLED => format!(
             "check_observed: logs, metrics and spans as consentd runs them with an OTLP endpoint, sampling {} % of root spans (the Helm chart's default)",
             telemetry_cost::SAMPLED * 100.0
+        ),
+        telemetry_cost::Variant::All => format!(
+            "check_observed: sampling {} % of root spans (--observed-sampling), not the chart's default: not the figure",
+            args.observed_sampling * 100.0
         ),
         variant => format!(
             "check_observed: only a part of the telemetry (--observed-with {variant:?}), not the figure"

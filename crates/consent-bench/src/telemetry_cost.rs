@@ -22,7 +22,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-/// The share of root spans exported, as the Helm chart's `otel.samplerArg` sets it.
+/// The share of root spans exported, as the Helm chart's `otel.samplerArg` sets it (the
+/// default of `--observed-sampling`).
 pub const SAMPLED: f64 = 0.05;
 
 thread_local! {
@@ -109,7 +110,7 @@ impl TraceService for Receiver {
 
 /// Production telemetry exporting to a receiver on this runtime, or the part of it that
 /// `variant` names.
-pub async fn production(variant: Variant) -> anyhow::Result<Telemetry> {
+pub async fn production(variant: Variant, sampled: f64) -> anyhow::Result<Telemetry> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let receiver = Receiver::default();
@@ -121,11 +122,11 @@ pub async fn production(variant: Variant) -> anyhow::Result<Telemetry> {
             .await;
     });
     consent_server::telemetry::read_w3c_trace_context();
-    // The chart's sampler: callers' sampled traces whole, 5 % of the rest.
+    // The chart's sampler: callers' sampled traces whole, `sampled` of the rest.
     let otlp = OtlpSettings {
         sampler: SamplerSettings {
             parent_based: true,
-            root_ratio: SAMPLED,
+            root_ratio: sampled,
         },
         ..OtlpSettings::default()
     };
