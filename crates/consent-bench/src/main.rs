@@ -566,6 +566,11 @@ async fn connect(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<Grp
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args();
+    if argv.nth(1).as_deref() == Some(telemetry_cost::AS_CONSENTD) {
+        telemetry_cost::run_as_consentd(argv.collect()).await?;
+        return Ok(());
+    }
     let args = Args::parse();
     if let (Some(name), Some(fifo)) = (&args.profile_phase, &args.perf_control) {
         anyhow::ensure!(
@@ -798,6 +803,44 @@ async fn main() -> anyhow::Result<()> {
     drop((plain, observed));
     report.figure("spans_exported", telemetry.finish().await as f64);
 
+    // The same comparison between two `consentd` processes (this binary, `as-consentd`):
+    // each with its one global subscriber, as in production; both log and measure, one
+    // exports spans.
+    let (endpoint, process_spans, process_receiver) = telemetry_cost::receiver().await?;
+    let (plain_process_child, plain_addr) =
+        telemetry_cost::spawn_consentd(&url, dir.path(), None).await?;
+    let (exporting_process_child, exporting_addr) =
+        telemetry_cost::spawn_consentd(&url, dir.path(), Some((&endpoint, args.observed_sampling)))
+            .await?;
+    let plain_channels = connect(plain_addr, args.connections).await?;
+    let exporting_channels = connect(exporting_addr, args.connections).await?;
+    warm_every_subject(&plain_channels, subjects, c).await?;
+    warm_every_subject(&exporting_channels, subjects, c).await?;
+    let (mut plain_process, mut exporting_process) = (Sample::default(), Sample::default());
+    for r in 0..TELEMETRY_ROUNDS {
+        let round = window / TELEMETRY_ROUNDS;
+        if r % 2 == 0 {
+            plain_process.absorb(closed_loop(&plain_channels, c, round, check).await);
+            exporting_process.absorb(closed_loop(&exporting_channels, c, round, check).await);
+        } else {
+            exporting_process.absorb(closed_loop(&exporting_channels, c, round, check).await);
+            plain_process.absorb(closed_loop(&plain_channels, c, round, check).await);
+        }
+    }
+    errors += plain_process.errors + exporting_process.errors;
+    report.figure("check_consentd_rps", plain_process.per_second());
+    report.figure(
+        "check_consentd_exporting_rps",
+        exporting_process.per_second(),
+    );
+    telemetry_cost::stop_consentd(plain_process_child).await?;
+    telemetry_cost::stop_consentd(exporting_process_child).await?;
+    process_receiver.abort();
+    report.figure(
+        "spans_exported_by_consentd",
+        process_spans.load(std::sync::atomic::Ordering::Relaxed) as f64,
+    );
+
     match std::env::var(REDIS_VAR).ok().filter(|u| !u.is_empty()) {
         Some(redis_url) => {
             errors += redis_figures(&url, &redis_url, subjects, window, &args, &mut report)
@@ -873,6 +916,13 @@ async fn main() -> anyhow::Result<()> {
         "check_observed_vs_unobserved_rps",
         "check_observed_rps",
         "check_unobserved_rps",
+        0.95,
+        false,
+    );
+    report.ratio(
+        "check_consentd_exporting_vs_plain_rps",
+        "check_consentd_exporting_rps",
+        "check_consentd_rps",
         0.95,
         false,
     );

@@ -5,6 +5,10 @@
 //! to a sink) and the OpenTelemetry layer (batched OTLP/gRPC export to a receiver in this
 //! process) with the Helm chart's sampler (the callers' sampled traces, and [`SAMPLED`] of
 //! the rest), and the metrics instruments.
+//!
+//! The same comparison also runs between two `consentd` processes ([`spawn_consentd`]: this
+//! binary re-run with [`AS_CONSENTD`]), each with its one global subscriber as in production,
+//! one of them exporting.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -108,19 +112,25 @@ impl TraceService for Receiver {
     }
 }
 
-/// Production telemetry exporting to a receiver on this runtime, or the part of it that
-/// `variant` names.
-pub async fn production(variant: Variant, sampled: f64) -> anyhow::Result<Telemetry> {
+/// An OTLP trace receiver on this runtime: its endpoint, the count of spans it got, its task.
+pub async fn receiver() -> anyhow::Result<(String, Arc<AtomicU64>, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let receiver = Receiver::default();
     let spans = Arc::clone(&receiver.0);
-    let receiver = tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _ = tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
             .await;
     });
+    Ok((endpoint, spans, task))
+}
+
+/// Production telemetry exporting to a receiver on this runtime, or the part of it that
+/// `variant` names.
+pub async fn production(variant: Variant, sampled: f64) -> anyhow::Result<Telemetry> {
+    let (endpoint, spans, receiver) = receiver().await?;
     consent_server::telemetry::read_w3c_trace_context();
     // The chart's sampler: callers' sampled traces whole, `sampled` of the rest.
     let otlp = OtlpSettings {
@@ -237,4 +247,95 @@ pub async fn start(store_url: &str, telemetry: Option<&Telemetry>) -> anyhow::Re
         stop: Some(stop),
         runtime: Some(runtime),
     })
+}
+
+/// The argument that makes this binary run `consentd` instead of the bench (the processes
+/// of [`spawn_consentd`]).
+pub const AS_CONSENTD: &str = "as-consentd";
+
+/// Runs `consentd` with the rest of the command line, as its own `main` does (the bench
+/// binary in a child process: one global subscriber, as in production).
+pub async fn run_as_consentd(args: Vec<String>) -> anyhow::Result<std::process::ExitCode> {
+    let cli = <consent_server::cli::Cli as clap::Parser>::try_parse_from(
+        std::iter::once("consentd".to_owned()).chain(args),
+    )?;
+    consent_server::cli::run(cli).await
+}
+
+/// A `consentd` process serving `store_url` (in-process cache, JSON logs at `info` to
+/// nowhere, metrics), exporting spans to `otlp` with `sampled` of root spans when given.
+/// Killed when dropped.
+pub async fn spawn_consentd(
+    store_url: &str,
+    workdir: &std::path::Path,
+    otlp: Option<(&str, f64)>,
+) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    command
+        .args([
+            AS_CONSENTD,
+            "--listen",
+            "127.0.0.1:0",
+            "--store-url",
+            store_url,
+        ])
+        .arg("serve")
+        // No consentd.toml: the settings are these.
+        .current_dir(workdir)
+        .env_remove("CONSENT_CONFIG")
+        .env("CONSENT__CACHE__MODE", "memory")
+        .env("CONSENT__HTTP__LISTEN", "127.0.0.1:0")
+        .env("CONSENT__LOG__LEVEL", "info")
+        .env("CONSENT__LOG__FORMAT", "json")
+        .env("CONSENT__STORE__AUTO_MIGRATE", "false")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OTEL_") || name.starts_with("CONSENT__") {
+            command.env_remove(name);
+        }
+    }
+    if let Some((endpoint, sampled)) = otlp {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_METRICS_EXPORTER", "none")
+            .env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", sampled.to_string());
+    }
+    let mut child = command.spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout of the consentd process"))?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(addr) = line.strip_prefix("consentd listening on ") {
+            let addr = addr.trim().parse()?;
+            // Nothing more is read: later lines (none expected) must not block the child.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok((child, addr));
+        }
+    }
+    anyhow::bail!("the consentd process exited before listening")
+}
+
+/// Stops a [`spawn_consentd`] process as an orchestrator would (SIGTERM), so it flushes its
+/// spans; killed if it has not exited within 10 s.
+pub async fn stop_consentd(mut child: tokio::process::Child) -> anyhow::Result<()> {
+    if let Some(pid) = child.id() {
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await {
+        Ok(exit) => {
+            exit?;
+        }
+        Err(_) => child.kill().await?,
+    }
+    Ok(())
 }
