@@ -504,6 +504,41 @@ impl Report {
     }
 }
 
+/// `op` on a plain server and an observed one in [`TELEMETRY_ROUNDS`] closed-loop rounds
+/// sharing `window`, the observed ones as phase `observed_phase`. Each server goes first in
+/// half of the rounds: the second of a pair ran measurably slower (two identical servers
+/// gave 0.95 when the plain one always went first).
+async fn alternating_rounds<F, Fut>(
+    plain: &[GrpcChannel],
+    observed: &[GrpcChannel],
+    observed_phase: &str,
+    concurrency: usize,
+    window: Duration,
+    op: F,
+) -> (Sample, Sample)
+where
+    F: Fn(GrpcChannel, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send,
+{
+    let round = window / TELEMETRY_ROUNDS;
+    let (mut plain_sample, mut observed_sample) = (Sample::default(), Sample::default());
+    for r in 0..TELEMETRY_ROUNDS {
+        let plain_round = closed_loop(plain, concurrency, round, op.clone());
+        let observed_round = phase(
+            observed_phase,
+            closed_loop(observed, concurrency, round, op.clone()),
+        );
+        if r % 2 == 0 {
+            plain_sample.absorb(plain_round.await);
+            observed_sample.absorb(observed_round.await);
+        } else {
+            observed_sample.absorb(observed_round.await);
+            plain_sample.absorb(plain_round.await);
+        }
+    }
+    (plain_sample, observed_sample)
+}
+
 /// Checks every subject once (CheckBatch of [`BATCH`] subjects, `concurrency` in flight), so
 /// the cache holds the whole dataset (up to its limit) before anything is measured.
 async fn warm_every_subject(
@@ -776,27 +811,15 @@ async fn main() -> anyhow::Result<()> {
     let observed_channels = connect(observed.addr, args.connections).await?;
     warm_every_subject(&plain_channels, subjects, c).await?;
     warm_every_subject(&observed_channels, subjects, c).await?;
-    let (mut unobserved, mut traced) = (Sample::default(), Sample::default());
-    // Each server goes first in half of the rounds: the second of a pair ran measurably
-    // slower (two identical servers gave 0.95 when the plain one always went first).
-    for r in 0..TELEMETRY_ROUNDS {
-        let round = window / TELEMETRY_ROUNDS;
-        let plain_round = async { closed_loop(&plain_channels, c, round, check).await };
-        let observed_round = async {
-            phase(
-                "check_observed",
-                closed_loop(&observed_channels, c, round, check),
-            )
-            .await
-        };
-        if r % 2 == 0 {
-            unobserved.absorb(plain_round.await);
-            traced.absorb(observed_round.await);
-        } else {
-            traced.absorb(observed_round.await);
-            unobserved.absorb(plain_round.await);
-        }
-    }
+    let (unobserved, traced) = alternating_rounds(
+        &plain_channels,
+        &observed_channels,
+        "check_observed",
+        c,
+        window,
+        check,
+    )
+    .await;
     errors += unobserved.errors + traced.errors;
     report.figure("check_unobserved_rps", unobserved.per_second());
     report.figure("check_observed_rps", traced.per_second());
@@ -816,17 +839,15 @@ async fn main() -> anyhow::Result<()> {
     let exporting_channels = connect(exporting_addr, args.connections).await?;
     warm_every_subject(&plain_channels, subjects, c).await?;
     warm_every_subject(&exporting_channels, subjects, c).await?;
-    let (mut plain_process, mut exporting_process) = (Sample::default(), Sample::default());
-    for r in 0..TELEMETRY_ROUNDS {
-        let round = window / TELEMETRY_ROUNDS;
-        if r % 2 == 0 {
-            plain_process.absorb(closed_loop(&plain_channels, c, round, check).await);
-            exporting_process.absorb(closed_loop(&exporting_channels, c, round, check).await);
-        } else {
-            exporting_process.absorb(closed_loop(&exporting_channels, c, round, check).await);
-            plain_process.absorb(closed_loop(&plain_channels, c, round, check).await);
-        }
-    }
+    let (plain_process, exporting_process) = alternating_rounds(
+        &plain_channels,
+        &exporting_channels,
+        "check_consentd_exporting",
+        c,
+        window,
+        check,
+    )
+    .await;
     errors += plain_process.errors + exporting_process.errors;
     report.figure("check_consentd_rps", plain_process.per_second());
     report.figure(
