@@ -272,6 +272,13 @@ pub async fn spawn_consentd(
 ) -> anyhow::Result<(tokio::process::Child, std::net::SocketAddr)> {
     use tokio::io::AsyncBufReadExt as _;
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
+    // The bench's own OTEL_* and CONSENT__* variables must not reach it; removed before the
+    // settings below are set (a removal after them would drop them too).
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OTEL_") || name.starts_with("CONSENT__") {
+            command.env_remove(name);
+        }
+    }
     command
         .args([
             AS_CONSENTD,
@@ -293,11 +300,6 @@ pub async fn spawn_consentd(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("OTEL_") || name.starts_with("CONSENT__") {
-            command.env_remove(name);
-        }
-    }
     if let Some((endpoint, sampled)) = otlp {
         command
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
