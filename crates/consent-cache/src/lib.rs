@@ -784,6 +784,9 @@ impl CachedStore {
 // revision but no subject's consent state, so cached states stay right.
 consent_store::retention_store_proxy!(CachedStore);
 
+// Identity links are not cached yet: every resolution goes to the ledger.
+consent_store::identity_store_proxy!(CachedStore);
+
 impl CachedStore {
     fn inner(&self) -> &dyn Store {
         &*self.inner

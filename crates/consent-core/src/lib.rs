@@ -2,7 +2,8 @@
 //! become an allow/deny answer ([`decide()`]), how writes are validated and planned
 //! ([`commands`]), how the per-tenant hash chain links events ([`chain`]), the catalogue
 //! file format ([`catalog_file`]), and retention: which rule keeps an item, until when, and
-//! its status at a time ([`retention`]).
+//! its status at a time ([`retention`]), and the typed identities (cookie, phone, account...)
+//! a subject is found by ([`identity`]).
 //!
 //! Storage lives in `consent-store*`, gRPC in `consent-server`; both call into this crate and
 //! never the other way round.
@@ -13,6 +14,7 @@ pub mod chain;
 pub mod commands;
 pub mod decide;
 pub mod error;
+pub mod identity;
 pub mod model;
 pub mod redact;
 pub mod retention;

@@ -416,7 +416,9 @@ impl SubjectFlags {
             }
             RecordKind::DeletionAttested
             | RecordKind::ConsentExpired
-            | RecordKind::RetentionSweep => {}
+            | RecordKind::RetentionSweep
+            | RecordKind::IdentityLinked
+            | RecordKind::IdentityUnlinked => {}
         }
     }
 
@@ -560,6 +562,24 @@ impl Purpose {
 }
 
 string_enum! {
+    /// The kind of id a product knows a person by (see [`crate::identity`]).
+    IdentityType {
+        /// The product's account id (a logged-in person).
+        Account => "account",
+        /// A browser cookie id (often anonymous).
+        Cookie => "cookie",
+        /// A device or app installation id.
+        Device => "device",
+        /// A phone number (stored only as a keyed hash, after E.164 normalisation).
+        Phone => "phone",
+        /// An email address (stored only as a keyed hash, after lower-casing).
+        Email => "email",
+        /// Another system's id for the person (a CRM, a payment provider).
+        External => "external",
+    }
+}
+
+string_enum! {
     /// What a ledger record (an entry of the chain that is not a consent choice) attests.
     RecordKind {
         /// A product service deleted or anonymised a registered data item.
@@ -584,6 +604,11 @@ string_enum! {
         /// The subject was erased (Art. 17): its entries now carry a digest in place of its
         /// id, its evidence and details are deleted; the record's subject is that digest.
         SubjectErased => "subject_erased",
+        /// An identity (a typed alias) was linked to the subject; the detail names its type,
+        /// its keyed hash, and its value when the type is stored in clear.
+        IdentityLinked => "identity_linked",
+        /// An identity was unlinked from the subject (same detail).
+        IdentityUnlinked => "identity_unlinked",
     }
 }
 

@@ -112,7 +112,8 @@ enum_map!(RecordKind, LedgerRecordKind, record_kind_in, record_kind_out {
     RetentionSweep <=> RetentionSweep, ProcessingRestricted <=> ProcessingRestricted,
     RestrictionLifted <=> RestrictionLifted, Objected <=> Objected,
     ObjectionWithdrawn <=> ObjectionWithdrawn, GpcSet <=> GpcSet, GpcCleared <=> GpcCleared,
-    SubjectErased <=> SubjectErased,
+    SubjectErased <=> SubjectErased, IdentityLinked <=> IdentityLinked,
+    IdentityUnlinked <=> IdentityUnlinked,
 });
 
 /// A subject's flags to the wire.

@@ -23,6 +23,8 @@ use tokio::sync::watch;
 mod commits;
 mod errors;
 mod group;
+#[macro_use]
+mod identity;
 mod pg;
 mod retention;
 mod rows;

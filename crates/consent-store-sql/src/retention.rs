@@ -793,7 +793,7 @@ macro_rules! sql_retention_store {
                             .rows_affected();
                     }
                 }
-                for table in ["consent_state", "subject_flags"] {
+                for table in ["consent_state", "subject_flags", "subject_identities"] {
                     sqlx::query(&format!(
                         "DELETE FROM {table} WHERE tenant_id = $1 AND subject_id = $2"
                     ))
@@ -1534,6 +1534,14 @@ mod on_sqlite {
         event_columns_lean = crate::sqlite::EVENT_COLUMNS_WITHOUT_EVIDENCE,
         event_from_row = crate::sqlite::event_from_row,
     );
+
+    sql_identity_store!(
+        crate::SqliteStore,
+        sqlx::Sqlite,
+        writer = writer,
+        reader = reader,
+        from_db = from_micros,
+    );
 }
 
 /// PostgreSQL: `timestamptz`; retention writes of a tenant take a transaction advisory lock.
@@ -1556,5 +1564,13 @@ mod on_postgres {
         event_columns = crate::pg::EVENT_COLUMNS,
         event_columns_lean = crate::pg::EVENT_COLUMNS_WITHOUT_EVIDENCE,
         event_from_row = crate::pg::event_from_row,
+    );
+
+    sql_identity_store!(
+        crate::PgStore,
+        sqlx::Postgres,
+        writer = pool,
+        reader = pool,
+        from_db = crate::rows::from_pg_time,
     );
 }

@@ -20,6 +20,7 @@ use crate::{
     AppendOutcome, CacheFence, Consistency, EventQuery, FenceRecord, Store, verify_ledger,
 };
 
+pub use crate::conformance_identity::*;
 pub use crate::conformance_retention::*;
 pub use crate::conformance_snapshot::*;
 
@@ -89,6 +90,10 @@ macro_rules! store_conformance_suite {
             erasure_keeps_the_chain_and_refuses_the_subject,
             a_snapshot_scan_reads_every_subject_at_one_revision,
             a_subject_erased_during_a_scan_is_left_out,
+            an_identity_links_to_one_subject_with_a_ledger_record,
+            unlinking_frees_an_identity,
+            identities_are_tenant_scoped,
+            erasure_drops_the_subjects_identities,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

@@ -22,13 +22,16 @@ use consent_core::{
 
 pub mod breaker;
 pub mod conformance;
+mod conformance_identity;
 mod conformance_retention;
 mod conformance_snapshot;
 pub mod counting;
+pub mod identity;
 mod proxy;
 pub mod retention;
 pub mod snapshot;
 
+pub use identity::{IdentityStore, LinkOutcome, NewLink, StoredIdentity};
 pub use retention::{
     Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,
     StoredHold, StoredItem, SweepMark,
@@ -408,10 +411,10 @@ pub trait AccessStore: Send + Sync {
     async fn revoke_api_key(&self, tenant_id: &str, key_id: &str, at: Timestamp) -> Result<ApiKey>;
 }
 
-/// A full store: catalogue, ledger, tenants and keys, retention.
-pub trait Store: CatalogStore + LedgerStore + AccessStore + RetentionStore {}
+/// A full store: catalogue, ledger, tenants and keys, retention, identities.
+pub trait Store: CatalogStore + LedgerStore + AccessStore + RetentionStore + IdentityStore {}
 
-impl<T: CatalogStore + LedgerStore + AccessStore + RetentionStore> Store for T {}
+impl<T: CatalogStore + LedgerStore + AccessStore + RetentionStore + IdentityStore> Store for T {}
 
 /// Events and records matching `query`, merged in revision order, at most `query.limit`
 /// entries: what `ListEvents`, `Watch` and verification read. Both kinds are read with the

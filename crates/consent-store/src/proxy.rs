@@ -8,13 +8,15 @@
 //! `fn inner(&self) -> &dyn Store` and
 //! `async fn around<T: Send>(&self, method: &'static str, call: impl Future<Output = Result<T>> + Send) -> Result<T>`.
 
-/// Implements `CatalogStore`, `LedgerStore`, `AccessStore` and `RetentionStore` for `$proxy`
+/// Implements `CatalogStore`, `LedgerStore`, `AccessStore`, `RetentionStore` and
+/// `IdentityStore` for `$proxy`
 /// by calling `self.around(method_name, self.inner().method(...))`. `subscribe` passes
 /// straight through.
 #[macro_export]
 macro_rules! store_proxy {
     ($proxy:ty) => {
         $crate::retention_store_proxy!($proxy);
+        $crate::identity_store_proxy!($proxy);
 
         #[async_trait::async_trait]
         impl $crate::CatalogStore for $proxy {
@@ -448,6 +450,69 @@ macro_rules! retention_store_proxy {
                 self.around(
                     "retention_counts",
                     self.inner().retention_counts(tenant, now, overdue_by),
+                )
+                .await
+            }
+        }
+    };
+}
+
+/// Implements `IdentityStore` for `$proxy` as [`store_proxy!`](crate::store_proxy) does; on
+/// its own for layers that implement the other traits themselves.
+#[macro_export]
+macro_rules! identity_store_proxy {
+    ($proxy:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::IdentityStore for $proxy {
+            async fn link_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                link: &$crate::NewLink,
+                record: consent_core::NewRecord,
+                fence: $crate::CacheFence,
+            ) -> consent_core::Result<$crate::LinkOutcome> {
+                self.around(
+                    "link_identity",
+                    self.inner()
+                        .link_identity(tenant, subject_id, link, record, fence),
+                )
+                .await
+            }
+            async fn unlink_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                alias: &consent_core::identity::AliasKey,
+                record: consent_core::NewRecord,
+                fence: $crate::CacheFence,
+            ) -> consent_core::Result<$crate::LinkOutcome> {
+                self.around(
+                    "unlink_identity",
+                    self.inner()
+                        .unlink_identity(tenant, subject_id, alias, record, fence),
+                )
+                .await
+            }
+            async fn resolve_identity(
+                &self,
+                tenant: &str,
+                alias: &consent_core::identity::AliasKey,
+            ) -> consent_core::Result<Option<$crate::StoredIdentity>> {
+                self.around(
+                    "resolve_identity",
+                    self.inner().resolve_identity(tenant, alias),
+                )
+                .await
+            }
+            async fn list_identities(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+            ) -> consent_core::Result<Vec<$crate::StoredIdentity>> {
+                self.around(
+                    "list_identities",
+                    self.inner().list_identities(tenant, subject_id),
                 )
                 .await
             }

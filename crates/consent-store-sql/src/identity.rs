@@ -1,0 +1,216 @@
+//! `IdentityStore` on SQL: the `subject_identities` table, written with its ledger records.
+
+/// Implements `IdentityStore` for `$store`. Expanded in the module of the backend's
+/// `sql_retention_store!`, whose helpers it uses (`lock_head`, `append_after`,
+/// `fence_and_commit`, `has_marker`, `erased_error`, `time`). `from_db` turns a stored time
+/// back into a `Timestamp`.
+macro_rules! sql_identity_store {
+    ($store:ty, $db:ty, writer = $writer:ident, reader = $reader:ident, from_db = $from_db:path $(,)?) => {
+        const IDENTITY_COLUMNS: &str =
+            "alias_key, identity_type, value, subject_id, revision, linked_at";
+
+        fn identity_from_row(
+            row: &<$db as sqlx::Database>::Row,
+        ) -> Result<consent_store::StoredIdentity> {
+            let alias: Vec<u8> = row.try_get(0).map_err(db)?;
+            let kind: String = row.try_get(1).map_err(db)?;
+            Ok(consent_store::StoredIdentity {
+                link: consent_store::NewLink {
+                    alias: consent_core::identity::AliasKey(hash32(
+                        &alias,
+                        "subject_identities.alias_key",
+                    )?),
+                    kind: parse(&kind, "subject_identities.identity_type")?,
+                    value: row.try_get(2).map_err(db)?,
+                },
+                subject_id: row.try_get(3).map_err(db)?,
+                revision: row.try_get(4).map_err(db)?,
+                linked_at: $from_db(row.try_get(5).map_err(db)?)?,
+            })
+        }
+
+        /// The link of `alias` in `tx`, if any.
+        async fn identity_in(
+            tx: &mut Tx,
+            tenant: &str,
+            alias: &consent_core::identity::AliasKey,
+        ) -> Result<Option<consent_store::StoredIdentity>> {
+            let row = sqlx::query(&format!(
+                "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
+                 WHERE tenant_id = $1 AND alias_key = $2"
+            ))
+            .bind(tenant)
+            .bind(alias.0.as_slice())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            row.as_ref().map(identity_from_row).transpose()
+        }
+
+        /// Refuses a record that is not `kind` about `subject_id` (a caller's bug).
+        fn identity_record_is(record: &NewRecord, kind: RecordKind, subject_id: &str) -> Result<()> {
+            if record.kind != kind || record.subject_id != subject_id {
+                return Err(ConsentError::Internal(format!(
+                    "a {} record of subject `{}` is not an {kind} record of `{subject_id}`",
+                    record.kind, record.subject_id
+                )));
+            }
+            Ok(())
+        }
+
+        #[async_trait]
+        impl consent_store::IdentityStore for $store {
+            async fn link_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                link: &consent_store::NewLink,
+                record: NewRecord,
+                fence: CacheFence,
+            ) -> Result<consent_store::LinkOutcome> {
+                identity_record_is(&record, RecordKind::IdentityLinked, subject_id)?;
+                let now = Timestamp::now();
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                // The head first, as every ledger write: links of one alias serialise on it.
+                let locked = lock_head(&mut tx, tenant, now).await?;
+                if let Some(id) = locked.erased_lookup(subject_id)
+                    && has_marker(&mut tx, tenant, &id).await?
+                {
+                    return Err(erased_error(subject_id));
+                }
+                if let Some(existing) = identity_in(&mut tx, tenant, &link.alias).await? {
+                    tx.rollback().await.map_err(db)?;
+                    if existing.subject_id == subject_id {
+                        return Ok(consent_store::LinkOutcome {
+                            record: None,
+                            identity: existing,
+                            revision: locked.head.revision,
+                        });
+                    }
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "the {} identity is already linked to subject `{}`: unlink it there first, or link with merge to merge the two subjects",
+                        existing.link.kind, existing.subject_id
+                    )));
+                }
+                let mut sealed = append_after(&mut tx, tenant, &locked, vec![record], now).await?;
+                let Some(sealed) = sealed.pop() else {
+                    return Err(ConsentError::Internal(
+                        "the link record was not appended".into(),
+                    ));
+                };
+                let identity = consent_store::StoredIdentity {
+                    link: link.clone(),
+                    subject_id: subject_id.to_owned(),
+                    revision: sealed.revision,
+                    linked_at: sealed.recorded_at,
+                };
+                sqlx::query(&format!(
+                    "INSERT INTO subject_identities (tenant_id, {IDENTITY_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ))
+                .bind(tenant)
+                .bind(link.alias.0.as_slice())
+                .bind(link.kind.as_str())
+                .bind(link.value.as_deref())
+                .bind(subject_id)
+                .bind(sealed.revision)
+                .bind(time(sealed.recorded_at)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                let revision = sealed.revision;
+                fence_and_commit(tx, tenant, revision, fence).await?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(consent_store::LinkOutcome {
+                    record: Some(sealed),
+                    identity,
+                    revision,
+                })
+            }
+
+            async fn unlink_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                alias: &consent_core::identity::AliasKey,
+                record: NewRecord,
+                fence: CacheFence,
+            ) -> Result<consent_store::LinkOutcome> {
+                identity_record_is(&record, RecordKind::IdentityUnlinked, subject_id)?;
+                let now = Timestamp::now();
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                let locked = lock_head(&mut tx, tenant, now).await?;
+                let existing = identity_in(&mut tx, tenant, alias)
+                    .await?
+                    .filter(|i| i.subject_id == subject_id);
+                let Some(existing) = existing else {
+                    tx.rollback().await.map_err(db)?;
+                    return Err(ConsentError::not_found(
+                        "identity linked to subject",
+                        subject_id,
+                    ));
+                };
+                let mut sealed = append_after(&mut tx, tenant, &locked, vec![record], now).await?;
+                let Some(sealed) = sealed.pop() else {
+                    return Err(ConsentError::Internal(
+                        "the unlink record was not appended".into(),
+                    ));
+                };
+                sqlx::query("DELETE FROM subject_identities WHERE tenant_id = $1 AND alias_key = $2")
+                    .bind(tenant)
+                    .bind(alias.0.as_slice())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                let revision = sealed.revision;
+                fence_and_commit(tx, tenant, revision, fence).await?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(consent_store::LinkOutcome {
+                    record: Some(sealed),
+                    identity: existing,
+                    revision,
+                })
+            }
+
+            async fn resolve_identity(
+                &self,
+                tenant: &str,
+                alias: &consent_core::identity::AliasKey,
+            ) -> Result<Option<consent_store::StoredIdentity>> {
+                let row = sqlx::query(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
+                     WHERE tenant_id = $1 AND alias_key = $2"
+                ))
+                .bind(tenant)
+                .bind(alias.0.as_slice())
+                .fetch_optional(self.$reader())
+                .await
+                .map_err(db)?;
+                row.as_ref().map(identity_from_row).transpose()
+            }
+
+            async fn list_identities(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+            ) -> Result<Vec<consent_store::StoredIdentity>> {
+                let rows = sqlx::query(&format!(
+                    "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
+                     WHERE tenant_id = $1 AND subject_id = $2 ORDER BY revision"
+                ))
+                .bind(tenant)
+                .bind(subject_id)
+                .fetch_all(self.$reader())
+                .await
+                .map_err(db)?;
+                rows.iter().map(identity_from_row).collect()
+            }
+        }
+    };
+}

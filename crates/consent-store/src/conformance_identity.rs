@@ -1,0 +1,270 @@
+//! Conformance cases for [`crate::IdentityStore`]: links, unlinks, resolution, tenant scope
+//! and erasure (part of [`crate::conformance`]).
+
+use std::sync::Arc;
+
+use consent_core::commands::new_event_id;
+use consent_core::identity::{AliasKey, Identity, IdentityKey};
+use consent_core::{ConsentError, Decision, IdentityType, NewRecord, RecordKind};
+
+use crate::conformance::{append, day, event, ok, tenant};
+use crate::{CacheFence, EventQuery, NewLink, Store, verify_ledger};
+
+/// The link of `value` (of type `kind`) under the tenant's own identity key (which exists
+/// once the tenant has written to its ledger).
+async fn link_of(store: &Arc<dyn Store>, t: &str, kind: IdentityType, value: &str) -> NewLink {
+    let key = ok(store.chain_key(t).await);
+    let Some(key) = IdentityKey::of(&key) else {
+        panic!("tenant {t} has no subject key after a write");
+    };
+    let identity = Identity::parse(kind, value).unwrap_or_else(|e| panic!("{value}: {e}"));
+    NewLink {
+        alias: key.alias_key(&identity),
+        kind,
+        value: identity.stored_value().map(str::to_owned),
+    }
+}
+
+fn identity_record(kind: RecordKind, subject: &str, link: &NewLink) -> NewRecord {
+    let mut detail = std::collections::BTreeMap::from([
+        ("identity_type".to_owned(), link.kind.as_str().to_owned()),
+        ("alias_sha256".to_owned(), link.alias.to_hex()),
+    ]);
+    if let Some(value) = &link.value {
+        detail.insert("value".to_owned(), value.clone());
+    }
+    NewRecord {
+        id: new_event_id(),
+        kind,
+        subject_id: subject.into(),
+        purpose_id: String::new(),
+        at: day(2),
+        detail,
+        actor_key_id: "key-1".into(),
+    }
+}
+
+async fn link(
+    store: &Arc<dyn Store>,
+    t: &str,
+    subject: &str,
+    link: &NewLink,
+) -> consent_core::Result<crate::LinkOutcome> {
+    store
+        .link_identity(
+            t,
+            subject,
+            link,
+            identity_record(RecordKind::IdentityLinked, subject, link),
+            CacheFence::None,
+        )
+        .await
+}
+
+async fn unlink(
+    store: &Arc<dyn Store>,
+    t: &str,
+    subject: &str,
+    link: &NewLink,
+) -> consent_core::Result<crate::LinkOutcome> {
+    store
+        .unlink_identity(
+            t,
+            subject,
+            &link.alias,
+            identity_record(RecordKind::IdentityUnlinked, subject, link),
+            CacheFence::None,
+        )
+        .await
+}
+
+async fn records_of(store: &Arc<dyn Store>, t: &str) -> Vec<crate::StoredRecord> {
+    let query = EventQuery {
+        limit: 1000,
+        ..EventQuery::default()
+    };
+    ok(store.list_records(t, &query).await)
+}
+
+/// A link is a ledger record in the tenant's chain; a retry writes nothing; an identity
+/// linked to one subject cannot be linked to another; a phone number is stored only as its
+/// keyed hash.
+pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
+    assert_eq!(phone.value, None);
+    let cookie = link_of(store, &t, IdentityType::Cookie, "ck-9").await;
+
+    let first = ok(link(store, &t, "acct-1", &phone).await);
+    let Some(record) = &first.record else {
+        panic!("the first link wrote no record");
+    };
+    assert_eq!(record.record.kind, RecordKind::IdentityLinked);
+    assert_eq!(record.revision, first.revision);
+    assert_eq!(first.identity.subject_id, "acct-1");
+    assert_eq!(first.identity.revision, first.revision);
+    let second = ok(link(store, &t, "acct-1", &cookie).await);
+    assert_eq!(second.revision, first.revision + 1);
+
+    // A retry: nothing written, the same link.
+    let retry = ok(link(store, &t, "acct-1", &phone).await);
+    assert_eq!(retry.record, None);
+    assert_eq!(retry.revision, second.revision);
+    assert_eq!(retry.identity, first.identity);
+
+    // Another subject may not take it.
+    match link(store, &t, "acct-2", &phone).await {
+        Err(ConsentError::FailedPrecondition(msg)) => {
+            assert!(msg.contains("acct-1"), "{msg}");
+            assert!(!msg.contains("470"), "the message shows the number: {msg}");
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+
+    let resolved = ok(store.resolve_identity(&t, &phone.alias).await);
+    assert_eq!(resolved.as_ref(), Some(&first.identity));
+    let listed = ok(store.list_identities(&t, "acct-1").await);
+    assert_eq!(
+        listed,
+        vec![first.identity.clone(), second.identity.clone()]
+    );
+    assert_eq!(listed[1].link.value.as_deref(), Some("ck-9"));
+    assert!(ok(store.list_identities(&t, "acct-2").await).is_empty());
+    assert_eq!(
+        ok(store.resolve_identity(&t, &AliasKey([0; 32])).await),
+        None
+    );
+
+    let kinds: Vec<RecordKind> = records_of(store, &t)
+        .await
+        .iter()
+        .map(|r| r.record.record.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [RecordKind::IdentityLinked, RecordKind::IdentityLinked]
+    );
+    let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(head.revision, second.revision);
+}
+
+/// An unlink is a record too, frees the identity for another subject, and is `NotFound`
+/// for an identity not linked to the subject named.
+pub async fn unlinking_frees_an_identity(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    let email = link_of(store, &t, IdentityType::Email, "Someone@Example.com").await;
+    ok(link(store, &t, "acct-1", &email).await);
+    match unlink(store, &t, "acct-2", &email).await {
+        Err(ConsentError::NotFound { id, .. }) => assert_eq!(id, "acct-2"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    let unlinked = ok(unlink(store, &t, "acct-1", &email).await);
+    assert!(unlinked.record.is_some());
+    assert_eq!(unlinked.identity.subject_id, "acct-1");
+    assert_eq!(ok(store.resolve_identity(&t, &email.alias).await), None);
+    assert!(ok(store.list_identities(&t, "acct-1").await).is_empty());
+    assert!(matches!(
+        unlink(store, &t, "acct-1", &email).await,
+        Err(ConsentError::NotFound { .. })
+    ));
+    let relinked = ok(link(store, &t, "acct-2", &email).await);
+    assert_eq!(relinked.identity.subject_id, "acct-2");
+    let kinds: Vec<RecordKind> = records_of(store, &t)
+        .await
+        .iter()
+        .map(|r| r.record.record.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            RecordKind::IdentityLinked,
+            RecordKind::IdentityUnlinked,
+            RecordKind::IdentityLinked
+        ]
+    );
+    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+}
+
+/// One tenant's links are invisible to another, even for the same alias key.
+pub async fn identities_are_tenant_scoped(store: &Arc<dyn Store>) {
+    let (a, b) = (tenant(), tenant());
+    for t in [&a, &b] {
+        append(
+            store,
+            t,
+            vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+        )
+        .await;
+    }
+    let cookie = link_of(store, &a, IdentityType::Cookie, "ck-1").await;
+    ok(link(store, &a, "acct-1", &cookie).await);
+    assert_eq!(ok(store.resolve_identity(&b, &cookie.alias).await), None);
+    assert!(ok(store.list_identities(&b, "acct-1").await).is_empty());
+    assert!(matches!(
+        unlink(store, &b, "acct-1", &cookie).await,
+        Err(ConsentError::NotFound { .. })
+    ));
+    // The same key in the other tenant links to its own subject.
+    ok(link(store, &b, "acct-9", &cookie).await);
+    let in_a = ok(store.resolve_identity(&a, &cookie.alias).await);
+    assert_eq!(in_a.map(|i| i.subject_id).as_deref(), Some("acct-1"));
+}
+
+/// Erasing a subject drops its links (the identities resolve to nothing), keeps the chain
+/// whole, and refuses new links for it.
+pub async fn erasure_drops_the_subjects_identities(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
+    let device = link_of(store, &t, IdentityType::Device, "dev-1").await;
+    ok(link(store, &t, "acct-1", &phone).await);
+    ok(link(store, &t, "acct-1", &device).await);
+    let erasure = NewRecord {
+        id: new_event_id(),
+        kind: RecordKind::SubjectErased,
+        subject_id: String::new(),
+        purpose_id: String::new(),
+        at: day(3),
+        detail: [("reason".to_owned(), "request".to_owned())].into(),
+        actor_key_id: "key-1".into(),
+    };
+    ok(store
+        .erase_subject(&t, "acct-1", erasure, CacheFence::None)
+        .await);
+    assert_eq!(ok(store.resolve_identity(&t, &phone.alias).await), None);
+    assert_eq!(ok(store.resolve_identity(&t, &device.alias).await), None);
+    assert!(ok(store.list_identities(&t, "acct-1").await).is_empty());
+    // The link records lost their subject and detail like every entry of the subject.
+    for record in records_of(store, &t).await {
+        assert_ne!(record.record.record.subject_id, "acct-1");
+        assert!(
+            !record.record.record.detail.values().any(|v| v == "dev-1"),
+            "{record:?}"
+        );
+    }
+    assert!(matches!(
+        link(store, &t, "acct-1", &device).await,
+        Err(ConsentError::FailedPrecondition(_))
+    ));
+    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+}

@@ -1,0 +1,84 @@
+//! Storage of subject identities: which typed alias is linked to which subject (see
+//! [`consent_core::identity`] for how an identity becomes its alias key).
+
+use async_trait::async_trait;
+use consent_core::identity::AliasKey;
+use consent_core::{IdentityType, LedgerRecord, NewRecord, Result, Revision, Timestamp};
+
+use crate::CacheFence;
+
+/// An identity to link: its alias key, type, and value when the type is kept in clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewLink {
+    /// The keyed hash it is found by.
+    pub alias: AliasKey,
+    /// Its type.
+    pub kind: IdentityType,
+    /// The normalised value for the opaque types; `None` for phone numbers and emails.
+    pub value: Option<String>,
+}
+
+/// A linked identity as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredIdentity {
+    /// What was linked.
+    pub link: NewLink,
+    /// The subject it is linked to.
+    pub subject_id: String,
+    /// The revision of the ledger record that linked it.
+    pub revision: Revision,
+    /// When the ledger linked it.
+    pub linked_at: Timestamp,
+}
+
+/// What a link or unlink did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkOutcome {
+    /// The ledger record written; `None` when the identity was already linked to the subject
+    /// (a retry: nothing written).
+    pub record: Option<LedgerRecord>,
+    /// The link as it now stands (as it stood, for an unlink).
+    pub identity: StoredIdentity,
+    /// The tenant revision after the write (the head, when nothing was written).
+    pub revision: Revision,
+}
+
+/// The links of identities to subjects, written with their ledger records.
+#[async_trait]
+pub trait IdentityStore: Send + Sync {
+    /// Links `link` to `subject_id` and appends `record` (kind `IdentityLinked`, about
+    /// `subject_id`) in one transaction after the tenant's head, fencing as
+    /// [`crate::LedgerStore::append`] does. Already linked to `subject_id`: writes nothing.
+    /// Linked to another subject: `FailedPrecondition` naming it. The subject erased:
+    /// `FailedPrecondition`.
+    async fn link_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        link: &NewLink,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<LinkOutcome>;
+
+    /// Unlinks the identity `alias` from `subject_id` and appends `record` (kind
+    /// `IdentityUnlinked`) in one transaction, fencing likewise. `NotFound` when it is not
+    /// linked to `subject_id`.
+    async fn unlink_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        alias: &AliasKey,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<LinkOutcome>;
+
+    /// The link of `alias`, if it is linked.
+    async fn resolve_identity(
+        &self,
+        tenant: &str,
+        alias: &AliasKey,
+    ) -> Result<Option<StoredIdentity>>;
+
+    /// The identities linked to `subject_id`, in the order they were linked.
+    async fn list_identities(&self, tenant: &str, subject_id: &str) -> Result<Vec<StoredIdentity>>;
+}
