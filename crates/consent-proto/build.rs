@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "consent/v1/admin_service.proto",
         "consent/v1/retention_service.proto",
         "consent/v1/subject_rights_service.proto",
+        "consent/v1/identity_service.proto",
     ];
     for file in &files {
         println!("cargo:rerun-if-changed={}", root.join(file).display());

@@ -111,6 +111,11 @@ impl TestServer {
         server
     }
 
+    /// The store URL the server runs on (a SQLite file, or a scratch PostgreSQL database).
+    pub fn store_url(&self) -> &str {
+        &self.url
+    }
+
     /// Creates `tenant` (if new) and a key for it with `scopes`, in the store directly, as
     /// `consentd keys create` does; returns a client that sends the key.
     pub async fn client_for(&self, tenant: &str, scopes: &[Scope]) -> ConsentClient {

@@ -405,7 +405,14 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
         (client.consent(), client.catalog(), client.admin());
     let mut retention = client.retention();
     let mut rights = client.rights();
+    let mut identities = client.identities();
     let subject = || "subject".to_string();
+    let cookie = || {
+        Some(pb::Identity {
+            r#type: pb::IdentityType::Cookie.into(),
+            value: "ck-1".into(),
+        })
+    };
     match method.rsplit('/').next().unwrap_or_default() {
         "RecordConsent" => code(
             consent
@@ -573,6 +580,36 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
         "EraseSubject" => code(
             rights
                 .erase_subject(pb::EraseSubjectRequest::default())
+                .await,
+        ),
+        "LinkIdentity" => code(
+            identities
+                .link_identity(pb::LinkIdentityRequest {
+                    subject_id: subject(),
+                    identity: cookie(),
+                    evidence: None,
+                })
+                .await,
+        ),
+        "UnlinkIdentity" => code(
+            identities
+                .unlink_identity(pb::UnlinkIdentityRequest {
+                    subject_id: subject(),
+                    identity: cookie(),
+                    evidence: None,
+                })
+                .await,
+        ),
+        "ResolveIdentity" => code(
+            identities
+                .resolve_identity(pb::ResolveIdentityRequest { identity: cookie() })
+                .await,
+        ),
+        "ListIdentities" => code(
+            identities
+                .list_identities(pb::ListIdentitiesRequest {
+                    subject_id: subject(),
+                })
                 .await,
         ),
         "VerifyLedger" => code(admin.verify_ledger(pb::VerifyLedgerRequest {}).await),

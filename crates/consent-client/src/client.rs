@@ -6,6 +6,7 @@ use consent_proto::v1 as pb;
 use consent_proto::v1::admin_service_client::AdminServiceClient;
 use consent_proto::v1::catalog_service_client::CatalogServiceClient;
 use consent_proto::v1::consent_service_client::ConsentServiceClient;
+use consent_proto::v1::identity_service_client::IdentityServiceClient;
 use consent_proto::v1::retention_service_client::RetentionServiceClient;
 use consent_proto::v1::subject_rights_service_client::SubjectRightsServiceClient;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -312,6 +313,13 @@ impl ConsentClient {
     /// The generated `consent.v1.SubjectRightsService` client.
     pub fn rights(&self) -> SubjectRightsServiceClient<Transport> {
         SubjectRightsServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
+    }
+
+    /// The generated `consent.v1.IdentityService` client: link a person's cookies, devices,
+    /// phone numbers and accounts to one subject; every consent RPC then takes an
+    /// `identity` in place of a `subject_id`.
+    pub fn identities(&self) -> IdentityServiceClient<Transport> {
+        IdentityServiceClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     /// The generated `consent.v1.AdminService` client.

@@ -117,10 +117,10 @@ impl ConsentClient {
         let head = self
             .get_subject_state(pb::GetSubjectStateRequest {
                 subject_id: "consent-sdk-local-cache-probe".into(),
-                at: None,
                 consistency: Some(pb::Consistency {
                     requirement: Some(Requirement::FullyConsistent(true)),
                 }),
+                ..Default::default()
             })
             .await?
             .revision;

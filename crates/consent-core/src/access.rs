@@ -31,6 +31,10 @@ pub enum Scope {
     RightsWrite,
     /// Export everything held about a subject (Art. 15/20).
     RightsRead,
+    /// Link and unlink identities (cookies, phone numbers, accounts) to subjects.
+    IdentityWrite,
+    /// Resolve identities and list a subject's identities.
+    IdentityRead,
     /// Manage API keys and verify the ledger of the key's tenant.
     Admin,
 }
@@ -45,6 +49,8 @@ impl Scope {
         Scope::RetentionWrite,
         Scope::RightsWrite,
         Scope::RightsRead,
+        Scope::IdentityWrite,
+        Scope::IdentityRead,
         Scope::Admin,
     ];
 
@@ -58,6 +64,8 @@ impl Scope {
             Scope::RetentionWrite => "retention:write",
             Scope::RightsWrite => "rights:write",
             Scope::RightsRead => "rights:read",
+            Scope::IdentityWrite => "identity:write",
+            Scope::IdentityRead => "identity:read",
             Scope::Admin => "admin",
         }
     }

@@ -246,6 +246,15 @@ impl std::fmt::Debug for AliasKey {
     }
 }
 
+/// How a request names the person: by subject id, or by one of their identities.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum SubjectRef {
+    /// A subject id, used as is.
+    Id(String),
+    /// An identity: the subject it is linked to, or its implicit subject.
+    Identity(Identity),
+}
+
 /// The subject an identity never linked resolves to: `alias:` and the hex alias key.
 pub fn implicit_subject_id(alias: &AliasKey) -> String {
     format!("{IMPLICIT_SUBJECT_PREFIX}{}", alias.to_hex())

@@ -79,6 +79,16 @@ impl Violations {
         Violations::default()
     }
 
+    /// How many violations were recorded so far (to tell whether one check added any).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Records a violation.
     pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
         self.0.push(FieldViolation::new(field, description));

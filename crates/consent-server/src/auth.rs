@@ -147,6 +147,22 @@ pub const METHOD_SCOPES: &[(&str, Scope)] = &[
         "/consent.v1.SubjectRightsService/EraseSubject",
         Scope::RightsWrite,
     ),
+    (
+        "/consent.v1.IdentityService/LinkIdentity",
+        Scope::IdentityWrite,
+    ),
+    (
+        "/consent.v1.IdentityService/UnlinkIdentity",
+        Scope::IdentityWrite,
+    ),
+    (
+        "/consent.v1.IdentityService/ResolveIdentity",
+        Scope::IdentityRead,
+    ),
+    (
+        "/consent.v1.IdentityService/ListIdentities",
+        Scope::IdentityRead,
+    ),
     ("/consent.v1.AdminService/VerifyLedger", Scope::Admin),
     ("/consent.v1.AdminService/CreateApiKey", Scope::Admin),
     ("/consent.v1.AdminService/ListApiKeys", Scope::Admin),

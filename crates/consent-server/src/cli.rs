@@ -130,7 +130,7 @@ pub enum KeyCommand {
         #[arg(long)]
         tenant: String,
         /// Comma-separated scopes: consent:read, consent:write, catalog:write,
-        /// retention:read, retention:write, rights:read, rights:write, admin.
+        /// retention:read, retention:write, rights:read, rights:write, identity:read, identity:write, admin.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
         /// What the key is for.

@@ -5,11 +5,12 @@
 //! caller gets every bad field in one `INVALID_ARGUMENT`.
 
 use consent_core::commands::{DecisionInput, RecordConsent, WithdrawConsent};
+use consent_core::identity::{Identity, SubjectRef};
 use consent_core::retention::{RetentionAction, RetentionAnchor};
 use consent_core::validate::{MAX_DURATION_SECS, Violations};
 use consent_core::{
-    Channel, ConsentEvent, Cookie, Decision, Evidence, LegalBasis, PolicyVersion, Purpose,
-    PurposeCategory, Reason, RecordKind, SubjectFlags, Timestamp, Vendor, Verdict,
+    Channel, ConsentEvent, Cookie, Decision, Evidence, IdentityType, LegalBasis, PolicyVersion,
+    Purpose, PurposeCategory, Reason, RecordKind, SubjectFlags, Timestamp, Vendor, Verdict,
 };
 use consent_proto::v1 as pb;
 
@@ -78,6 +79,10 @@ macro_rules! enum_map {
     };
 }
 
+enum_map!(IdentityType, IdentityType, identity_type_in, identity_type_out {
+    Account <=> Account, Cookie <=> Cookie, Device <=> Device, Phone <=> Phone, Email <=> Email,
+    External <=> External,
+});
 enum_map!(Decision, Decision, decision_in, decision_out {
     Granted <=> Granted, Denied <=> Denied, Withdrawn <=> Withdrawn,
 });
@@ -380,6 +385,113 @@ pub fn api_key_out(k: &consent_core::access::ApiKey) -> pb::ApiKey {
         created_at: Some(timestamp(k.created_at)),
         expires_at: k.expires_at.map(timestamp),
         revoked_at: k.revoked_at.map(timestamp),
+    }
+}
+
+const IDENTITY_TYPES: &str = "IDENTITY_TYPE_ACCOUNT, IDENTITY_TYPE_COOKIE, IDENTITY_TYPE_DEVICE, \
+     IDENTITY_TYPE_PHONE, IDENTITY_TYPE_EMAIL, IDENTITY_TYPE_EXTERNAL";
+
+/// A wire identity, normalised; `None` when invalid (violations in `v` under `field`).
+pub fn identity_in(v: &mut Violations, field: &str, identity: &pb::Identity) -> Option<Identity> {
+    let Some(kind) = identity_type_in(identity.r#type) else {
+        v.add(
+            format!("{field}.type"),
+            format!("must be one of {IDENTITY_TYPES}"),
+        );
+        return None;
+    };
+    match Identity::parse(kind, &identity.value) {
+        Ok(identity) => Some(identity),
+        Err(rule) => {
+            v.add(format!("{field}.value"), rule);
+            None
+        }
+    }
+}
+
+/// The person a write names (RecordConsent, WithdrawConsent): its `identity`, or its
+/// `subject_id` as sent, which the command validates with the request's other fields (so
+/// one answer names every bad field).
+pub fn command_subject_in(
+    v: &mut Violations,
+    subject_id: &str,
+    identity: Option<&pb::Identity>,
+) -> Option<SubjectRef> {
+    match identity {
+        None => Some(SubjectRef::Id(subject_id.to_owned())),
+        Some(_) if !subject_id.is_empty() => {
+            v.add(
+                "identity",
+                "must not be set with subject_id: set one of them",
+            );
+            None
+        }
+        Some(identity) => identity_in(v, "identity", identity).map(SubjectRef::Identity),
+    }
+}
+
+/// How a request names the person, checked (see [`subject_named_in`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Named {
+    /// By its `subject_id`, which is valid.
+    ById,
+    /// By an identity, normalised.
+    ByIdentity(Identity),
+    /// Neither, both, or the one set is invalid (violations recorded).
+    Invalid,
+}
+
+/// The person a request names: exactly one of `{prefix}subject_id` and `{prefix}identity`
+/// (violations in `v` when neither or both are set, or the one set is invalid). Copies
+/// nothing for a request by subject id, the usual case of a large batch.
+pub fn subject_named_in(
+    v: &mut Violations,
+    prefix: &str,
+    subject_id: &str,
+    identity: Option<&pb::Identity>,
+) -> Named {
+    match (subject_id.is_empty(), identity) {
+        (true, None) => {
+            v.add(
+                format!("{prefix}subject_id"),
+                format!("must not be empty: set {prefix}subject_id or {prefix}identity"),
+            );
+            Named::Invalid
+        }
+        (false, Some(_)) => {
+            v.add(
+                format!("{prefix}identity"),
+                format!("must not be set with {prefix}subject_id: set one of them"),
+            );
+            Named::Invalid
+        }
+        (false, None) => {
+            let before = v.len();
+            v.subject_id(&format!("{prefix}subject_id"), subject_id);
+            if v.len() == before {
+                Named::ById
+            } else {
+                Named::Invalid
+            }
+        }
+        (true, Some(identity)) => match identity_in(v, &format!("{prefix}identity"), identity) {
+            Some(identity) => Named::ByIdentity(identity),
+            None => Named::Invalid,
+        },
+    }
+}
+
+/// As [`subject_named_in`], as a reference to resolve (`None` when invalid).
+pub fn subject_ref_in(
+    v: &mut Violations,
+    prefix: &str,
+    subject_id: &str,
+    identity: Option<&pb::Identity>,
+) -> Option<SubjectRef> {
+    match subject_named_in(v, prefix, subject_id, identity) {
+        Named::ById => Some(SubjectRef::Id(subject_id.to_owned())),
+        Named::ByIdentity(identity) => Some(SubjectRef::Identity(identity)),
+        Named::Invalid => None,
     }
 }
 

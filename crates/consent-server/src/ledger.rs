@@ -99,6 +99,8 @@ pub struct Checked {
 #[derive(Clone)]
 pub struct Ledger {
     store: Arc<dyn Store>,
+    /// Each tenant's identity key, once read (it never changes; see `crate::identities`).
+    pub(crate) identity_keys: crate::identities::IdentityKeys,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -110,7 +112,10 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Logic over `store`.
     pub fn new(store: Arc<dyn Store>) -> Ledger {
-        Ledger { store }
+        Ledger {
+            store,
+            identity_keys: Default::default(),
+        }
     }
 
     /// The store underneath.

@@ -13,6 +13,8 @@ pub mod convert;
 pub mod error;
 pub mod export;
 pub mod gate;
+pub mod identities;
+pub mod identity_service;
 pub mod ledger;
 pub mod listener;
 pub mod metrics;

@@ -10,6 +10,7 @@ use consent_core::{Clock, SystemClock};
 use consent_proto::v1::admin_service_server::AdminServiceServer;
 use consent_proto::v1::catalog_service_server::CatalogServiceServer;
 use consent_proto::v1::consent_service_server::ConsentServiceServer;
+use consent_proto::v1::identity_service_server::IdentityServiceServer;
 use consent_proto::v1::retention_service_server::RetentionServiceServer;
 use consent_proto::v1::subject_rights_service_server::SubjectRightsServiceServer;
 use consent_store::Store;
@@ -283,6 +284,11 @@ pub async fn serve(
                 .max_encoding_message_size(max_message),
         )
         .add_service(
+            IdentityServiceServer::new(api.clone())
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(max_message),
+        )
+        .add_service(
             AdminServiceServer::new(api)
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(max_message),
@@ -330,6 +336,7 @@ async fn set_health(health: &tonic_health::server::HealthReporter, serving: bool
         <AdminServiceServer<Api> as tonic::server::NamedService>::NAME,
         <RetentionServiceServer<Api> as tonic::server::NamedService>::NAME,
         <SubjectRightsServiceServer<Api> as tonic::server::NamedService>::NAME,
+        <IdentityServiceServer<Api> as tonic::server::NamedService>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }

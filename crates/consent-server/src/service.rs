@@ -2,6 +2,7 @@
 //! [`Ledger`], and converts the result; errors become statuses in [`crate::error`].
 
 use consent_core::access::{Scope, parse_scopes};
+use consent_core::identity::SubjectRef;
 use consent_core::validate::{MAX_BATCH_CHECKS, Violations};
 use consent_core::{Catalog, ConsentError, Timestamp};
 use consent_proto::v1 as pb;
@@ -17,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::Authenticator;
 use crate::context::principal;
-use crate::convert;
+use crate::convert::{self, Named};
 use crate::error::status;
 use crate::ledger::{CheckQuery, Ledger};
 use crate::retention::Retention;
@@ -171,13 +172,34 @@ impl Api {
         if checks.is_empty() {
             v.add("checks", "must hold at least one check");
         }
-        let queries: Vec<CheckQuery> = checks
+        let (mut queries, named): (Vec<CheckQuery>, Vec<Named>) = checks
             .iter()
             .enumerate()
             .map(|(i, c)| check_query(&mut v, &format!("checks[{i}]."), c))
-            .collect();
+            .unzip();
         let consistency = consistency(&mut v, "consistency", consistency_field);
         finish(v)?;
+        // Checks by subject id (the usual batch) skip resolution altogether.
+        if named.iter().any(|n| matches!(n, Named::ByIdentity(_))) {
+            let subjects = named
+                .into_iter()
+                .zip(&queries)
+                .map(|(n, q)| match n {
+                    Named::ByIdentity(identity) => Some(SubjectRef::Identity(identity)),
+                    Named::ById => Some(SubjectRef::Id(q.subject_id.clone())),
+                    Named::Invalid => None,
+                })
+                .map(validated_subject)
+                .collect::<Result<Vec<_>, Status>>()?;
+            let ids = self
+                .ledger
+                .subjects_of(who, subjects)
+                .await
+                .map_err(status)?;
+            for (query, id) in queries.iter_mut().zip(ids) {
+                query.subject_id = id;
+            }
+        }
         let checked = self
             .ledger
             .check_many(who, &queries, consistency)
@@ -317,15 +339,42 @@ fn consistency(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> 
     }
 }
 
-fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> CheckQuery {
-    v.subject_id(&format!("{prefix}subject_id"), &r.subject_id);
+/// A check's query and how it names the person (its `subject_id` is filled in once an
+/// identity, if that is how it names the person, is resolved).
+fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> (CheckQuery, Named) {
+    let named = convert::subject_named_in(v, prefix, &r.subject_id, r.identity.as_ref());
     v.id(&format!("{prefix}purpose_id"), &r.purpose_id);
     v.optional_id(&format!("{prefix}vendor_id"), &r.vendor_id);
-    CheckQuery {
+    let query = CheckQuery {
         subject_id: r.subject_id.clone(),
         purpose_id: r.purpose_id.clone(),
         vendor_id: r.vendor_id.clone(),
         at: convert::time_in(v, &format!("{prefix}at"), r.at.as_ref()),
+    };
+    (query, named)
+}
+
+/// A subject reference that passed validation (`None` would be a bug: validation sets a
+/// violation for every request without one).
+fn validated_subject(subject: Option<SubjectRef>) -> Result<SubjectRef, Status> {
+    subject.ok_or_else(|| {
+        status(ConsentError::Internal(
+            "a request without a subject passed validation".into(),
+        ))
+    })
+}
+
+impl Api {
+    /// The subject a validated request names.
+    pub(crate) async fn subject(
+        &self,
+        who: &crate::context::Principal,
+        subject: Option<SubjectRef>,
+    ) -> Result<String, Status> {
+        self.ledger
+            .subject_of(who, validated_subject(subject)?)
+            .await
+            .map_err(status)
     }
 }
 
@@ -347,8 +396,11 @@ impl ConsentService for Api {
     ) -> RpcResult<pb::RecordConsentResponse> {
         let who = principal(&request)?;
         let mut v = Violations::new();
-        let command = convert::record_in(&mut v, request.into_inner());
+        let r = request.into_inner();
+        let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
+        let mut command = convert::record_in(&mut v, r);
         finish(v)?;
+        command.subject_id = self.subject(&who, subject).await?;
         let outcome = self.ledger.record(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::RecordConsentResponse {
@@ -363,8 +415,11 @@ impl ConsentService for Api {
     ) -> RpcResult<pb::WithdrawConsentResponse> {
         let who = principal(&request)?;
         let mut v = Violations::new();
-        let command = convert::withdraw_in(&mut v, request.into_inner());
+        let r = request.into_inner();
+        let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
+        let mut command = convert::withdraw_in(&mut v, r);
         finish(v)?;
+        command.subject_id = self.subject(&who, subject).await?;
         let outcome = self.ledger.withdraw(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::WithdrawConsentResponse {
@@ -377,9 +432,14 @@ impl ConsentService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        let query = check_query(&mut v, "", &r);
+        let (mut query, named) = check_query(&mut v, "", &r);
         let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
+        if let Named::ByIdentity(identity) = named {
+            query.subject_id = self
+                .subject(&who, Some(SubjectRef::Identity(identity)))
+                .await?;
+        }
         let mut checked = self
             .ledger
             .check_many(&who, std::slice::from_ref(&query), consistency)
@@ -479,18 +539,19 @@ impl ConsentService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        v.subject_id("subject_id", &r.subject_id);
+        let subject = convert::subject_ref_in(&mut v, "", &r.subject_id, r.identity.as_ref());
         let at = convert::time_in(&mut v, "at", r.at.as_ref());
         let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
+        let subject_id = self.subject(&who, subject).await?;
         let (decisions, revision, flags) = self
             .ledger
-            .subject_decisions(&who, &r.subject_id, at, consistency)
+            .subject_decisions(&who, &subject_id, at, consistency)
             .await
             .map_err(status)?;
         let purposes = decisions
             .into_iter()
-            .map(|(p, verdict)| convert::verdict_out(verdict, &r.subject_id, &p.id, "", revision))
+            .map(|(p, verdict)| convert::verdict_out(verdict, &subject_id, &p.id, "", revision))
             .collect();
         self.deliverable(
             pb::GetSubjectStateResponse {
@@ -510,7 +571,12 @@ impl ConsentService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        v.optional_subject_id("subject_id", &r.subject_id);
+        // The subject filter is optional: by id, by identity, or none.
+        let subject = if r.subject_id.is_empty() && r.identity.is_none() {
+            None
+        } else {
+            convert::subject_ref_in(&mut v, "", &r.subject_id, r.identity.as_ref())
+        };
         v.optional_id("purpose_id", &r.purpose_id);
         let from = convert::time_in(&mut v, "from", r.from.as_ref());
         let to = convert::time_in(&mut v, "to", r.to.as_ref());
@@ -531,8 +597,12 @@ impl ConsentService for Api {
                 })
         };
         finish(v)?;
+        let subject_id = match subject {
+            Some(subject) => Some(self.subject(&who, Some(subject)).await?),
+            None => None,
+        };
         let query = EventQuery {
-            subject_id: Some(r.subject_id).filter(|s| !s.is_empty()),
+            subject_id,
             purpose_ids: Some(r.purpose_id)
                 .filter(|s| !s.is_empty())
                 .into_iter()

@@ -60,6 +60,18 @@ macro_rules! sql_identity_store {
 
         #[async_trait]
         impl consent_store::IdentityStore for $store {
+            async fn ensure_subject_key(&self, tenant: &str) -> Result<ChainKey> {
+                let key = self.key_of(tenant).await?;
+                if key.subject_key.is_some() {
+                    return Ok(key);
+                }
+                // The head's upsert gives the tenant its key (as any first write does).
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                let locked = lock_head(&mut tx, tenant, Timestamp::now()).await?;
+                tx.commit().await.map_err(db)?;
+                Ok(locked.key)
+            }
+
             async fn link_identity(
                 &self,
                 tenant: &str,

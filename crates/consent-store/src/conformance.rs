@@ -91,6 +91,7 @@ macro_rules! store_conformance_suite {
             a_snapshot_scan_reads_every_subject_at_one_revision,
             a_subject_erased_during_a_scan_is_left_out,
             an_identity_links_to_one_subject_with_a_ledger_record,
+            a_tenant_gets_its_identity_key_before_any_write,
             unlinking_frees_an_identity,
             identities_are_tenant_scoped,
             erasure_drops_the_subjects_identities,

@@ -155,6 +155,26 @@ pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<d
     assert_eq!(head.revision, second.revision);
 }
 
+/// A tenant that never wrote gets its subject key from `ensure_subject_key`, without a
+/// ledger entry; the key stays the same afterwards and is the one its first write uses.
+pub async fn a_tenant_gets_its_identity_key_before_any_write(store: &Arc<dyn Store>) {
+    let t = tenant();
+    let first = ok(store.ensure_subject_key(&t).await);
+    assert!(first.subject_key.is_some());
+    assert_eq!(ok(store.ensure_subject_key(&t).await), first);
+    assert_eq!(ok(store.head(&t).await).revision, 0);
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    assert_eq!(ok(store.chain_key(&t).await), first);
+    assert_eq!(ok(store.ensure_subject_key(&t).await), first);
+    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
+    assert!(report.ok, "{report:?}");
+}
+
 /// An unlink is a record too, frees the identity for another subject, and is `NotFound`
 /// for an identity not linked to the subject named.
 pub async fn unlinking_frees_an_identity(store: &Arc<dyn Store>) {

@@ -2,6 +2,7 @@
 //! [`consent_core::identity`] for how an identity becomes its alias key).
 
 use async_trait::async_trait;
+use consent_core::chain::ChainKey;
 use consent_core::identity::AliasKey;
 use consent_core::{IdentityType, LedgerRecord, NewRecord, Result, Revision, Timestamp};
 
@@ -46,6 +47,12 @@ pub struct LinkOutcome {
 /// The links of identities to subjects, written with their ledger records.
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
+    /// The tenant's chain key, giving the tenant its subject key first when it has none yet
+    /// (it never wrote): identities are hashed with a key derived from it
+    /// ([`consent_core::identity::IdentityKey::of`]) before any write, a `Check` by phone
+    /// number included. Writes nothing to the ledger; the key never changes once given.
+    async fn ensure_subject_key(&self, tenant: &str) -> Result<ChainKey>;
+
     /// Links `link` to `subject_id` and appends `record` (kind `IdentityLinked`, about
     /// `subject_id`) in one transaction after the tenant's head, fencing as
     /// [`crate::LedgerStore::append`] does. Already linked to `subject_id`: writes nothing.

@@ -464,6 +464,16 @@ macro_rules! identity_store_proxy {
     ($proxy:ty) => {
         #[async_trait::async_trait]
         impl $crate::IdentityStore for $proxy {
+            async fn ensure_subject_key(
+                &self,
+                tenant: &str,
+            ) -> consent_core::Result<consent_core::chain::ChainKey> {
+                self.around(
+                    "ensure_subject_key",
+                    self.inner().ensure_subject_key(tenant),
+                )
+                .await
+            }
             async fn link_identity(
                 &self,
                 tenant: &str,

@@ -246,7 +246,7 @@ enum KeysCommand {
         #[arg(long)]
         name: String,
         /// Comma-separated scopes (consent:read, consent:write, catalog:write, retention:read,
-        /// retention:write, rights:read, rights:write, admin).
+        /// retention:write, rights:read, rights:write, identity:read, identity:write, admin).
         #[arg(long, value_delimiter = ',')]
         scopes: Vec<String>,
         /// Lifetime, e.g. 90d or 12h; omitted: until revoked.

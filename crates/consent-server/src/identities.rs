@@ -1,0 +1,212 @@
+//! Identities in the server: which subject an `identity` in a request stands for, and the
+//! link logic behind `consent.v1.IdentityService` (see [`consent_core::identity`] for the
+//! model: normalisation, alias keys, implicit subjects).
+//!
+//! An identity is hashed with its tenant's identity key, derived from the tenant's subject
+//! key, which the store gives a tenant on first use ([`consent_store::IdentityStore::ensure_subject_key`])
+//! and which never changes: it is read once per tenant and kept here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use consent_core::identity::{AliasKey, Identity, IdentityKey, SubjectRef, implicit_subject_id};
+use consent_core::{ConsentError, Evidence, NewRecord, RecordKind, Result, Timestamp};
+use consent_store::{CacheFence, LinkOutcome, NewLink, StoredIdentity};
+
+use crate::context::Principal;
+use crate::ledger::Ledger;
+
+/// Each tenant's identity key, once read.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityKeys(Arc<RwLock<HashMap<String, IdentityKey>>>);
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// Its alias key.
+    pub alias: AliasKey,
+    /// The subject: the one it is linked to, or its implicit subject.
+    pub subject_id: String,
+    /// The link, when it is linked.
+    pub link: Option<StoredIdentity>,
+}
+
+impl Ledger {
+    /// The identity key of `tenant` (given to the tenant on first use).
+    pub async fn identity_key(&self, tenant: &str) -> Result<IdentityKey> {
+        if let Some(key) = self.read_keys()?.get(tenant) {
+            return Ok(*key);
+        }
+        let chain = self.store().ensure_subject_key(tenant).await?;
+        let key = IdentityKey::of(&chain).ok_or_else(|| {
+            ConsentError::Internal(format!(
+                "tenant `{tenant}` has no subject key after one was given"
+            ))
+        })?;
+        self.identity_keys
+            .0
+            .write()
+            .map_err(|_| ConsentError::Internal("the identity key map is poisoned".into()))?
+            .insert(tenant.to_owned(), key);
+        Ok(key)
+    }
+
+    fn read_keys(&self) -> Result<std::sync::RwLockReadGuard<'_, HashMap<String, IdentityKey>>> {
+        self.identity_keys
+            .0
+            .read()
+            .map_err(|_| ConsentError::Internal("the identity key map is poisoned".into()))
+    }
+
+    /// What `identity` stands for in the caller's tenant.
+    pub async fn resolve(&self, who: &Principal, identity: &Identity) -> Result<Resolution> {
+        let alias = self.identity_key(&who.tenant_id).await?.alias_key(identity);
+        let link = self
+            .store()
+            .resolve_identity(&who.tenant_id, &alias)
+            .await?;
+        Ok(Resolution {
+            alias,
+            subject_id: link
+                .as_ref()
+                .map_or_else(|| implicit_subject_id(&alias), |l| l.subject_id.clone()),
+            link,
+        })
+    }
+
+    /// The subject a request names.
+    pub async fn subject_of(&self, who: &Principal, subject: SubjectRef) -> Result<String> {
+        match subject {
+            SubjectRef::Id(id) => Ok(id),
+            SubjectRef::Identity(identity) => Ok(self.resolve(who, &identity).await?.subject_id),
+        }
+    }
+
+    /// The subjects requests name, in order (each identity resolved once).
+    pub async fn subjects_of(
+        &self,
+        who: &Principal,
+        subjects: Vec<SubjectRef>,
+    ) -> Result<Vec<String>> {
+        let mut resolved: HashMap<Identity, String> = HashMap::new();
+        let mut ids = Vec::with_capacity(subjects.len());
+        for subject in subjects {
+            ids.push(match subject {
+                SubjectRef::Id(id) => id,
+                SubjectRef::Identity(identity) => match resolved.get(&identity) {
+                    Some(id) => id.clone(),
+                    None => {
+                        let id = self.resolve(who, &identity).await?.subject_id;
+                        resolved.insert(identity, id.clone());
+                        id
+                    }
+                },
+            });
+        }
+        Ok(ids)
+    }
+
+    /// Links `identity` to `subject_id` (see `IdentityStore::link_identity`).
+    pub async fn link(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        identity: &Identity,
+        evidence: &Evidence,
+    ) -> Result<LinkOutcome> {
+        let link = self.new_link(who, identity).await?;
+        let record = link_record(who, RecordKind::IdentityLinked, subject_id, &link, evidence);
+        self.store()
+            .link_identity(&who.tenant_id, subject_id, &link, record, CacheFence::None)
+            .await
+    }
+
+    /// Unlinks `identity` from `subject_id` (see `IdentityStore::unlink_identity`).
+    pub async fn unlink(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        identity: &Identity,
+        evidence: &Evidence,
+    ) -> Result<LinkOutcome> {
+        let link = self.new_link(who, identity).await?;
+        let record = link_record(
+            who,
+            RecordKind::IdentityUnlinked,
+            subject_id,
+            &link,
+            evidence,
+        );
+        self.store()
+            .unlink_identity(
+                &who.tenant_id,
+                subject_id,
+                &link.alias,
+                record,
+                CacheFence::None,
+            )
+            .await
+    }
+
+    /// The identities linked to `subject_id`.
+    pub async fn identities(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+    ) -> Result<Vec<StoredIdentity>> {
+        self.store()
+            .list_identities(&who.tenant_id, subject_id)
+            .await
+    }
+
+    async fn new_link(&self, who: &Principal, identity: &Identity) -> Result<NewLink> {
+        Ok(NewLink {
+            alias: self.identity_key(&who.tenant_id).await?.alias_key(identity),
+            kind: identity.kind,
+            value: identity.stored_value().map(str::to_owned),
+        })
+    }
+}
+
+/// The ledger record of a link or unlink: the identity's type, alias key and (for the types
+/// kept in clear) value, and the evidence given, as `evidence.*` (erasable like all details:
+/// only their digest is in the chain).
+fn link_record(
+    who: &Principal,
+    kind: RecordKind,
+    subject_id: &str,
+    link: &NewLink,
+    evidence: &Evidence,
+) -> NewRecord {
+    let mut detail = BTreeMap::from([
+        ("identity_type".to_owned(), link.kind.as_str().to_owned()),
+        ("alias_sha256".to_owned(), link.alias.to_hex()),
+    ]);
+    if let Some(value) = &link.value {
+        detail.insert("value".to_owned(), value.clone());
+    }
+    for (name, value) in [
+        ("call_id", &evidence.call_id),
+        ("recording_id", &evidence.recording_id),
+        ("transcript_sha256", &evidence.transcript_sha256),
+        ("notice_text_sha256", &evidence.notice_text_sha256),
+        ("ip_address", &evidence.ip_address),
+        ("user_agent", &evidence.user_agent),
+    ] {
+        if !value.is_empty() {
+            detail.insert(format!("evidence.{name}"), value.clone());
+        }
+    }
+    for (name, value) in &evidence.attributes {
+        detail.insert(format!("evidence.attributes.{name}"), value.clone());
+    }
+    NewRecord {
+        id: consent_core::commands::new_event_id(),
+        kind,
+        subject_id: subject_id.to_owned(),
+        purpose_id: String::new(),
+        at: Timestamp::now(),
+        detail,
+        actor_key_id: who.key_id.clone(),
+    }
+}

@@ -1,0 +1,681 @@
+//! IdentityService end to end on every backend: a person known by a cookie, a phone number
+//! and an account is one subject for every consent RPC; identities are normalised, never
+//! stolen from another subject, scoped to their tenant, dropped by an erasure, and phone
+//! numbers and emails never reach the database in clear.
+
+use std::time::Duration;
+
+use consent_client::pb::{Channel, Decision, IdentityType, Reason};
+use consent_client::{ConsentClient, pb};
+use consent_core::access::Scope;
+use consent_e2e::{
+    RawChecks, TestServer, apply_seed_catalog, backends, backends_with, rejected_fields,
+};
+use consent_server::config::AuthMode;
+use consent_server::server::ServerSettings;
+use tonic::Code;
+
+const ACCOUNT: &str = "acct-7781";
+const COOKIE: &str = "ck_5f2a9c";
+/// The phone number as the dialer writes it, and the same number written otherwise.
+const PHONE: &str = "+32 470 12 34 56";
+const PHONE_OTHERWISE: &str = "0032470123456";
+const EMAIL: &str = "Marie.Dubois@Example.be";
+
+fn ok<T>(r: Result<tonic::Response<T>, tonic::Status>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e:?}")).into_inner()
+}
+
+fn identity(kind: IdentityType, value: &str) -> Option<pb::Identity> {
+    Some(pb::Identity {
+        r#type: kind.into(),
+        value: value.into(),
+    })
+}
+
+async fn link(
+    client: &ConsentClient,
+    subject: &str,
+    kind: IdentityType,
+    value: &str,
+) -> Result<pb::LinkIdentityResponse, tonic::Status> {
+    client
+        .identities()
+        .link_identity(pb::LinkIdentityRequest {
+            subject_id: subject.into(),
+            identity: identity(kind, value),
+            evidence: Some(pb::Evidence {
+                call_id: "call-20261204-0042".into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn linked(
+    client: &ConsentClient,
+    subject: &str,
+    kind: IdentityType,
+    value: &str,
+    what: &str,
+) -> pb::LinkIdentityResponse {
+    link(client, subject, kind, value)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: link {value}: {e:?}"))
+}
+
+async fn check_by(
+    client: &ConsentClient,
+    kind: IdentityType,
+    value: &str,
+    purpose: &str,
+) -> pb::CheckResponse {
+    client
+        .check_request_raw(pb::CheckRequest {
+            identity: identity(kind, value),
+            purpose_id: purpose.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("check {purpose} by {value}: {e:?}"))
+}
+
+async fn record_by(
+    client: &ConsentClient,
+    kind: IdentityType,
+    value: &str,
+    purpose: &str,
+    decision: Decision,
+) -> pb::RecordConsentResponse {
+    ok(
+        client
+            .consent()
+            .record_consent(pb::RecordConsentRequest {
+                identity: identity(kind, value),
+                decisions: vec![pb::PurposeDecision {
+                    purpose_id: purpose.into(),
+                    vendor_id: String::new(),
+                    decision: decision.into(),
+                }],
+                channel: Channel::Voice.into(),
+                ..Default::default()
+            })
+            .await,
+        "record by identity",
+    )
+}
+
+async fn resolve(
+    client: &ConsentClient,
+    kind: IdentityType,
+    value: &str,
+) -> pb::ResolveIdentityResponse {
+    ok(
+        client
+            .identities()
+            .resolve_identity(pb::ResolveIdentityRequest {
+                identity: identity(kind, value),
+            })
+            .await,
+        "resolve",
+    )
+}
+
+/// The issue's scenario: an operator links a cookie id and a phone number to an account,
+/// records a voice consent by phone number, and a Check by the cookie id sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voice_consent_by_phone_number_is_seen_through_the_cookie_and_the_account() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        let cookie = linked(client, ACCOUNT, IdentityType::Cookie, COOKIE, b).await;
+        assert!(!cookie.already_linked, "{b}");
+        let phone = linked(client, ACCOUNT, IdentityType::Phone, PHONE, b).await;
+        assert_eq!(phone.revision, cookie.revision + 1, "{b}");
+        let linked = phone.identity.unwrap_or_default();
+        assert_eq!(linked.subject_id, ACCOUNT, "{b}");
+        assert_eq!(
+            linked.value, "",
+            "{b}: a phone number is kept only as its hash"
+        );
+        assert_eq!(linked.alias_sha256.len(), 64, "{b}");
+
+        let recorded = record_by(
+            client,
+            IdentityType::Phone,
+            PHONE,
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+        assert_eq!(recorded.events[0].subject_id, ACCOUNT, "{b}");
+
+        let by_cookie = check_by(client, IdentityType::Cookie, COOKIE, "call_recording").await;
+        assert!(by_cookie.allowed, "{b}: {by_cookie:?}");
+        assert_eq!(by_cookie.subject_id, ACCOUNT, "{b}");
+        let by_phone = check_by(
+            client,
+            IdentityType::Phone,
+            PHONE_OTHERWISE,
+            "call_recording",
+        )
+        .await;
+        assert!(by_phone.allowed, "{b}: {by_phone:?}");
+        let by_account = client
+            .check_raw(ACCOUNT, "call_recording")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert!(by_account.allowed, "{b}");
+
+        // A batch mixing ids and identities, answered in order.
+        let batch = ok(
+            client
+                .consent()
+                .check_batch(pb::CheckBatchRequest {
+                    checks: vec![
+                        pb::CheckRequest {
+                            identity: identity(IdentityType::Phone, PHONE),
+                            purpose_id: "call_recording".into(),
+                            ..Default::default()
+                        },
+                        pb::CheckRequest {
+                            subject_id: "someone-else".into(),
+                            purpose_id: "call_recording".into(),
+                            ..Default::default()
+                        },
+                    ],
+                    consistency: None,
+                })
+                .await,
+            b,
+        );
+        let answers: Vec<(String, bool)> = batch
+            .results
+            .iter()
+            .map(|r| (r.subject_id.clone(), r.allowed))
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (ACCOUNT.to_owned(), true),
+                ("someone-else".to_owned(), false)
+            ],
+            "{b}"
+        );
+
+        // A withdrawal by cookie withdraws for the person.
+        ok(
+            client
+                .consent()
+                .withdraw_consent(pb::WithdrawConsentRequest {
+                    identity: identity(IdentityType::Cookie, COOKIE),
+                    purpose_ids: vec!["call_recording".into()],
+                    channel: Channel::Web.into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        let after = check_by(client, IdentityType::Phone, PHONE, "call_recording").await;
+        assert_eq!(
+            (after.allowed, after.reason()),
+            (false, Reason::Withdrawn),
+            "{b}"
+        );
+
+        // The state and history read by identity are the account's.
+        let state = ok(
+            client
+                .consent()
+                .get_subject_state(pb::GetSubjectStateRequest {
+                    identity: identity(IdentityType::Phone, PHONE),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        assert!(
+            state.purposes.iter().all(|p| p.subject_id == ACCOUNT),
+            "{b}"
+        );
+        let history = ok(
+            client
+                .consent()
+                .list_events(pb::ListEventsRequest {
+                    identity: identity(IdentityType::Cookie, COOKIE),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        let kinds: Vec<pb::LedgerRecordKind> = history.records.iter().map(|r| r.kind()).collect();
+        assert_eq!(
+            kinds,
+            [
+                pb::LedgerRecordKind::IdentityLinked,
+                pb::LedgerRecordKind::IdentityLinked
+            ],
+            "{b}"
+        );
+        assert_eq!(history.events.len(), 2, "{b}: the grant and the withdrawal");
+
+        let listed = ok(
+            client
+                .identities()
+                .list_identities(pb::ListIdentitiesRequest {
+                    subject_id: ACCOUNT.into(),
+                })
+                .await,
+            b,
+        );
+        let shown: Vec<(IdentityType, String)> = listed
+            .identities
+            .iter()
+            .map(|i| (i.r#type(), i.value.clone()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (IdentityType::Cookie, COOKIE.to_owned()),
+                (IdentityType::Phone, String::new())
+            ],
+            "{b}"
+        );
+        let resolved = resolve(client, IdentityType::Phone, PHONE_OTHERWISE).await;
+        assert!(resolved.linked, "{b}");
+        assert_eq!(resolved.subject_id, ACCOUNT, "{b}");
+        server.stop().await;
+    }
+}
+
+/// Choices made by an identity not yet linked stay with its own subject; linking it to an
+/// account later does not carry them over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn choices_made_before_a_link_stay_with_the_identitys_own_subject() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        let before = resolve(client, IdentityType::Cookie, COOKIE).await;
+        assert!(!before.linked, "{b}");
+        assert!(
+            before.subject_id.starts_with("alias:"),
+            "{b}: {}",
+            before.subject_id
+        );
+        assert_eq!(before.subject_id.len(), "alias:".len() + 64, "{b}");
+
+        record_by(
+            client,
+            IdentityType::Cookie,
+            COOKIE,
+            "analytics",
+            Decision::Granted,
+        )
+        .await;
+        let anonymous = check_by(client, IdentityType::Cookie, COOKIE, "analytics").await;
+        assert!(anonymous.allowed, "{b}");
+        assert_eq!(anonymous.subject_id, before.subject_id, "{b}");
+
+        linked(client, ACCOUNT, IdentityType::Cookie, COOKIE, b).await;
+        let linked = check_by(client, IdentityType::Cookie, COOKIE, "analytics").await;
+        assert_eq!(
+            (linked.allowed, linked.reason(), linked.subject_id.as_str()),
+            (false, Reason::NoDecision, ACCOUNT),
+            "{b}: the anonymous grant may not cover the account"
+        );
+        let kept = client
+            .check_raw(&before.subject_id, "analytics")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert!(kept.allowed, "{b}: the anonymous subject keeps its choice");
+        server.stop().await;
+    }
+}
+
+/// An identity linked to one subject is not taken by another; a retry changes nothing; an
+/// unlink frees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_is_not_stolen_from_the_subject_it_is_linked_to() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        let first = linked(client, ACCOUNT, IdentityType::Email, EMAIL, b).await;
+        let retry = linked(
+            client,
+            ACCOUNT,
+            IdentityType::Email,
+            "marie.dubois@example.be",
+            b,
+        )
+        .await;
+        assert!(retry.already_linked, "{b}");
+        assert_eq!(retry.revision, first.revision, "{b}");
+        let stolen = link(client, "acct-other", IdentityType::Email, EMAIL).await;
+        let Err(refused) = stolen else {
+            panic!("{b}: another subject took the email");
+        };
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{b}");
+        assert!(
+            refused.message().contains(ACCOUNT),
+            "{b}: {}",
+            refused.message()
+        );
+        assert!(
+            !refused.message().contains("dubois"),
+            "{b}: {}",
+            refused.message()
+        );
+
+        let not_there = client
+            .identities()
+            .unlink_identity(pb::UnlinkIdentityRequest {
+                subject_id: "acct-other".into(),
+                identity: identity(IdentityType::Email, EMAIL),
+                evidence: None,
+            })
+            .await;
+        assert_eq!(
+            not_there.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::NotFound),
+            "{b}"
+        );
+        ok(
+            client
+                .identities()
+                .unlink_identity(pb::UnlinkIdentityRequest {
+                    subject_id: ACCOUNT.into(),
+                    identity: identity(IdentityType::Email, EMAIL),
+                    evidence: None,
+                })
+                .await,
+            b,
+        );
+        let moved = linked(client, "acct-other", IdentityType::Email, EMAIL, b).await;
+        assert_eq!(
+            moved.identity.unwrap_or_default().subject_id,
+            "acct-other",
+            "{b}"
+        );
+        server.stop().await;
+    }
+}
+
+/// Bad identities are refused naming the field and the rule, in every RPC that takes one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_identities_name_the_field_and_the_rule() {
+    let server = TestServer::sqlite().await;
+    let client = &server.client;
+    let no_country = link(client, ACCOUNT, IdentityType::Phone, "0470 12 34 56").await;
+    assert_eq!(
+        rejected_fields(no_country.map(tonic::Response::new)),
+        ["identity.value"]
+    );
+    let no_type = link(client, ACCOUNT, IdentityType::Unspecified, "x").await;
+    assert_eq!(
+        rejected_fields(no_type.map(tonic::Response::new)),
+        ["identity.type"]
+    );
+    let both = client
+        .check_request_raw(pb::CheckRequest {
+            subject_id: ACCOUNT.into(),
+            identity: identity(IdentityType::Cookie, COOKIE),
+            purpose_id: "analytics".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        rejected_fields(both.map(tonic::Response::new)),
+        ["identity"]
+    );
+    let neither = client
+        .check_request_raw(pb::CheckRequest {
+            purpose_id: "analytics".into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        rejected_fields(neither.map(tonic::Response::new)),
+        ["subject_id"]
+    );
+    let in_batch = client
+        .consent()
+        .check_batch(pb::CheckBatchRequest {
+            checks: vec![
+                pb::CheckRequest {
+                    subject_id: ACCOUNT.into(),
+                    purpose_id: "analytics".into(),
+                    ..Default::default()
+                },
+                pb::CheckRequest {
+                    identity: identity(IdentityType::Email, "not an email"),
+                    purpose_id: "analytics".into(),
+                    ..Default::default()
+                },
+            ],
+            consistency: None,
+        })
+        .await;
+    assert_eq!(rejected_fields(in_batch), ["checks[1].identity.value"]);
+    let no_identity = client
+        .identities()
+        .resolve_identity(pb::ResolveIdentityRequest { identity: None })
+        .await;
+    assert_eq!(rejected_fields(no_identity), ["identity"]);
+    server.stop().await;
+}
+
+/// One tenant's links are invisible to another's keys, and identity RPCs need their scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_belong_to_their_tenant_and_need_their_scopes() {
+    let settings = ServerSettings {
+        key_cache_ttl: Duration::from_secs(60),
+        ..ServerSettings::with_auth(AuthMode::ApiKey)
+    };
+    for server in backends_with(settings).await {
+        let b = server.backend;
+        let a = server.client_for("tenant-a", Scope::ALL).await;
+        let other = server.client_for("tenant-b", Scope::ALL).await;
+        apply_seed_catalog(&a).await;
+        apply_seed_catalog(&other).await;
+        linked(&a, ACCOUNT, IdentityType::Phone, PHONE, b).await;
+        record_by(
+            &a,
+            IdentityType::Phone,
+            PHONE,
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+
+        let seen_by_b = resolve(&other, IdentityType::Phone, PHONE).await;
+        assert!(!seen_by_b.linked, "{b}");
+        assert_ne!(seen_by_b.subject_id, ACCOUNT, "{b}");
+        let check_b = check_by(&other, IdentityType::Phone, PHONE, "call_recording").await;
+        assert!(!check_b.allowed, "{b}: tenant B sees tenant A's grant");
+        let unlink_b = other
+            .identities()
+            .unlink_identity(pb::UnlinkIdentityRequest {
+                subject_id: ACCOUNT.into(),
+                identity: identity(IdentityType::Phone, PHONE),
+                evidence: None,
+            })
+            .await;
+        assert_eq!(
+            unlink_b.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::NotFound),
+            "{b}"
+        );
+        assert!(
+            ok(
+                other
+                    .identities()
+                    .list_identities(pb::ListIdentitiesRequest {
+                        subject_id: ACCOUNT.into()
+                    })
+                    .await,
+                b
+            )
+            .identities
+            .is_empty(),
+            "{b}"
+        );
+        assert!(
+            check_by(&a, IdentityType::Phone, PHONE, "call_recording")
+                .await
+                .allowed,
+            "{b}"
+        );
+
+        let reader = server
+            .client_for("tenant-a", &[Scope::ConsentRead, Scope::IdentityRead])
+            .await;
+        let denied = link(&reader, ACCOUNT, IdentityType::Cookie, COOKIE).await;
+        assert_eq!(
+            denied.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied),
+            "{b}"
+        );
+        assert!(
+            resolve(&reader, IdentityType::Phone, PHONE).await.linked,
+            "{b}"
+        );
+        let checker = server.client_for("tenant-a", &[Scope::ConsentRead]).await;
+        let no_read = checker
+            .identities()
+            .resolve_identity(pb::ResolveIdentityRequest {
+                identity: identity(IdentityType::Phone, PHONE),
+            })
+            .await;
+        assert_eq!(
+            no_read.map(|_| ()).map_err(|s| s.code()),
+            Err(Code::PermissionDenied),
+            "{b}"
+        );
+        server.stop().await;
+    }
+}
+
+/// Erasing the subject drops its links: its identities then stand for subjects of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_drops_the_subjects_identities() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        linked(client, ACCOUNT, IdentityType::Phone, PHONE, b).await;
+        ok(
+            client
+                .rights()
+                .erase_subject(pb::EraseSubjectRequest {
+                    subject_id: ACCOUNT.into(),
+                    reason: "request #77".into(),
+                })
+                .await,
+            b,
+        );
+        let after = resolve(client, IdentityType::Phone, PHONE).await;
+        assert!(!after.linked, "{b}");
+        assert!(after.subject_id.starts_with("alias:"), "{b}");
+        server.stop().await;
+    }
+}
+
+/// Every text form the stored rows could hold the phone number or the email in.
+fn clear_forms() -> Vec<&'static str> {
+    vec![
+        "32470123456",
+        "470123456",
+        "470 12 34 56",
+        "marie.dubois@example.be",
+        "Marie.Dubois@Example.be",
+        "dubois",
+    ]
+}
+
+/// The clear phone number and email appear nowhere in the database: not in the SQLite
+/// files (database and write-ahead log), not in any PostgreSQL table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clear_phone_number_and_email_never_reach_the_database() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        linked(client, ACCOUNT, IdentityType::Phone, PHONE, b).await;
+        linked(client, ACCOUNT, IdentityType::Email, EMAIL, b).await;
+        record_by(
+            client,
+            IdentityType::Phone,
+            PHONE,
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+        record_by(
+            client,
+            IdentityType::Email,
+            EMAIL,
+            "analytics",
+            Decision::Granted,
+        )
+        .await;
+        // A phone number never linked: its choice goes to its own subject, by hash too.
+        record_by(
+            client,
+            IdentityType::Phone,
+            "+32 470 99 88 77",
+            "call_recording",
+            Decision::Denied,
+        )
+        .await;
+        let url = server.store_url().to_owned();
+        if b == "sqlite" {
+            let path = url.trim_start_matches("sqlite://").to_owned();
+            let mut bytes = Vec::new();
+            for file in [path.clone(), format!("{path}-wal")] {
+                if let Ok(mut content) = std::fs::read(&file) {
+                    bytes.append(&mut content);
+                }
+            }
+            assert!(!bytes.is_empty(), "{b}: nothing read from {path}");
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(text.contains(ACCOUNT), "{b}: the grep sees nothing at all");
+            for form in clear_forms().into_iter().chain(["470998877"]) {
+                assert!(!text.contains(form), "{b}: `{form}` is in the SQLite files");
+            }
+        } else {
+            let pool = sqlx::PgPool::connect(&url)
+                .await
+                .unwrap_or_else(|e| panic!("connect {b}: {e}"));
+            let tables: Vec<String> = sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = 'public' AND table_type = 'BASE TABLE'",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("list tables: {e}"));
+            assert!(
+                tables.iter().any(|t| t == "subject_identities"),
+                "{tables:?}"
+            );
+            let mut seen_account = false;
+            for table in &tables {
+                let rows: Vec<String> =
+                    sqlx::query_scalar(&format!("SELECT t::text FROM \"{table}\" t"))
+                        .fetch_all(&pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("read {table}: {e}"));
+                for row in rows {
+                    seen_account |= row.contains(ACCOUNT);
+                    for form in clear_forms().into_iter().chain(["470998877"]) {
+                        assert!(!row.contains(form), "`{form}` is in table {table}: {row}");
+                    }
+                }
+            }
+            assert!(seen_account, "the scan saw no row of the account");
+            pool.close().await;
+        }
+        server.stop().await;
+    }
+}
