@@ -679,3 +679,67 @@ async fn the_clear_phone_number_and_email_never_reach_the_database() {
         server.stop().await;
     }
 }
+
+/// The export of a subject lists its identities: types always, values only where the
+/// ledger holds them (never a phone number or an email, which it holds only as hashes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_lists_the_identity_types_and_no_hashed_value() {
+    let server = TestServer::sqlite().await;
+    let client = &server.client;
+    linked(client, ACCOUNT, IdentityType::Cookie, COOKIE, "cookie").await;
+    linked(client, ACCOUNT, IdentityType::Phone, PHONE, "phone").await;
+    let mut stream = ok(
+        client
+            .rights()
+            .export_subject(pb::ExportSubjectRequest {
+                subject_id: ACCOUNT.into(),
+            })
+            .await,
+        "export",
+    );
+    let mut documents: Vec<(String, serde_json::Value)> = Vec::new();
+    // Bounded: this subject has a handful of documents.
+    for _ in 0..100 {
+        let next = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no export document within the safety net"))
+            .unwrap_or_else(|e| panic!("export: {e:?}"));
+        let Some(document) = next else { break };
+        assert!(!document.json.contains("470"), "{}", document.json);
+        let json = serde_json::from_str(&document.json)
+            .unwrap_or_else(|e| panic!("not JSON: {e}: {}", document.json));
+        documents.push((document.document_type, json));
+    }
+    let identities: Vec<(String, serde_json::Value, String)> = documents
+        .iter()
+        .filter(|(t, _)| t == "identity")
+        .map(|(_, j)| {
+            (
+                j["type"].to_string(),
+                j["value"].clone(),
+                j["stored_as"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        identities,
+        [
+            (
+                "\"cookie\"".to_owned(),
+                serde_json::json!(COOKIE),
+                "\"value\"".to_owned()
+            ),
+            (
+                "\"phone\"".to_owned(),
+                serde_json::Value::Null,
+                "\"keyed_hash\"".to_owned()
+            ),
+        ]
+    );
+    let end = documents
+        .last()
+        .filter(|(t, _)| t == "end")
+        .unwrap_or_else(|| panic!("no end document: {documents:?}"));
+    assert_eq!(end.1["identities"], 2);
+    server.stop().await;
+}

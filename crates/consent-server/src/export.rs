@@ -31,7 +31,7 @@ pub const MAX_CONCURRENT_EXPORTS: usize = 8;
 /// One exported document.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExportDocument {
-    /// `subject`, `consent_record`, `ledger_record`, `data_item` or `end`.
+    /// `subject`, `consent_record`, `ledger_record`, `data_item`, `identity` or `end`.
     pub document_type: &'static str,
     /// The document.
     pub json: Value,
@@ -253,6 +253,30 @@ impl Exporter {
                 }
             }
         }
+        // The ids the person is known by: their types, and their values where the ledger
+        // holds them (phone numbers and emails it holds only as keyed hashes: none to give).
+        // Links made after the export's revision are left out, as later entries are.
+        let identities: Vec<_> = self
+            .store
+            .list_identities(tenant, subject_id)
+            .await?
+            .into_iter()
+            .filter(|i| i.revision <= head)
+            .collect();
+        for identity in &identities {
+            let json = json!({
+                "subject_id": subject_id,
+                "type": identity.link.kind.as_str(),
+                "value": identity.link.value,
+                "stored_as": if identity.link.value.is_some() { "value" } else { "keyed_hash" },
+                "linked_at": time(identity.linked_at),
+                "link_revision": identity.revision,
+                "revision": head,
+            });
+            if !send("identity", json).await {
+                return Ok(());
+            }
+        }
         send(
             "end",
             json!({
@@ -261,6 +285,7 @@ impl Exporter {
                 "consent_records": events,
                 "ledger_records": records,
                 "data_items": items,
+                "identities": identities.len(),
             }),
         )
         .await;
