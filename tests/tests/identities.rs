@@ -163,6 +163,19 @@ async fn a_voice_consent_by_phone_number_is_seen_through_the_cookie_and_the_acco
         )
         .await;
         assert!(by_phone.allowed, "{b}: {by_phone:?}");
+        // The SDK's way: an identity wherever a subject id goes.
+        let by_sdk = client
+            .allowed(consent_client::identity::cookie(COOKIE), "call_recording")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert!(by_sdk, "{b}");
+        let resolved_by_sdk = client
+            .resolve_identity(pb::ResolveIdentityRequest {
+                identity: Some(consent_client::identity::phone(PHONE_OTHERWISE)),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e}"));
+        assert_eq!(resolved_by_sdk.subject_id, ACCOUNT, "{b}");
         let by_account = client
             .check_raw(ACCOUNT, "call_recording")
             .await

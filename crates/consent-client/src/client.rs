@@ -336,33 +336,44 @@ impl ConsentClient {
         request
     }
 
-    /// Whether `purpose_id` may be processed for `subject_id` now: `Ok(true)` only when the
-    /// service says so. An error is never an allow.
+    /// Whether `purpose_id` may be processed for `subject` (a subject id, or an identity of
+    /// the person: [`crate::identity`]) now: `Ok(true)` only when the service says so. An
+    /// error is never an allow.
     ///
     /// ```no_run
     /// # async fn example(client: consent_client::ConsentClient) -> Result<(), consent_client::Error> {
+    /// use consent_client::identity;
+    ///
     /// if client.allowed("+32470000001", "call_recording").await? {
+    ///     // record the call
+    /// }
+    /// // A dialer asks by the number it is about to call, linked to the person's account.
+    /// if client.allowed(identity::phone("+32 470 12 34 56"), "call_recording").await? {
     ///     // record the call
     /// }
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn allowed(&self, subject_id: &str, purpose_id: &str) -> Result<bool, Error> {
+    pub async fn allowed(
+        &self,
+        subject: impl Into<crate::Subject>,
+        purpose_id: &str,
+    ) -> Result<bool, Error> {
         Ok(self
-            .check(crate::Check::new(subject_id, purpose_id))
+            .check(crate::Check::new(subject, purpose_id))
             .await?
             .allowed)
     }
 
-    /// As [`ConsentClient::check`] of `subject_id` and `purpose_id`, answered from data at
+    /// As [`ConsentClient::check`] of `subject` and `purpose_id`, answered from data at
     /// least as new as `revision` (one a write returned): read-your-writes on any replica.
     pub async fn check_at_least(
         &self,
-        subject_id: &str,
+        subject: impl Into<crate::Subject>,
         purpose_id: &str,
         revision: i64,
     ) -> Result<pb::CheckResponse, Error> {
-        self.check(crate::Check::new(subject_id, purpose_id).at_least_revision(revision))
+        self.check(crate::Check::new(subject, purpose_id).at_least_revision(revision))
             .await
     }
 }
@@ -480,6 +491,16 @@ unary_rpcs! {
     set_gpc: rights.set_gpc(SetGpcRequest) -> SetGpcResponse, idempotent;
     /// Erases a subject (GDPR Art. 17; a repeat answers `already_erased`).
     erase_subject: rights.erase_subject(EraseSubjectRequest) -> EraseSubjectResponse, idempotent;
+    /// Links an identity (a cookie, a phone number...: [`crate::identity`]) to a subject; a
+    /// retry answers `already_linked`, so it is retried.
+    link_identity: identities.link_identity(LinkIdentityRequest) -> LinkIdentityResponse, idempotent;
+    /// Unlinks an identity from a subject. Not retried: a repeat of an unlink that was
+    /// applied answers NOT_FOUND.
+    unlink_identity: identities.unlink_identity(UnlinkIdentityRequest) -> UnlinkIdentityResponse, once;
+    /// The subject an identity stands for.
+    resolve_identity: identities.resolve_identity(ResolveIdentityRequest) -> ResolveIdentityResponse, read;
+    /// The identities linked to a subject.
+    list_identities: identities.list_identities(ListIdentitiesRequest) -> ListIdentitiesResponse, read;
     /// Recomputes the tenant's hash chain.
     verify_ledger: admin.verify_ledger(VerifyLedgerRequest) -> VerifyLedgerResponse, read;
     /// Creates an API key (its secret is in the answer, once). Not retried: each call makes

@@ -22,6 +22,9 @@
 //! retries on `UNAVAILABLE` ([`RetryPolicy`]: writes only when a retry cannot apply them
 //! twice; RecordConsent and WithdrawConsent get an idempotency key per logical write unless
 //! the caller gives one) and typed [`Error`]s decoded from the rich status details.
+//! Wherever a request names a person, a [`Subject`] goes: a subject id, or an identity of
+//! the person ([`identity`]: a cookie, a phone number, an account) linked to it with
+//! [`ConsentClient::link_identity`].
 //! Pipelines use [`ConsentClient::filter_allowed`], [`ConsentClient::snapshot`] and
 //! [`ConsentClient::watch`], which resume by themselves. With the `local-cache` feature,
 //! `ConsentClient::local_cache` gives a client whose checks are answered in-process from
@@ -51,6 +54,7 @@
 
 mod client;
 mod error;
+pub mod identity;
 #[cfg(feature = "local-cache")]
 mod local_cache;
 mod pipeline;
@@ -62,7 +66,7 @@ pub use error::{Error, FieldViolation};
 #[cfg(feature = "local-cache")]
 pub use local_cache::{LocalCache, LocalCacheOptions};
 pub use pipeline::{FilterOptions, ResultStream, Snapshot};
-pub use requests::{Check, Record, Withdraw};
+pub use requests::{Check, Record, Subject, Withdraw};
 pub use retry::RetryPolicy;
 
 /// The `consent.v1` wire types and generated clients.

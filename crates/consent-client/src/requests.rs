@@ -6,6 +6,62 @@ use std::time::SystemTime;
 
 use consent_proto::v1 as pb;
 
+/// Who a request is about: a subject id, or one of the person's identities (a cookie, a
+/// phone number, an account: see [`crate::identity`]), which the service resolves to the
+/// subject it is linked to. A `&str` or `String` is a subject id.
+///
+/// ```
+/// use consent_client::{Check, Subject, identity, pb};
+///
+/// let by_id: pb::CheckRequest = Check::new("acct-7781", "call_recording").into();
+/// assert_eq!(by_id.subject_id, "acct-7781");
+/// let by_phone: pb::CheckRequest = Check::new(identity::phone("+32 470 12 34 56"), "call_recording").into();
+/// assert!(by_phone.subject_id.is_empty());
+/// assert_eq!(by_phone.identity.map(|i| i.r#type()), Some(pb::IdentityType::Phone));
+/// let _ = Subject::from("acct-7781");
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub enum Subject {
+    /// A subject id.
+    Id(String),
+    /// An identity of the person.
+    Identity(pb::Identity),
+}
+
+impl From<&str> for Subject {
+    fn from(id: &str) -> Subject {
+        Subject::Id(id.to_owned())
+    }
+}
+
+impl From<&String> for Subject {
+    fn from(id: &String) -> Subject {
+        Subject::Id(id.clone())
+    }
+}
+
+impl From<String> for Subject {
+    fn from(id: String) -> Subject {
+        Subject::Id(id)
+    }
+}
+
+impl From<pb::Identity> for Subject {
+    fn from(identity: pb::Identity) -> Subject {
+        Subject::Identity(identity)
+    }
+}
+
+impl Subject {
+    /// Writes this subject into a request's `subject_id` and `identity` fields.
+    fn write(self, subject_id: &mut String, identity: &mut Option<pb::Identity>) {
+        match self {
+            Subject::Id(id) => *subject_id = id,
+            Subject::Identity(i) => *identity = Some(i),
+        }
+    }
+}
+
 /// A RecordConsent: one subject's decisions, where and when they were made, the proof.
 ///
 /// ```
@@ -24,13 +80,17 @@ use consent_proto::v1 as pb;
 pub struct Record(pb::RecordConsentRequest);
 
 impl Record {
-    /// Decisions of `subject_id`, on the API channel until [`Record::channel`] says else.
-    pub fn new(subject_id: impl Into<String>) -> Record {
-        Record(pb::RecordConsentRequest {
-            subject_id: subject_id.into(),
+    /// Decisions of `subject` (an id or an identity), on the API channel until
+    /// [`Record::channel`] says else.
+    pub fn new(subject: impl Into<Subject>) -> Record {
+        let mut request = pb::RecordConsentRequest {
             channel: pb::Channel::Api.into(),
             ..Default::default()
-        })
+        };
+        subject
+            .into()
+            .write(&mut request.subject_id, &mut request.identity);
+        Record(request)
     }
 
     /// Adds a decision about `purpose_id` (and, when not empty, one vendor of it).
@@ -111,21 +171,24 @@ pub struct Withdraw(pb::WithdrawConsentRequest);
 impl Withdraw {
     /// Withdraws every purpose and vendor of `subject_id`, including purposes catalogued
     /// later (one subject-wide event).
-    pub fn all(subject_id: impl Into<String>) -> Withdraw {
-        Withdraw(pb::WithdrawConsentRequest {
-            subject_id: subject_id.into(),
+    pub fn all(subject: impl Into<Subject>) -> Withdraw {
+        let mut request = pb::WithdrawConsentRequest {
             channel: pb::Channel::Api.into(),
             ..Default::default()
-        })
+        };
+        subject
+            .into()
+            .write(&mut request.subject_id, &mut request.identity);
+        Withdraw(request)
     }
 
-    /// Withdraws these purposes of `subject_id`.
-    pub fn purposes<I, S>(subject_id: impl Into<String>, purpose_ids: I) -> Withdraw
+    /// Withdraws these purposes of `subject` (an id or an identity).
+    pub fn purposes<I, S>(subject: impl Into<Subject>, purpose_ids: I) -> Withdraw
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut w = Withdraw::all(subject_id);
+        let mut w = Withdraw::all(subject);
         w.0.purpose_ids = purpose_ids.into_iter().map(Into::into).collect();
         w
     }
@@ -176,13 +239,17 @@ impl From<Withdraw> for pb::WithdrawConsentRequest {
 pub struct Check(pb::CheckRequest);
 
 impl Check {
-    /// `purpose_id` for `subject_id`, now, from the fastest source the service trusts.
-    pub fn new(subject_id: impl Into<String>, purpose_id: impl Into<String>) -> Check {
-        Check(pb::CheckRequest {
-            subject_id: subject_id.into(),
+    /// `purpose_id` for `subject` (an id or an identity), now, from the fastest source the
+    /// service trusts.
+    pub fn new(subject: impl Into<Subject>, purpose_id: impl Into<String>) -> Check {
+        let mut request = pb::CheckRequest {
             purpose_id: purpose_id.into(),
             ..Default::default()
-        })
+        };
+        subject
+            .into()
+            .write(&mut request.subject_id, &mut request.identity);
+        Check(request)
     }
 
     /// The vendor that would receive the data.
