@@ -100,7 +100,7 @@ macro_rules! sql_identity_store {
                         });
                     }
                     return Err(ConsentError::FailedPrecondition(format!(
-                        "the {} identity is already linked to subject `{}`: unlink it there first, or link with merge to merge the two subjects",
+                        "the {} identity is already linked to subject `{}`: unlink it from that subject first (an identity stands for one subject)",
                         existing.link.kind, existing.subject_id
                     )));
                 }

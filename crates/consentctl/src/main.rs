@@ -88,6 +88,68 @@ enum Command {
     /// Data items of the retention schedule.
     #[command(subcommand)]
     Items(ItemsCommand),
+    /// Identities (cookie, device, phone, email, account, external ids) linked to subjects.
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+/// An identity on the command line: `TYPE:VALUE`, e.g. `phone:+32 470 12 34 56`,
+/// `cookie:ck_5f2a9c` (types: account, cookie, device, phone, email, external).
+fn identity_arg(text: &str) -> Result<pb::Identity, String> {
+    let (kind, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("`{text}` is not TYPE:VALUE (e.g. phone:+32470123456)"))?;
+    let kind = match kind {
+        "account" => pb::IdentityType::Account,
+        "cookie" => pb::IdentityType::Cookie,
+        "device" => pb::IdentityType::Device,
+        "phone" => pb::IdentityType::Phone,
+        "email" => pb::IdentityType::Email,
+        "external" => pb::IdentityType::External,
+        other => {
+            return Err(format!(
+                "`{other}` is not an identity type: account, cookie, device, phone, email or external"
+            ));
+        }
+    };
+    Ok(pb::Identity {
+        r#type: kind.into(),
+        value: value.to_owned(),
+    })
+}
+
+#[derive(Debug, Subcommand)]
+enum IdentityCommand {
+    /// Links an identity to a subject (a ledger record; a retry changes nothing).
+    Link {
+        /// The subject.
+        subject: String,
+        /// The identity, TYPE:VALUE (e.g. phone:+32470123456, cookie:ck_5f2a9c).
+        #[arg(value_parser = identity_arg)]
+        identity: pb::Identity,
+        /// The call that proved the identity is the person's (evidence).
+        #[arg(long)]
+        call_id: Option<String>,
+    },
+    /// Unlinks an identity from a subject.
+    Unlink {
+        /// The subject.
+        subject: String,
+        /// The identity, TYPE:VALUE.
+        #[arg(value_parser = identity_arg)]
+        identity: pb::Identity,
+    },
+    /// The subject an identity stands for.
+    Resolve {
+        /// The identity, TYPE:VALUE.
+        #[arg(value_parser = identity_arg)]
+        identity: pb::Identity,
+    },
+    /// The identities linked to a subject.
+    List {
+        /// The subject.
+        subject: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -401,6 +463,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Keys(command) => keys(&client, &out, command).await?,
         Command::Items(command) => items(&client, &out, command).await?,
+        Command::Identity(command) => identity(&client, &out, command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -561,6 +624,58 @@ async fn consent(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn identity(
+    client: &ConsentClient,
+    out: &Out,
+    command: IdentityCommand,
+) -> Result<(), Failure> {
+    match command {
+        IdentityCommand::Link {
+            subject,
+            identity,
+            call_id,
+        } => {
+            let linked = client
+                .link_identity(pb::LinkIdentityRequest {
+                    subject_id: subject,
+                    identity: Some(identity),
+                    evidence: call_id.map(|call_id| pb::Evidence {
+                        call_id,
+                        ..Default::default()
+                    }),
+                })
+                .await?;
+            out.linked(&linked)
+        }
+        IdentityCommand::Unlink { subject, identity } => {
+            let unlinked = client
+                .unlink_identity(pb::UnlinkIdentityRequest {
+                    subject_id: subject,
+                    identity: Some(identity),
+                    evidence: None,
+                })
+                .await?;
+            out.unlinked(&unlinked)
+        }
+        IdentityCommand::Resolve { identity } => {
+            let resolved = client
+                .resolve_identity(pb::ResolveIdentityRequest {
+                    identity: Some(identity),
+                })
+                .await?;
+            out.resolved(&resolved)
+        }
+        IdentityCommand::List { subject } => {
+            let listed = client
+                .list_identities(pb::ListIdentitiesRequest {
+                    subject_id: subject,
+                })
+                .await?;
+            out.identities(&listed)
+        }
+    }
 }
 
 async fn subject(

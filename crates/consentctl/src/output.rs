@@ -425,6 +425,74 @@ impl Out {
         )
     }
 
+    const IDENTITY_HEADERS: [&'static str; 5] = ["TYPE", "VALUE", "SUBJECT", "REVISION", "ALIAS"];
+
+    fn identity_rows(identities: &[pb::LinkedIdentity]) -> Vec<Vec<String>> {
+        identities
+            .iter()
+            .map(|i| {
+                let kind = i.r#type().as_str_name();
+                vec![
+                    kind.trim_start_matches("IDENTITY_TYPE_").to_lowercase(),
+                    if i.value.is_empty() {
+                        "(keyed hash only)".to_owned()
+                    } else {
+                        i.value.clone()
+                    },
+                    i.subject_id.clone(),
+                    i.revision.to_string(),
+                    i.alias_sha256.clone(),
+                ]
+            })
+            .collect()
+    }
+
+    pub fn linked(&self, linked: &pb::LinkIdentityResponse) -> Result<(), Failure> {
+        if self.json_mode() {
+            return self.json("consent.v1.LinkIdentityResponse", linked);
+        }
+        if linked.already_linked {
+            line("already linked: nothing written")?;
+        }
+        self.table(
+            &Self::IDENTITY_HEADERS,
+            &Self::identity_rows(linked.identity.as_slice()),
+        )
+    }
+
+    pub fn unlinked(&self, unlinked: &pb::UnlinkIdentityResponse) -> Result<(), Failure> {
+        if self.json_mode() {
+            return self.json("consent.v1.UnlinkIdentityResponse", unlinked);
+        }
+        line(&format!("unlinked at revision {}", unlinked.revision))?;
+        self.table(
+            &Self::IDENTITY_HEADERS,
+            &Self::identity_rows(unlinked.identity.as_slice()),
+        )
+    }
+
+    pub fn resolved(&self, resolved: &pb::ResolveIdentityResponse) -> Result<(), Failure> {
+        if self.json_mode() {
+            return self.json("consent.v1.ResolveIdentityResponse", resolved);
+        }
+        let how = if resolved.linked {
+            "linked"
+        } else {
+            "not linked: its own subject"
+        };
+        line(&format!("{}  ({how})", resolved.subject_id))
+    }
+
+    pub fn identities(&self, listed: &pb::ListIdentitiesResponse) -> Result<(), Failure> {
+        if self.json_mode() {
+            return self.json("consent.v1.ListIdentitiesResponse", listed);
+        }
+        self.table(
+            &Self::IDENTITY_HEADERS,
+            &Self::identity_rows(&listed.identities),
+        )
+    }
+
     pub fn items(&self, listed: &pb::ListDueItemsResponse) -> Result<(), Failure> {
         if self.json_mode() {
             return self.json("consent.v1.ListDueItemsResponse", listed);
