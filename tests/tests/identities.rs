@@ -421,6 +421,7 @@ async fn an_identity_is_not_stolen_from_the_subject_it_is_linked_to() {
 async fn bad_identities_name_the_field_and_the_rule() {
     let server = TestServer::sqlite().await;
     let client = &server.client;
+    apply_seed_catalog(client).await;
     let no_country = link(client, ACCOUNT, IdentityType::Phone, "0470 12 34 56").await;
     assert_eq!(
         rejected_fields(no_country.map(tonic::Response::new)),
@@ -477,6 +478,39 @@ async fn bad_identities_name_the_field_and_the_rule() {
         .resolve_identity(pb::ResolveIdentityRequest { identity: None })
         .await;
     assert_eq!(rejected_fields(no_identity), ["identity"]);
+    // An implicit subject is named by its identity only: linking to it, or writing to it by
+    // id, would put choices where the identity no longer leads once it is linked.
+    let implicit = resolve(client, IdentityType::Phone, PHONE).await.subject_id;
+    let to_implicit = link(client, &implicit, IdentityType::Cookie, COOKIE).await;
+    assert_eq!(
+        rejected_fields(to_implicit.map(tonic::Response::new)),
+        ["subject_id"]
+    );
+    let write_to_implicit = client
+        .consent()
+        .withdraw_consent(pb::WithdrawConsentRequest {
+            subject_id: implicit.clone(),
+            channel: Channel::Web.into(),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(rejected_fields(write_to_implicit), ["subject_id"]);
+    // ...but it can be read by that id.
+    let read = client
+        .check_raw(&implicit, "analytics")
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(!read.allowed);
+    // An as-of check by identity would use today's link for a past moment.
+    let as_of = client
+        .check_request_raw(pb::CheckRequest {
+            identity: identity(IdentityType::Phone, PHONE),
+            purpose_id: "analytics".into(),
+            at: Some(consent_e2e::days_ago(1)),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(rejected_fields(as_of.map(tonic::Response::new)), ["at"]);
     server.stop().await;
 }
 

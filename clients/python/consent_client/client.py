@@ -18,9 +18,25 @@ from consent_client._pb.consent.v1 import (
     admin_service_pb2_grpc,
     consent_service_pb2 as cs,
     consent_service_pb2_grpc,
+    identity_service_pb2 as ids,
+    identity_service_pb2_grpc,
     subject_rights_service_pb2_grpc,
     types_pb2,
 )
+
+#: Who a request is about: a subject id (str), or an identity of the person
+#: (consent.v1.Identity, made with consent_client.identity), resolved by the service to the
+#: subject it is linked to.
+Subject = Any
+
+
+def _subject(subject: Subject) -> dict:
+    """The request fields naming `subject`: subject_id for a str, identity for an Identity."""
+    if isinstance(subject, str):
+        return {"subject_id": subject}
+    if isinstance(subject, types_pb2.Identity):
+        return {"identity": subject}
+    raise TypeError(f"a subject is a subject id (str) or a consent.v1.Identity, not {type(subject).__name__}")
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,7 @@ class ConsentClient:
         self.consent = consent_service_pb2_grpc.ConsentServiceStub(self._channel)
         self.rights = subject_rights_service_pb2_grpc.SubjectRightsServiceStub(self._channel)
         self.admin = admin_service_pb2_grpc.AdminServiceStub(self._channel)
+        self.identities = identity_service_pb2_grpc.IdentityServiceStub(self._channel)
 
     def close(self) -> None:
         """Closes the channel."""
@@ -146,26 +163,31 @@ class ConsentClient:
 
     def check(
         self,
-        subject_id: str,
+        subject: Subject,
         purpose_id: str,
         vendor_id: str = "",
         *,
         at_least_revision: Optional[int] = None,
     ) -> Any:
-        """The decision (consent.v1.CheckResponse) for one purpose of one subject now."""
-        request = cs.CheckRequest(subject_id=subject_id, purpose_id=purpose_id, vendor_id=vendor_id)
+        """The decision (consent.v1.CheckResponse) for one purpose of one subject (an id, or
+        an identity: consent_client.identity) now."""
+        request = cs.CheckRequest(**_subject(subject), purpose_id=purpose_id, vendor_id=vendor_id)
         if at_least_revision is not None:
             request.consistency.at_least_revision = at_least_revision
         return self._call(self.consent.Check, request)
 
-    def allowed(self, subject_id: str, purpose_id: str) -> bool:
+    def allowed(self, subject: Subject, purpose_id: str) -> bool:
         """True only when the service allows it; an error raises, never allows."""
-        return self.check(subject_id, purpose_id).allowed
+        return self.check(subject, purpose_id).allowed
 
-    def check_batch(self, checks: Sequence[tuple[str, str]] | Sequence[tuple[str, str, str]]) -> list:
-        """Up to 10,000 checks of (subject_id, purpose_id[, vendor_id]); results in order."""
+    def check_batch(self, checks: Sequence[tuple[Subject, str]] | Sequence[tuple[Subject, str, str]]) -> list:
+        """Up to 10,000 checks of (subject, purpose_id[, vendor_id]), a subject being an id
+        or an identity; results in order."""
         request = cs.CheckBatchRequest(
-            checks=[cs.CheckRequest(subject_id=c[0], purpose_id=c[1], vendor_id=c[2] if len(c) > 2 else "") for c in checks]
+            checks=[
+                cs.CheckRequest(**_subject(c[0]), purpose_id=c[1], vendor_id=c[2] if len(c) > 2 else "")
+                for c in checks
+            ]
         )
         return list(self._call(self.consent.CheckBatch, request).results)
 
@@ -173,7 +195,7 @@ class ConsentClient:
 
     def record_consent(
         self,
-        subject_id: str,
+        subject: Subject,
         decisions: dict[str, int],
         *,
         channel: int = types_pb2.CHANNEL_API,
@@ -181,9 +203,10 @@ class ConsentClient:
         idempotency_key: str = "",
     ) -> Any:
         """Records decisions ({purpose_id: DECISION_GRANTED | DENIED | WITHDRAWN}) of one
-        subject. Retried safely: an idempotency key is made when none is given."""
+        subject (an id or an identity). Retried safely: an idempotency key is made when none
+        is given."""
         request = cs.RecordConsentRequest(
-            subject_id=subject_id,
+            **_subject(subject),
             decisions=[cs.PurposeDecision(purpose_id=p, decision=d) for p, d in decisions.items()],
             channel=channel,
             evidence=types_pb2.Evidence(**(evidence or {})),
@@ -193,20 +216,47 @@ class ConsentClient:
 
     def withdraw_consent(
         self,
-        subject_id: str,
+        subject: Subject,
         purpose_ids: Sequence[str] = (),
         *,
         channel: int = types_pb2.CHANNEL_API,
         idempotency_key: str = "",
     ) -> Any:
-        """Withdraws these purposes, or (none named) everything. Retried safely."""
+        """Withdraws these purposes, or (none named) everything, of one subject (an id or an
+        identity). Retried safely."""
         request = cs.WithdrawConsentRequest(
-            subject_id=subject_id,
+            **_subject(subject),
             purpose_ids=list(purpose_ids),
             channel=channel,
             idempotency_key=idempotency_key or f"py-{uuid.uuid4()}",
         )
         return self._call(self.consent.WithdrawConsent, request)
+
+    # --- identities ---------------------------------------------------------------------
+
+    def link_identity(self, subject_id: str, identity: Any, *, evidence: Optional[dict] = None) -> Any:
+        """Links an identity (consent_client.identity) to a subject: a ledger record; a retry
+        answers already_linked, so it is retried. Raises FailedPrecondition when the identity
+        is linked to another subject."""
+        request = ids.LinkIdentityRequest(
+            subject_id=subject_id, identity=identity, evidence=types_pb2.Evidence(**(evidence or {}))
+        )
+        return self._call(self.identities.LinkIdentity, request)
+
+    def unlink_identity(self, subject_id: str, identity: Any) -> Any:
+        """Unlinks an identity from a subject. Not retried: a repeat of an applied unlink
+        raises NotFound."""
+        request = ids.UnlinkIdentityRequest(subject_id=subject_id, identity=identity)
+        return self._call(self.identities.UnlinkIdentity, request, retry=False)
+
+    def resolve_identity(self, identity: Any) -> Any:
+        """The subject an identity stands for (consent.v1.ResolveIdentityResponse)."""
+        return self._call(self.identities.ResolveIdentity, ids.ResolveIdentityRequest(identity=identity))
+
+    def list_identities(self, subject_id: str) -> list:
+        """The identities linked to a subject, in link order."""
+        request = ids.ListIdentitiesRequest(subject_id=subject_id)
+        return list(self._call(self.identities.ListIdentities, request).identities)
 
     # --- pipelines ----------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ def server(tmp_path_factory) -> Server:
     run(binary, env, "migrate")
     run(binary, env, "tenants", "create", "acme")
     run(binary, env, "catalog", "apply", "--tenant", "acme", str(CATALOG))
-    writer = run(binary, env, "keys", "create", "--tenant", "acme", "--scopes", "consent:read,consent:write,rights:write,admin")
+    writer = run(binary, env, "keys", "create", "--tenant", "acme", "--scopes", "consent:read,consent:write,rights:write,identity:read,identity:write,admin")
     reader = run(binary, env, "keys", "create", "--tenant", "acme", "--scopes", "consent:read")
     log = open(directory / "consentd.log", "w")
     process = subprocess.Popen(

@@ -150,3 +150,34 @@ def test_snapshot_then_watch_reach_the_state_checks_see(client):
     assert not state[ids[3]] and state[prefix + "late"]
     for subject, allowed in state.items():
         assert client.allowed(subject, "analytics") == allowed, subject
+
+
+def test_a_person_is_checked_by_any_of_their_identities(client):
+    from consent_client import identity
+
+    account = unique("acct")
+    number = f"+32 470 {uuid.uuid4().int % 1000000:06d}"
+    linked = client.link_identity(account, identity.phone(number), evidence={"call_id": "call-43"})
+    assert linked.identity.subject_id == account and linked.identity.value == ""
+    assert client.link_identity(account, identity.phone(number.replace("+", "00"))).already_linked
+    client.link_identity(account, identity.cookie(f"ck-{account}"))
+    written = client.record_consent(
+        identity.phone(number), {"call_recording": types.DECISION_GRANTED}, channel=types.CHANNEL_VOICE
+    )
+    assert written.events[0].subject_id == account
+    assert client.allowed(identity.cookie(f"ck-{account}"), "call_recording")
+    answers = client.check_batch([(identity.phone(number), "call_recording"), (account, "analytics")])
+    assert [(a.subject_id, a.allowed) for a in answers] == [(account, True), (account, False)]
+    assert client.resolve_identity(identity.phone(number)).subject_id == account
+    kinds = [i.type for i in client.list_identities(account)]
+    assert kinds == [types.IDENTITY_TYPE_PHONE, types.IDENTITY_TYPE_COOKIE]
+    with pytest.raises(FailedPrecondition):
+        client.link_identity(unique("acct"), identity.phone(number))
+    with pytest.raises(InvalidArgument) as bad:
+        client.check(identity.phone("0470 12 34 56"), "call_recording")
+    assert [v.field for v in bad.value.field_violations] == ["identity.value"]
+    client.withdraw_consent(identity.cookie(f"ck-{account}"), ["call_recording"])
+    assert not client.allowed(account, "call_recording")
+    client.unlink_identity(account, identity.cookie(f"ck-{account}"))
+    with pytest.raises(NotFound):
+        client.unlink_identity(account, identity.cookie(f"ck-{account}"))

@@ -101,6 +101,9 @@ fn opaque_id(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+const PHONE_CHARACTERS: &str =
+    "a phone number may hold only ASCII digits, a leading + or 00, spaces and - . / ( )";
+
 /// A phone number in E.164 (`+` and 7..15 digits, the first not 0). Accepts the usual ways
 /// of writing one with its country code: `+32 470 12 34 56`, `0032 470/12.34.56`,
 /// `+44 (0)20 7946 0958` (the national trunk `(0)` is dropped), `+1-212-555-0100`. A number
@@ -108,11 +111,22 @@ fn opaque_id(raw: &str) -> Result<String, String> {
 /// guess this service does not make.
 pub fn normalise_phone(raw: &str) -> Result<String, String> {
     let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Err("must not be empty: a phone number with its country code".into());
+    }
     if trimmed.len() > 64 {
         return Err(format!(
             "a phone number must be at most 64 bytes as written, got {}",
             trimmed.len()
         ));
+    }
+    // The characters first: a full-width plus or another script's digits is refused as
+    // such, not as a number without a country code.
+    let allowed = |(i, c): (usize, char)| {
+        c.is_ascii_digit() || matches!(c, ' ' | '-' | '.' | '/' | '(' | ')') || (c == '+' && i == 0)
+    };
+    if !trimmed.char_indices().all(allowed) {
+        return Err(PHONE_CHARACTERS.into());
     }
     let international = if let Some(rest) = trimmed.strip_prefix('+') {
         rest
@@ -131,12 +145,7 @@ pub fn normalise_phone(raw: &str) -> Result<String, String> {
         match c {
             '0'..='9' => digits.push(c),
             ' ' | '-' | '.' | '/' | '(' | ')' => {}
-            _ => {
-                return Err(
-                    "a phone number may hold only digits, a leading + or 00, spaces and - . / ( )"
-                        .into(),
-                );
-            }
+            _ => return Err(PHONE_CHARACTERS.into()),
         }
     }
     let count = digits.len() - 1;
@@ -151,17 +160,20 @@ pub fn normalise_phone(raw: &str) -> Result<String, String> {
     Ok(digits)
 }
 
-/// An email address, trimmed and lower-cased whole (products compare them so; the local
-/// part's case is not kept): one `@` between a non-empty local part and a domain with a dot
-/// or a single label, at most 254 bytes, no spaces or invisible characters.
+/// An email address, trimmed, lower-cased whole (products compare them so; the local
+/// part's case is not kept) and in Unicode NFC (so `é` typed as one character or as `e` and
+/// an accent is one address): one `@` between a non-empty local part and a domain, at most
+/// 254 bytes as sent, no spaces or invisible characters.
 pub fn normalise_email(raw: &str) -> Result<String, String> {
-    let email = raw.trim().to_lowercase();
-    if email.len() > MAX_EMAIL_BYTES {
+    use unicode_normalization::UnicodeNormalization as _;
+    let trimmed = raw.trim();
+    if trimmed.len() > MAX_EMAIL_BYTES {
         return Err(format!(
             "an email address must be at most {MAX_EMAIL_BYTES} bytes, got {}",
-            email.len()
+            trimmed.len()
         ));
     }
+    let email: String = trimmed.to_lowercase().nfc().collect();
     if email
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || is_invisible(c))
@@ -306,11 +318,18 @@ mod tests {
         for (written, rule) in [
             ("0470 12 34 56", "country code"),
             ("470123456", "country code"),
-            ("+32 470 CALL ME", "only digits"),
+            ("+32 470 CALL ME", "only ASCII digits"),
             ("+0 470 12 34 56", "does not start with 0"),
             ("+32 47", "7 to 15 digits"),
             ("+32 470 12 34 56 78 90 12", "7 to 15 digits"),
-            ("", "country code"),
+            ("", "must not be empty"),
+            ("\u{FF0B}32470123456", "only ASCII digits"),
+            ("\u{200B}+32 470 12 34 56", "only ASCII digits"),
+            (
+                "\u{0660}\u{0660}\u{0663}\u{0662}470123456",
+                "only ASCII digits",
+            ),
+            ("32+470123456", "only ASCII digits"),
         ] {
             let Err(error) = normalise_phone(written) else {
                 panic!("{written} was accepted");
@@ -328,6 +347,10 @@ mod tests {
         assert_eq!(
             normalise_email("  Alice.Smith@Example.COM ").as_deref(),
             Ok("alice.smith@example.com")
+        );
+        assert_eq!(
+            normalise_email("e\u{0301}@example.be"),
+            normalise_email("\u{00E9}@example.be")
         );
         for bad in [
             "alice",

@@ -116,6 +116,21 @@ impl Violations {
         self.not_erased(field, value);
     }
 
+    /// A subject id a caller may write to or link to: not an implicit subject
+    /// ([`crate::identity::IMPLICIT_SUBJECT_PREFIX`]), which only its identity names (a write
+    /// by that id after the identity is linked elsewhere would reach nobody's checks).
+    pub fn not_implicit(&mut self, field: &str, value: &str) {
+        if value.starts_with(crate::identity::IMPLICIT_SUBJECT_PREFIX) {
+            self.add(
+                field,
+                format!(
+                    "must not start with `{}`: such ids stand for identities not linked to a subject; name the person by `identity` instead",
+                    crate::identity::IMPLICIT_SUBJECT_PREFIX
+                ),
+            );
+        }
+    }
+
     fn not_erased(&mut self, field: &str, value: &str) {
         if value.starts_with(crate::chain::ERASED_PREFIX) {
             self.add(

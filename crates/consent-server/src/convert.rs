@@ -418,7 +418,10 @@ pub fn command_subject_in(
     identity: Option<&pb::Identity>,
 ) -> Option<SubjectRef> {
     match identity {
-        None => Some(SubjectRef::Id(subject_id.to_owned())),
+        None => {
+            v.not_implicit("subject_id", subject_id);
+            Some(SubjectRef::Id(subject_id.to_owned()))
+        }
         Some(_) if !subject_id.is_empty() => {
             v.add(
                 "identity",

@@ -57,6 +57,7 @@ fn link_request(
 ) -> Result<(Identity, consent_core::Evidence), Status> {
     let mut v = Violations::new();
     v.subject_id("subject_id", subject_id);
+    v.not_implicit("subject_id", subject_id);
     let identity = required_identity(&mut v, identity);
     let evidence = evidence_in(evidence);
     v.evidence("evidence", &evidence);

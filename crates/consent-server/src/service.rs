@@ -343,6 +343,9 @@ fn consistency(v: &mut Violations, field: &str, c: Option<&pb::Consistency>) -> 
 /// identity, if that is how it names the person, is resolved).
 fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> (CheckQuery, Named) {
     let named = convert::subject_named_in(v, prefix, &r.subject_id, r.identity.as_ref());
+    if r.at.is_some() && r.identity.is_some() {
+        v.add(format!("{prefix}at"), AT_WITH_IDENTITY);
+    }
     v.id(&format!("{prefix}purpose_id"), &r.purpose_id);
     v.optional_id(&format!("{prefix}vendor_id"), &r.vendor_id);
     let query = CheckQuery {
@@ -353,6 +356,9 @@ fn check_query(v: &mut Violations, prefix: &str, r: &pb::CheckRequest) -> (Check
     };
     (query, named)
 }
+
+/// Why an as-of read cannot name the person by an identity.
+const AT_WITH_IDENTITY: &str = "cannot be combined with identity: the identity may have been linked to another subject since; resolve it (ResolveIdentity, or the identity_linked records of ListEvents) and ask by subject_id";
 
 /// A subject reference that passed validation (`None` would be a bug: validation sets a
 /// violation for every request without one).
@@ -540,6 +546,9 @@ impl ConsentService for Api {
         let r = request.into_inner();
         let mut v = Violations::new();
         let subject = convert::subject_ref_in(&mut v, "", &r.subject_id, r.identity.as_ref());
+        if r.at.is_some() && r.identity.is_some() {
+            v.add("at", AT_WITH_IDENTITY);
+        }
         let at = convert::time_in(&mut v, "at", r.at.as_ref());
         let consistency = consistency(&mut v, "consistency", r.consistency.as_ref());
         finish(v)?;
