@@ -175,7 +175,7 @@ def test_a_person_is_checked_by_any_of_their_identities(client):
         client.link_identity(unique("acct"), identity.phone(number))
     with pytest.raises(InvalidArgument) as bad:
         client.check(identity.phone("0470 12 34 56"), "call_recording")
-    assert [v.field for v in bad.value.field_violations] == ["identity.value"]
+    assert [v.field for v in bad.value.violations] == ["identity.value"]
     client.withdraw_consent(identity.cookie(f"ck-{account}"), ["call_recording"])
     assert not client.allowed(account, "call_recording")
     client.unlink_identity(account, identity.cookie(f"ck-{account}"))
