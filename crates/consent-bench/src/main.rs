@@ -105,9 +105,10 @@ fn share(text: &str) -> Result<f64, String> {
 }
 
 /// The phases `--profile-phase` can name.
-const PHASES: [&str; 11] = [
+const PHASES: [&str; 12] = [
     "empty",
     "check_cached",
+    "check_by_identity",
     "check_observed",
     "check_store",
     "record_sqlite",
@@ -417,12 +418,19 @@ async fn health(channel: GrpcChannel, _i: u64) -> Result<(), tonic::Status> {
 
 /// A random check of the dataset, drawn from `i`.
 fn check_of(subjects: usize, i: u64) -> pb::CheckRequest {
+    drawn_check(subjects, i).1
+}
+
+/// The `i`-th check's subject index and request (a subject among `subjects`, a purpose).
+fn drawn_check(subjects: usize, i: u64) -> (usize, pb::CheckRequest) {
     let mut draw = Draw(i.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
-    pb::CheckRequest {
-        subject_id: subject(draw.below(subjects)),
+    let index = draw.below(subjects);
+    let request = pb::CheckRequest {
+        subject_id: subject(index),
         purpose_id: PURPOSES[draw.below(PURPOSES.len())].to_owned(),
         ..Default::default()
-    }
+    };
+    (index, request)
 }
 
 /// The report: flat figures, and ratios with their targets.
@@ -568,6 +576,42 @@ async fn warm_every_subject(
     let mut answers = futures::stream::iter(batches).buffer_unordered(concurrency.max(1));
     while let Some(answer) = answers.next().await {
         answer.context("warming the cache")?;
+    }
+    Ok(())
+}
+
+/// Subjects given a linked phone number for the identity phase (the first ones).
+const LINKED_SUBJECTS: usize = 5_000;
+
+/// The phone number linked to subject `i` (`+32 4` and eight digits), written as a dialer
+/// writes it.
+fn phone(i: usize) -> String {
+    format!("+32 4{i:08}")
+}
+
+/// Links a phone number to each of the first `n` subjects (LinkIdentity, `concurrency` in
+/// flight).
+async fn link_phones(channels: &[GrpcChannel], n: usize, concurrency: usize) -> anyhow::Result<()> {
+    use consent_client::pb::identity_service_client::IdentityServiceClient;
+    use futures::StreamExt;
+    let links = (0..n).map(|i| {
+        let channel = channels[i % channels.len()].clone();
+        async move {
+            IdentityServiceClient::new(channel)
+                .link_identity(pb::LinkIdentityRequest {
+                    subject_id: subject(i),
+                    identity: Some(pb::Identity {
+                        r#type: pb::IdentityType::Phone.into(),
+                        value: phone(i),
+                    }),
+                    evidence: None,
+                })
+                .await
+        }
+    });
+    let mut answers = futures::stream::iter(links).buffer_unordered(concurrency.max(1));
+    while let Some(answer) = answers.next().await {
+        answer.context("linking phone numbers")?;
     }
     Ok(())
 }
@@ -722,6 +766,45 @@ async fn main() -> anyhow::Result<()> {
     let batches = phase("batch", closed_loop(&channels, c, window, batch)).await;
     errors += batches.errors;
     report.figure("batch_decisions_per_s", batches.per_second() * BATCH as f64);
+
+    // A Check by a linked phone number against the same Check by subject id, in alternating
+    // rounds over the same subjects: what resolving the identity costs.
+    let linked = subjects.min(LINKED_SUBJECTS);
+    link_phones(&channels, linked, c).await?;
+    let check_linked = move |channel: GrpcChannel, i: u64| async move {
+        ConsentServiceClient::new(channel)
+            .check(check_of(linked, i))
+            .await
+            .map(|_| ())
+    };
+    // The same subject and purpose as `check_of(linked, i)`, named by the phone number.
+    let check_by_phone = move |channel: GrpcChannel, i: u64| async move {
+        let (subject_index, mut request) = drawn_check(linked, i);
+        request.subject_id = String::new();
+        request.identity = Some(pb::Identity {
+            r#type: pb::IdentityType::Phone.into(),
+            value: phone(subject_index),
+        });
+        ConsentServiceClient::new(channel)
+            .check(request)
+            .await
+            .map(|_| ())
+    };
+    let (mut by_subject, mut by_identity) = (Sample::default(), Sample::default());
+    for _ in 0..ROUNDS {
+        let round = window / ROUNDS;
+        by_subject.absorb(closed_loop(&channels, c, round, check_linked).await);
+        by_identity.absorb(
+            phase(
+                "check_by_identity",
+                closed_loop(&channels, c, round, check_by_phone),
+            )
+            .await,
+        );
+    }
+    errors += by_subject.errors + by_identity.errors;
+    report.figure("check_by_subject_rps", by_subject.per_second());
+    report.figure("check_by_identity_rps", by_identity.per_second());
 
     // The same kind of decisions in this process over a HashMap of the same data.
     let keys: Vec<&String> = states.keys().collect();
@@ -907,6 +990,13 @@ async fn main() -> anyhow::Result<()> {
         "empty_p99_us",
         1.2,
         true,
+    );
+    report.ratio(
+        "check_by_identity_vs_subject_rps",
+        "check_by_identity_rps",
+        "check_by_subject_rps",
+        0.90,
+        false,
     );
     if report.has("check_redis_rps") {
         report.ratio(
