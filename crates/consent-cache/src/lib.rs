@@ -54,6 +54,7 @@ const BATCH_LOOKUPS: usize = 16;
 pub mod fence;
 mod memory;
 mod redis_cache;
+mod resolutions;
 mod single_flight;
 pub mod testing;
 
@@ -237,6 +238,8 @@ pub struct CachedStore {
     loads: single_flight::Loads,
     /// The tag of the shared cache's namespace, sent with each write it was told of.
     told_in: Option<NamespaceTag>,
+    /// Identity resolutions, for a cache of this process alone (see `resolutions`).
+    resolutions: Option<resolutions::Resolutions>,
 }
 
 impl Drop for CachedStore {
@@ -267,6 +270,8 @@ impl CachedStore {
             .as_ref()
             .and_then(|f| fence::spawn_poller(Arc::clone(f), Arc::clone(&inner), FENCE_POLL));
         let told_in = cache.namespace().map(NamespaceTag::of);
+        let resolutions =
+            (!cache.is_shared()).then(|| resolutions::Resolutions::new(RESOLUTIONS_CACHED));
         CachedStore {
             inner,
             cache,
@@ -277,6 +282,7 @@ impl CachedStore {
             fence_poller,
             loads: single_flight::Loads::default(),
             told_in,
+            resolutions,
         }
     }
 
@@ -544,15 +550,18 @@ impl LedgerStore for CachedStore {
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
         // The erased marker is part of the subject's cached state: a consent write's coherence.
+        // The erasure drops the subject's identity links too.
         let subjects = [subject_id];
         let fence = self.before_write(tenant, &subjects, fence).await;
-        let outcome = self
-            .inner
-            .erase_subject(tenant, subject_id, record, fence)
+        let erased = self
+            .around_link_write(
+                tenant,
+                self.inner.erase_subject(tenant, subject_id, record, fence),
+            )
             .await?;
-        self.after_write(tenant, &subjects, fence, outcome.revision)
+        self.after_write(tenant, &subjects, fence, erased.revision)
             .await;
-        Ok(outcome)
+        Ok(erased)
     }
 
     async fn chain_key(&self, tenant: &str) -> Result<consent_core::chain::ChainKey> {
@@ -784,8 +793,95 @@ impl CachedStore {
 // revision but no subject's consent state, so cached states stay right.
 consent_store::retention_store_proxy!(CachedStore);
 
-// Identity links are not cached yet: every resolution goes to the ledger.
-consent_store::identity_store_proxy!(CachedStore);
+/// How many identity resolutions a cache of this process keeps.
+const RESOLUTIONS_CACHED: u64 = 100_000;
+
+impl CachedStore {
+    /// Runs a write that changes identity links with the tenant's cached resolutions left
+    /// behind before it and again after it (see `resolutions`).
+    async fn around_link_write<T>(
+        &self,
+        tenant: &str,
+        write: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if let Some(resolutions) = &self.resolutions {
+            resolutions.bump(tenant);
+        }
+        let written = write.await;
+        if let Some(resolutions) = &self.resolutions {
+            resolutions.bump(tenant);
+        }
+        written
+    }
+}
+
+// Resolutions are cached in this process only (a cache of this process alone); with a
+// shared cache every resolution reads the ledger.
+#[async_trait]
+impl consent_store::IdentityStore for CachedStore {
+    async fn ensure_subject_key(&self, tenant: &str) -> Result<consent_core::chain::ChainKey> {
+        self.inner.ensure_subject_key(tenant).await
+    }
+
+    async fn link_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        link: &consent_store::NewLink,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<consent_store::LinkOutcome> {
+        self.around_link_write(
+            tenant,
+            self.inner
+                .link_identity(tenant, subject_id, link, record, fence),
+        )
+        .await
+    }
+
+    async fn unlink_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        alias: &consent_core::identity::AliasKey,
+        record: NewRecord,
+        fence: CacheFence,
+    ) -> Result<consent_store::LinkOutcome> {
+        self.around_link_write(
+            tenant,
+            self.inner
+                .unlink_identity(tenant, subject_id, alias, record, fence),
+        )
+        .await
+    }
+
+    async fn resolve_identity(
+        &self,
+        tenant: &str,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<Option<consent_store::StoredIdentity>> {
+        let Some(resolutions) = &self.resolutions else {
+            return self.inner.resolve_identity(tenant, alias).await;
+        };
+        if let Some(link) = resolutions.get(tenant, alias) {
+            CacheStats::count(&self.stats.hits);
+            return Ok(link);
+        }
+        CacheStats::count(&self.stats.misses);
+        let generation = resolutions.generation(tenant);
+        let link = self.inner.resolve_identity(tenant, alias).await?;
+        resolutions.fill(tenant, alias, generation, link.clone());
+        Ok(link)
+    }
+
+    async fn list_identities(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+    ) -> Result<Vec<consent_store::StoredIdentity>> {
+        self.inner.list_identities(tenant, subject_id).await
+    }
+}
 
 impl CachedStore {
     fn inner(&self) -> &dyn Store {

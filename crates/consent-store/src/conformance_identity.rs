@@ -100,6 +100,8 @@ pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<d
     let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
     assert_eq!(phone.value, None);
     let cookie = link_of(store, &t, IdentityType::Cookie, "ck-9").await;
+    // Read (and cache, on cached stacks) "not linked" first: the link must replace it.
+    assert_eq!(ok(store.resolve_identity(&t, &phone.alias).await), None);
 
     let first = ok(link(store, &t, "acct-1", &phone).await);
     let Some(record) = &first.record else {
@@ -187,6 +189,8 @@ pub async fn unlinking_frees_an_identity(store: &Arc<dyn Store>) {
     .await;
     let email = link_of(store, &t, IdentityType::Email, "Someone@Example.com").await;
     ok(link(store, &t, "acct-1", &email).await);
+    // Read (and cache) the link first: the unlink must replace it.
+    assert!(ok(store.resolve_identity(&t, &email.alias).await).is_some());
     match unlink(store, &t, "acct-2", &email).await {
         Err(ConsentError::NotFound { id, .. }) => assert_eq!(id, "acct-2"),
         other => panic!("expected NotFound, got {other:?}"),
@@ -258,6 +262,7 @@ pub async fn erasure_drops_the_subjects_identities(store: &Arc<dyn Store>) {
     let device = link_of(store, &t, IdentityType::Device, "dev-1").await;
     ok(link(store, &t, "acct-1", &phone).await);
     ok(link(store, &t, "acct-1", &device).await);
+    assert!(ok(store.resolve_identity(&t, &phone.alias).await).is_some());
     let erasure = NewRecord {
         id: new_event_id(),
         kind: RecordKind::SubjectErased,
