@@ -59,6 +59,9 @@ impl Drop for Isolated {
 pub enum Variant {
     /// Logs, metrics and spans, as `consentd` runs with an OTLP endpoint (the figure).
     All,
+    /// As `all`, but the batch exporter drops the spans instead of sending them: what making
+    /// the sampled spans costs, without encoding and sending them.
+    Dropped,
     /// Logs and metrics, as `consentd` runs without an OTLP endpoint.
     NoExport,
     /// The metrics instruments only.
@@ -87,6 +90,20 @@ impl Telemetry {
         }
         self.receiver.abort();
         self.spans.load(Ordering::Relaxed)
+    }
+}
+
+/// A span exporter that drops what it is given (the `dropped` variant).
+#[derive(Debug, Default)]
+struct Dropping;
+
+impl opentelemetry_sdk::trace::SpanExporter for Dropping {
+    fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send {
+        drop(batch);
+        std::future::ready(Ok(()))
     }
 }
 
@@ -145,6 +162,12 @@ pub async fn production(variant: Variant, sampled: f64) -> anyhow::Result<Teleme
             consent_server::telemetry::tracer_provider(&otlp, Some(&endpoint))?
                 .ok_or_else(|| anyhow::anyhow!("no tracer for an explicit endpoint"))?,
         ),
+        Variant::Dropped => Some(
+            SdkTracerProvider::builder()
+                .with_batch_exporter(Dropping)
+                .with_sampler(opentelemetry_sdk::trace::Sampler::AlwaysOn)
+                .build(),
+        ),
         Variant::NoExport | Variant::Metrics | Variant::Nothing => None,
     };
     let log = LogConfig {
@@ -152,7 +175,7 @@ pub async fn production(variant: Variant, sampled: f64) -> anyhow::Result<Teleme
         format: LogFormat::Json,
     };
     let dispatch = match variant {
-        Variant::All | Variant::NoExport => Some(tracing::Dispatch::new(
+        Variant::All | Variant::Dropped | Variant::NoExport => Some(tracing::Dispatch::new(
             consent_server::telemetry::subscriber(&log, tracer.as_ref(), std::io::sink)?,
         )),
         Variant::Metrics | Variant::Nothing => None,
