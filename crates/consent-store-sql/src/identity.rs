@@ -104,6 +104,20 @@ macro_rules! sql_identity_store {
                         existing.link.kind, existing.subject_id
                     )));
                 }
+                let linked: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM subject_identities WHERE tenant_id = $1 AND subject_id = $2",
+                )
+                .bind(tenant)
+                .bind(subject_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                if linked >= consent_store::MAX_IDENTITIES_PER_SUBJECT {
+                    tx.rollback().await.map_err(db)?;
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "subject `{subject_id}` has {linked} identities linked, the most one subject may have: unlink some first"
+                    )));
+                }
                 let mut sealed = append_after(&mut tx, tenant, &locked, vec![record], now).await?;
                 let Some(sealed) = sealed.pop() else {
                     return Err(ConsentError::Internal(

@@ -95,6 +95,7 @@ macro_rules! store_conformance_suite {
             unlinking_frees_an_identity,
             identities_are_tenant_scoped,
             erasure_drops_the_subjects_identities,
+            a_subject_holds_a_bounded_number_of_identities,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

@@ -293,3 +293,30 @@ pub async fn erasure_drops_the_subjects_identities(store: &Arc<dyn Store>) {
     let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
     assert!(report.ok, "{report:?}");
 }
+
+/// A subject holds at most `MAX_IDENTITIES_PER_SUBJECT` identities: one more is refused,
+/// and after an unlink there is room again.
+pub async fn a_subject_holds_a_bounded_number_of_identities(store: &Arc<dyn Store>) {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    let max = usize::try_from(crate::MAX_IDENTITIES_PER_SUBJECT).unwrap_or(usize::MAX);
+    let mut links = Vec::with_capacity(max + 1);
+    for i in 0..=max {
+        links.push(link_of(store, &t, IdentityType::Device, &format!("dev-{i}")).await);
+    }
+    for one in &links[..max] {
+        ok(link(store, &t, "acct-1", one).await);
+    }
+    match link(store, &t, "acct-1", &links[max]).await {
+        Err(ConsentError::FailedPrecondition(msg)) => assert!(msg.contains("acct-1"), "{msg}"),
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    assert_eq!(ok(store.list_identities(&t, "acct-1").await).len(), max);
+    ok(unlink(store, &t, "acct-1", &links[0]).await);
+    ok(link(store, &t, "acct-1", &links[max]).await);
+}

@@ -8,6 +8,10 @@ use consent_core::{IdentityType, LedgerRecord, NewRecord, Result, Revision, Time
 
 use crate::CacheFence;
 
+/// The most identities one subject may have linked: `ListIdentities` answers them all in one
+/// message, which stays far below the message limit (a link is at most about 400 bytes).
+pub const MAX_IDENTITIES_PER_SUBJECT: i64 = 1_000;
+
 /// An identity to link: its alias key, type, and value when the type is kept in clear.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewLink {
@@ -56,8 +60,8 @@ pub trait IdentityStore: Send + Sync {
     /// Links `link` to `subject_id` and appends `record` (kind `IdentityLinked`, about
     /// `subject_id`) in one transaction after the tenant's head, fencing as
     /// [`crate::LedgerStore::append`] does. Already linked to `subject_id`: writes nothing.
-    /// Linked to another subject: `FailedPrecondition` naming it. The subject erased:
-    /// `FailedPrecondition`.
+    /// Linked to another subject: `FailedPrecondition` naming it. The subject erased, or
+    /// already holding [`MAX_IDENTITIES_PER_SUBJECT`] identities: `FailedPrecondition`.
     async fn link_identity(
         &self,
         tenant: &str,

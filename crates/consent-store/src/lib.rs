@@ -31,7 +31,9 @@ mod proxy;
 pub mod retention;
 pub mod snapshot;
 
-pub use identity::{IdentityStore, LinkOutcome, NewLink, StoredIdentity};
+pub use identity::{
+    IdentityStore, LinkOutcome, MAX_IDENTITIES_PER_SUBJECT, NewLink, StoredIdentity,
+};
 pub use retention::{
     Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,
     StoredHold, StoredItem, SweepMark,
