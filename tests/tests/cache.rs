@@ -202,6 +202,7 @@ async fn a_restriction_or_an_erasure_on_one_replica_is_seen_on_another_at_once()
         .erase_subject(pb::EraseSubjectRequest {
             subject_id: "caller".into(),
             reason: "Art. 17 request".into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("erase: {e}"));

@@ -611,17 +611,26 @@ async fn an_erasure_drops_the_subjects_identities() {
     for server in backends().await {
         let b = server.backend;
         let client = &server.client;
+        apply_seed_catalog(client).await;
         linked(client, ACCOUNT, IdentityType::Phone, PHONE, b).await;
-        ok(
+        // The caller asks by phone to be erased: the account it is linked to is erased.
+        let erased = ok(
             client
                 .rights()
                 .erase_subject(pb::EraseSubjectRequest {
-                    subject_id: ACCOUNT.into(),
-                    reason: "request #77".into(),
+                    identity: identity(IdentityType::Phone, PHONE_OTHERWISE),
+                    reason: "request #77 by phone".into(),
+                    ..Default::default()
                 })
                 .await,
             b,
         );
+        assert!(erased.erased_id.starts_with("erased:"), "{b}");
+        let account = client
+            .check_raw(ACCOUNT, "call_recording")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert_eq!(account.reason(), Reason::SubjectErased, "{b}");
         let after = resolve(client, IdentityType::Phone, PHONE).await;
         assert!(!after.linked, "{b}");
         assert!(after.subject_id.starts_with("alias:"), "{b}");
@@ -739,7 +748,8 @@ async fn an_export_lists_the_identity_types_and_no_hashed_value() {
         client
             .rights()
             .export_subject(pb::ExportSubjectRequest {
-                subject_id: ACCOUNT.into(),
+                identity: identity(IdentityType::Phone, PHONE_OTHERWISE),
+                ..Default::default()
             })
             .await,
         "export",

@@ -342,6 +342,7 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
             .erase_subject(pb::EraseSubjectRequest {
                 subject_id: SUBJECT.into(),
                 reason: "\u{200b}\u{feff} ".into(),
+                ..Default::default()
             })
             .await;
         assert_eq!(rejected_fields(blank), ["reason"], "{b}");
@@ -360,6 +361,7 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
                 .erase_subject(pb::EraseSubjectRequest {
                     subject_id: SUBJECT.into(),
                     reason: "Art. 17 request #4711".into(),
+                    ..Default::default()
                 })
                 .await,
             b,
@@ -453,6 +455,7 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
                 .erase_subject(pb::EraseSubjectRequest {
                     subject_id: SUBJECT.into(),
                     reason: "duplicate request".into(),
+                    ..Default::default()
                 })
                 .await,
             b,

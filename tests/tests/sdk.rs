@@ -202,6 +202,7 @@ async fn typed_methods_and_typed_errors() {
         .erase_subject(pb::EraseSubjectRequest {
             subject_id: subject.into(),
             reason: "request 9".into(),
+            ..Default::default()
         })
         .await);
     assert!(!erased.already_erased);
@@ -534,6 +535,7 @@ async fn the_local_cache_serves_hits_and_follows_every_change() {
         .erase_subject(pb::EraseSubjectRequest {
             subject_id: "gone".into(),
             reason: "request".into(),
+            ..Default::default()
         })
         .await);
     tokio::time::timeout(SAFETY, cached.wait_for_revision(erased.revision))
@@ -726,6 +728,7 @@ async fn catalogue_retention_and_rights_methods_round_trip() {
     );
     let mut export = client.export_subject(pb::ExportSubjectRequest {
         subject_id: subject.into(),
+        ..Default::default()
     });
     let mut documents = 0;
     while let Some(document) = export.next().await {

@@ -573,6 +573,7 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
             rights
                 .export_subject(pb::ExportSubjectRequest {
                     subject_id: "s".into(),
+                    ..Default::default()
                 })
                 .await,
         ),

@@ -151,6 +151,7 @@ async fn populate(client: &ConsentClient, n: usize) -> Vec<String> {
         .erase_subject(pb::EraseSubjectRequest {
             subject_id: subjects[4].clone(),
             reason: "request 7".into(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("erase: {e}"));
@@ -535,6 +536,7 @@ async fn subjects_erased_during_a_snapshot_are_not_listed_after_it() {
             .erase_subject(pb::EraseSubjectRequest {
                 subject_id: subject.clone(),
                 reason: "request".into(),
+                ..Default::default()
             })
             .await
             .unwrap_or_else(|e| panic!("erase: {e}"));

@@ -50,6 +50,7 @@ async fn export(client: &ConsentClient) -> Vec<(String, Value)> {
             .rights()
             .export_subject(pb::ExportSubjectRequest {
                 subject_id: CALLER.into(),
+                ..Default::default()
             })
             .await,
         "export",
@@ -239,6 +240,7 @@ async fn a_voice_call_from_consent_to_attested_deletion() {
                 .erase_subject(pb::EraseSubjectRequest {
                     subject_id: CALLER.into(),
                     reason: "Art. 17 request by phone, ticket 7731".into(),
+                    ..Default::default()
                 })
                 .await,
             b,
@@ -389,6 +391,7 @@ async fn exports_show_a_withdraw_all_and_are_bounded() {
                 .rights()
                 .export_subject(pb::ExportSubjectRequest {
                     subject_id: CALLER.into(),
+                    ..Default::default()
                 })
                 .await,
             "export",
@@ -405,6 +408,7 @@ async fn exports_show_a_withdraw_all_and_are_bounded() {
         .rights()
         .export_subject(pb::ExportSubjectRequest {
             subject_id: CALLER.into(),
+            ..Default::default()
         })
         .await
         .err()

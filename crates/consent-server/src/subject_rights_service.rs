@@ -71,7 +71,8 @@ impl SubjectRightsService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let mut v = Violations::new();
-        v.subject_id("subject_id", &r.subject_id);
+        let subject =
+            crate::convert::subject_ref_in(&mut v, "", &r.subject_id, r.identity.as_ref());
         if r.reason
             .chars()
             .all(|c| c.is_whitespace() || consent_core::validate::is_invisible(c))
@@ -83,9 +84,10 @@ impl SubjectRightsService for Api {
         }
         v.text("reason", &r.reason);
         v.finish().map_err(status)?;
+        let subject_id = self.subject(&who, subject).await?;
         let outcome = self
             .ledger()
-            .erase(&who, &r.subject_id, &r.reason)
+            .erase(&who, &subject_id, &r.reason)
             .await
             .map_err(status)?;
         let record = &outcome.record;
@@ -110,11 +112,15 @@ impl SubjectRightsService for Api {
     ) -> RpcResult<Self::ExportSubjectStream> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &[], "")?;
+        let mut v = Violations::new();
+        let subject =
+            crate::convert::subject_ref_in(&mut v, "", &r.subject_id, r.identity.as_ref());
+        v.finish().map_err(status)?;
+        let subject_id = self.subject(&who, subject).await?;
         let documents = self
             .retention()
             .exporter()
-            .start(who.tenant_id, r.subject_id)
+            .start(who.tenant_id, subject_id)
             .map_err(status)?;
         let stream = ReceiverStream::new(documents).map(|document| match document {
             Ok(d) => Ok(pb::ExportSubjectResponse {

@@ -696,6 +696,7 @@ async fn subject(
         SubjectCommand::Export { subject } => {
             let mut documents = client.export_subject(pb::ExportSubjectRequest {
                 subject_id: subject,
+                ..Default::default()
             });
             let progress = out.progress(None, "documents");
             while let Some(document) = documents.next().await {
@@ -710,6 +711,7 @@ async fn subject(
                 .erase_subject(pb::EraseSubjectRequest {
                     subject_id: subject,
                     reason,
+                    ..Default::default()
                 })
                 .await?;
             out.erased(&erased)
