@@ -53,6 +53,42 @@ async fn link(
         .map(tonic::Response::into_inner)
 }
 
+async fn unlink(
+    client: &ConsentClient,
+    subject: &str,
+    kind: IdentityType,
+    value: &str,
+) -> Result<pb::UnlinkIdentityResponse, tonic::Status> {
+    client
+        .identities()
+        .unlink_identity(pb::UnlinkIdentityRequest {
+            subject_id: subject.into(),
+            identity: identity(kind, value),
+            evidence: None,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The identities linked to `subject`.
+async fn listed(client: &ConsentClient, subject: &str, what: &str) -> Vec<pb::LinkedIdentity> {
+    ok(
+        client
+            .identities()
+            .list_identities(pb::ListIdentitiesRequest {
+                subject_id: subject.into(),
+            })
+            .await,
+        what,
+    )
+    .identities
+}
+
+/// The status code of a call (`Ok(())` when it succeeded).
+fn code<T>(result: Result<T, tonic::Status>) -> Result<(), Code> {
+    result.map(|_| ()).map_err(|s| s.code())
+}
+
 async fn linked(
     client: &ConsentClient,
     subject: &str,
@@ -274,17 +310,8 @@ async fn a_voice_consent_by_phone_number_is_seen_through_the_cookie_and_the_acco
         );
         assert_eq!(history.events.len(), 2, "{b}: the grant and the withdrawal");
 
-        let listed = ok(
-            client
-                .identities()
-                .list_identities(pb::ListIdentitiesRequest {
-                    subject_id: ACCOUNT.into(),
-                })
-                .await,
-            b,
-        );
-        let shown: Vec<(IdentityType, String)> = listed
-            .identities
+        let shown: Vec<(IdentityType, String)> = listed(client, ACCOUNT, b)
+            .await
             .iter()
             .map(|i| (i.r#type(), i.value.clone()))
             .collect();
@@ -382,30 +409,11 @@ async fn an_identity_is_not_stolen_from_the_subject_it_is_linked_to() {
             refused.message()
         );
 
-        let not_there = client
-            .identities()
-            .unlink_identity(pb::UnlinkIdentityRequest {
-                subject_id: "acct-other".into(),
-                identity: identity(IdentityType::Email, EMAIL),
-                evidence: None,
-            })
-            .await;
-        assert_eq!(
-            not_there.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::NotFound),
-            "{b}"
-        );
-        ok(
-            client
-                .identities()
-                .unlink_identity(pb::UnlinkIdentityRequest {
-                    subject_id: ACCOUNT.into(),
-                    identity: identity(IdentityType::Email, EMAIL),
-                    evidence: None,
-                })
-                .await,
-            b,
-        );
+        let not_there = unlink(client, "acct-other", IdentityType::Email, EMAIL).await;
+        assert_eq!(code(not_there), Err(Code::NotFound), "{b}");
+        unlink(client, ACCOUNT, IdentityType::Email, EMAIL)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: unlink: {e:?}"));
         let moved = linked(client, "acct-other", IdentityType::Email, EMAIL, b).await;
         assert_eq!(
             moved.identity.unwrap_or_default().subject_id,
@@ -542,33 +550,9 @@ async fn identities_belong_to_their_tenant_and_need_their_scopes() {
         assert_ne!(seen_by_b.subject_id, ACCOUNT, "{b}");
         let check_b = check_by(&other, IdentityType::Phone, PHONE, "call_recording").await;
         assert!(!check_b.allowed, "{b}: tenant B sees tenant A's grant");
-        let unlink_b = other
-            .identities()
-            .unlink_identity(pb::UnlinkIdentityRequest {
-                subject_id: ACCOUNT.into(),
-                identity: identity(IdentityType::Phone, PHONE),
-                evidence: None,
-            })
-            .await;
-        assert_eq!(
-            unlink_b.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::NotFound),
-            "{b}"
-        );
-        assert!(
-            ok(
-                other
-                    .identities()
-                    .list_identities(pb::ListIdentitiesRequest {
-                        subject_id: ACCOUNT.into()
-                    })
-                    .await,
-                b
-            )
-            .identities
-            .is_empty(),
-            "{b}"
-        );
+        let unlink_b = unlink(&other, ACCOUNT, IdentityType::Phone, PHONE).await;
+        assert_eq!(code(unlink_b), Err(Code::NotFound), "{b}");
+        assert!(listed(&other, ACCOUNT, b).await.is_empty(), "{b}");
         assert!(
             check_by(&a, IdentityType::Phone, PHONE, "call_recording")
                 .await
@@ -580,11 +564,7 @@ async fn identities_belong_to_their_tenant_and_need_their_scopes() {
             .client_for("tenant-a", &[Scope::ConsentRead, Scope::IdentityRead])
             .await;
         let denied = link(&reader, ACCOUNT, IdentityType::Cookie, COOKIE).await;
-        assert_eq!(
-            denied.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::PermissionDenied),
-            "{b}"
-        );
+        assert_eq!(code(denied), Err(Code::PermissionDenied), "{b}");
         assert!(
             resolve(&reader, IdentityType::Phone, PHONE).await.linked,
             "{b}"
@@ -596,11 +576,7 @@ async fn identities_belong_to_their_tenant_and_need_their_scopes() {
                 identity: identity(IdentityType::Phone, PHONE),
             })
             .await;
-        assert_eq!(
-            no_read.map(|_| ()).map_err(|s| s.code()),
-            Err(Code::PermissionDenied),
-            "{b}"
-        );
+        assert_eq!(code(no_read), Err(Code::PermissionDenied), "{b}");
         server.stop().await;
     }
 }

@@ -8,6 +8,13 @@ macro_rules! sql_identity_store {
     ($store:ty, $db:ty, writer = $writer:ident, reader = $reader:ident, from_db = $from_db:path $(,)?) => {
         const IDENTITY_COLUMNS: &str =
             "alias_key, identity_type, value, subject_id, revision, linked_at";
+        /// The link of one alias key: `$1` tenant, `$2` alias key.
+        fn identity_by_alias() -> String {
+            format!(
+                "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
+                 WHERE tenant_id = $1 AND alias_key = $2"
+            )
+        }
 
         fn identity_from_row(
             row: &<$db as sqlx::Database>::Row,
@@ -35,16 +42,27 @@ macro_rules! sql_identity_store {
             tenant: &str,
             alias: &consent_core::identity::AliasKey,
         ) -> Result<Option<consent_store::StoredIdentity>> {
-            let row = sqlx::query(&format!(
-                "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
-                 WHERE tenant_id = $1 AND alias_key = $2"
-            ))
+            let row = sqlx::query(&identity_by_alias())
             .bind(tenant)
             .bind(alias.0.as_slice())
             .fetch_optional(&mut **tx)
             .await
             .map_err(db)?;
             row.as_ref().map(identity_from_row).transpose()
+        }
+
+        /// Appends the one ledger record of a link or unlink after the locked head.
+        async fn append_link_record(
+            tx: &mut Tx,
+            tenant: &str,
+            locked: &LockedHead,
+            record: NewRecord,
+            now: Timestamp,
+        ) -> Result<LedgerRecord> {
+            append_after(tx, tenant, locked, vec![record], now)
+                .await?
+                .pop()
+                .ok_or_else(|| ConsentError::Internal("the link record was not appended".into()))
         }
 
         /// Refuses a record that is not `kind` about `subject_id` (a caller's bug).
@@ -56,6 +74,31 @@ macro_rules! sql_identity_store {
                 )));
             }
             Ok(())
+        }
+
+        impl $store {
+            /// Commits a link or unlink written as `sealed` (fenced as asked) and wakes the
+            /// change feed.
+            async fn commit_link(
+                &self,
+                tx: Tx,
+                tenant: &str,
+                sealed: LedgerRecord,
+                identity: consent_store::StoredIdentity,
+                fence: CacheFence,
+            ) -> Result<consent_store::LinkOutcome> {
+                let revision = sealed.revision;
+                fence_and_commit(tx, tenant, revision, fence).await?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(consent_store::LinkOutcome {
+                    record: Some(sealed),
+                    identity,
+                    revision,
+                })
+            }
         }
 
         #[async_trait]
@@ -118,12 +161,7 @@ macro_rules! sql_identity_store {
                         "subject `{subject_id}` has {linked} identities linked, the most one subject may have: unlink some first"
                     )));
                 }
-                let mut sealed = append_after(&mut tx, tenant, &locked, vec![record], now).await?;
-                let Some(sealed) = sealed.pop() else {
-                    return Err(ConsentError::Internal(
-                        "the link record was not appended".into(),
-                    ));
-                };
+                let sealed = append_link_record(&mut tx, tenant, &locked, record, now).await?;
                 let identity = consent_store::StoredIdentity {
                     link: link.clone(),
                     subject_id: subject_id.to_owned(),
@@ -144,17 +182,7 @@ macro_rules! sql_identity_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                let revision = sealed.revision;
-                fence_and_commit(tx, tenant, revision, fence).await?;
-                self.commits.publish(Commit {
-                    tenant_id: tenant.to_owned(),
-                    revision,
-                });
-                Ok(consent_store::LinkOutcome {
-                    record: Some(sealed),
-                    identity,
-                    revision,
-                })
+                self.commit_link(tx, tenant, sealed, identity, fence).await
             }
 
             async fn unlink_identity(
@@ -179,29 +207,14 @@ macro_rules! sql_identity_store {
                         subject_id,
                     ));
                 };
-                let mut sealed = append_after(&mut tx, tenant, &locked, vec![record], now).await?;
-                let Some(sealed) = sealed.pop() else {
-                    return Err(ConsentError::Internal(
-                        "the unlink record was not appended".into(),
-                    ));
-                };
+                let sealed = append_link_record(&mut tx, tenant, &locked, record, now).await?;
                 sqlx::query("DELETE FROM subject_identities WHERE tenant_id = $1 AND alias_key = $2")
                     .bind(tenant)
                     .bind(alias.0.as_slice())
                     .execute(&mut *tx)
                     .await
                     .map_err(db)?;
-                let revision = sealed.revision;
-                fence_and_commit(tx, tenant, revision, fence).await?;
-                self.commits.publish(Commit {
-                    tenant_id: tenant.to_owned(),
-                    revision,
-                });
-                Ok(consent_store::LinkOutcome {
-                    record: Some(sealed),
-                    identity: existing,
-                    revision,
-                })
+                self.commit_link(tx, tenant, sealed, existing, fence).await
             }
 
             async fn resolve_identity(
@@ -209,10 +222,7 @@ macro_rules! sql_identity_store {
                 tenant: &str,
                 alias: &consent_core::identity::AliasKey,
             ) -> Result<Option<consent_store::StoredIdentity>> {
-                let row = sqlx::query(&format!(
-                    "SELECT {IDENTITY_COLUMNS} FROM subject_identities \
-                     WHERE tenant_id = $1 AND alias_key = $2"
-                ))
+                let row = sqlx::query(&identity_by_alias())
                 .bind(tenant)
                 .bind(alias.0.as_slice())
                 .fetch_optional(self.$reader())

@@ -78,6 +78,34 @@ async fn unlink(
         .await
 }
 
+/// A fresh tenant whose ledger holds one grant of `acct-1` (so it has its subject key).
+async fn tenant_that_wrote(store: &Arc<dyn Store>) -> String {
+    let t = tenant();
+    append(
+        store,
+        &t,
+        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
+    )
+    .await;
+    t
+}
+
+/// Panics unless the tenant's chain verifies; returns its head revision.
+async fn assert_verifies(store: &Arc<dyn Store>, t: &str) -> consent_core::Revision {
+    let (report, head) = ok(verify_ledger(store.as_ref(), t).await);
+    assert!(report.ok, "{report:?}");
+    head.revision
+}
+
+/// The kinds of the tenant's ledger records, in revision order.
+async fn record_kinds(store: &Arc<dyn Store>, t: &str) -> Vec<RecordKind> {
+    records_of(store, t)
+        .await
+        .iter()
+        .map(|r| r.record.record.kind)
+        .collect()
+}
+
 async fn records_of(store: &Arc<dyn Store>, t: &str) -> Vec<crate::StoredRecord> {
     let query = EventQuery {
         limit: 1000,
@@ -90,13 +118,7 @@ async fn records_of(store: &Arc<dyn Store>, t: &str) -> Vec<crate::StoredRecord>
 /// linked to one subject cannot be linked to another; a phone number is stored only as its
 /// keyed hash.
 pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<dyn Store>) {
-    let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
+    let t = tenant_that_wrote(store).await;
     let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
     assert_eq!(phone.value, None);
     let cookie = link_of(store, &t, IdentityType::Cookie, "ck-9").await;
@@ -143,18 +165,11 @@ pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<d
         None
     );
 
-    let kinds: Vec<RecordKind> = records_of(store, &t)
-        .await
-        .iter()
-        .map(|r| r.record.record.kind)
-        .collect();
     assert_eq!(
-        kinds,
+        record_kinds(store, &t).await,
         [RecordKind::IdentityLinked, RecordKind::IdentityLinked]
     );
-    let (report, head) = ok(verify_ledger(store.as_ref(), &t).await);
-    assert!(report.ok, "{report:?}");
-    assert_eq!(head.revision, second.revision);
+    assert_eq!(assert_verifies(store, &t).await, second.revision);
 }
 
 /// A tenant that never wrote gets its subject key from `ensure_subject_key`, without a
@@ -173,20 +188,13 @@ pub async fn a_tenant_gets_its_identity_key_before_any_write(store: &Arc<dyn Sto
     .await;
     assert_eq!(ok(store.chain_key(&t).await), first);
     assert_eq!(ok(store.ensure_subject_key(&t).await), first);
-    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
-    assert!(report.ok, "{report:?}");
+    assert_verifies(store, &t).await;
 }
 
 /// An unlink is a record too, frees the identity for another subject, and is `NotFound`
 /// for an identity not linked to the subject named.
 pub async fn unlinking_frees_an_identity(store: &Arc<dyn Store>) {
-    let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
+    let t = tenant_that_wrote(store).await;
     let email = link_of(store, &t, IdentityType::Email, "Someone@Example.com").await;
     ok(link(store, &t, "acct-1", &email).await);
     // Read (and cache) the link first: the unlink must replace it.
@@ -206,34 +214,23 @@ pub async fn unlinking_frees_an_identity(store: &Arc<dyn Store>) {
     ));
     let relinked = ok(link(store, &t, "acct-2", &email).await);
     assert_eq!(relinked.identity.subject_id, "acct-2");
-    let kinds: Vec<RecordKind> = records_of(store, &t)
-        .await
-        .iter()
-        .map(|r| r.record.record.kind)
-        .collect();
     assert_eq!(
-        kinds,
+        record_kinds(store, &t).await,
         [
             RecordKind::IdentityLinked,
             RecordKind::IdentityUnlinked,
             RecordKind::IdentityLinked
         ]
     );
-    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
-    assert!(report.ok, "{report:?}");
+    assert_verifies(store, &t).await;
 }
 
 /// One tenant's links are invisible to another, even for the same alias key.
 pub async fn identities_are_tenant_scoped(store: &Arc<dyn Store>) {
-    let (a, b) = (tenant(), tenant());
-    for t in [&a, &b] {
-        append(
-            store,
-            t,
-            vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
-        )
-        .await;
-    }
+    let (a, b) = (
+        tenant_that_wrote(store).await,
+        tenant_that_wrote(store).await,
+    );
     let cookie = link_of(store, &a, IdentityType::Cookie, "ck-1").await;
     ok(link(store, &a, "acct-1", &cookie).await);
     assert_eq!(ok(store.resolve_identity(&b, &cookie.alias).await), None);
@@ -251,13 +248,7 @@ pub async fn identities_are_tenant_scoped(store: &Arc<dyn Store>) {
 /// Erasing a subject drops its links (the identities resolve to nothing), keeps the chain
 /// whole, and refuses new links for it.
 pub async fn erasure_drops_the_subjects_identities(store: &Arc<dyn Store>) {
-    let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
+    let t = tenant_that_wrote(store).await;
     let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
     let device = link_of(store, &t, IdentityType::Device, "dev-1").await;
     ok(link(store, &t, "acct-1", &phone).await);
@@ -290,20 +281,13 @@ pub async fn erasure_drops_the_subjects_identities(store: &Arc<dyn Store>) {
         link(store, &t, "acct-1", &device).await,
         Err(ConsentError::FailedPrecondition(_))
     ));
-    let (report, _) = ok(verify_ledger(store.as_ref(), &t).await);
-    assert!(report.ok, "{report:?}");
+    assert_verifies(store, &t).await;
 }
 
 /// A subject holds at most `MAX_IDENTITIES_PER_SUBJECT` identities: one more is refused,
 /// and after an unlink there is room again.
 pub async fn a_subject_holds_a_bounded_number_of_identities(store: &Arc<dyn Store>) {
-    let t = tenant();
-    append(
-        store,
-        &t,
-        vec![event("acct-1", "analytics", "", Decision::Granted, day(1))],
-    )
-    .await;
+    let t = tenant_that_wrote(store).await;
     let max = usize::try_from(crate::MAX_IDENTITIES_PER_SUBJECT).unwrap_or(usize::MAX);
     let mut links = Vec::with_capacity(max + 1);
     for i in 0..=max {
