@@ -881,6 +881,30 @@ impl consent_store::IdentityStore for CachedStore {
     ) -> Result<Vec<consent_store::StoredIdentity>> {
         self.inner.list_identities(tenant, subject_id).await
     }
+
+    async fn merge_subjects(
+        &self,
+        tenant: &str,
+        merge: &consent_store::Merge,
+        fence: CacheFence,
+    ) -> Result<consent_store::MergeOutcome> {
+        // Both subjects' states change (the one merged into takes choices and flags, the
+        // other is closed): a consent write's coherence for both. Subjects merged earlier
+        // into `from` keep their states (closed, naming `from`, which now names `into`).
+        // Identities move: resolutions change too.
+        let subjects = [merge.into.as_str(), merge.from.as_str()];
+        let fence = self.before_write(tenant, &subjects, fence).await;
+        let merged = self
+            .around_link_write(tenant, self.inner.merge_subjects(tenant, merge, fence))
+            .await?;
+        self.after_write(tenant, &subjects, fence, merged.revision)
+            .await;
+        Ok(merged)
+    }
+
+    async fn merged_into(&self, tenant: &str, root: &str) -> Result<Vec<String>> {
+        self.inner.merged_into(tenant, root).await
+    }
 }
 
 impl CachedStore {

@@ -592,7 +592,7 @@ mod tests {
                 .map(|(p, d)| ((*p).to_owned(), at_day(*d)))
                 .collect(),
             gpc_since: gpc.map(at_day),
-            erased_since: None,
+            ..SubjectFlags::default()
         }
     }
 
@@ -788,6 +788,60 @@ mod tests {
             prop_assert!(!v.allowed, "{:?}", v);
             // The withdraw-all, or a refusal or withdrawal that was already the last word.
             prop_assert!(matches!(v.reason, Reason::Withdrawn | Reason::Denied), "{:?}", v);
+        }
+
+        /// A merge (the choices of both sides together, the flags absorbed) never allows what
+        /// either side refused last, nor what a right exercised on either side forbids.
+        #[test]
+        fn a_merge_never_allows_what_either_side_refused_last(
+            a in arb_entries(),
+            b in arb_entries(),
+            fa in arb_flags(),
+            fb in arb_flags(),
+            p in arb_purpose(),
+            vendor in prop::sample::select(vec!["", "ga4", "late_vendor"]),
+            at in 0i64..420,
+        ) {
+            // The other side's events: ids and revisions of their own, as in one ledger.
+            let b: Vec<StateEntry> = b
+                .into_iter()
+                .map(|mut e| {
+                    e.revision += 100;
+                    e.event_id = format!("b{}", e.event_id);
+                    e
+                })
+                .collect();
+            let on = |entries: &[StateEntry], f: &SubjectFlags| {
+                let mut s = state(entries.iter().map(|e| StateEntry { purpose_id: p.id.clone(), ..e.clone() }).collect());
+                s.flags = f.clone();
+                decide(&p, vendor, &s, &catalog(), at_day(at))
+            };
+            // Erased subjects are never merged (the store refuses).
+            let (mut fa, mut fb) = (fa, fb);
+            fa.erased_since = None;
+            fb.erased_since = None;
+            let mut flags = fa.clone();
+            flags.absorb(&fb);
+            let all: Vec<StateEntry> = a.iter().chain(&b).cloned().collect();
+            let merged = on(&all, &flags);
+            for (side, f) in [(&a, &fa), (&b, &fb)] {
+                let own = on(side, f);
+                let by_right = matches!(
+                    own.reason,
+                    Reason::ProcessingRestricted | Reason::Objected | Reason::GpcOptOut
+                );
+                if by_right {
+                    prop_assert!(!merged.allowed, "{:?} on one side, {:?} merged", own, merged);
+                }
+                if merged.allowed && matches!(own.reason, Reason::Denied | Reason::Withdrawn) {
+                    let refusal = side.iter().find(|e| Some(&e.event_id) == own.event_id.as_ref());
+                    let grant = all.iter().find(|e| Some(&e.event_id) == merged.event_id.as_ref());
+                    prop_assert!(
+                        matches!((grant, refusal), (Some(g), Some(r)) if g.supersedes(r)),
+                        "{:?} on one side, {:?} merged", own, merged
+                    );
+                }
+            }
         }
 
         /// No combination of flags ever allows what a flag forbids, whatever the choices.

@@ -368,6 +368,10 @@ pub struct SubjectFlags {
     pub gpc_since: Option<Timestamp>,
     /// Erased (Art. 17) at; nothing else is kept about an erased subject.
     pub erased_since: Option<Timestamp>,
+    /// The subject this one was merged into: it is closed (writes naming it are refused)
+    /// and its reads answer for that subject, whose state holds this one's choices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<String>,
 }
 
 impl SubjectFlags {
@@ -418,7 +422,26 @@ impl SubjectFlags {
             | RecordKind::ConsentExpired
             | RecordKind::RetentionSweep
             | RecordKind::IdentityLinked
-            | RecordKind::IdentityUnlinked => {}
+            | RecordKind::IdentityUnlinked
+            | RecordKind::SubjectsMerged => {}
+        }
+    }
+
+    /// The flags of the subject `other` is merged into: each right exercised on either side
+    /// stands (a restriction, an objection or a GPC signal from the earlier of the two
+    /// times), so a merge never lifts one. `merged_into` is left as it was.
+    pub fn absorb(&mut self, other: &SubjectFlags) {
+        fn earliest(mine: &mut Option<Timestamp>, theirs: Option<Timestamp>) {
+            *mine = match (*mine, theirs) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        earliest(&mut self.restricted_since, other.restricted_since);
+        earliest(&mut self.gpc_since, other.gpc_since);
+        for (purpose, since) in &other.objections {
+            let mine = self.objections.entry(purpose.clone()).or_insert(*since);
+            *mine = (*mine).min(*since);
         }
     }
 
@@ -609,6 +632,11 @@ string_enum! {
         IdentityLinked => "identity_linked",
         /// An identity was unlinked from the subject (same detail).
         IdentityUnlinked => "identity_unlinked",
+        /// Two subjects were merged (one person found under two ids): written on both sides
+        /// in one transaction. The detail names the subject merged away (`merged_from`),
+        /// the subject it was merged into (`merged_into`) and the identity whose link asked
+        /// for it; the merged-away subject is closed from then on.
+        SubjectsMerged => "subjects_merged",
     }
 }
 

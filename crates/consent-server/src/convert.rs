@@ -119,6 +119,7 @@ enum_map!(RecordKind, LedgerRecordKind, record_kind_in, record_kind_out {
     ObjectionWithdrawn <=> ObjectionWithdrawn, GpcSet <=> GpcSet, GpcCleared <=> GpcCleared,
     SubjectErased <=> SubjectErased, IdentityLinked <=> IdentityLinked,
     IdentityUnlinked <=> IdentityUnlinked,
+    SubjectsMerged <=> SubjectsMerged,
 });
 
 /// A subject's flags to the wire.

@@ -94,3 +94,10 @@ pub(crate) fn db(e: sqlx::Error) -> ConsentError {
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> ConsentError {
     ConsentError::Internal(format!("stored {what} cannot be read: {e}"))
 }
+
+/// The refusal of a write naming `subject_id`, closed by its merge into `into`.
+pub(crate) fn merged_error(subject_id: &str, into: &str) -> ConsentError {
+    ConsentError::FailedPrecondition(format!(
+        "subject_id `{subject_id}` was merged into `{into}` (one person under two ids): it is closed, write to `{into}` instead"
+    ))
+}

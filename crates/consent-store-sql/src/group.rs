@@ -83,6 +83,12 @@ pub(crate) trait BatchTx: Send {
         tenant: &str,
         erased_ids: &[String],
     ) -> Result<HashSet<String>>;
+    /// Which of `subjects` are closed by a merge, with the subject each was merged into.
+    async fn merged_among(
+        &mut self,
+        tenant: &str,
+        subjects: &[String],
+    ) -> Result<HashMap<String, String>>;
     /// The idempotency records among `keys` created after `live_after` (older ones expired).
     async fn find_keys(
         &mut self,
@@ -180,6 +186,7 @@ async fn write_in_one_transaction(
     let locked = tx.lock_head(tenant, now).await?;
     let head = locked.head;
     let erased = erased_subjects(tx.as_mut(), tenant, &locked, writes).await?;
+    let closed = closed_subjects(tx.as_mut(), tenant, &locked, writes).await?;
     let keys: Vec<&str> = writes
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
@@ -204,6 +211,15 @@ async fn write_in_one_transaction(
                 "subject_id `{}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it",
                 subject.subject_id
             ))));
+            continue;
+        }
+        // Before any replay too: a write replayed after the merge would look accepted.
+        if let Some((subject, into)) = write
+            .events
+            .iter()
+            .find_map(|e| closed.get_key_value(&e.subject_id))
+        {
+            plans.push(Planned::Failed(crate::errors::merged_error(subject, into)));
             continue;
         }
         if let Some(key) = &write.idempotency
@@ -330,6 +346,27 @@ async fn erased_subjects(
         .iter()
         .filter_map(|id| by_erased_id.get(id).map(|s| (*s).to_owned()))
         .collect())
+}
+
+/// The subjects of `writes` closed by a merge, with the subject each was merged into (none
+/// looked up while the tenant merged none).
+async fn closed_subjects(
+    tx: &mut dyn BatchTx,
+    tenant: &str,
+    locked: &LockedHead,
+    writes: &[PendingWrite],
+) -> Result<HashMap<String, String>> {
+    if locked.merges == 0 {
+        return Ok(HashMap::new());
+    }
+    let mut subjects: Vec<String> = writes
+        .iter()
+        .flat_map(|w| &w.events)
+        .map(|e| e.subject_id.clone())
+        .collect();
+    subjects.sort_unstable();
+    subjects.dedup();
+    tx.merged_among(tenant, &subjects).await
 }
 
 fn duration_micros(d: Duration) -> i64 {

@@ -76,6 +76,65 @@ macro_rules! sql_identity_store {
             Ok(())
         }
 
+        /// How many identities are linked to `subject_id`.
+        async fn links_of(tx: &mut Tx, tenant: &str, subject_id: &str) -> Result<i64> {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM subject_identities WHERE tenant_id = $1 AND subject_id = $2",
+            )
+            .bind(tenant)
+            .bind(subject_id)
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db)
+        }
+
+        /// Inserts the row of a new link written by the record `sealed`.
+        async fn insert_link(
+            tx: &mut Tx,
+            tenant: &str,
+            subject_id: &str,
+            link: &consent_store::NewLink,
+            sealed: &LedgerRecord,
+        ) -> Result<consent_store::StoredIdentity> {
+            sqlx::query(&format!(
+                "INSERT INTO subject_identities (tenant_id, {IDENTITY_COLUMNS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            ))
+            .bind(tenant)
+            .bind(link.alias.0.as_slice())
+            .bind(link.kind.as_str())
+            .bind(link.value.as_deref())
+            .bind(subject_id)
+            .bind(sealed.revision)
+            .bind(time(sealed.recorded_at)?)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(consent_store::StoredIdentity {
+                link: link.clone(),
+                subject_id: subject_id.to_owned(),
+                revision: sealed.revision,
+                linked_at: sealed.recorded_at,
+            })
+        }
+
+        /// Refuses the records of a merge that are not what `merge` writes (a caller's bug).
+        fn merge_records_are(merge: &consent_store::Merge) -> Result<()> {
+            let new_link = matches!(merge.via, consent_store::MergeVia::NewLink(_));
+            let expected = |r: &NewRecord| match r.kind {
+                RecordKind::SubjectsMerged => r.subject_id == merge.into || r.subject_id == merge.from,
+                RecordKind::IdentityLinked => new_link && r.subject_id == merge.into,
+                _ => false,
+            };
+            match merge.records.iter().find(|r| !expected(r)) {
+                Some(r) => Err(ConsentError::Internal(format!(
+                    "a {} record of subject `{}` is not part of merging `{}` into `{}`",
+                    r.kind, r.subject_id, merge.from, merge.into
+                ))),
+                None => Ok(()),
+            }
+        }
+
         impl $store {
             /// Commits a link or unlink written as `sealed` (fenced as asked) and wakes the
             /// change feed.
@@ -128,11 +187,7 @@ macro_rules! sql_identity_store {
                 let mut tx = self.$writer().begin().await.map_err(db)?;
                 // The head first, as every ledger write: links of one alias serialise on it.
                 let locked = lock_head(&mut tx, tenant, now).await?;
-                if let Some(id) = locked.erased_lookup(subject_id)
-                    && has_marker(&mut tx, tenant, &id).await?
-                {
-                    return Err(erased_error(subject_id));
-                }
+                refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
                 if let Some(existing) = identity_in(&mut tx, tenant, &link.alias).await? {
                     tx.rollback().await.map_err(db)?;
                     if existing.subject_id == subject_id {
@@ -147,14 +202,7 @@ macro_rules! sql_identity_store {
                         existing.link.kind, existing.subject_id
                     )));
                 }
-                let linked: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM subject_identities WHERE tenant_id = $1 AND subject_id = $2",
-                )
-                .bind(tenant)
-                .bind(subject_id)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
+                let linked = links_of(&mut tx, tenant, subject_id).await?;
                 if linked >= consent_store::MAX_IDENTITIES_PER_SUBJECT {
                     tx.rollback().await.map_err(db)?;
                     return Err(ConsentError::FailedPrecondition(format!(
@@ -162,26 +210,7 @@ macro_rules! sql_identity_store {
                     )));
                 }
                 let sealed = append_link_record(&mut tx, tenant, &locked, record, now).await?;
-                let identity = consent_store::StoredIdentity {
-                    link: link.clone(),
-                    subject_id: subject_id.to_owned(),
-                    revision: sealed.revision,
-                    linked_at: sealed.recorded_at,
-                };
-                sqlx::query(&format!(
-                    "INSERT INTO subject_identities (tenant_id, {IDENTITY_COLUMNS}) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                ))
-                .bind(tenant)
-                .bind(link.alias.0.as_slice())
-                .bind(link.kind.as_str())
-                .bind(link.value.as_deref())
-                .bind(subject_id)
-                .bind(sealed.revision)
-                .bind(time(sealed.recorded_at)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                let identity = insert_link(&mut tx, tenant, subject_id, link, &sealed).await?;
                 self.commit_link(tx, tenant, sealed, identity, fence).await
             }
 
@@ -229,6 +258,160 @@ macro_rules! sql_identity_store {
                 .await
                 .map_err(db)?;
                 row.as_ref().map(identity_from_row).transpose()
+            }
+
+            async fn merge_subjects(
+                &self,
+                tenant: &str,
+                merge: &consent_store::Merge,
+                fence: CacheFence,
+            ) -> Result<consent_store::MergeOutcome> {
+                use consent_store::MergeVia;
+                merge_records_are(merge)?;
+                let (into, from) = (merge.into.as_str(), merge.from.as_str());
+                if into == from {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "subject `{into}` cannot be merged into itself"
+                    )));
+                }
+                let now = Timestamp::now();
+                let mut tx = self.$writer().begin().await.map_err(db)?;
+                // The head first: merges and every write naming either subject serialise on
+                // it, so no write to `from` can land after its state was read below.
+                let locked = lock_head(&mut tx, tenant, now).await?;
+                if let Some(root) = closed_into(&mut tx, tenant, &locked, from).await? {
+                    tx.rollback().await.map_err(db)?;
+                    if root == into {
+                        return Ok(consent_store::MergeOutcome {
+                            records: Vec::new(),
+                            identities_moved: 0,
+                            revision: locked.head.revision,
+                        });
+                    }
+                    return Err(crate::errors::merged_error(from, &root));
+                }
+                refuse_gone(&mut tx, tenant, &locked, from).await?;
+                refuse_gone(&mut tx, tenant, &locked, into).await?;
+                let standing = match &merge.via {
+                    MergeVia::Linked(alias) | MergeVia::NewLink(consent_store::NewLink { alias, .. }) => {
+                        identity_in(&mut tx, tenant, alias).await?
+                    }
+                };
+                let (expected, new_link) = match &merge.via {
+                    MergeVia::Linked(_) => (Some(from), None),
+                    MergeVia::NewLink(link) => (None, Some(link)),
+                };
+                if standing.as_ref().map(|i| i.subject_id.as_str()) != expected {
+                    tx.rollback().await.map_err(db)?;
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "the identity is {} now: it changed while the merge was asked; resolve it again and retry",
+                        standing.map_or("not linked".to_owned(), |i| format!("linked to subject `{}`", i.subject_id))
+                    )));
+                }
+                let links = links_of(&mut tx, tenant, into).await?
+                    + links_of(&mut tx, tenant, from).await?
+                    + i64::from(new_link.is_some());
+                if links > consent_store::MAX_IDENTITIES_PER_SUBJECT {
+                    tx.rollback().await.map_err(db)?;
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "subjects `{into}` and `{from}` would hold {links} identities together, more than one subject may have ({}): unlink some first",
+                        consent_store::MAX_IDENTITIES_PER_SUBJECT
+                    )));
+                }
+                let sealed = append_after(&mut tx, tenant, &locked, merge.records.clone(), now).await?;
+                let revision = sealed.last().map_or(locked.head.revision, |r| r.revision);
+                // `into` takes each of `from`'s choices that supersedes its own, by the rule of
+                // every projection write (`StateEntry::supersedes`).
+                sqlx::query(
+                    "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, \
+                     event_id, policy_version_id, collected_at, revision) \
+                     SELECT tenant_id, $3, purpose_id, vendor_id, decision, event_id, policy_version_id, \
+                     collected_at, revision FROM consent_state WHERE tenant_id = $1 AND subject_id = $2 \
+                     ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
+                     decision = excluded.decision, event_id = excluded.event_id, \
+                     policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
+                     revision = excluded.revision \
+                     WHERE (excluded.collected_at, CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
+                       > (consent_state.collected_at, CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, consent_state.revision)",
+                )
+                .bind(tenant)
+                .bind(from)
+                .bind(into)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                let mut into_flags = flags_in(&mut tx, tenant, into).await?;
+                let mut from_flags = flags_in(&mut tx, tenant, from).await?;
+                into_flags.absorb(&from_flags);
+                from_flags.merged_into = Some(into.to_owned());
+                write_flags(&mut tx, tenant, into, &into_flags, revision).await?;
+                write_flags(&mut tx, tenant, from, &from_flags, revision).await?;
+                // Subjects merged into `from` now count as merged into `into` (the group's
+                // root), and `from` is closed.
+                sqlx::query(
+                    "UPDATE merged_subjects SET merged_into = $3 WHERE tenant_id = $1 AND merged_into = $2",
+                )
+                .bind(tenant)
+                .bind(from)
+                .bind(into)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                sqlx::query(
+                    "INSERT INTO merged_subjects (tenant_id, subject_id, merged_into, revision) \
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(tenant)
+                .bind(from)
+                .bind(into)
+                .bind(revision)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+                let moved = sqlx::query(
+                    "UPDATE subject_identities SET subject_id = $3 WHERE tenant_id = $1 AND subject_id = $2",
+                )
+                .bind(tenant)
+                .bind(from)
+                .bind(into)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?
+                .rows_affected();
+                if let Some(link) = new_link {
+                    let record = sealed
+                        .iter()
+                        .find(|r| r.record.kind == RecordKind::IdentityLinked)
+                        .ok_or_else(|| ConsentError::Internal("a merge that links an identity needs its identity_linked record".into()))?;
+                    insert_link(&mut tx, tenant, into, link, record).await?;
+                }
+                sqlx::query("UPDATE tenants SET merges = merges + 1 WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                fence_and_commit(tx, tenant, revision, fence).await?;
+                self.commits.publish(Commit {
+                    tenant_id: tenant.to_owned(),
+                    revision,
+                });
+                Ok(consent_store::MergeOutcome {
+                    records: sealed,
+                    identities_moved: i64::try_from(moved).unwrap_or(i64::MAX),
+                    revision,
+                })
+            }
+
+            async fn merged_into(&self, tenant: &str, root: &str) -> Result<Vec<String>> {
+                sqlx::query_scalar(
+                    "SELECT subject_id FROM merged_subjects WHERE tenant_id = $1 AND merged_into = $2 \
+                     ORDER BY subject_id",
+                )
+                .bind(tenant)
+                .bind(root)
+                .fetch_all(self.$reader())
+                .await
+                .map_err(db)
             }
 
             async fn list_identities(

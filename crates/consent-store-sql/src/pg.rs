@@ -406,6 +406,25 @@ impl BatchTx for PgTx {
         rows.iter().map(|row| row.try_get(0).map_err(db)).collect()
     }
 
+    async fn merged_among(
+        &mut self,
+        tenant: &str,
+        subjects: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let rows = sqlx::query(
+            "SELECT subject_id, merged_into FROM merged_subjects \
+             WHERE tenant_id = $1 AND subject_id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(subjects)
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?)))
+            .collect()
+    }
+
     async fn find_keys(
         &mut self,
         tenant: &str,

@@ -345,6 +345,85 @@ macro_rules! sql_retention_store {
             ))
         }
 
+        /// Stores a subject's flags as of `revision`.
+        async fn write_flags(
+            tx: &mut Tx,
+            tenant: &str,
+            subject_id: &str,
+            flags: &SubjectFlags,
+            revision: i64,
+        ) -> Result<()> {
+            sqlx::query(
+                "INSERT INTO subject_flags (tenant_id, subject_id, body, revision) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject_id) \
+                 DO UPDATE SET body = excluded.body, revision = excluded.revision",
+            )
+            .bind(tenant)
+            .bind(subject_id)
+            .bind(to_json(flags)?)
+            .bind(revision)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+
+        /// A subject's flags as stored in `tx` (none stored: no flag set).
+        async fn flags_in(tx: &mut Tx, tenant: &str, subject_id: &str) -> Result<SubjectFlags> {
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2",
+            )
+            .bind(tenant)
+            .bind(subject_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            match stored {
+                Some(body) => from_json(&body, "subject_flags.body"),
+                None => Ok(SubjectFlags::default()),
+            }
+        }
+
+        /// The subject `subject_id` was merged into, if a merge closed it (looked up only
+        /// when the tenant merged any).
+        async fn closed_into(
+            tx: &mut Tx,
+            tenant: &str,
+            locked: &LockedHead,
+            subject_id: &str,
+        ) -> Result<Option<String>> {
+            if locked.merges == 0 {
+                return Ok(None);
+            }
+            sqlx::query_scalar(
+                "SELECT merged_into FROM merged_subjects WHERE tenant_id = $1 AND subject_id = $2",
+            )
+            .bind(tenant)
+            .bind(subject_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)
+        }
+
+        /// `FailedPrecondition` if `subject_id` was erased or closed by a merge: a write
+        /// naming it is refused (call under the head lock).
+        async fn refuse_gone(
+            tx: &mut Tx,
+            tenant: &str,
+            locked: &LockedHead,
+            subject_id: &str,
+        ) -> Result<()> {
+            if let Some(id) = locked.erased_lookup(subject_id)
+                && has_marker(tx, tenant, &id).await?
+            {
+                return Err(erased_error(subject_id));
+            }
+            if let Some(into) = closed_into(tx, tenant, locked, subject_id).await? {
+                return Err(crate::errors::merged_error(subject_id, &into));
+            }
+            Ok(())
+        }
+
         /// `FailedPrecondition` if `subject_id` was erased, for writes that hold the tenant's
         /// retention lock (which an erasure takes too) but not its head.
         async fn refuse_erased(tx: &mut Tx, tenant: &str, subject_id: &str) -> Result<()> {
@@ -636,23 +715,8 @@ macro_rules! sql_retention_store {
                 // subject serialise on it, so each reads the flags the previous one left.
                 let locked = lock_head(&mut tx, tenant, now).await?;
                 let head = locked.head.revision;
-                if let Some(id) = locked.erased_lookup(subject_id)
-                    && has_marker(&mut tx, tenant, &id).await?
-                {
-                    return Err(erased_error(subject_id));
-                }
-                let stored: Option<String> = sqlx::query_scalar(
-                    "SELECT body FROM subject_flags WHERE tenant_id = $1 AND subject_id = $2",
-                )
-                .bind(tenant)
-                .bind(subject_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
-                let mut flags: SubjectFlags = match stored {
-                    Some(body) => from_json(&body, "subject_flags.body")?,
-                    None => SubjectFlags::default(),
-                };
+                refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
+                let mut flags = flags_in(&mut tx, tenant, subject_id).await?;
                 let effective: Vec<NewRecord> = records
                     .into_iter()
                     .filter(|r| {
@@ -671,18 +735,7 @@ macro_rules! sql_retention_store {
                 }
                 let sealed = append_after(&mut tx, tenant, &locked, effective, now).await?;
                 let revision = sealed.last().map_or(head, |r| r.revision);
-                sqlx::query(
-                    "INSERT INTO subject_flags (tenant_id, subject_id, body, revision) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, subject_id) \
-                     DO UPDATE SET body = excluded.body, revision = excluded.revision",
-                )
-                .bind(tenant)
-                .bind(subject_id)
-                .bind(to_json(&flags)?)
-                .bind(revision)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                write_flags(&mut tx, tenant, subject_id, &flags, revision).await?;
                 fence_and_commit(tx, tenant, revision, fence).await?;
                 self.commits.publish(Commit {
                     tenant_id: tenant.to_owned(),
@@ -793,7 +846,15 @@ macro_rules! sql_retention_store {
                             .rows_affected();
                     }
                 }
-                for table in ["consent_state", "subject_flags", "subject_identities"] {
+                // A merged-away subject's closure goes with it; the rows of subjects merged
+                // into this one stay until they are erased in turn (the ledger erases a
+                // group's members after its root: `Ledger::erase`).
+                for table in [
+                    "consent_state",
+                    "subject_flags",
+                    "subject_identities",
+                    "merged_subjects",
+                ] {
                     sqlx::query(&format!(
                         "DELETE FROM {table} WHERE tenant_id = $1 AND subject_id = $2"
                     ))

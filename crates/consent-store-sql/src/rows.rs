@@ -121,12 +121,12 @@ where
 /// ledger write of the tenant (group commit, ledger records, erasure) serialises on it. A
 /// ledger without a subject key (written before keys existed, or created by a catalogue
 /// write) takes `$4` here and is keyed from its next revision on. Columns: revision,
-/// head_hash, subject_key, keyed_from, erasures (see [`locked_head`]).
+/// head_hash, subject_key, keyed_from, erasures, merges (see [`locked_head`]).
 pub(crate) const LOCK_HEAD: &str = "INSERT INTO tenants (tenant_id, revision, head_hash, created_at, subject_key, keyed_from) \
      VALUES ($1, 0, $2, $3, $4, 1) ON CONFLICT (tenant_id) DO UPDATE SET revision = tenants.revision, \
      subject_key = COALESCE(tenants.subject_key, excluded.subject_key), \
      keyed_from = COALESCE(tenants.keyed_from, tenants.revision + 1) \
-     RETURNING revision, head_hash, subject_key, keyed_from, erasures";
+     RETURNING revision, head_hash, subject_key, keyed_from, erasures, merges";
 
 /// The tenant's key as stored: `$1` tenant. Columns: subject_key, keyed_from.
 pub(crate) const CHAIN_KEY: &str =
@@ -145,6 +145,9 @@ pub(crate) fn new_subject_key() -> Result<[u8; 32]> {
 pub(crate) struct LockedHead {
     pub(crate) head: LedgerHead,
     pub(crate) key: ChainKey,
+    /// How many merges the tenant made: none, and no write needs to look for a closed
+    /// subject.
+    pub(crate) merges: i64,
 }
 
 impl LockedHead {
@@ -207,6 +210,7 @@ where
             erasures: row.try_get(4).map_err(db)?,
         },
         key,
+        merges: row.try_get(5).map_err(db)?,
     })
 }
 

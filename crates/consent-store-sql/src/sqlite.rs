@@ -452,6 +452,30 @@ impl BatchTx for SqliteTx {
         Ok(found)
     }
 
+    async fn merged_among(
+        &mut self,
+        tenant: &str,
+        subjects: &[String],
+    ) -> Result<HashMap<String, String>> {
+        let mut found = HashMap::new();
+        for chunk in subjects.chunks(ROWS_PER_INSERT) {
+            let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT subject_id, merged_into FROM merged_subjects WHERE tenant_id = ",
+            );
+            sql.push_bind(tenant).push(" AND subject_id IN (");
+            let mut list = sql.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            sql.push(")");
+            let rows = sql.build().fetch_all(&mut *self.0).await.map_err(db)?;
+            for row in &rows {
+                found.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
+            }
+        }
+        Ok(found)
+    }
+
     async fn find_keys(
         &mut self,
         tenant: &str,

@@ -21,6 +21,7 @@ use crate::{
 };
 
 pub use crate::conformance_identity::*;
+pub use crate::conformance_merge::*;
 pub use crate::conformance_retention::*;
 pub use crate::conformance_snapshot::*;
 
@@ -96,6 +97,9 @@ macro_rules! store_conformance_suite {
             identities_are_tenant_scoped,
             erasure_drops_the_subjects_identities,
             a_subject_holds_a_bounded_number_of_identities,
+            a_merge_keeps_every_withdrawal,
+            a_merged_subject_is_closed,
+            carrying_choices_merges_the_implicit_subject,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

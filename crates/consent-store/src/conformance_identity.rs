@@ -12,7 +12,12 @@ use crate::{CacheFence, EventQuery, NewLink, Store, verify_ledger};
 
 /// The link of `value` (of type `kind`) under the tenant's own identity key (which exists
 /// once the tenant has written to its ledger).
-async fn link_of(store: &Arc<dyn Store>, t: &str, kind: IdentityType, value: &str) -> NewLink {
+pub(crate) async fn link_of(
+    store: &Arc<dyn Store>,
+    t: &str,
+    kind: IdentityType,
+    value: &str,
+) -> NewLink {
     let key = ok(store.chain_key(t).await);
     let Some(key) = IdentityKey::of(&key) else {
         panic!("tenant {t} has no subject key after a write");
@@ -25,7 +30,7 @@ async fn link_of(store: &Arc<dyn Store>, t: &str, kind: IdentityType, value: &st
     }
 }
 
-fn identity_record(kind: RecordKind, subject: &str, link: &NewLink) -> NewRecord {
+pub(crate) fn identity_record(kind: RecordKind, subject: &str, link: &NewLink) -> NewRecord {
     let mut detail = std::collections::BTreeMap::from([
         ("identity_type".to_owned(), link.kind.as_str().to_owned()),
         ("alias_sha256".to_owned(), link.alias.to_hex()),
@@ -44,7 +49,7 @@ fn identity_record(kind: RecordKind, subject: &str, link: &NewLink) -> NewRecord
     }
 }
 
-async fn link(
+pub(crate) async fn link(
     store: &Arc<dyn Store>,
     t: &str,
     subject: &str,
@@ -79,7 +84,7 @@ async fn unlink(
 }
 
 /// A fresh tenant whose ledger holds one grant of `acct-1` (so it has its subject key).
-async fn tenant_that_wrote(store: &Arc<dyn Store>) -> String {
+pub(crate) async fn tenant_that_wrote(store: &Arc<dyn Store>) -> String {
     let t = tenant();
     append(
         store,
@@ -91,14 +96,14 @@ async fn tenant_that_wrote(store: &Arc<dyn Store>) -> String {
 }
 
 /// Panics unless the tenant's chain verifies; returns its head revision.
-async fn assert_verifies(store: &Arc<dyn Store>, t: &str) -> consent_core::Revision {
+pub(crate) async fn assert_verifies(store: &Arc<dyn Store>, t: &str) -> consent_core::Revision {
     let (report, head) = ok(verify_ledger(store.as_ref(), t).await);
     assert!(report.ok, "{report:?}");
     head.revision
 }
 
 /// The kinds of the tenant's ledger records, in revision order.
-async fn record_kinds(store: &Arc<dyn Store>, t: &str) -> Vec<RecordKind> {
+pub(crate) async fn record_kinds(store: &Arc<dyn Store>, t: &str) -> Vec<RecordKind> {
     records_of(store, t)
         .await
         .iter()
@@ -106,7 +111,7 @@ async fn record_kinds(store: &Arc<dyn Store>, t: &str) -> Vec<RecordKind> {
         .collect()
 }
 
-async fn records_of(store: &Arc<dyn Store>, t: &str) -> Vec<crate::StoredRecord> {
+pub(crate) async fn records_of(store: &Arc<dyn Store>, t: &str) -> Vec<crate::StoredRecord> {
     let query = EventQuery {
         limit: 1000,
         ..EventQuery::default()

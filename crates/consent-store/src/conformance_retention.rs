@@ -586,7 +586,7 @@ pub async fn retention_is_tenant_scoped(store: &Arc<dyn Store>) {
     assert!(ok(store.legal_holds(&a, None, day(2), "", 100).await).len() == 1);
 }
 
-fn flag(kind: RecordKind, subject: &str, purpose: &str, at: i64) -> NewRecord {
+pub(crate) fn flag(kind: RecordKind, subject: &str, purpose: &str, at: i64) -> NewRecord {
     NewRecord {
         id: new_event_id(),
         kind,
@@ -730,7 +730,7 @@ pub async fn flags_are_projected_with_the_state(store: &Arc<dyn Store>) {
     assert!(other.flags.is_empty());
 }
 
-fn erasure(reason: &str) -> NewRecord {
+pub(crate) fn erasure(reason: &str) -> NewRecord {
     NewRecord {
         id: new_event_id(),
         kind: RecordKind::SubjectErased,

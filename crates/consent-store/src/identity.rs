@@ -48,6 +48,45 @@ pub struct LinkOutcome {
     pub revision: Revision,
 }
 
+/// How the identity that asks for a merge stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MergeVia {
+    /// Linked to the subject merged away (`merge=true`): it moves with that subject's other
+    /// identities. If it is no longer linked there when the transaction runs,
+    /// `FailedPrecondition` (it changed meanwhile).
+    Linked(AliasKey),
+    /// Not linked to any subject (`carry_choices=true`: its own, implicit subject is merged
+    /// away): it is linked to the subject merged into. If it got linked meanwhile,
+    /// `FailedPrecondition`.
+    NewLink(NewLink),
+}
+
+/// A merge of `from` into `into`: one person found under two subject ids.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Merge {
+    /// The subject that stays and answers for both.
+    pub into: String,
+    /// The subject merged away: closed from the merge on.
+    pub from: String,
+    /// The identity whose link asked for it.
+    pub via: MergeVia,
+    /// The records to append: `SubjectsMerged` about `into` and about `from`, and for
+    /// [`MergeVia::NewLink`] an `IdentityLinked` about `into`.
+    pub records: Vec<NewRecord>,
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeOutcome {
+    /// The records appended, in ledger order; empty when `from` was already merged into
+    /// `into` (a retry: nothing written).
+    pub records: Vec<LedgerRecord>,
+    /// The identities now linked to `into` that were linked to `from`.
+    pub identities_moved: i64,
+    /// The tenant revision after the write (the head, when nothing was written).
+    pub revision: Revision,
+}
+
 /// The links of identities to subjects, written with their ledger records.
 #[async_trait]
 pub trait IdentityStore: Send + Sync {
@@ -92,4 +131,30 @@ pub trait IdentityStore: Send + Sync {
 
     /// The identities linked to `subject_id`, in the order they were linked.
     async fn list_identities(&self, tenant: &str, subject_id: &str) -> Result<Vec<StoredIdentity>>;
+
+    /// Merges `merge.from` into `merge.into` in one transaction after the tenant's head,
+    /// fencing as [`crate::LedgerStore::append`] does:
+    /// - `into`'s projection takes each of `from`'s choices that supersedes its own
+    ///   (`StateEntry::supersedes`: the later collected; at the same time, the refusal), so
+    ///   no withdrawal or denial of either side is lost; `into`'s flags absorb `from`'s
+    ///   ([`consent_core::SubjectFlags::absorb`]);
+    /// - `from`'s identities move to `into`, and subjects merged into `from` earlier now
+    ///   count as merged into `into`;
+    /// - `from` is closed: its flags name `into` (`merged_into`), and every later write
+    ///   naming it is refused (`FailedPrecondition` naming `into`);
+    /// - the records are appended.
+    ///
+    /// `from` already merged into `into`: writes nothing. Either subject erased or closed,
+    /// the two the same, the identity not standing as `via` says, or `into` left with more
+    /// than [`MAX_IDENTITIES_PER_SUBJECT`] identities: `FailedPrecondition`.
+    async fn merge_subjects(
+        &self,
+        tenant: &str,
+        merge: &Merge,
+        fence: CacheFence,
+    ) -> Result<MergeOutcome>;
+
+    /// The subjects merged (directly or through others) into `root`, a subject not merged
+    /// itself, ordered by id: the group `root` answers for.
+    async fn merged_into(&self, tenant: &str, root: &str) -> Result<Vec<String>>;
 }

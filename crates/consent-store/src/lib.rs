@@ -23,6 +23,7 @@ use consent_core::{
 pub mod breaker;
 pub mod conformance;
 mod conformance_identity;
+mod conformance_merge;
 mod conformance_retention;
 mod conformance_snapshot;
 pub mod counting;
@@ -32,7 +33,8 @@ pub mod retention;
 pub mod snapshot;
 
 pub use identity::{
-    IdentityStore, LinkOutcome, MAX_IDENTITIES_PER_SUBJECT, NewLink, StoredIdentity,
+    IdentityStore, LinkOutcome, MAX_IDENTITIES_PER_SUBJECT, Merge, MergeOutcome, MergeVia, NewLink,
+    StoredIdentity,
 };
 pub use retention::{
     Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,

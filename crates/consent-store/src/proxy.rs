@@ -526,6 +526,26 @@ macro_rules! identity_store_proxy {
                 )
                 .await
             }
+            async fn merge_subjects(
+                &self,
+                tenant: &str,
+                merge: &$crate::Merge,
+                fence: $crate::CacheFence,
+            ) -> consent_core::Result<$crate::MergeOutcome> {
+                self.around(
+                    "merge_subjects",
+                    self.inner().merge_subjects(tenant, merge, fence),
+                )
+                .await
+            }
+            async fn merged_into(
+                &self,
+                tenant: &str,
+                root: &str,
+            ) -> consent_core::Result<Vec<String>> {
+                self.around("merged_into", self.inner().merged_into(tenant, root))
+                    .await
+            }
         }
     };
 }
