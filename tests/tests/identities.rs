@@ -39,6 +39,18 @@ async fn link(
     kind: IdentityType,
     value: &str,
 ) -> Result<pb::LinkIdentityResponse, tonic::Status> {
+    link_merging(client, subject, kind, value, false, false).await
+}
+
+/// A link that may merge (`merge`) or carry an unlinked identity's choices (`carry`).
+async fn link_merging(
+    client: &ConsentClient,
+    subject: &str,
+    kind: IdentityType,
+    value: &str,
+    merge: bool,
+    carry_choices: bool,
+) -> Result<pb::LinkIdentityResponse, tonic::Status> {
     client
         .identities()
         .link_identity(pb::LinkIdentityRequest {
@@ -48,6 +60,8 @@ async fn link(
                 call_id: "call-20261204-0042".into(),
                 ..Default::default()
             }),
+            merge,
+            carry_choices,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -720,28 +734,9 @@ async fn an_export_lists_the_identity_types_and_no_hashed_value() {
     let client = &server.client;
     linked(client, ACCOUNT, IdentityType::Cookie, COOKIE, "cookie").await;
     linked(client, ACCOUNT, IdentityType::Phone, PHONE, "phone").await;
-    let mut stream = ok(
-        client
-            .rights()
-            .export_subject(pb::ExportSubjectRequest {
-                identity: identity(IdentityType::Phone, PHONE_OTHERWISE),
-                ..Default::default()
-            })
-            .await,
-        "export",
-    );
-    let mut documents: Vec<(String, serde_json::Value)> = Vec::new();
-    // Bounded: this subject has a handful of documents.
-    for _ in 0..100 {
-        let next = tokio::time::timeout(Duration::from_secs(60), stream.message())
-            .await
-            .unwrap_or_else(|_| panic!("no export document within the safety net"))
-            .unwrap_or_else(|e| panic!("export: {e:?}"));
-        let Some(document) = next else { break };
-        assert!(!document.json.contains("470123456"), "{}", document.json);
-        let json = serde_json::from_str(&document.json)
-            .unwrap_or_else(|e| panic!("not JSON: {e}: {}", document.json));
-        documents.push((document.document_type, json));
+    let documents = exported(client, identity(IdentityType::Phone, PHONE_OTHERWISE)).await;
+    for (_, json) in &documents {
+        assert!(!json.to_string().contains("470123456"), "{json}");
     }
     let identities: Vec<(String, serde_json::Value, String)> = documents
         .iter()
@@ -775,4 +770,390 @@ async fn an_export_lists_the_identity_types_and_no_hashed_value() {
         .unwrap_or_else(|| panic!("no end document: {documents:?}"));
     assert_eq!(end.1["identities"], 2);
     server.stop().await;
+}
+
+/// The documents of an export by `identity`, as (type, JSON).
+async fn exported(
+    client: &ConsentClient,
+    identity: Option<pb::Identity>,
+) -> Vec<(String, serde_json::Value)> {
+    let mut stream = ok(
+        client
+            .rights()
+            .export_subject(pb::ExportSubjectRequest {
+                identity,
+                ..Default::default()
+            })
+            .await,
+        "export",
+    );
+    let mut documents = Vec::new();
+    // Bounded: these subjects have a handful of documents.
+    for _ in 0..100 {
+        let next = tokio::time::timeout(Duration::from_secs(60), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("no export document within the safety net"))
+            .unwrap_or_else(|e| panic!("export: {e:?}"));
+        let Some(document) = next else { break };
+        let json = serde_json::from_str(&document.json)
+            .unwrap_or_else(|e| panic!("not JSON: {e}: {}", document.json));
+        documents.push((document.document_type, json));
+    }
+    documents
+}
+
+async fn record_id(client: &ConsentClient, subject: &str, purpose: &str, decision: Decision) {
+    ok(
+        client
+            .consent()
+            .record_consent(pb::RecordConsentRequest {
+                subject_id: subject.into(),
+                decisions: vec![pb::PurposeDecision {
+                    purpose_id: purpose.into(),
+                    vendor_id: String::new(),
+                    decision: decision.into(),
+                }],
+                channel: Channel::Voice.into(),
+                ..Default::default()
+            })
+            .await,
+        "record by id",
+    );
+}
+
+async fn reason_of(client: &ConsentClient, subject: &str, purpose: &str) -> (Reason, String) {
+    let answer = client
+        .check_raw(subject, purpose)
+        .await
+        .unwrap_or_else(|e| panic!("check {subject} {purpose}: {e:?}"));
+    (answer.reason(), answer.subject_id)
+}
+
+/// The merge: an anonymous subject that withdrew is merged into an account that had
+/// granted; the withdrawal stands whichever id asks, the later choice wins elsewhere, the
+/// merge is a ledger record of both, the merged-away subject is closed, and erasing by any
+/// identity erases both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_of_two_subjects_keeps_the_withdrawal() {
+    const ANON: &str = "anon-5f2a9c";
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        record_id(client, ACCOUNT, "call_recording", Decision::Granted).await;
+        record_id(client, ACCOUNT, "analytics", Decision::Granted).await;
+        linked(client, ANON, IdentityType::Cookie, COOKIE, b).await;
+        record_by(
+            client,
+            IdentityType::Cookie,
+            COOKIE,
+            "ai_transcription",
+            Decision::Granted,
+        )
+        .await;
+        client
+            .consent()
+            .withdraw_consent(pb::WithdrawConsentRequest {
+                identity: identity(IdentityType::Cookie, COOKIE),
+                purpose_ids: vec!["call_recording".into()],
+                channel: Channel::Voice.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{b}: withdraw by cookie: {e:?}"));
+        record_id(client, ACCOUNT, "ai_transcription", Decision::Denied).await;
+        // Read (and cache) both subjects' answers first.
+        assert_eq!(
+            reason_of(client, ACCOUNT, "call_recording").await.0,
+            Reason::Granted,
+            "{b}"
+        );
+        assert_eq!(
+            reason_of(client, ANON, "call_recording").await.0,
+            Reason::Withdrawn,
+            "{b}"
+        );
+
+        // Without merge: refused, naming the subject the cookie stands for.
+        let refused = link(client, ACCOUNT, IdentityType::Cookie, COOKIE).await;
+        match refused {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                assert!(
+                    s.message().contains(ANON) && s.message().contains("merge"),
+                    "{b}: {}",
+                    s.message()
+                );
+            }
+            other => panic!("{b}: expected FAILED_PRECONDITION, got {other:?}"),
+        }
+        let merged = link_merging(client, ACCOUNT, IdentityType::Cookie, COOKIE, true, false)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: merge: {e:?}"));
+        assert_eq!(merged.merged_subject_id, ANON, "{b}");
+        assert!(!merged.already_linked, "{b}");
+        let retry = link_merging(client, ACCOUNT, IdentityType::Cookie, COOKIE, true, false)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: retry: {e:?}"));
+        assert!(
+            retry.already_linked && retry.merged_subject_id.is_empty(),
+            "{b}"
+        );
+
+        for asked in [ACCOUNT, ANON] {
+            assert_eq!(
+                reason_of(client, asked, "call_recording").await,
+                (Reason::Withdrawn, ACCOUNT.to_owned()),
+                "{b}: the withdrawal stands, asked by {asked}"
+            );
+            assert_eq!(
+                reason_of(client, asked, "ai_transcription").await.0,
+                Reason::Denied,
+                "{b}"
+            );
+            assert_eq!(
+                reason_of(client, asked, "analytics").await.0,
+                Reason::Granted,
+                "{b}"
+            );
+        }
+        let by_cookie = check_by(client, IdentityType::Cookie, COOKIE, "call_recording").await;
+        assert_eq!(
+            (by_cookie.allowed, by_cookie.subject_id.as_str()),
+            (false, ACCOUNT),
+            "{b}"
+        );
+        let state = ok(
+            client
+                .consent()
+                .get_subject_state(pb::GetSubjectStateRequest {
+                    subject_id: ANON.into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        assert_eq!(
+            state.flags.map(|f| f.merged_into).as_deref(),
+            Some(ACCOUNT),
+            "{b}"
+        );
+
+        // The merge is in both subjects' histories.
+        for subject in [ACCOUNT, ANON] {
+            let events = ok(
+                client
+                    .consent()
+                    .list_events(pb::ListEventsRequest {
+                        subject_id: subject.into(),
+                        page_size: 100,
+                        ..Default::default()
+                    })
+                    .await,
+                b,
+            );
+            let merges: Vec<_> = events
+                .records
+                .iter()
+                .filter(|r| r.kind() == pb::LedgerRecordKind::SubjectsMerged)
+                .collect();
+            assert_eq!(merges.len(), 1, "{b}: {subject}");
+            assert_eq!(
+                merges[0].detail.get("merged_from").map(String::as_str),
+                Some(ANON),
+                "{b}"
+            );
+        }
+        // The merged-away subject is closed.
+        let closed = client
+            .consent()
+            .record_consent(pb::RecordConsentRequest {
+                subject_id: ANON.into(),
+                decisions: vec![pb::PurposeDecision {
+                    purpose_id: "call_recording".into(),
+                    vendor_id: String::new(),
+                    decision: Decision::Granted.into(),
+                }],
+                channel: Channel::Voice.into(),
+                ..Default::default()
+            })
+            .await;
+        match closed {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                assert!(s.message().contains(ACCOUNT), "{b}: {}", s.message());
+            }
+            other => panic!("{b}: expected FAILED_PRECONDITION, got {other:?}"),
+        }
+
+        // An export by the cookie is the person's: both subjects' histories.
+        let documents = exported(client, identity(IdentityType::Cookie, COOKIE)).await;
+        let subject = &documents[0].1;
+        assert_eq!(subject["subject_id"], ACCOUNT, "{b}");
+        assert_eq!(subject["merged_subjects"], serde_json::json!([ANON]), "{b}");
+        let mut owners: Vec<String> = documents
+            .iter()
+            .filter(|(t, _)| t == "consent_record")
+            .filter_map(|(_, j)| j["pii_principal_id"].as_str().map(str::to_owned))
+            .collect();
+        owners.dedup();
+        assert_eq!(owners, [ACCOUNT, ANON], "{b}");
+
+        // Erasing by the cookie erases the person: both subjects.
+        ok(
+            client
+                .rights()
+                .erase_subject(pb::EraseSubjectRequest {
+                    identity: identity(IdentityType::Cookie, COOKIE),
+                    reason: "request #78".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        for asked in [ACCOUNT, ANON] {
+            assert_eq!(
+                reason_of(client, asked, "analytics").await.0,
+                Reason::SubjectErased,
+                "{b}: {asked}"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+/// Cookie to account: an anonymous cookie's choices go with it only when the link says
+/// `carry_choices`; carried, the later choice wins and a refusal stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookies_choices_are_carried_to_the_account_only_when_asked() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        for account in ["acct-a", "acct-b"] {
+            record_id(
+                client,
+                account,
+                "marketing_communications",
+                Decision::Granted,
+            )
+            .await;
+        }
+        for cookie in ["ck-a", "ck-b"] {
+            record_by(
+                client,
+                IdentityType::Cookie,
+                cookie,
+                "analytics",
+                Decision::Granted,
+            )
+            .await;
+            record_by(
+                client,
+                IdentityType::Cookie,
+                cookie,
+                "marketing_communications",
+                Decision::Denied,
+            )
+            .await;
+        }
+        let implicit_b = resolve(client, IdentityType::Cookie, "ck-b")
+            .await
+            .subject_id;
+
+        let plain = link_merging(client, "acct-a", IdentityType::Cookie, "ck-a", false, false)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert!(plain.merged_subject_id.is_empty(), "{b}");
+        assert_eq!(
+            reason_of(client, "acct-a", "analytics").await.0,
+            Reason::NoDecision,
+            "{b}"
+        );
+        assert_eq!(
+            reason_of(client, "acct-a", "marketing_communications")
+                .await
+                .0,
+            Reason::Granted,
+            "{b}"
+        );
+
+        let carried = link_merging(client, "acct-b", IdentityType::Cookie, "ck-b", false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert_eq!(carried.merged_subject_id, implicit_b, "{b}");
+        assert_eq!(
+            reason_of(client, "acct-b", "analytics").await.0,
+            Reason::Granted,
+            "{b}"
+        );
+        assert_eq!(
+            reason_of(client, "acct-b", "marketing_communications")
+                .await
+                .0,
+            Reason::Denied,
+            "{b}: the cookie's later refusal stands"
+        );
+        assert_eq!(
+            reason_of(client, &implicit_b, "analytics").await,
+            (Reason::Granted, "acct-b".to_owned()),
+            "{b}: the cookie's own subject answers for the account"
+        );
+        server.stop().await;
+    }
+}
+
+/// A merge on one replica is seen on another at once, though that one had both subjects'
+/// answers in the shared Redis cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_on_one_replica_is_seen_on_another_at_once() {
+    let (Some(db), Some(redis)) = (
+        consent_store_sql::testing::postgres_test_url(),
+        consent_cache::testing::redis_test_url(),
+    ) else {
+        return;
+    };
+    let cache = consent_server::config::CacheConfig {
+        mode: consent_server::config::CacheMode::Redis,
+        redis_url: redis,
+        ..Default::default()
+    };
+    let a = TestServer::postgres_with_cache(&db, ServerSettings::with_auth(AuthMode::None), cache)
+        .await;
+    let replica = a.replica().await;
+    apply_seed_catalog(&a.client).await;
+    record_id(&a.client, ACCOUNT, "call_recording", Decision::Granted).await;
+    record_id(&a.client, "anon-1", "call_recording", Decision::Denied).await;
+    linked(&a.client, "anon-1", IdentityType::Cookie, COOKIE, "redis").await;
+    for subject in [ACCOUNT, "anon-1"] {
+        reason_of(&replica.client, subject, "call_recording").await;
+    }
+    link_merging(
+        &a.client,
+        ACCOUNT,
+        IdentityType::Cookie,
+        COOKIE,
+        true,
+        false,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("merge: {e:?}"));
+    for subject in [ACCOUNT, "anon-1"] {
+        assert_eq!(
+            reason_of(&replica.client, subject, "call_recording").await,
+            (Reason::Denied, ACCOUNT.to_owned()),
+            "{subject} on the replica"
+        );
+    }
+    let by_cookie = check_by(
+        &replica.client,
+        IdentityType::Cookie,
+        COOKIE,
+        "call_recording",
+    )
+    .await;
+    assert_eq!(
+        (by_cookie.allowed, by_cookie.subject_id.as_str()),
+        (false, ACCOUNT)
+    );
+    replica.stop().await;
+    a.stop().await;
 }

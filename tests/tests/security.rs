@@ -588,7 +588,7 @@ async fn call(client: &ConsentClient, method: &str) -> Code {
                 .link_identity(pb::LinkIdentityRequest {
                     subject_id: subject(),
                     identity: cookie(),
-                    evidence: None,
+                    ..Default::default()
                 })
                 .await,
         ),

@@ -234,12 +234,28 @@ class ConsentClient:
 
     # --- identities ---------------------------------------------------------------------
 
-    def link_identity(self, subject_id: str, identity: Any, *, evidence: Optional[dict] = None) -> Any:
+    def link_identity(
+        self,
+        subject_id: str,
+        identity: Any,
+        *,
+        evidence: Optional[dict] = None,
+        merge: bool = False,
+        carry_choices: bool = False,
+    ) -> Any:
         """Links an identity (consent_client.identity) to a subject: a ledger record; a retry
         answers already_linked, so it is retried. Raises FailedPrecondition when the identity
-        is linked to another subject."""
+        is linked to another subject, unless merge=True: that subject is then merged into this
+        one (the later choice wins per purpose, a tie goes to the refusal, rights of either
+        side stand; the other subject is closed). carry_choices=True carries the choices an
+        unlinked identity recorded under its own subject over to this one. The answer's
+        merged_subject_id names the subject merged, if one was."""
         request = ids.LinkIdentityRequest(
-            subject_id=subject_id, identity=identity, evidence=types_pb2.Evidence(**(evidence or {}))
+            subject_id=subject_id,
+            identity=identity,
+            evidence=types_pb2.Evidence(**(evidence or {})),
+            merge=merge,
+            carry_choices=carry_choices,
         )
         return self._call(self.identities.LinkIdentity, request)
 

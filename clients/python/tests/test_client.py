@@ -181,3 +181,24 @@ def test_a_person_is_checked_by_any_of_their_identities(client):
     client.unlink_identity(account, identity.cookie(f"ck-{account}"))
     with pytest.raises(NotFound):
         client.unlink_identity(account, identity.cookie(f"ck-{account}"))
+
+
+def test_a_merge_keeps_a_withdrawal_and_closes_the_other_subject(client):
+    from consent_client import identity
+
+    account, anonymous = unique("acct"), unique("anon")
+    cookie = identity.cookie(f"ck-{anonymous}")
+    client.record_consent(account, {"analytics": types.DECISION_GRANTED})
+    client.link_identity(anonymous, cookie)
+    client.withdraw_consent(cookie, ["analytics"])
+    with pytest.raises(FailedPrecondition):
+        client.link_identity(account, cookie)
+    merged = client.link_identity(account, cookie, merge=True)
+    assert merged.merged_subject_id == anonymous and merged.identity.subject_id == account
+    assert client.link_identity(account, cookie, merge=True).already_linked
+    assert not client.allowed(account, "analytics")
+    answer = client.check(anonymous, "analytics")
+    assert (answer.allowed, answer.subject_id) == (False, account)
+    with pytest.raises(FailedPrecondition) as closed:
+        client.record_consent(anonymous, {"analytics": types.DECISION_GRANTED})
+    assert account in str(closed.value)

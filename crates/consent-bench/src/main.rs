@@ -604,7 +604,7 @@ async fn link_phones(channels: &[GrpcChannel], n: usize, concurrency: usize) -> 
                         r#type: pb::IdentityType::Phone.into(),
                         value: phone(i),
                     }),
-                    evidence: None,
+                    ..Default::default()
                 })
                 .await
         }

@@ -5,6 +5,9 @@
 //! - A feed task watches the tenant's ledger from its head; every event or right
 //!   (restriction, objection, GPC) of a subject drops that subject's cached answers, an
 //!   erasure (whose record names only the erased id) drops them all.
+//! - Only checks by `subject_id` are cached, and only answers for that subject: a check by
+//!   identity, or one answered for the subject a merge closed this one into (whose changes
+//!   the feed names by that other id), always goes to the service.
 //! - An answer from the service is kept only if it was computed at a revision no older
 //!   than what the feed has delivered (else a change the feed already passed on could be
 //!   hidden under it).
@@ -249,7 +252,9 @@ impl LocalCache {
             Some(Requirement::AtLeastRevision(r)) => Some(*r),
             Some(Requirement::FullyConsistent(true)) => None,
         };
-        let cacheable = request.at.is_none() && wanted.is_some();
+        // By subject id only: an identity's subject may change with any link (and the feed
+        // names subjects, not identities).
+        let cacheable = request.at.is_none() && request.identity.is_none() && wanted.is_some();
         let key = (request.purpose_id.clone(), request.vendor_id.clone());
         if let Some(wanted) = wanted.filter(|_| cacheable)
             && self.live()
@@ -269,7 +274,9 @@ impl LocalCache {
                 .gate
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if answer.revision >= self.revision() {
+            // Answered for another subject (the one a merge closed this one into): its changes
+            // reach the feed under that subject's id, so the answer could not be dropped.
+            if answer.revision >= self.revision() && answer.subject_id == subject {
                 let answers = self.answers.get_with(subject, Arc::default);
                 if let Ok(mut answers) = answers.lock() {
                     answers.insert(key, answer.clone());

@@ -372,6 +372,10 @@ pub struct SubjectFlags {
     /// and its reads answer for that subject, whose state holds this one's choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged_into: Option<String>,
+    /// Other subjects were merged into this one: its projection holds their choices, and
+    /// its history is read with theirs.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub absorbed: bool,
 }
 
 impl SubjectFlags {
@@ -422,14 +426,24 @@ impl SubjectFlags {
             | RecordKind::ConsentExpired
             | RecordKind::RetentionSweep
             | RecordKind::IdentityLinked
-            | RecordKind::IdentityUnlinked
-            | RecordKind::SubjectsMerged => {}
+            | RecordKind::IdentityUnlinked => {}
+            // The record on the merged-away side closes it; the one on the other side says
+            // it absorbed a subject (whose flags the store absorbed with it: a fold of
+            // records alone must add them, see `consent_store::snapshot`).
+            RecordKind::SubjectsMerged => match record.merged() {
+                Some((into, from)) if from == record.subject_id => {
+                    self.merged_into = Some(into.to_owned());
+                }
+                Some(_) => self.absorbed = true,
+                None => {}
+            },
         }
     }
 
     /// The flags of the subject `other` is merged into: each right exercised on either side
     /// stands (a restriction, an objection or a GPC signal from the earlier of the two
-    /// times), so a merge never lifts one. `merged_into` is left as it was.
+    /// times), so a merge never lifts one. `merged_into` is left as it was; `absorbed` is
+    /// set.
     pub fn absorb(&mut self, other: &SubjectFlags) {
         fn earliest(mine: &mut Option<Timestamp>, theirs: Option<Timestamp>) {
             *mine = match (*mine, theirs) {
@@ -443,6 +457,7 @@ impl SubjectFlags {
             let mine = self.objections.entry(purpose.clone()).or_insert(*since);
             *mine = (*mine).min(*since);
         }
+        self.absorbed = true;
     }
 
     /// Whether processing is restricted at `at`.
@@ -659,6 +674,20 @@ pub struct NewRecord {
     pub detail: BTreeMap<String, String>,
     /// The API key that wrote it, if any.
     pub actor_key_id: String,
+}
+
+impl NewRecord {
+    /// For a `SubjectsMerged` record, the subject merged into and the subject merged away
+    /// (its `merged_into` and `merged_from` details).
+    pub fn merged(&self) -> Option<(&str, &str)> {
+        if self.kind != RecordKind::SubjectsMerged {
+            return None;
+        }
+        Some((
+            self.detail.get("merged_into")?.as_str(),
+            self.detail.get("merged_from")?.as_str(),
+        ))
+    }
 }
 
 /// A ledger record as stored: immutable, hash-linked.

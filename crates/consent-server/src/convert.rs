@@ -136,6 +136,7 @@ pub fn flags_out(f: &SubjectFlags) -> pb::SubjectFlags {
             .collect(),
         gpc_since: f.gpc_since.map(timestamp),
         erased_since: f.erased_since.map(timestamp),
+        merged_into: f.merged_into.clone().unwrap_or_default(),
     }
 }
 

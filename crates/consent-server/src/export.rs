@@ -106,10 +106,20 @@ impl Exporter {
         let now = self.clock.now();
         let head = self.store.head(tenant).await?.revision;
         let catalog = self.store.catalog(tenant, Consistency::Full).await?;
-        let state = self
-            .store
-            .subject_state(tenant, subject_id, None, Consistency::Full)
-            .await?;
+        // The person: the subject that answers for the one asked (itself unless a merge
+        // closed it) and every subject merged into that one, whose choices it holds.
+        let (root, state) =
+            crate::ledger::root_of(self.store.as_ref(), tenant, subject_id, Consistency::Full)
+                .await?;
+        let merged = if state.flags.absorbed {
+            self.store.merged_into(tenant, &root).await?
+        } else {
+            Vec::new()
+        };
+        let subject_id = root.as_str();
+        let group: Vec<&str> = std::iter::once(subject_id)
+            .chain(merged.iter().map(String::as_str))
+            .collect();
         let rules = self.store.retention_rules(tenant).await?;
         let send = |document_type: &'static str, json: Value| async move {
             tx.send(Ok(ExportDocument {
@@ -148,108 +158,111 @@ impl Exporter {
                 "erased_since": opt_time(state.flags.erased_since),
             },
             "decisions": decisions,
+            // Subjects merged into this one (the same person): their entries and items follow.
+            "merged_subjects": merged,
         });
         if !send("subject", subject).await {
             return Ok(());
         }
-        let (mut events, mut records) = (0usize, 0usize);
-        let mut after: Revision = 0;
-        while after < head {
-            let page = list_entries(
-                self.store.as_ref(),
-                tenant,
-                &EventQuery {
-                    subject_id: Some(subject_id.to_owned()),
-                    after_revision: after,
-                    until_revision: Some(head),
-                    limit: PAGE,
-                    ..EventQuery::default()
-                },
-            )
-            .await?;
-            let Some(last) = page.last() else { break };
-            after = last.revision();
-            for entry in &page {
-                let (document_type, json) = match entry {
-                    LedgerEntry::Event(e) => {
-                        events += 1;
-                        let record = consent_record(
-                            tenant,
-                            &e.event,
-                            e.evidence_erased,
-                            &catalog,
-                            &state,
-                            &rules,
-                            now,
-                        );
-                        ("consent_record", record)
+        let (mut events, mut records, mut items) = (0usize, 0usize, 0usize);
+        for member in &group {
+            let mut after: Revision = 0;
+            while after < head {
+                let page = list_entries(
+                    self.store.as_ref(),
+                    tenant,
+                    &EventQuery {
+                        subject_id: Some((*member).to_owned()),
+                        after_revision: after,
+                        until_revision: Some(head),
+                        limit: PAGE,
+                        ..EventQuery::default()
+                    },
+                )
+                .await?;
+                let Some(last) = page.last() else { break };
+                after = last.revision();
+                for entry in &page {
+                    let (document_type, json) = match entry {
+                        LedgerEntry::Event(e) => {
+                            events += 1;
+                            let record = consent_record(
+                                tenant,
+                                &e.event,
+                                e.evidence_erased,
+                                &catalog,
+                                &state,
+                                &rules,
+                                now,
+                            );
+                            ("consent_record", record)
+                        }
+                        LedgerEntry::Record(r) => {
+                            records += 1;
+                            ("ledger_record", ledger_record(&r.record, r.detail_erased))
+                        }
+                    };
+                    if !send(document_type, json).await {
+                        return Ok(());
                     }
-                    LedgerEntry::Record(r) => {
-                        records += 1;
-                        ("ledger_record", ledger_record(&r.record, r.detail_erased))
-                    }
-                };
-                if !send(document_type, json).await {
-                    return Ok(());
                 }
             }
-        }
-        let mut items = 0usize;
-        let mut after_item = String::new();
-        loop {
-            let page = self
-                .store
-                .subject_items(tenant, subject_id, &after_item, PAGE)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after_item = last.item.item_id.clone();
-            for stored in page {
-                items += 1;
-                let holds: Vec<_> = self
+            let mut after_item = String::new();
+            loop {
+                let page = self
                     .store
-                    .holds_covering(tenant, &stored.item)
-                    .await?
-                    .into_iter()
-                    .map(|h| h.hold)
-                    .collect();
-                let item = &stored.item;
-                let rule = rules.rule_for(&item.data_category, &item.campaign_id);
-                let verdict = rule.map(|rule| {
-                    let kept_by_law = rules
-                        .default_for(&item.data_category)
-                        .is_some_and(|d| d.bound == RetentionBound::Minimum);
-                    item_status(
-                        item,
-                        rule,
-                        kept_by_law,
-                        &holds,
-                        stored.erased_at.map(|at| Erasure { at }),
-                        now,
-                        self.overdue_grace_secs,
-                    )
-                });
-                let json = json!({
-                    "item_id": item.item_id,
-                    "subject_id": item.subject_id,
-                    "data_category": item.data_category,
-                    "campaign_id": item.campaign_id,
-                    "created_at": time(item.created_at),
-                    "anchor_at": opt_time(item.anchor_at),
-                    "delete_after": opt_time(verdict.as_ref().and_then(|v| v.delete_after)),
-                    "status": verdict.as_ref().map(|v| json!(v.status)),
-                    "reason": verdict.as_ref().map(|v| v.reason.clone()),
-                    "retention": rule.map(|r| json!({
-                        "period_secs": r.period_secs,
-                        "anchor": r.anchor.as_str(),
-                        "action": r.action,
-                        "legal_basis": r.legal_basis,
-                    })),
-                    "deleted_at": opt_time(item.deleted_at),
-                    "attestation_revision": stored.attestation_revision,
-                    "revision": head,
-                });
-                if !send("data_item", json).await {
-                    return Ok(());
+                    .subject_items(tenant, member, &after_item, PAGE)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after_item = last.item.item_id.clone();
+                for stored in page {
+                    items += 1;
+                    let holds: Vec<_> = self
+                        .store
+                        .holds_covering(tenant, &stored.item)
+                        .await?
+                        .into_iter()
+                        .map(|h| h.hold)
+                        .collect();
+                    let item = &stored.item;
+                    let rule = rules.rule_for(&item.data_category, &item.campaign_id);
+                    let verdict = rule.map(|rule| {
+                        let kept_by_law = rules
+                            .default_for(&item.data_category)
+                            .is_some_and(|d| d.bound == RetentionBound::Minimum);
+                        item_status(
+                            item,
+                            rule,
+                            kept_by_law,
+                            &holds,
+                            stored.erased_at.map(|at| Erasure { at }),
+                            now,
+                            self.overdue_grace_secs,
+                        )
+                    });
+                    let json = json!({
+                        "item_id": item.item_id,
+                        "subject_id": item.subject_id,
+                        "data_category": item.data_category,
+                        "campaign_id": item.campaign_id,
+                        "created_at": time(item.created_at),
+                        "anchor_at": opt_time(item.anchor_at),
+                        "delete_after": opt_time(verdict.as_ref().and_then(|v| v.delete_after)),
+                        "status": verdict.as_ref().map(|v| json!(v.status)),
+                        "reason": verdict.as_ref().map(|v| v.reason.clone()),
+                        "retention": rule.map(|r| json!({
+                            "period_secs": r.period_secs,
+                            "anchor": r.anchor.as_str(),
+                            "action": r.action,
+                            "legal_basis": r.legal_basis,
+                        })),
+                        "deleted_at": opt_time(item.deleted_at),
+                        "attestation_revision": stored.attestation_revision,
+                        "revision": head,
+                    });
+                    if !send("data_item", json).await {
+                        return Ok(());
+                    }
                 }
             }
         }

@@ -11,10 +11,32 @@ use std::sync::{Arc, RwLock};
 
 use consent_core::identity::{AliasKey, Identity, IdentityKey, SubjectRef, implicit_subject_id};
 use consent_core::{ConsentError, Evidence, NewRecord, RecordKind, Result, Timestamp};
-use consent_store::{CacheFence, LinkOutcome, NewLink, StoredIdentity};
+use consent_store::{CacheFence, LinkOutcome, Merge, MergeVia, NewLink, StoredIdentity};
 
 use crate::context::Principal;
 use crate::ledger::Ledger;
+
+/// What a link may merge (see `LinkIdentityRequest` in the proto).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkMerging {
+    /// The identity linked to another subject: merge that subject into this one.
+    pub merge: bool,
+    /// The identity not linked: merge its implicit subject (and its choices) into this one.
+    pub carry_choices: bool,
+}
+
+/// What a link did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// The link as it now stands.
+    pub identity: StoredIdentity,
+    /// Nothing was written: it already stood (a retry).
+    pub already_linked: bool,
+    /// The tenant revision after the write (the head, when nothing was written).
+    pub revision: consent_core::Revision,
+    /// The subject merged into the one linked to, if one was.
+    pub merged_from: Option<String>,
+}
 
 /// Each tenant's identity key, once read.
 #[derive(Clone, Debug, Default)]
@@ -106,19 +128,90 @@ impl Ledger {
         Ok(ids)
     }
 
-    /// Links `identity` to `subject_id` (see `IdentityStore::link_identity`).
+    /// Links `identity` to `subject_id` (see `IdentityStore::link_identity`), merging as
+    /// `how` allows: the subject the identity is linked to (`merge`), or the identity's own
+    /// implicit subject with its choices (`carry_choices`), into `subject_id`.
     pub async fn link(
         &self,
         who: &Principal,
         subject_id: &str,
         identity: &Identity,
         evidence: &Evidence,
-    ) -> Result<LinkOutcome> {
+        how: LinkMerging,
+    ) -> Result<Linked> {
         let link = self.new_link(who, identity).await?;
-        let record = link_record(who, RecordKind::IdentityLinked, subject_id, &link, evidence);
-        self.store()
-            .link_identity(&who.tenant_id, subject_id, &link, record, CacheFence::None)
-            .await
+        let tenant = who.tenant_id.as_str();
+        let standing = self.store().resolve_identity(tenant, &link.alias).await?;
+        let merge_from = match &standing {
+            Some(linked) if how.merge && linked.subject_id != subject_id => {
+                Some((linked.subject_id.clone(), MergeVia::Linked(link.alias)))
+            }
+            None if how.carry_choices => Some((
+                implicit_subject_id(&link.alias),
+                MergeVia::NewLink(link.clone()),
+            )),
+            _ => None,
+        };
+        let Some((from, via)) = merge_from else {
+            let record = link_record(who, RecordKind::IdentityLinked, subject_id, &link, evidence);
+            let outcome = self
+                .store()
+                .link_identity(tenant, subject_id, &link, record, CacheFence::None)
+                .await?;
+            return Ok(Linked {
+                already_linked: outcome.record.is_none(),
+                identity: outcome.identity,
+                revision: outcome.revision,
+                merged_from: None,
+            });
+        };
+        let mut records = Vec::with_capacity(3);
+        if matches!(via, MergeVia::NewLink(_)) {
+            records.push(link_record(
+                who,
+                RecordKind::IdentityLinked,
+                subject_id,
+                &link,
+                evidence,
+            ));
+        }
+        for side in [subject_id, from.as_str()] {
+            let mut record = link_record(who, RecordKind::SubjectsMerged, side, &link, evidence);
+            record.detail.extend([
+                ("merged_into".to_owned(), subject_id.to_owned()),
+                ("merged_from".to_owned(), from.clone()),
+                (
+                    "carry_choices".to_owned(),
+                    matches!(via, MergeVia::NewLink(_)).to_string(),
+                ),
+            ]);
+            records.push(record);
+        }
+        let merge = Merge {
+            into: subject_id.to_owned(),
+            from: from.clone(),
+            via,
+            records,
+        };
+        let merged = self
+            .store()
+            .merge_subjects(tenant, &merge, CacheFence::None)
+            .await?;
+        let identity = self
+            .store()
+            .resolve_identity(tenant, &link.alias)
+            .await?
+            .ok_or_else(|| {
+                ConsentError::Unavailable(
+                    "the identity was unlinked right after the merge; resolve it again".into(),
+                )
+            })?;
+        Ok(Linked {
+            already_linked: merged.records.is_empty(),
+            identity,
+            revision: merged.revision,
+            merged_from: (!merged.records.is_empty()).then_some(from),
+        })
     }
 
     /// Unlinks `identity` from `subject_id` (see `IdentityStore::unlink_identity`).

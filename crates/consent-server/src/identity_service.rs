@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use crate::context::principal;
 use crate::convert::{evidence_in, identity_in, identity_type_out, timestamp};
 use crate::error::status;
+use crate::identities::LinkMerging;
 use crate::service::Api;
 
 type RpcResult<T> = Result<Response<T>, Status>;
@@ -73,16 +74,21 @@ impl IdentityService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let (identity, evidence) = link_request(&r.subject_id, r.identity.as_ref(), r.evidence)?;
-        let outcome = self
+        let how = LinkMerging {
+            merge: r.merge,
+            carry_choices: r.carry_choices,
+        };
+        let linked = self
             .ledger()
-            .link(&who, &r.subject_id, &identity, &evidence)
+            .link(&who, &r.subject_id, &identity, &evidence, how)
             .await
             .map_err(status)?;
-        self.committed(&who, outcome.revision);
+        self.committed(&who, linked.revision);
         Ok(Response::new(pb::LinkIdentityResponse {
-            identity: Some(linked_out(&outcome.identity)),
-            already_linked: outcome.record.is_none(),
-            revision: outcome.revision,
+            identity: Some(linked_out(&linked.identity)),
+            already_linked: linked.already_linked,
+            revision: linked.revision,
+            merged_subject_id: linked.merged_from.unwrap_or_default(),
         }))
     }
 

@@ -20,6 +20,42 @@ use consent_store::{
 
 use crate::context::Principal;
 
+/// Most merges a read follows from a merged-away subject to the one that answers for it (a
+/// merge points at the subject merged into; if that one is merged in turn, one more hop).
+const MAX_MERGE_HOPS: usize = 32;
+
+/// The subject that answers for `subject_id` and its current state: itself, or, when a
+/// merge closed it, the subject it was merged into (following that one's own merge, and so
+/// on), whose projection holds its choices.
+pub async fn root_of(
+    store: &dyn Store,
+    tenant: &str,
+    subject_id: &str,
+    consistency: Consistency,
+) -> Result<(String, Arc<SubjectState>)> {
+    let mut subject = subject_id.to_owned();
+    let mut state = store
+        .subject_state(tenant, &subject, None, consistency)
+        .await?;
+    let mut hops = 0;
+    while let Some(into) = state.flags.merged_into.clone() {
+        hops += 1;
+        if hops > MAX_MERGE_HOPS {
+            return Err(ConsentError::Internal(format!(
+                "subject `{subject_id}` was merged through more than {MAX_MERGE_HOPS} subjects"
+            )));
+        }
+        state = store
+            .subject_state(tenant, &into, None, consistency)
+            .await?;
+        subject = into;
+    }
+    Ok((subject, state))
+}
+
+/// The subject that answers for one asked, and its state.
+type Answering = (String, Arc<SubjectState>);
+
 /// Subjects whose current states one store call reads.
 const BATCH_STATE_READ: usize = 1000;
 
@@ -93,6 +129,9 @@ pub struct Checked {
     pub verdict: Verdict,
     /// The revision of the state it used.
     pub revision: Revision,
+    /// The subject whose state answered: the one asked, or the subject a merge closed it
+    /// into.
+    pub subject_id: String,
 }
 
 /// The ledger service logic over a store.
@@ -172,7 +211,8 @@ impl Ledger {
             .await
     }
 
-    /// What `decide` needs about a subject: its current state (`at` = `None`: the
+    /// What `decide` needs about a subject, and the subject that answers for it (itself,
+    /// or the subject a merge closed it into): its current state (`at` = `None`: the
     /// projection, through the cache) or its whole history (`at` set: `decide` takes the
     /// latest choice collected by then, so one read serves every as-of time), as fresh as
     /// `consistency` asks.
@@ -183,35 +223,74 @@ impl Ledger {
         at: Option<Timestamp>,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<Arc<SubjectState>> {
-        let state = match at {
-            Some(_) => Arc::new(self.store.subject_history(tenant, subject_id).await?),
-            None => {
-                self.store
-                    .subject_state(tenant, subject_id, None, consistency)
-                    .await?
-            }
-        };
-        self.settle(tenant, subject_id, state, at, now, consistency)
+    ) -> Result<(String, Arc<SubjectState>)> {
+        let history = at.is_some();
+        let state = self
+            .read_state(tenant, subject_id, history, consistency)
+            .await?;
+        self.settle(tenant, subject_id, state, history, now, consistency)
             .await
     }
 
-    /// Checks a state read for `at` against `consistency`, and swaps a current state that
-    /// holds a choice collected after `now` for the history.
+    async fn read_state(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        history: bool,
+        consistency: Consistency,
+    ) -> Result<Arc<SubjectState>> {
+        if history {
+            self.history(tenant, subject_id).await
+        } else {
+            self.store
+                .subject_state(tenant, subject_id, None, consistency)
+                .await
+        }
+    }
+
+    /// A subject's history, with the histories of the subjects merged into it: its
+    /// projection holds their choices, so its past must too.
+    async fn history(&self, tenant: &str, subject_id: &str) -> Result<Arc<SubjectState>> {
+        let mut state = self.store.subject_history(tenant, subject_id).await?;
+        if state.flags.absorbed && state.flags.merged_into.is_none() {
+            // Merged-away subjects are closed: their histories no longer change.
+            for member in self.store.merged_into(tenant, subject_id).await? {
+                let theirs = self.store.subject_history(tenant, &member).await?;
+                state.entries.extend(theirs.entries);
+                state.revision = state.revision.max(theirs.revision);
+            }
+        }
+        Ok(Arc::new(state))
+    }
+
+    /// Follows a state read for `subject_id` to the subject that answers for it (a subject
+    /// closed by a merge answers by the one it was merged into), checks it against
+    /// `consistency`, and swaps a current state that holds a choice collected after `now`
+    /// for the history.
     async fn settle(
         &self,
         tenant: &str,
         subject_id: &str,
         mut state: Arc<SubjectState>,
-        at: Option<Timestamp>,
+        history: bool,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<Arc<SubjectState>> {
+    ) -> Result<(String, Arc<SubjectState>)> {
+        let mut subject = subject_id.to_owned();
+        if let Some(into) = state.flags.merged_into.clone() {
+            let (root, current) = root_of(self.store.as_ref(), tenant, &into, consistency).await?;
+            state = if history {
+                self.history(tenant, &root).await?
+            } else {
+                current
+            };
+            subject = root;
+        }
         // A projection written before choices were capped at their recording time may hold
         // one collected slightly in the future; "now" must see the choice before it, which
         // the history has.
-        if at.is_none() && state.has_entries_after(now) {
-            state = Arc::new(self.store.subject_history(tenant, subject_id).await?);
+        if !history && state.has_entries_after(now) {
+            state = self.history(tenant, &subject).await?;
         }
         if let Consistency::AtLeast(min) = consistency
             && state.revision < min
@@ -221,7 +300,7 @@ impl Ledger {
                 state.revision
             )));
         }
-        Ok(state)
+        Ok((subject, state))
     }
 
     /// Decides a list of checks against one catalogue read, reading each subject's current
@@ -260,7 +339,8 @@ impl Ledger {
             subjects.dedup();
             subjects
         };
-        let mut states: HashMap<(String, bool), Arc<SubjectState>> = HashMap::new();
+        // (the subject that answers, its state), by the subject asked.
+        let mut states: HashMap<(String, bool), Answering> = HashMap::new();
         // Current states: one store call per chunk (one query on the SQL stores).
         for chunk in distinct(false).chunks(BATCH_STATE_READ) {
             let read = self
@@ -268,14 +348,14 @@ impl Ledger {
                 .subject_states(tenant, chunk, consistency)
                 .await?;
             for (subject, state) in chunk.iter().zip(read) {
-                let state = self
-                    .settle(tenant, subject, state, None, now, consistency)
+                let answering = self
+                    .settle(tenant, subject, state, false, now, consistency)
                     .await?;
-                states.insert((subject.clone(), false), state);
+                states.insert((subject.clone(), false), answering);
             }
         }
         // Histories, for the as-of checks: a few subjects at a time.
-        let histories: Vec<((String, bool), Arc<SubjectState>)> = stream::iter(distinct(true))
+        let histories: Vec<((String, bool), Answering)> = stream::iter(distinct(true))
             .map(|subject| async move {
                 let state = self
                     .state(tenant, &subject, Some(now), now, consistency)
@@ -288,7 +368,7 @@ impl Ledger {
         states.extend(histories);
         let mut results = Vec::with_capacity(queries.len());
         for (q, purpose) in queries.iter().zip(targets) {
-            let Some(state) = states.get(&key(q)) else {
+            let Some((answering, state)) = states.get(&key(q)) else {
                 return Err(ConsentError::Internal(
                     "subject state missing from the batch".into(),
                 ));
@@ -296,6 +376,7 @@ impl Ledger {
             results.push(Checked {
                 verdict: decide(purpose, &q.vendor_id, state, &catalog, q.at.unwrap_or(now)),
                 revision: state.revision,
+                subject_id: answering.clone(),
             });
         }
         Ok(results)
@@ -314,7 +395,7 @@ impl Ledger {
             .store
             .catalog(&who.tenant_id, catalog_consistency(consistency))
             .await?;
-        let state = self
+        let (answering, state) = self
             .state(&who.tenant_id, subject_id, at, now, consistency)
             .await?;
         let at = at.unwrap_or(now);
@@ -323,7 +404,12 @@ impl Ledger {
             .values()
             .map(|p| (p.clone(), decide(p, "", &state, &catalog, at)))
             .collect();
-        Ok((decisions, state.revision, state.flags.clone()))
+        let mut flags = state.flags.clone();
+        // A merged-away subject answers with the flags of the subject it was merged into,
+        // saying so.
+        flags.merged_into = (answering != subject_id).then_some(answering);
+        flags.absorbed = false;
+        Ok((decisions, state.revision, flags))
     }
 
     /// Records a rights request as ledger records (one per purpose for objections) and moves
@@ -382,8 +468,46 @@ impl Ledger {
             .await
     }
 
-    /// Erases a subject (Art. 17; see `LedgerStore::erase_subject`).
+    /// Erases a subject (Art. 17; see `LedgerStore::erase_subject`) with the subjects a
+    /// merge made one person with it: the subject that answers for the group first (from
+    /// then on every read by any member answers "erased"), then each subject merged into
+    /// it (their closures name it until they go, so a retry after a crash finds and
+    /// finishes them). The outcome is the first erasure's, with the counts of all.
     pub async fn erase(
+        &self,
+        who: &Principal,
+        subject_id: &str,
+        reason: &str,
+    ) -> Result<ErasureOutcome> {
+        let tenant = who.tenant_id.as_str();
+        let state = self
+            .store
+            .subject_state(tenant, subject_id, None, Consistency::Full)
+            .await?;
+        let (root, _) = self
+            .settle(
+                tenant,
+                subject_id,
+                state,
+                false,
+                Timestamp::now(),
+                Consistency::Full,
+            )
+            .await?;
+        let members = self.store.merged_into(tenant, &root).await?;
+        let mut outcome = self.erase_one(who, &root, reason).await?;
+        for member in members {
+            let erased = self.erase_one(who, &member, reason).await?;
+            outcome.already_erased &= erased.already_erased;
+            outcome.entries_erased += erased.entries_erased;
+            outcome.items_due += erased.items_due;
+            outcome.items_kept += erased.items_kept;
+            outcome.revision = outcome.revision.max(erased.revision);
+        }
+        Ok(outcome)
+    }
+
+    async fn erase_one(
         &self,
         who: &Principal,
         subject_id: &str,

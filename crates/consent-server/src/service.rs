@@ -213,7 +213,7 @@ impl Api {
             .map(|(c, q)| {
                 convert::verdict_out(
                     c.verdict,
-                    &q.subject_id,
+                    &c.subject_id,
                     &q.purpose_id,
                     &q.vendor_id,
                     c.revision,
@@ -459,7 +459,7 @@ impl ConsentService for Api {
         };
         Ok(Response::new(convert::verdict_out(
             c.verdict,
-            &query.subject_id,
+            &c.subject_id,
             &query.purpose_id,
             &query.vendor_id,
             c.revision,

@@ -198,7 +198,7 @@ macro_rules! sql_identity_store {
                         });
                     }
                     return Err(ConsentError::FailedPrecondition(format!(
-                        "the {} identity is already linked to subject `{}`: unlink it from that subject first (an identity stands for one subject)",
+                        "the {} identity is already linked to subject `{}`: unlink it from that subject first (an identity stands for one subject), or link it with merge if both subjects are the same person",
                         existing.link.kind, existing.subject_id
                     )));
                 }

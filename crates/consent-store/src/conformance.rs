@@ -100,6 +100,7 @@ macro_rules! store_conformance_suite {
             a_merge_keeps_every_withdrawal,
             a_merged_subject_is_closed,
             carrying_choices_merges_the_implicit_subject,
+            a_snapshot_answers_for_a_merged_group,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {

@@ -141,6 +141,7 @@ pub async fn a_merge_keeps_every_withdrawal(store: &Arc<dyn Store>) {
     assert_eq!(decision(&into, "research"), Some(g));
     assert_eq!(into.flags.restricted_since, Some(day(2)));
     assert_eq!(into.flags.merged_into, None);
+    assert!(into.flags.absorbed);
     let from = state(store, &t, "anon-1").await;
     assert_eq!(from.flags.merged_into.as_deref(), Some("acct-1"));
     for alias in [&cookie.alias, &phone.alias] {
@@ -303,4 +304,46 @@ pub async fn carrying_choices_merges_the_implicit_subject(store: &Arc<dyn Store>
         "acct-2",
     );
     assert_verifies(store, &t).await;
+}
+
+/// A snapshot leaves closed subjects out and folds a group into the subject that answers
+/// for it, through merges of merges, as the projection does; before the merges each
+/// subject answers for itself.
+pub async fn a_snapshot_answers_for_a_merged_group(store: &Arc<dyn Store>) {
+    let t = tenant_that_wrote(store).await; // acct-1 granted analytics on day 1
+    append(
+        store,
+        &t,
+        vec![event("anon-1", "analytics", "", Decision::Denied, day(2))],
+    )
+    .await;
+    ok(store
+        .append_flags(
+            &t,
+            "anon-1",
+            vec![flag(RecordKind::ProcessingRestricted, "anon-1", "", 2)],
+            CacheFence::None,
+        )
+        .await);
+    let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
+    let before = ok(link(store, &t, "anon-1", &cookie).await).revision;
+    ok(merge_via_link(store, &t, "acct-1", "anon-1", &cookie).await);
+    ok(merge_via_link(store, &t, "acct-2", "acct-1", &cookie).await);
+
+    // Pages of one entry: the group's reads page too.
+    let now = crate::conformance_snapshot::scan_all(store, &t, None, &[], 1, "").await;
+    let ids: Vec<&str> = now.iter().map(|s| s.subject_id.as_str()).collect();
+    assert_eq!(ids, ["acct-2"]);
+    assert_eq!(decision(&now[0].state, "analytics"), Some(Decision::Denied));
+    assert_eq!(now[0].state.flags.restricted_since, Some(day(2)));
+    let projected = state(store, &t, "acct-2").await;
+    assert_eq!(now[0].state.entries, projected.entries);
+
+    let then = crate::conformance_snapshot::scan_all(store, &t, Some(before), &[], 1, "").await;
+    let ids: Vec<&str> = then.iter().map(|s| s.subject_id.as_str()).collect();
+    assert_eq!(ids, ["acct-1", "anon-1"]);
+    assert_eq!(
+        decision(&then[0].state, "analytics"),
+        Some(Decision::Granted)
+    );
 }

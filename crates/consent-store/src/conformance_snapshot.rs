@@ -44,7 +44,7 @@ async fn set_flag(store: &Arc<dyn Store>, t: &str, subject: &str, kind: RecordKi
 }
 
 /// Every subject of a scan, chunk by chunk.
-async fn scan_all(
+pub(crate) async fn scan_all(
     store: &Arc<dyn Store>,
     t: &str,
     revision: Option<i64>,

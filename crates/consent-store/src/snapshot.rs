@@ -9,12 +9,15 @@
 //! into the latest one per (purpose, vendor), so a scan holds at most one page of each kind
 //! and one subject's folded state, however many subjects and events the tenant has.
 //!
+//! A subject closed by a merge is left out; one that absorbed others is folded with their
+//! entries (read by subject, up to the scan's revision), as the store's projection is.
+//!
 //! An erasure committed during a scan renames a subject's entries below the revision, so a
 //! subject read across it may have lost part of its history. [`SnapshotScan::next_chunk`]
 //! therefore reads the tenant's erasure count after each chunk: if it moved since the scan
 //! began, the chunk's subjects erased meanwhile are left out (as those erased before it).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use consent_core::{
@@ -184,7 +187,103 @@ impl<S: LedgerStore + ?Sized> SnapshotScan<S> {
 
     /// The next subject, or `None` when every subject was read (see
     /// [`SnapshotScan::next_chunk`] for subjects erased during the scan).
+    /// The next subject that answers for itself at the scan's revision. A subject closed by
+    /// a merge is left out (the subject it was merged into answers for it: its id gets the
+    /// snapshot's "absent" answer, never an allow); a subject that absorbed others gets
+    /// their choices and flags too, as the store's projection holds them.
     async fn next_subject(&mut self) -> Result<Option<SubjectSnapshot>> {
+        loop {
+            let Some(mut subject) = self.next_in_order().await? else {
+                return Ok(None);
+            };
+            if subject.state.flags.merged_into.is_some() {
+                continue;
+            }
+            if subject.state.flags.absorbed {
+                self.add_merged(&mut subject).await?;
+            }
+            return Ok(Some(subject));
+        }
+    }
+
+    /// Folds into `root` the choices and flags of the subjects merged into it (directly or
+    /// through others) up to the scan's revision, found by the `subjects_merged` records on
+    /// each absorbing side.
+    async fn add_merged(&self, root: &mut SubjectSnapshot) -> Result<()> {
+        let mut latest: BTreeMap<(String, String), StateEntry> = root
+            .state
+            .entries
+            .drain(..)
+            .map(|e| ((e.purpose_id.clone(), e.vendor_id.clone()), e))
+            .collect();
+        let mut seen = HashSet::from([root.subject_id.clone()]);
+        let mut pending = vec![root.subject_id.clone()];
+        while let Some(subject) = pending.pop() {
+            let (events, records) = self.entries_of(&subject).await?;
+            let mut flags = SubjectFlags::default();
+            for r in records {
+                let record = &r.record.record;
+                if let Some((into, from)) = record.merged()
+                    && into == subject
+                    && seen.insert(from.to_owned())
+                {
+                    pending.push(from.to_owned());
+                }
+                flags.apply(record);
+            }
+            if seen.len() > MAX_MERGED {
+                return Err(ConsentError::Internal(format!(
+                    "subject `{}` absorbed more than {MAX_MERGED} subjects",
+                    root.subject_id
+                )));
+            }
+            if subject == root.subject_id {
+                continue; // its own entries and flags were read by the scan
+            }
+            root.state.flags.absorb(&flags);
+            for e in events {
+                fold(&mut latest, StateEntry::from_event(&e.event), self.at);
+            }
+        }
+        root.state.entries = latest.into_values().collect();
+        Ok(())
+    }
+
+    /// One subject's events and records up to the scan's revision, read page by page.
+    async fn entries_of(&self, subject: &str) -> Result<(Vec<StoredEvent>, Vec<StoredRecord>)> {
+        let first = EventQuery {
+            subject_id: Some(subject.to_owned()),
+            purpose_ids: self.purpose_ids.clone(),
+            until_revision: Some(self.revision),
+            limit: self.page,
+            ..EventQuery::default()
+        };
+        macro_rules! every {
+            ($list:ident, $without_evidence:expr) => {{
+                let mut all = Vec::new();
+                let mut query = EventQuery {
+                    without_evidence: $without_evidence,
+                    ..first.clone()
+                };
+                loop {
+                    let page = self.store.$list(&self.tenant, &query).await?;
+                    let done = page.len() < self.page;
+                    if let Some(last) = page.last() {
+                        query.after_revision = last.revision();
+                    }
+                    all.extend(page);
+                    if done {
+                        break all;
+                    }
+                }
+            }};
+        }
+        // Records with their details: a `subjects_merged` record names the subjects in them.
+        Ok((every!(list_events, true), every!(list_records, false)))
+    }
+
+    /// The next subject in id order, folded from the two scans.
+    async fn next_in_order(&mut self) -> Result<Option<SubjectSnapshot>> {
         self.refill_events().await?;
         self.refill_records().await?;
         let next = match (self.events.page.front(), self.records.page.front()) {
@@ -201,15 +300,7 @@ impl<S: LedgerStore + ?Sized> SnapshotScan<S> {
                 .page
                 .pop_front_if(|e| e.subject_id() == next.as_str())
             {
-                let entry = StateEntry::from_event(&e.event);
-                // Choices collected after `at` do not count yet (as in `decide`).
-                if entry.collected_at > self.at {
-                    continue;
-                }
-                let key = (entry.purpose_id.clone(), entry.vendor_id.clone());
-                if latest.get(&key).is_none_or(|best| entry.supersedes(best)) {
-                    latest.insert(key, entry);
-                }
+                fold(&mut latest, StateEntry::from_event(&e.event), self.at);
             }
             // The subject may go on in the next page.
             if !self.events.page.is_empty() || self.events.exhausted {
@@ -264,11 +355,30 @@ impl<S: LedgerStore + ?Sized> SnapshotScan<S> {
 
     async fn refill_records(&mut self) -> Result<()> {
         if self.records.page.is_empty() && !self.records.exhausted {
-            let query = self.query(&self.records.cursor);
+            // With their details: a `subjects_merged` record names the subjects in them.
+            let query = EventQuery {
+                without_evidence: false,
+                ..self.query(&self.records.cursor)
+            };
             let page = self.store.list_records(&self.tenant, &query).await?;
             take_page(&mut self.records, page, self.page);
         }
         Ok(())
+    }
+}
+
+/// Most subjects one subject may have absorbed, for a snapshot to fold them.
+const MAX_MERGED: usize = 10_000;
+
+/// Keeps `entry` if it supersedes the choice kept for its (purpose, vendor); choices
+/// collected after `at` do not count yet (as in `decide`).
+fn fold(latest: &mut BTreeMap<(String, String), StateEntry>, entry: StateEntry, at: Timestamp) {
+    if entry.collected_at > at {
+        return;
+    }
+    let key = (entry.purpose_id.clone(), entry.vendor_id.clone());
+    if latest.get(&key).is_none_or(|best| entry.supersedes(best)) {
+        latest.insert(key, entry);
     }
 }
 

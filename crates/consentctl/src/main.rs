@@ -130,6 +130,15 @@ enum IdentityCommand {
         /// The call that proved the identity is the person's (evidence).
         #[arg(long)]
         call_id: Option<String>,
+        /// If the identity is linked to another subject, merge that subject into this one
+        /// (the same person: the later choice wins, no withdrawal is lost; the other
+        /// subject is closed).
+        #[arg(long)]
+        merge: bool,
+        /// If the identity is not linked yet, carry the choices it recorded on its own over
+        /// to this subject.
+        #[arg(long)]
+        carry_choices: bool,
     },
     /// Unlinks an identity from a subject.
     Unlink {
@@ -636,6 +645,8 @@ async fn identity(
             subject,
             identity,
             call_id,
+            merge,
+            carry_choices,
         } => {
             let linked = client
                 .link_identity(pb::LinkIdentityRequest {
@@ -645,6 +656,8 @@ async fn identity(
                         call_id,
                         ..Default::default()
                     }),
+                    merge,
+                    carry_choices,
                 })
                 .await?;
             out.linked(&linked)

@@ -454,6 +454,16 @@ impl Out {
         if linked.already_linked {
             line("already linked: nothing written")?;
         }
+        if !linked.merged_subject_id.is_empty() {
+            line(&format!(
+                "merged subject {} into {} (it is closed from now on)",
+                linked.merged_subject_id,
+                linked
+                    .identity
+                    .as_ref()
+                    .map_or("", |i| i.subject_id.as_str())
+            ))?;
+        }
         self.table(
             &Self::IDENTITY_HEADERS,
             &Self::identity_rows(linked.identity.as_slice()),
