@@ -68,10 +68,12 @@ fn placeholder(s: &str) -> Option<String> {
     if hex(s, 64) {
         return Some("<sha256>".into());
     }
-    if let Some(rest) = s.strip_prefix("erased:")
-        && hex(rest, 64)
-    {
-        return Some("erased:<sha256>".into());
+    for prefix in ["erased:", "alias:"] {
+        if let Some(rest) = s.strip_prefix(prefix)
+            && hex(rest, 64)
+        {
+            return Some(format!("{prefix}<sha256>"));
+        }
     }
     if s.starts_with("ck_") {
         return Some("<api key>".into());
