@@ -1157,3 +1157,158 @@ async fn a_merge_on_one_replica_is_seen_on_another_at_once() {
     replica.stop().await;
     a.stop().await;
 }
+
+/// A chain of merges longer than a read follows through states (each subject merged into
+/// the next): the first id answers for the last, keeps its withdrawal, and erasing by it
+/// erases the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_of_merges_answers_for_its_root() {
+    const LINKS: usize = 14;
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        record_id(client, "chain-0", "analytics", Decision::Denied).await;
+        record_id(
+            client,
+            &format!("chain-{LINKS}"),
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+        for i in 0..LINKS {
+            let id = format!("ext-{i}");
+            linked(
+                client,
+                &format!("chain-{i}"),
+                IdentityType::External,
+                &id,
+                b,
+            )
+            .await;
+            link_merging(
+                client,
+                &format!("chain-{}", i + 1),
+                IdentityType::External,
+                &id,
+                true,
+                false,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{b}: merge {i}: {e:?}"));
+        }
+        let root = format!("chain-{LINKS}");
+        assert_eq!(
+            reason_of(client, "chain-0", "analytics").await,
+            (Reason::Denied, root.clone()),
+            "{b}"
+        );
+        assert_eq!(
+            reason_of(client, "chain-0", "call_recording").await.0,
+            Reason::Granted,
+            "{b}"
+        );
+        ok(
+            client
+                .rights()
+                .erase_subject(pb::EraseSubjectRequest {
+                    subject_id: "chain-0".into(),
+                    reason: "request #79".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        for i in [0, LINKS / 2, LINKS] {
+            assert_eq!(
+                reason_of(client, &format!("chain-{i}"), "analytics")
+                    .await
+                    .0,
+                Reason::SubjectErased,
+                "{b}: chain-{i}"
+            );
+        }
+        server.stop().await;
+    }
+}
+
+/// An identity whose anonymous choices were carried into an account, then unlinked, no
+/// longer reads the account's choices: it answers with its own again. Linked back with
+/// `carry_choices`, it is a plain link (the choices are there already); to another subject
+/// with `carry_choices`, refused, naming where they went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlinked_identity_does_not_read_the_account_its_choices_went_to() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        record_id(client, "acct-c", "call_recording", Decision::Granted).await;
+        record_by(
+            client,
+            IdentityType::Cookie,
+            "ck-c",
+            "analytics",
+            Decision::Granted,
+        )
+        .await;
+        let own = resolve(client, IdentityType::Cookie, "ck-c")
+            .await
+            .subject_id;
+        let carried = link_merging(client, "acct-c", IdentityType::Cookie, "ck-c", false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: {e:?}"));
+        assert_eq!(carried.merged_subject_id, own, "{b}");
+        let by_cookie = check_by(client, IdentityType::Cookie, "ck-c", "call_recording").await;
+        assert_eq!(
+            (by_cookie.allowed, by_cookie.subject_id.as_str()),
+            (true, "acct-c"),
+            "{b}"
+        );
+
+        unlink(client, "acct-c", IdentityType::Cookie, "ck-c")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: unlink: {e:?}"));
+        let unlinked = check_by(client, IdentityType::Cookie, "ck-c", "call_recording").await;
+        assert_eq!(
+            (
+                unlinked.allowed,
+                unlinked.reason(),
+                unlinked.subject_id.as_str()
+            ),
+            (false, Reason::NoDecision, own.as_str()),
+            "{b}: the account's grant is not the cookie's"
+        );
+        let analytics = check_by(client, IdentityType::Cookie, "ck-c", "analytics").await;
+        assert!(analytics.allowed, "{b}: its own anonymous grant");
+        assert_eq!(
+            reason_of(client, &own, "call_recording").await.0,
+            Reason::NoDecision,
+            "{b}"
+        );
+
+        let again = link_merging(client, "acct-c", IdentityType::Cookie, "ck-c", false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: link again: {e:?}"));
+        assert!(
+            again.merged_subject_id.is_empty() && !again.already_linked,
+            "{b}"
+        );
+        assert_eq!(
+            check_by(client, IdentityType::Cookie, "ck-c", "call_recording")
+                .await
+                .subject_id,
+            "acct-c",
+            "{b}"
+        );
+        unlink(client, "acct-c", IdentityType::Cookie, "ck-c")
+            .await
+            .unwrap_or_else(|e| panic!("{b}: unlink: {e:?}"));
+        match link_merging(client, "acct-d", IdentityType::Cookie, "ck-c", false, true).await {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                assert!(s.message().contains("acct-c"), "{b}: {}", s.message());
+            }
+            other => panic!("{b}: expected FAILED_PRECONDITION, got {other:?}"),
+        }
+        server.stop().await;
+    }
+}

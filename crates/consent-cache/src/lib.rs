@@ -905,6 +905,10 @@ impl consent_store::IdentityStore for CachedStore {
     async fn merged_into(&self, tenant: &str, root: &str) -> Result<Vec<String>> {
         self.inner.merged_into(tenant, root).await
     }
+
+    async fn merge_root(&self, tenant: &str, subject_id: &str) -> Result<Option<String>> {
+        self.inner.merge_root(tenant, subject_id).await
+    }
 }
 
 impl CachedStore {

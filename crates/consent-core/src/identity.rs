@@ -272,6 +272,30 @@ pub fn implicit_subject_id(alias: &AliasKey) -> String {
     format!("{IMPLICIT_SUBJECT_PREFIX}{}", alias.to_hex())
 }
 
+/// The alias key whose implicit subject `subject_id` is, if it is one
+/// ([`implicit_subject_id`] read back).
+pub fn implicit_alias(subject_id: &str) -> Option<AliasKey> {
+    let hex = subject_id.strip_prefix(IMPLICIT_SUBJECT_PREFIX)?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex, &mut key).ok()?;
+    // Only the spelling `implicit_subject_id` makes (lower case) is that subject.
+    (hex.bytes().all(|b| !b.is_ascii_uppercase())).then_some(AliasKey(key))
+}
+
+#[cfg(test)]
+mod implicit_tests {
+    use super::*;
+
+    #[test]
+    fn an_implicit_subject_id_reads_back_to_its_alias_key() {
+        let alias = AliasKey([0xab; 32]);
+        assert_eq!(implicit_alias(&implicit_subject_id(&alias)), Some(alias));
+        assert_eq!(implicit_alias("acct-1"), None);
+        assert_eq!(implicit_alias("alias:abcd"), None);
+        assert_eq!(implicit_alias(&format!("alias:{}", "AB".repeat(32))), None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,10 +146,20 @@ impl Ledger {
             Some(linked) if how.merge && linked.subject_id != subject_id => {
                 Some((linked.subject_id.clone(), MergeVia::Linked(link.alias)))
             }
-            None if how.carry_choices => Some((
-                implicit_subject_id(&link.alias),
-                MergeVia::NewLink(link.clone()),
-            )),
+            None if how.carry_choices => {
+                let own = implicit_subject_id(&link.alias);
+                // Its choices were carried once already (then it was unlinked): into this
+                // subject, they are here and a plain link does; elsewhere, refused.
+                match self.store().merge_root(tenant, &own).await? {
+                    None => Some((own, MergeVia::NewLink(link.clone()))),
+                    Some(root) if root == subject_id => None,
+                    Some(root) => {
+                        return Err(ConsentError::FailedPrecondition(format!(
+                            "the identity's own choices were carried into subject `{root}` before it was unlinked from it: link it to `{root}`, or link it without carry_choices"
+                        )));
+                    }
+                }
+            }
             _ => None,
         };
         let Some((from, via)) = merge_from else {

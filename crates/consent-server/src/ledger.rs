@@ -20,35 +20,68 @@ use consent_store::{
 
 use crate::context::Principal;
 
-/// Most merges a read follows from a merged-away subject to the one that answers for it (a
-/// merge points at the subject merged into; if that one is merged in turn, one more hop).
-const MAX_MERGE_HOPS: usize = 32;
+/// Merges a read follows through subjects' (cached) states before it asks the store for the
+/// root of the group (a merge points at the subject merged into; if that one was merged in
+/// turn, one more hop).
+const MERGES_FOLLOWED: usize = 4;
 
-/// The subject that answers for `subject_id` and its current state: itself, or, when a
-/// merge closed it, the subject it was merged into (following that one's own merge, and so
-/// on), whose projection holds its choices.
+/// Most hops before a read gives up (each hop past [`MERGES_FOLLOWED`] jumps to the root the
+/// store names; more than one such jump means merges are moving the root meanwhile).
+const MAX_MERGE_HOPS: usize = 12;
+
+/// The subject that answers for `subject_id` and its current state (see [`answering`]).
 pub async fn root_of(
     store: &dyn Store,
     tenant: &str,
     subject_id: &str,
     consistency: Consistency,
 ) -> Result<(String, Arc<SubjectState>)> {
-    let mut subject = subject_id.to_owned();
-    let mut state = store
-        .subject_state(tenant, &subject, None, consistency)
+    let own = store
+        .subject_state(tenant, subject_id, None, consistency)
         .await?;
+    answering(store, tenant, subject_id, own, consistency).await
+}
+
+/// The subject that answers for `subject_id`, whose state `own` was read, and its current
+/// state: itself, or, when a merge closed it, the root of its group (the subject it was
+/// merged into, or the one that was merged into in turn...), whose projection holds its
+/// choices. A few merges are followed through the (cached) states; a longer chain jumps to
+/// the root the store names. An implicit subject (`alias:...`) whose identity is no longer
+/// linked into that group answers for itself, with its own choices: an identity unlinked
+/// from an account does not read the account's.
+pub async fn answering(
+    store: &dyn Store,
+    tenant: &str,
+    subject_id: &str,
+    own: Arc<SubjectState>,
+    consistency: Consistency,
+) -> Result<(String, Arc<SubjectState>)> {
+    let mut subject = subject_id.to_owned();
+    let mut state = Arc::clone(&own);
     let mut hops = 0;
     while let Some(into) = state.flags.merged_into.clone() {
         hops += 1;
-        if hops > MAX_MERGE_HOPS {
-            return Err(ConsentError::Internal(format!(
-                "subject `{subject_id}` was merged through more than {MAX_MERGE_HOPS} subjects"
+        let next = if hops <= MERGES_FOLLOWED {
+            into
+        } else if hops <= MAX_MERGE_HOPS {
+            store.merge_root(tenant, &subject).await?.unwrap_or(into)
+        } else {
+            return Err(ConsentError::Unavailable(format!(
+                "subject `{subject_id}` is being merged faster than it can be read; retry"
             )));
-        }
+        };
         state = store
-            .subject_state(tenant, &into, None, consistency)
+            .subject_state(tenant, &next, None, consistency)
             .await?;
-        subject = into;
+        subject = next;
+    }
+    if subject != subject_id
+        && let Some(alias) = consent_core::identity::implicit_alias(subject_id)
+    {
+        let link = store.resolve_identity(tenant, &alias).await?;
+        if link.is_none_or(|l| l.subject_id != subject) {
+            return Ok((subject_id.to_owned(), own));
+        }
     }
     Ok((subject, state))
 }
@@ -277,14 +310,26 @@ impl Ledger {
         consistency: Consistency,
     ) -> Result<(String, Arc<SubjectState>)> {
         let mut subject = subject_id.to_owned();
-        if let Some(into) = state.flags.merged_into.clone() {
-            let (root, current) = root_of(self.store.as_ref(), tenant, &into, consistency).await?;
-            state = if history {
-                self.history(tenant, &root).await?
+        if state.flags.merged_into.is_some() {
+            // The merge is followed through current states (a history carries the same
+            // flags); the answering subject's history is read after.
+            let own = if history {
+                self.store
+                    .subject_state(tenant, subject_id, None, consistency)
+                    .await?
             } else {
-                current
+                Arc::clone(&state)
             };
-            subject = root;
+            let (root, current) =
+                answering(self.store.as_ref(), tenant, subject_id, own, consistency).await?;
+            if root != subject_id {
+                state = if history {
+                    self.history(tenant, &root).await?
+                } else {
+                    current
+                };
+                subject = root;
+            }
         }
         // A projection written before choices were capped at their recording time may hold
         // one collected slightly in the future; "now" must see the choice before it, which

@@ -558,9 +558,11 @@ impl ConsentService for Api {
             .subject_decisions(&who, &subject_id, at, consistency)
             .await
             .map_err(status)?;
+        // Answered for the subject a merge closed this one into: echoed, as Check does.
+        let answering = flags.merged_into.as_deref().unwrap_or(&subject_id);
         let purposes = decisions
             .into_iter()
-            .map(|(p, verdict)| convert::verdict_out(verdict, &subject_id, &p.id, "", revision))
+            .map(|(p, verdict)| convert::verdict_out(verdict, answering, &p.id, "", revision))
             .collect();
         self.deliverable(
             pb::GetSubjectStateResponse {

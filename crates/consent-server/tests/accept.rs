@@ -48,6 +48,8 @@ async fn running_out_of_descriptors_backs_off_and_recovers() {
         .args(["-c", &script])
         .env_remove("CONSENT__SERVER__LISTEN")
         .env_remove("CONSENT__AUTH__MODE")
+        // Any free port: 9090 (the default) may be taken by another consentd on the machine.
+        .env("CONSENT__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -88,6 +88,8 @@ async fn serve(env: &[(&str, &str)]) -> (Child, String, Arc<Mutex<String>>) {
         .args(["--listen", "127.0.0.1:0", "--log-level", "debug", "serve"])
         .env_remove("CONSENT__SERVER__LISTEN")
         .env_remove("CONSENT__AUTH__MODE")
+        // Any free port: 9090 (the default) may be taken by another consentd on the machine.
+        .env("CONSENT__HTTP__LISTEN", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -213,15 +213,6 @@ async fn write_in_one_transaction(
             ))));
             continue;
         }
-        // Before any replay too: a write replayed after the merge would look accepted.
-        if let Some((subject, into)) = write
-            .events
-            .iter()
-            .find_map(|e| closed.get_key_value(&e.subject_id))
-        {
-            plans.push(Planned::Failed(crate::errors::merged_error(subject, into)));
-            continue;
-        }
         if let Some(key) = &write.idempotency
             && let Some(record) = known.get(&key.key)
         {
@@ -236,6 +227,16 @@ async fn write_in_one_transaction(
                     key.key
                 )))
             });
+            continue;
+        }
+        // After the replays: a write acknowledged before the merge was carried into the
+        // subject merged into, and its retry gets its answer; a new one is refused.
+        if let Some((subject, into)) = write
+            .events
+            .iter()
+            .find_map(|e| closed.get_key_value(&e.subject_id))
+        {
+            plans.push(Planned::Failed(crate::errors::merged_error(subject, into)));
             continue;
         }
         let from = sealed.len();

@@ -76,6 +76,33 @@ macro_rules! sql_identity_store {
             Ok(())
         }
 
+        /// A merge's projection write: `$3` (into) takes each of `$2`'s (from) choices that
+        /// supersedes its own, by the rule of every projection write
+        /// (`StateEntry::supersedes`).
+        const TAKE_CHOICES: &str = "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, \
+                     event_id, policy_version_id, collected_at, revision) \
+                     SELECT tenant_id, $3, purpose_id, vendor_id, decision, event_id, policy_version_id, \
+                     collected_at, revision FROM consent_state WHERE tenant_id = $1 AND subject_id = $2 \
+                     ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
+                     decision = excluded.decision, event_id = excluded.event_id, \
+                     policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
+                     revision = excluded.revision \
+                     WHERE (excluded.collected_at, CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
+                       > (consent_state.collected_at, CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, consent_state.revision)";
+
+        /// Runs one of a merge's statements (`$1` the tenant, `$2` the subject merged away,
+        /// `$3` the one merged into); returns the rows it changed.
+        async fn move_rows(tx: &mut Tx, sql: &str, tenant: &str, from: &str, into: &str) -> Result<u64> {
+            Ok(sqlx::query(sql)
+                .bind(tenant)
+                .bind(from)
+                .bind(into)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?
+                .rows_affected())
+        }
+
         /// How many identities are linked to `subject_id`.
         async fn links_of(tx: &mut Tx, tenant: &str, subject_id: &str) -> Result<i64> {
             sqlx::query_scalar(
@@ -226,6 +253,7 @@ macro_rules! sql_identity_store {
                 let now = Timestamp::now();
                 let mut tx = self.$writer().begin().await.map_err(db)?;
                 let locked = lock_head(&mut tx, tenant, now).await?;
+                refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
                 let existing = identity_in(&mut tx, tenant, alias)
                     .await?
                     .filter(|i| i.subject_id == subject_id);
@@ -322,24 +350,7 @@ macro_rules! sql_identity_store {
                 let revision = sealed.last().map_or(locked.head.revision, |r| r.revision);
                 // `into` takes each of `from`'s choices that supersedes its own, by the rule of
                 // every projection write (`StateEntry::supersedes`).
-                sqlx::query(
-                    "INSERT INTO consent_state (tenant_id, subject_id, purpose_id, vendor_id, decision, \
-                     event_id, policy_version_id, collected_at, revision) \
-                     SELECT tenant_id, $3, purpose_id, vendor_id, decision, event_id, policy_version_id, \
-                     collected_at, revision FROM consent_state WHERE tenant_id = $1 AND subject_id = $2 \
-                     ON CONFLICT (tenant_id, subject_id, purpose_id, vendor_id) DO UPDATE SET \
-                     decision = excluded.decision, event_id = excluded.event_id, \
-                     policy_version_id = excluded.policy_version_id, collected_at = excluded.collected_at, \
-                     revision = excluded.revision \
-                     WHERE (excluded.collected_at, CASE WHEN excluded.decision = 'granted' THEN 0 ELSE 1 END, excluded.revision) \
-                       > (consent_state.collected_at, CASE WHEN consent_state.decision = 'granted' THEN 0 ELSE 1 END, consent_state.revision)",
-                )
-                .bind(tenant)
-                .bind(from)
-                .bind(into)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                move_rows(&mut tx, TAKE_CHOICES, tenant, from, into).await?;
                 let mut into_flags = flags_in(&mut tx, tenant, into).await?;
                 let mut from_flags = flags_in(&mut tx, tenant, from).await?;
                 into_flags.absorb(&from_flags);
@@ -348,15 +359,14 @@ macro_rules! sql_identity_store {
                 write_flags(&mut tx, tenant, from, &from_flags, revision).await?;
                 // Subjects merged into `from` now count as merged into `into` (the group's
                 // root), and `from` is closed.
-                sqlx::query(
+                move_rows(
+                    &mut tx,
                     "UPDATE merged_subjects SET merged_into = $3 WHERE tenant_id = $1 AND merged_into = $2",
+                    tenant,
+                    from,
+                    into,
                 )
-                .bind(tenant)
-                .bind(from)
-                .bind(into)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+                .await?;
                 sqlx::query(
                     "INSERT INTO merged_subjects (tenant_id, subject_id, merged_into, revision) \
                      VALUES ($1, $2, $3, $4)",
@@ -368,16 +378,14 @@ macro_rules! sql_identity_store {
                 .execute(&mut *tx)
                 .await
                 .map_err(db)?;
-                let moved = sqlx::query(
+                let moved = move_rows(
+                    &mut tx,
                     "UPDATE subject_identities SET subject_id = $3 WHERE tenant_id = $1 AND subject_id = $2",
+                    tenant,
+                    from,
+                    into,
                 )
-                .bind(tenant)
-                .bind(from)
-                .bind(into)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?
-                .rows_affected();
+                .await?;
                 if let Some(link) = new_link {
                     let record = sealed
                         .iter()
@@ -410,6 +418,15 @@ macro_rules! sql_identity_store {
                 .bind(tenant)
                 .bind(root)
                 .fetch_all(self.$reader())
+                .await
+                .map_err(db)
+            }
+
+            async fn merge_root(&self, tenant: &str, subject_id: &str) -> Result<Option<String>> {
+                sqlx::query_scalar(MERGE_ROOT)
+                .bind(tenant)
+                .bind(subject_id)
+                .fetch_optional(self.$reader())
                 .await
                 .map_err(db)
             }

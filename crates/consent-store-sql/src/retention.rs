@@ -384,6 +384,10 @@ macro_rules! sql_retention_store {
             }
         }
 
+        /// The root of the group a merge closed a subject into: `$1` tenant, `$2` subject.
+        const MERGE_ROOT: &str =
+            "SELECT merged_into FROM merged_subjects WHERE tenant_id = $1 AND subject_id = $2";
+
         /// The subject `subject_id` was merged into, if a merge closed it (looked up only
         /// when the tenant merged any).
         async fn closed_into(
@@ -395,9 +399,7 @@ macro_rules! sql_retention_store {
             if locked.merges == 0 {
                 return Ok(None);
             }
-            sqlx::query_scalar(
-                "SELECT merged_into FROM merged_subjects WHERE tenant_id = $1 AND subject_id = $2",
-            )
+            sqlx::query_scalar(MERGE_ROOT)
             .bind(tenant)
             .bind(subject_id)
             .fetch_optional(&mut **tx)

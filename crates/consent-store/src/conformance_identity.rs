@@ -66,7 +66,7 @@ pub(crate) async fn link(
         .await
 }
 
-async fn unlink(
+pub(crate) async fn unlink(
     store: &Arc<dyn Store>,
     t: &str,
     subject: &str,

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use consent_core::commands::new_event_id;
+use consent_core::commands::{Idempotency, new_event_id};
 use consent_core::{ConsentError, Decision, IdentityType, NewRecord, RecordKind, SubjectState};
 
 use crate::conformance::{append, day, event, ok};
 use crate::conformance_identity::{
-    assert_verifies, identity_record, link, link_of, record_kinds, tenant_that_wrote,
+    assert_verifies, identity_record, link, link_of, record_kinds, tenant_that_wrote, unlink,
 };
 use crate::conformance_retention::{erasure, flag};
 use crate::{CacheFence, Consistency, Merge, MergeVia, NewLink, Store};
@@ -75,6 +75,17 @@ fn decision(state: &SubjectState, purpose: &str) -> Option<Decision> {
         .map(|e| e.decision)
 }
 
+async fn restrict_on_day_2(store: &Arc<dyn Store>, t: &str, subject: &str) {
+    ok(store
+        .append_flags(
+            t,
+            subject,
+            vec![flag(RecordKind::ProcessingRestricted, subject, "", 2)],
+            CacheFence::None,
+        )
+        .await);
+}
+
 fn refused_naming(result: consent_core::Result<impl std::fmt::Debug>, name: &str) {
     match result {
         Err(ConsentError::FailedPrecondition(msg)) => assert!(msg.contains(name), "{msg}"),
@@ -103,14 +114,7 @@ pub async fn a_merge_keeps_every_withdrawal(store: &Arc<dyn Store>) {
         ],
     )
     .await;
-    ok(store
-        .append_flags(
-            &t,
-            "anon-1",
-            vec![flag(RecordKind::ProcessingRestricted, "anon-1", "", 2)],
-            CacheFence::None,
-        )
-        .await);
+    restrict_on_day_2(store, &t, "anon-1").await;
     let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
     let phone = link_of(store, &t, IdentityType::Phone, "+32 470 12 34 56").await;
     ok(link(store, &t, "anon-1", &cookie).await);
@@ -178,12 +182,15 @@ pub async fn a_merge_keeps_every_withdrawal(store: &Arc<dyn Store>) {
 /// a member drops its closure.
 pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
     let t = tenant_that_wrote(store).await;
-    append(
-        store,
-        &t,
-        vec![event("anon-1", "analytics", "", Decision::Denied, day(2))],
-    )
-    .await;
+    // A keyed write before the merge: its retry after the merge gets its answer.
+    let keyed = Idempotency {
+        key: "withdraw-anon-1".into(),
+        fingerprint: [7; 32],
+    };
+    let denial = [event("anon-1", "analytics", "", Decision::Denied, day(2))];
+    let first = ok(store
+        .append(&t, &denial, Some(&keyed), CacheFence::None)
+        .await);
     let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
     let device = link_of(store, &t, IdentityType::Device, "dev-1").await;
     ok(link(store, &t, "anon-1", &cookie).await);
@@ -198,6 +205,11 @@ pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
         "itself",
     );
     let merged = ok(merge_via_link(store, &t, "acct-1", "anon-1", &cookie).await);
+    let replay = ok(store
+        .append(&t, &denial, Some(&keyed), CacheFence::None)
+        .await);
+    assert!(replay.replayed, "the retry is answered, not refused");
+    assert_eq!(replay.revision, first.revision);
 
     let write = store
         .append(
@@ -221,6 +233,7 @@ pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
     );
     let other = link_of(store, &t, IdentityType::Cookie, "ck-2").await;
     refused_naming(link(store, &t, "anon-1", &other).await, "acct-1");
+    refused_naming(unlink(store, &t, "anon-1", &cookie).await, "acct-1");
     // A retry writes nothing.
     let retry = ok(merge_via_link(store, &t, "acct-1", "anon-1", &cookie).await);
     assert!(retry.records.is_empty());
@@ -245,6 +258,12 @@ pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
         ["acct-1", "anon-1"]
     );
     assert!(ok(store.merged_into(&t, "acct-1").await).is_empty());
+    assert_eq!(
+        ok(store.merge_root(&t, "anon-1").await).as_deref(),
+        Some("acct-2"),
+        "the store names the group's root, however long the chain"
+    );
+    assert_eq!(ok(store.merge_root(&t, "acct-2").await), None);
     assert_eq!(
         decision(&*state(store, &t, "acct-2").await, "analytics"),
         Some(Decision::Denied)
@@ -317,14 +336,7 @@ pub async fn a_snapshot_answers_for_a_merged_group(store: &Arc<dyn Store>) {
         vec![event("anon-1", "analytics", "", Decision::Denied, day(2))],
     )
     .await;
-    ok(store
-        .append_flags(
-            &t,
-            "anon-1",
-            vec![flag(RecordKind::ProcessingRestricted, "anon-1", "", 2)],
-            CacheFence::None,
-        )
-        .await);
+    restrict_on_day_2(store, &t, "anon-1").await;
     let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
     let before = ok(link(store, &t, "anon-1", &cookie).await).revision;
     ok(merge_via_link(store, &t, "acct-1", "anon-1", &cookie).await);

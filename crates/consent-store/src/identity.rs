@@ -157,4 +157,8 @@ pub trait IdentityStore: Send + Sync {
     /// The subjects merged (directly or through others) into `root`, a subject not merged
     /// itself, ordered by id: the group `root` answers for.
     async fn merged_into(&self, tenant: &str, root: &str) -> Result<Vec<String>>;
+
+    /// The subject that answers for `subject_id` if a merge closed it: the root of its
+    /// group (read from the store, not a cache: a long chain of merges is one read).
+    async fn merge_root(&self, tenant: &str, subject_id: &str) -> Result<Option<String>>;
 }

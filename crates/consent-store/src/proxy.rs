@@ -546,6 +546,14 @@ macro_rules! identity_store_proxy {
                 self.around("merged_into", self.inner().merged_into(tenant, root))
                     .await
             }
+            async fn merge_root(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+            ) -> consent_core::Result<Option<String>> {
+                self.around("merge_root", self.inner().merge_root(tenant, subject_id))
+                    .await
+            }
         }
     };
 }
