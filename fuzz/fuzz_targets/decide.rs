@@ -108,6 +108,8 @@ fuzz_target!(|input: Input| {
                 .collect(),
             gpc_since: input.gpc_since.map(Timestamp),
             erased_since: input.erased_since.map(Timestamp),
+            // Merges do not move a decision: a merged state is read like any other.
+            ..SubjectFlags::default()
         },
     };
     let verdict = decide(
