@@ -583,6 +583,29 @@ async fn identities_belong_to_their_tenant_and_need_their_scopes() {
             resolve(&reader, IdentityType::Phone, PHONE).await.linked,
             "{b}"
         );
+        // A merge moves choices: identity:write alone may link, not merge or carry choices.
+        let linker = server
+            .client_for("tenant-a", &[Scope::ConsentRead, Scope::IdentityWrite])
+            .await;
+        linked(&linker, "anon-s", IdentityType::Cookie, "ck-s", b).await;
+        for (merge, carry, value) in [(true, false, "ck-s"), (false, true, "ck-t")] {
+            let refused =
+                link_merging(&linker, ACCOUNT, IdentityType::Cookie, value, merge, carry).await;
+            match refused {
+                Err(s) if s.code() == Code::PermissionDenied => {
+                    assert!(
+                        s.message().contains("consent:write"),
+                        "{b}: {}",
+                        s.message()
+                    );
+                }
+                other => panic!("{b}: expected PERMISSION_DENIED, got {other:?}"),
+            }
+        }
+        let merged = link_merging(&a, ACCOUNT, IdentityType::Cookie, "ck-s", true, false)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: a key with both scopes merges: {e:?}"));
+        assert_eq!(merged.merged_subject_id, "anon-s", "{b}");
         let checker = server.client_for("tenant-a", &[Scope::ConsentRead]).await;
         let no_read = checker
             .identities()

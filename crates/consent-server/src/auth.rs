@@ -480,6 +480,7 @@ impl Authenticator {
             return Ok(Some(Principal {
                 tenant_id: DEFAULT_TENANT.to_owned(),
                 key_id: String::new(),
+                scopes: Scope::ALL.to_vec(),
             }));
         }
         let failures = self.failures.as_ref().zip(peer);
@@ -521,6 +522,7 @@ impl Authenticator {
         Ok(Some(Principal {
             tenant_id: key.tenant_id,
             key_id: key.key_id,
+            scopes: key.scopes,
         }))
     }
 

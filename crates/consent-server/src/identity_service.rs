@@ -2,6 +2,7 @@
 //! resolve, list); each validates, calls the ledger and answers what stands.
 
 use consent_core::ConsentError;
+use consent_core::access::Scope;
 use consent_core::identity::Identity;
 use consent_core::validate::Violations;
 use consent_proto::v1 as pb;
@@ -74,6 +75,14 @@ impl IdentityService for Api {
         let who = principal(&request)?;
         let r = request.into_inner();
         let (identity, evidence) = link_request(&r.subject_id, r.identity.as_ref(), r.evidence)?;
+        // A merge moves choices from one subject to another: it is a consent write too.
+        if (r.merge || r.carry_choices) && !who.allows(Scope::ConsentWrite) {
+            return Err(Status::permission_denied(format!(
+                "merge and carry_choices move choices between subjects: the key needs the {} scope as well as {}",
+                Scope::ConsentWrite.as_str(),
+                Scope::IdentityWrite.as_str()
+            )));
+        }
         let how = LinkMerging {
             merge: r.merge,
             carry_choices: r.carry_choices,

@@ -735,6 +735,7 @@ mod tests {
         let who = Principal {
             tenant_id: tenant.into(),
             key_id: String::new(),
+            scopes: consent_core::access::Scope::ALL.to_vec(),
         };
         let mut queries: Vec<CheckQuery> = (0..4_000)
             .map(|i| CheckQuery {
