@@ -825,6 +825,24 @@ async fn exported(
     documents
 }
 
+/// Erases the person `request` names, then panics unless every one of `subjects` answers
+/// `subject_erased`.
+async fn erase_and_expect(
+    client: &ConsentClient,
+    request: pb::EraseSubjectRequest,
+    subjects: &[String],
+    b: &str,
+) {
+    ok(client.rights().erase_subject(request).await, b);
+    for subject in subjects {
+        assert_eq!(
+            reason_of(client, subject, "analytics").await.0,
+            Reason::SubjectErased,
+            "{b}: {subject}"
+        );
+    }
+}
+
 async fn record_id(client: &ConsentClient, subject: &str, purpose: &str, decision: Decision) {
     ok(
         client
@@ -1021,24 +1039,17 @@ async fn a_merge_of_two_subjects_keeps_the_withdrawal() {
         assert_eq!(owners, [ACCOUNT, ANON], "{b}");
 
         // Erasing by the cookie erases the person: both subjects.
-        ok(
-            client
-                .rights()
-                .erase_subject(pb::EraseSubjectRequest {
-                    identity: identity(IdentityType::Cookie, COOKIE),
-                    reason: "request #78".into(),
-                    ..Default::default()
-                })
-                .await,
+        erase_and_expect(
+            client,
+            pb::EraseSubjectRequest {
+                identity: identity(IdentityType::Cookie, COOKIE),
+                reason: "request #78".into(),
+                ..Default::default()
+            },
+            &[ACCOUNT.to_owned(), ANON.to_owned()],
             b,
-        );
-        for asked in [ACCOUNT, ANON] {
-            assert_eq!(
-                reason_of(client, asked, "analytics").await.0,
-                Reason::SubjectErased,
-                "{b}: {asked}"
-            );
-        }
+        )
+        .await;
         server.stop().await;
     }
 }
@@ -1231,26 +1242,17 @@ async fn a_long_chain_of_merges_answers_for_its_root() {
             Reason::Granted,
             "{b}"
         );
-        ok(
-            client
-                .rights()
-                .erase_subject(pb::EraseSubjectRequest {
-                    subject_id: "chain-0".into(),
-                    reason: "request #79".into(),
-                    ..Default::default()
-                })
-                .await,
+        erase_and_expect(
+            client,
+            pb::EraseSubjectRequest {
+                subject_id: "chain-0".into(),
+                reason: "request #79".into(),
+                ..Default::default()
+            },
+            &[0, LINKS / 2, LINKS].map(|i| format!("chain-{i}")),
             b,
-        );
-        for i in [0, LINKS / 2, LINKS] {
-            assert_eq!(
-                reason_of(client, &format!("chain-{i}"), "analytics")
-                    .await
-                    .0,
-                Reason::SubjectErased,
-                "{b}: chain-{i}"
-            );
-        }
+        )
+        .await;
         server.stop().await;
     }
 }
