@@ -892,16 +892,20 @@ async fn a_merge_of_two_subjects_keeps_the_withdrawal() {
             Decision::Granted,
         )
         .await;
-        client
-            .consent()
-            .withdraw_consent(pb::WithdrawConsentRequest {
-                identity: identity(IdentityType::Cookie, COOKIE),
-                purpose_ids: vec!["call_recording".into()],
-                channel: Channel::Voice.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{b}: withdraw by cookie: {e:?}"));
+        let keyed_withdrawal = pb::WithdrawConsentRequest {
+            identity: identity(IdentityType::Cookie, COOKIE),
+            purpose_ids: vec!["call_recording".into()],
+            channel: Channel::Voice.into(),
+            idempotency_key: "withdraw-by-cookie-1".into(),
+            ..Default::default()
+        };
+        let withdrawn = ok(
+            client
+                .consent()
+                .withdraw_consent(keyed_withdrawal.clone())
+                .await,
+            b,
+        );
         record_id(client, ACCOUNT, "ai_transcription", Decision::Denied).await;
         // Read (and cache) both subjects' answers first.
         assert_eq!(
@@ -939,6 +943,11 @@ async fn a_merge_of_two_subjects_keeps_the_withdrawal() {
             retry.already_linked && retry.merged_subject_id.is_empty(),
             "{b}"
         );
+        // The keyed withdrawal retried now that the cookie stands for the account: the
+        // original answer, not a refusal.
+        let replayed = ok(client.consent().withdraw_consent(keyed_withdrawal).await, b);
+        assert_eq!(replayed.revision, withdrawn.revision, "{b}");
+        assert_eq!(replayed.events[0].subject_id, ANON, "{b}");
 
         for asked in [ACCOUNT, ANON] {
             assert_eq!(
@@ -1257,12 +1266,11 @@ async fn a_long_chain_of_merges_answers_for_its_root() {
     }
 }
 
-/// An identity whose anonymous choices were carried into an account, then unlinked, no
-/// longer reads the account's choices: it answers with its own again. Linked back with
-/// `carry_choices`, it is a plain link (the choices are there already); to another subject
-/// with `carry_choices`, refused, naming where they went.
+/// An identity whose anonymous choices were carried into an account stays linked to it:
+/// unlinking it is refused (its choices are the account's now), linking it again with
+/// `carry_choices` changes nothing, and erasing by it erases the account with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unlinked_identity_does_not_read_the_account_its_choices_went_to() {
+async fn an_identity_whose_choices_were_carried_stays_linked() {
     for server in backends().await {
         let b = server.backend;
         let client = &server.client;
@@ -1283,57 +1291,41 @@ async fn an_unlinked_identity_does_not_read_the_account_its_choices_went_to() {
             .await
             .unwrap_or_else(|e| panic!("{b}: {e:?}"));
         assert_eq!(carried.merged_subject_id, own, "{b}");
+
+        match unlink(client, "acct-c", IdentityType::Cookie, "ck-c").await {
+            Err(s) if s.code() == Code::FailedPrecondition => {
+                assert!(
+                    s.message().contains("carry_choices"),
+                    "{b}: {}",
+                    s.message()
+                );
+            }
+            other => panic!("{b}: expected FAILED_PRECONDITION, got {other:?}"),
+        }
         let by_cookie = check_by(client, IdentityType::Cookie, "ck-c", "call_recording").await;
         assert_eq!(
             (by_cookie.allowed, by_cookie.subject_id.as_str()),
             (true, "acct-c"),
             "{b}"
         );
-
-        unlink(client, "acct-c", IdentityType::Cookie, "ck-c")
-            .await
-            .unwrap_or_else(|e| panic!("{b}: unlink: {e:?}"));
-        let unlinked = check_by(client, IdentityType::Cookie, "ck-c", "call_recording").await;
-        assert_eq!(
-            (
-                unlinked.allowed,
-                unlinked.reason(),
-                unlinked.subject_id.as_str()
-            ),
-            (false, Reason::NoDecision, own.as_str()),
-            "{b}: the account's grant is not the cookie's"
-        );
-        let analytics = check_by(client, IdentityType::Cookie, "ck-c", "analytics").await;
-        assert!(analytics.allowed, "{b}: its own anonymous grant");
-        assert_eq!(
-            reason_of(client, &own, "call_recording").await.0,
-            Reason::NoDecision,
-            "{b}"
-        );
-
         let again = link_merging(client, "acct-c", IdentityType::Cookie, "ck-c", false, true)
             .await
             .unwrap_or_else(|e| panic!("{b}: link again: {e:?}"));
         assert!(
-            again.merged_subject_id.is_empty() && !again.already_linked,
+            again.already_linked && again.merged_subject_id.is_empty(),
             "{b}"
         );
-        assert_eq!(
-            check_by(client, IdentityType::Cookie, "ck-c", "call_recording")
-                .await
-                .subject_id,
-            "acct-c",
-            "{b}"
-        );
-        unlink(client, "acct-c", IdentityType::Cookie, "ck-c")
-            .await
-            .unwrap_or_else(|e| panic!("{b}: unlink: {e:?}"));
-        match link_merging(client, "acct-d", IdentityType::Cookie, "ck-c", false, true).await {
-            Err(s) if s.code() == Code::FailedPrecondition => {
-                assert!(s.message().contains("acct-c"), "{b}: {}", s.message());
-            }
-            other => panic!("{b}: expected FAILED_PRECONDITION, got {other:?}"),
-        }
+        erase_and_expect(
+            client,
+            pb::EraseSubjectRequest {
+                identity: identity(IdentityType::Cookie, "ck-c"),
+                reason: "request #80".into(),
+                ..Default::default()
+            },
+            &["acct-c".to_owned(), own],
+            b,
+        )
+        .await;
         server.stop().await;
     }
 }

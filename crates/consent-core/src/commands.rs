@@ -46,6 +46,11 @@ pub struct RecordConsent {
     pub evidence: Evidence,
     /// Idempotency key, or empty.
     pub idempotency_key: String,
+    /// How the request named the person when not by subject id (an identity, as its keyed
+    /// alias), or empty: fingerprinted in place of the subject it stood for, so a retry
+    /// after the identity was linked or merged elsewhere is still the same request.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub named_by: String,
 }
 
 /// Withdraw some purposes, or every granted choice when `purpose_ids` is empty.
@@ -63,6 +68,11 @@ pub struct WithdrawConsent {
     pub evidence: Evidence,
     /// Idempotency key, or empty.
     pub idempotency_key: String,
+    /// How the request named the person when not by subject id (an identity, as its keyed
+    /// alias), or empty: fingerprinted in place of the subject it stood for, so a retry
+    /// after the identity was linked or merged elsewhere is still the same request.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub named_by: String,
 }
 
 /// An idempotency key with the fingerprint of the request it was first used with.
@@ -145,7 +155,14 @@ impl RecordConsent {
 
     /// The idempotency key with this request's fingerprint, if a key was given.
     pub fn idempotency(&self) -> Option<Idempotency> {
-        idempotency(&self.idempotency_key, fingerprint("record", self))
+        let named = (!self.named_by.is_empty()).then(|| RecordConsent {
+            subject_id: String::new(),
+            ..self.clone()
+        });
+        idempotency(
+            &self.idempotency_key,
+            fingerprint("record", named.as_ref().unwrap_or(self)),
+        )
     }
 
     /// The events to append, checked against the catalogue. Call after [`Self::validate`].
@@ -248,7 +265,14 @@ impl WithdrawConsent {
 
     /// The idempotency key with this request's fingerprint, if a key was given.
     pub fn idempotency(&self) -> Option<Idempotency> {
-        idempotency(&self.idempotency_key, fingerprint("withdraw", self))
+        let named = (!self.named_by.is_empty()).then(|| WithdrawConsent {
+            subject_id: String::new(),
+            ..self.clone()
+        });
+        idempotency(
+            &self.idempotency_key,
+            fingerprint("withdraw", named.as_ref().unwrap_or(self)),
+        )
     }
 
     /// The events to append, checked against the catalogue. Call after [`Self::validate`].
@@ -356,6 +380,7 @@ mod tests {
             collected_at: None,
             evidence: Evidence::default(),
             idempotency_key: String::new(),
+            named_by: String::new(),
         }
     }
 
@@ -435,6 +460,22 @@ mod tests {
     }
 
     #[test]
+    fn a_request_by_identity_is_fingerprinted_by_the_identity_not_its_subject() {
+        let mut a = record(vec![("call_recording", "", Some(Decision::Granted))]);
+        a.idempotency_key = "k".into();
+        a.named_by = "identity:ab".into();
+        let mut moved = a.clone();
+        moved.subject_id = "s2".into();
+        assert_eq!(a.idempotency(), moved.idempotency());
+        let mut other = a.clone();
+        other.named_by = "identity:cd".into();
+        assert_ne!(a.idempotency(), other.idempotency());
+        let mut by_id = a.clone();
+        by_id.named_by.clear();
+        assert_ne!(a.idempotency(), by_id.idempotency());
+    }
+
+    #[test]
     fn future_collection_times_take_effect_when_recorded() {
         let now = Timestamp(1_000_000);
         let mut cmd = record(vec![("call_recording", "", Some(Decision::Granted))]);
@@ -461,6 +502,7 @@ mod tests {
             collected_at: Some(Timestamp(10)),
             evidence: Evidence::default(),
             idempotency_key: String::new(),
+            named_by: String::new(),
         };
         let events = cmd
             .plan(&catalog(), Timestamp(20), "k")

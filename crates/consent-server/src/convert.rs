@@ -222,6 +222,7 @@ pub fn record_in(v: &mut Violations, r: pb::RecordConsentRequest) -> RecordConse
         channel: channel_in(r.channel),
         evidence: evidence_in(r.evidence),
         idempotency_key: r.idempotency_key,
+        named_by: String::new(),
     }
 }
 
@@ -234,6 +235,7 @@ pub fn withdraw_in(v: &mut Violations, r: pb::WithdrawConsentRequest) -> Withdra
         channel: channel_in(r.channel),
         evidence: evidence_in(r.evidence),
         idempotency_key: r.idempotency_key,
+        named_by: String::new(),
     }
 }
 

@@ -89,6 +89,9 @@ pub async fn answering(
 /// The subject that answers for one asked, and its state.
 type Answering = (String, Arc<SubjectState>);
 
+/// Erasures of a group's root tried, when merges keep closing the root found first.
+const ERASE_TRIES: usize = 3;
+
 /// Subjects whose current states one store call reads.
 const BATCH_STATE_READ: usize = 1000;
 
@@ -525,22 +528,38 @@ impl Ledger {
         reason: &str,
     ) -> Result<ErasureOutcome> {
         let tenant = who.tenant_id.as_str();
-        let state = self
-            .store
-            .subject_state(tenant, subject_id, None, Consistency::Full)
-            .await?;
-        let (root, _) = self
-            .settle(
-                tenant,
-                subject_id,
-                state,
-                false,
-                Timestamp::now(),
-                Consistency::Full,
-            )
-            .await?;
+        // A merge may close the subject found between its lookup and its erasure (the store
+        // then refuses): look again.
+        let mut tries = 0;
+        let (root, mut outcome) = loop {
+            let state = self
+                .store
+                .subject_state(tenant, subject_id, None, Consistency::Full)
+                .await?;
+            let (root, _) = self
+                .settle(
+                    tenant,
+                    subject_id,
+                    state,
+                    false,
+                    Timestamp::now(),
+                    Consistency::Full,
+                )
+                .await?;
+            match self.erase_one(who, &root, reason).await {
+                Ok(erased) => break (root, erased),
+                Err(ConsentError::FailedPrecondition(_))
+                    if tries < ERASE_TRIES
+                        && self.store.merge_root(tenant, &root).await?.is_some() =>
+                {
+                    tries += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // Read after the root's erasure: nothing merges into an erased subject, so the list
+        // is final.
         let members = self.store.merged_into(tenant, &root).await?;
-        let mut outcome = self.erase_one(who, &root, reason).await?;
         for member in members {
             let erased = self.erase_one(who, &member, reason).await?;
             outcome.already_erased &= erased.already_erased;

@@ -406,7 +406,11 @@ impl ConsentService for Api {
         let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
         let mut command = convert::record_in(&mut v, r);
         finish(v)?;
-        command.subject_id = self.subject(&who, subject).await?;
+        (command.subject_id, command.named_by) = self
+            .ledger
+            .written_subject(&who, validated_subject(subject)?)
+            .await
+            .map_err(status)?;
         let outcome = self.ledger.record(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::RecordConsentResponse {
@@ -425,7 +429,11 @@ impl ConsentService for Api {
         let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
         let mut command = convert::withdraw_in(&mut v, r);
         finish(v)?;
-        command.subject_id = self.subject(&who, subject).await?;
+        (command.subject_id, command.named_by) = self
+            .ledger
+            .written_subject(&who, validated_subject(subject)?)
+            .await
+            .map_err(status)?;
         let outcome = self.ledger.withdraw(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::WithdrawConsentResponse {

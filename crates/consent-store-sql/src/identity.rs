@@ -254,6 +254,14 @@ macro_rules! sql_identity_store {
                 let mut tx = self.$writer().begin().await.map_err(db)?;
                 let locked = lock_head(&mut tx, tenant, now).await?;
                 refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
+                // Its own choices went into the subject (carry_choices): unlinked, it would
+                // stand for a closed subject whose choices the group keeps.
+                let own = consent_core::identity::implicit_subject_id(alias);
+                if let Some(root) = closed_into(&mut tx, tenant, &locked, &own).await? {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "the identity's own choices were carried into subject `{root}` (carry_choices): it stays linked to that person; erase the subject to remove it"
+                    )));
+                }
                 let existing = identity_in(&mut tx, tenant, alias)
                     .await?
                     .filter(|i| i.subject_id == subject_id);

@@ -785,6 +785,19 @@ macro_rules! sql_retention_store {
                 // The retention lock (items and holds move), then the head, as attestations do.
                 let mut tx = self.begin_retention(tenant).await?;
                 let locked = lock_head(&mut tx, tenant, now).await?;
+                // A subject merged into another goes with its group, after the subject that
+                // answers for it (`Ledger::erase`): erased alone, the group would keep its
+                // choices on events that no longer name it.
+                if let Some(root) = closed_into(&mut tx, tenant, &locked, subject_id).await?
+                    && !match locked.erased_lookup(&root) {
+                        Some(id) => has_marker(&mut tx, tenant, &id).await?,
+                        None => false,
+                    }
+                {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "subject_id `{subject_id}` was merged into `{root}`: erase `{root}`, which erases every subject merged into it"
+                    )));
+                }
                 let key = locked.key;
                 let erased_id = key.erased_subject_id(subject_id).ok_or_else(|| {
                     ConsentError::Internal("no subject key after the head lock".into())

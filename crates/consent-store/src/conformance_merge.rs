@@ -279,7 +279,25 @@ pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
             .await,
         "acct-2",
     );
-    // Erasing a member drops its closure; the root keeps the others.
+    // A member is erased with its group, after the root: alone, refused naming the root.
+    refused_naming(
+        store
+            .erase_subject(&t, "anon-1", erasure("request"), CacheFence::None)
+            .await,
+        "acct-2",
+    );
+    ok(store
+        .erase_subject(&t, "acct-2", erasure("request"), CacheFence::None)
+        .await);
+    refused_naming(
+        merge_via_link(store, &t, "acct-2", "acct-3", &third).await,
+        "erased",
+    );
+    // The members' closures name the erased root until they go in turn.
+    assert_eq!(
+        ok(store.merged_into(&t, "acct-2").await),
+        ["acct-1", "anon-1"]
+    );
     ok(store
         .erase_subject(&t, "anon-1", erasure("request"), CacheFence::None)
         .await);
@@ -291,15 +309,16 @@ pub async fn a_merged_subject_is_closed(store: &Arc<dyn Store>) {
 /// choices carried over: one transaction links it and merges the implicit subject.
 pub async fn carrying_choices_merges_the_implicit_subject(store: &Arc<dyn Store>) {
     let t = tenant_that_wrote(store).await; // acct-1 granted analytics on day 1
-    let implicit = "alias:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
+    // Choices recorded by the cookie before it was linked live on its implicit subject.
+    let implicit = consent_core::identity::implicit_subject_id(&cookie.alias);
     append(
         store,
         &t,
-        vec![event(implicit, "analytics", "", Decision::Denied, day(2))],
+        vec![event(&implicit, "analytics", "", Decision::Denied, day(2))],
     )
     .await;
-    let cookie = link_of(store, &t, IdentityType::Cookie, "ck-1").await;
-    let carry = merge("acct-1", implicit, MergeVia::NewLink(cookie.clone()));
+    let carry = merge("acct-1", &implicit, MergeVia::NewLink(cookie.clone()));
     let merged = ok(store.merge_subjects(&t, &carry, CacheFence::None).await);
     assert_eq!(merged.records.len(), 3);
     assert_eq!(merged.records[0].record.kind, RecordKind::IdentityLinked);
@@ -312,6 +331,8 @@ pub async fn carrying_choices_merges_the_implicit_subject(store: &Arc<dyn Store>
         decision(&*state(store, &t, "acct-1").await, "analytics"),
         Some(Decision::Denied)
     );
+    // Its own choices are the account's now: it stays linked.
+    refused_naming(unlink(store, &t, "acct-1", &cookie).await, "carry_choices");
     // A retry writes nothing; the identity linked meanwhile to another subject: refused.
     let retry = ok(store.merge_subjects(&t, &carry, CacheFence::None).await);
     assert!(retry.records.is_empty());
