@@ -1101,6 +1101,21 @@ async fn a_cookies_choices_are_carried_to_the_account_only_when_asked() {
         let implicit_b = resolve(client, IdentityType::Cookie, "ck-b")
             .await
             .subject_id;
+        // A time after the cookies' choices and before any link.
+        let before_links = ok(
+            client
+                .consent()
+                .list_events(pb::ListEventsRequest {
+                    subject_id: implicit_b.clone(),
+                    page_size: 10,
+                    ..Default::default()
+                })
+                .await,
+            b,
+        )
+        .events
+        .last()
+        .and_then(|e| e.recorded_at);
 
         let plain = link_merging(client, "acct-a", IdentityType::Cookie, "ck-a", false, false)
             .await
@@ -1140,6 +1155,28 @@ async fn a_cookies_choices_are_carried_to_the_account_only_when_asked() {
             (Reason::Granted, "acct-b".to_owned()),
             "{b}: the cookie's own subject answers for the account"
         );
+        // As of before the carry, the account had no analytics consent: the cookie's grant
+        // did not cover it then (as-of answers of a group never count a member's grant);
+        // the cookie's refusal counts, whenever asked.
+        for (purpose, reason) in [
+            ("analytics", Reason::NoDecision),
+            ("marketing_communications", Reason::Denied),
+        ] {
+            let then = client
+                .check_request_raw(pb::CheckRequest {
+                    subject_id: "acct-b".into(),
+                    purpose_id: purpose.into(),
+                    at: before_links,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{b}: as-of check: {e:?}"));
+            assert_eq!(
+                then.reason(),
+                reason,
+                "{b}: {purpose} as of before the carry"
+            );
+        }
         server.stop().await;
     }
 }

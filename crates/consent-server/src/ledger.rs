@@ -286,13 +286,23 @@ impl Ledger {
 
     /// A subject's history, with the histories of the subjects merged into it: its
     /// projection holds their choices, so its past must too.
+    ///
+    /// Of the merged subjects' histories only the refusals count (denials, withdrawals): a
+    /// past time may be before a member's merge, when its grants did not cover this subject,
+    /// and which members belonged by then is not read yet (`docs/identities.md`, Not built
+    /// yet). So an as-of answer of a group never allows on a member's grant: it fails closed.
     async fn history(&self, tenant: &str, subject_id: &str) -> Result<Arc<SubjectState>> {
         let mut state = self.store.subject_history(tenant, subject_id).await?;
         if state.flags.absorbed && state.flags.merged_into.is_none() {
             // Merged-away subjects are closed: their histories no longer change.
             for member in self.store.merged_into(tenant, subject_id).await? {
                 let theirs = self.store.subject_history(tenant, &member).await?;
-                state.entries.extend(theirs.entries);
+                state.entries.extend(
+                    theirs
+                        .entries
+                        .into_iter()
+                        .filter(|e| e.decision != consent_core::Decision::Granted),
+                );
                 state.revision = state.revision.max(theirs.revision);
             }
         }
