@@ -157,6 +157,22 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             "{}",
             cannot.message()
         );
+        // Strictly necessary on legitimate interest: the refusal says which part rules it out.
+        let necessary = rights
+            .object(pb::ObjectRequest {
+                subject_id: SUBJECT.into(),
+                purpose_ids: vec!["security".into()],
+                reason: String::new(),
+            })
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{b}: an objection to a strictly necessary purpose"));
+        assert_eq!(necessary.code(), Code::FailedPrecondition, "{b}");
+        assert!(
+            necessary.message().contains("not strictly necessary"),
+            "{}",
+            necessary.message()
+        );
         let unknown = rights
             .object(pb::ObjectRequest {
                 subject_id: SUBJECT.into(),

@@ -487,7 +487,7 @@ impl Ledger {
                 let purpose = catalog.require_purpose(id)?;
                 if !purpose.objection_applies() {
                     return Err(ConsentError::FailedPrecondition(format!(
-                        "an objection cannot apply to purpose `{id}` ({} on {}): it applies to purposes on legitimate interest or public task, and to marketing; for a consent-based purpose withdraw the consent instead",
+                        "an objection cannot apply to purpose `{id}` ({} on {}): objections apply to purposes that are not strictly necessary and rest on legitimate interest or public task, and to marketing; for a consent-based purpose withdraw the consent instead",
                         purpose.category, purpose.legal_basis
                     )));
                 }
