@@ -2,8 +2,9 @@
 
 /// Implements `IdentityStore` for `$store`. Expanded in the module of the backend's
 /// `sql_retention_store!`, whose helpers it uses (`lock_head`, `append_after`,
-/// `fence_and_commit`, `has_marker`, `erased_error`, `time`). `from_db` turns a stored time
-/// back into a `Timestamp`.
+/// `fence_and_commit`, `erased_under`, `erased_error`, `refuse_gone`, `closed_into`,
+/// `flags_in`, `write_flags`, `MERGE_ROOT`, `time`). `from_db` turns a stored time back into
+/// a `Timestamp`.
 macro_rules! sql_identity_store {
     ($store:ty, $db:ty, writer = $writer:ident, reader = $reader:ident, from_db = $from_db:path $(,)?) => {
         const IDENTITY_COLUMNS: &str =
@@ -326,7 +327,10 @@ macro_rules! sql_identity_store {
                     }
                     return Err(crate::errors::merged_error(from, &root));
                 }
-                refuse_gone(&mut tx, tenant, &locked, from).await?;
+                // Not closed (looked up above); erased, refused.
+                if erased_under(&mut tx, tenant, &locked, from).await? {
+                    return Err(erased_error(from));
+                }
                 refuse_gone(&mut tx, tenant, &locked, into).await?;
                 let standing = match &merge.via {
                     MergeVia::Linked(alias) | MergeVia::NewLink(consent_store::NewLink { alias, .. }) => {

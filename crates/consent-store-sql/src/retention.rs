@@ -339,6 +339,20 @@ macro_rules! sql_retention_store {
             Ok(found.is_some())
         }
 
+        /// Whether `subject_id` was erased, under the head `locked` (no lookup while the
+        /// tenant erased none).
+        async fn erased_under(
+            tx: &mut Tx,
+            tenant: &str,
+            locked: &LockedHead,
+            subject_id: &str,
+        ) -> Result<bool> {
+            match locked.erased_lookup(subject_id) {
+                Some(id) => has_marker(tx, tenant, &id).await,
+                None => Ok(false),
+            }
+        }
+
         fn erased_error(subject_id: &str) -> ConsentError {
             ConsentError::FailedPrecondition(format!(
                 "subject_id `{subject_id}` was erased (GDPR Art. 17): the ledger keeps nothing about it and refuses new writes for it"
@@ -415,9 +429,7 @@ macro_rules! sql_retention_store {
             locked: &LockedHead,
             subject_id: &str,
         ) -> Result<()> {
-            if let Some(id) = locked.erased_lookup(subject_id)
-                && has_marker(tx, tenant, &id).await?
-            {
+            if erased_under(tx, tenant, locked, subject_id).await? {
                 return Err(erased_error(subject_id));
             }
             if let Some(into) = closed_into(tx, tenant, locked, subject_id).await? {
@@ -460,11 +472,7 @@ macro_rules! sql_retention_store {
             let locked = lock_head(tx, tenant, now).await?;
             let mut kept = Vec::with_capacity(records.len());
             for record in records {
-                let erased = match locked.erased_lookup(&record.subject_id) {
-                    Some(id) => has_marker(tx, tenant, &id).await?,
-                    None => false,
-                };
-                if !erased {
+                if !erased_under(tx, tenant, &locked, &record.subject_id).await? {
                     kept.push(record);
                 }
             }
@@ -789,10 +797,7 @@ macro_rules! sql_retention_store {
                 // answers for it (`Ledger::erase`): erased alone, the group would keep its
                 // choices on events that no longer name it.
                 if let Some(root) = closed_into(&mut tx, tenant, &locked, subject_id).await?
-                    && !match locked.erased_lookup(&root) {
-                        Some(id) => has_marker(&mut tx, tenant, &id).await?,
-                        None => false,
-                    }
+                    && !erased_under(&mut tx, tenant, &locked, &root).await?
                 {
                     return Err(ConsentError::FailedPrecondition(format!(
                         "subject_id `{subject_id}` was merged into `{root}`: erase `{root}`, which erases every subject merged into it"

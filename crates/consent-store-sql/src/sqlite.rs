@@ -414,6 +414,32 @@ impl BatchBackend for SqliteWriter {
 
 struct SqliteTx(Transaction<'static, Sqlite>);
 
+impl SqliteTx {
+    /// The rows `select` (`SELECT ... FROM table`) finds of the tenant's `subjects`, a
+    /// bounded `IN` list at a time.
+    async fn rows_of_subjects(
+        &mut self,
+        select: &str,
+        tenant: &str,
+        subjects: &[String],
+    ) -> Result<Vec<SqliteRow>> {
+        let mut rows = Vec::new();
+        for chunk in subjects.chunks(ROWS_PER_INSERT) {
+            let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(select);
+            sql.push(" WHERE tenant_id = ")
+                .push_bind(tenant)
+                .push(" AND subject_id IN (");
+            let mut list = sql.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str());
+            }
+            sql.push(")");
+            rows.extend(sql.build().fetch_all(&mut *self.0).await.map_err(db)?);
+        }
+        Ok(rows)
+    }
+}
+
 #[async_trait]
 impl BatchTx for SqliteTx {
     async fn lock_head(&mut self, tenant: &str, now: Timestamp) -> Result<LockedHead> {
@@ -434,22 +460,10 @@ impl BatchTx for SqliteTx {
         tenant: &str,
         erased_ids: &[String],
     ) -> Result<HashSet<String>> {
-        let mut found = HashSet::new();
-        for chunk in erased_ids.chunks(ROWS_PER_INSERT) {
-            let mut sql: QueryBuilder<Sqlite> =
-                QueryBuilder::new("SELECT subject_id FROM subject_flags WHERE tenant_id = ");
-            sql.push_bind(tenant).push(" AND subject_id IN (");
-            let mut list = sql.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            sql.push(")");
-            let rows = sql.build().fetch_all(&mut *self.0).await.map_err(db)?;
-            for row in &rows {
-                found.insert(row.try_get(0).map_err(db)?);
-            }
-        }
-        Ok(found)
+        let rows = self
+            .rows_of_subjects("SELECT subject_id FROM subject_flags", tenant, erased_ids)
+            .await?;
+        rows.iter().map(|row| row.try_get(0).map_err(db)).collect()
     }
 
     async fn merged_among(
@@ -457,23 +471,16 @@ impl BatchTx for SqliteTx {
         tenant: &str,
         subjects: &[String],
     ) -> Result<HashMap<String, String>> {
-        let mut found = HashMap::new();
-        for chunk in subjects.chunks(ROWS_PER_INSERT) {
-            let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT subject_id, merged_into FROM merged_subjects WHERE tenant_id = ",
-            );
-            sql.push_bind(tenant).push(" AND subject_id IN (");
-            let mut list = sql.separated(", ");
-            for id in chunk {
-                list.push_bind(id.as_str());
-            }
-            sql.push(")");
-            let rows = sql.build().fetch_all(&mut *self.0).await.map_err(db)?;
-            for row in &rows {
-                found.insert(row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?);
-            }
-        }
-        Ok(found)
+        let rows = self
+            .rows_of_subjects(
+                "SELECT subject_id, merged_into FROM merged_subjects",
+                tenant,
+                subjects,
+            )
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?)))
+            .collect()
     }
 
     async fn find_keys(
