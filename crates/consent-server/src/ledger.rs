@@ -86,8 +86,9 @@ pub async fn answering(
     Ok((subject, state))
 }
 
-/// The subject that answers for one asked, and its state.
-type Answering = (String, Arc<SubjectState>);
+/// The subject that answers for one asked when it is another (a merge closed the one asked
+/// into it), and the state that answers.
+type Answering = (Option<String>, Arc<SubjectState>);
 
 /// Erasures of a group's root tried, when merges keep closing the root found first.
 const ERASE_TRIES: usize = 3;
@@ -165,9 +166,9 @@ pub struct Checked {
     pub verdict: Verdict,
     /// The revision of the state it used.
     pub revision: Revision,
-    /// The subject whose state answered: the one asked, or the subject a merge closed it
-    /// into.
-    pub subject_id: String,
+    /// The subject whose state answered when not the one asked: the subject a merge closed
+    /// it into.
+    pub answered_by: Option<String>,
 }
 
 /// The ledger service logic over a store.
@@ -259,7 +260,7 @@ impl Ledger {
         at: Option<Timestamp>,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<(String, Arc<SubjectState>)> {
+    ) -> Result<Answering> {
         let history = at.is_some();
         let state = self
             .read_state(tenant, subject_id, history, consistency)
@@ -321,8 +322,10 @@ impl Ledger {
         history: bool,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<(String, Arc<SubjectState>)> {
-        let mut subject = subject_id.to_owned();
+    ) -> Result<Answering> {
+        // Another subject answers only when a merge closed this one (no copy of the id on
+        // the usual path).
+        let mut other: Option<String> = None;
         if state.flags.merged_into.is_some() {
             // The merge is followed through current states (a history carries the same
             // flags); the answering subject's history is read after.
@@ -341,14 +344,16 @@ impl Ledger {
                 } else {
                     current
                 };
-                subject = root;
+                other = Some(root);
             }
         }
         // A projection written before choices were capped at their recording time may hold
         // one collected slightly in the future; "now" must see the choice before it, which
         // the history has.
         if !history && state.has_entries_after(now) {
-            state = self.history(tenant, &subject).await?;
+            state = self
+                .history(tenant, other.as_deref().unwrap_or(subject_id))
+                .await?;
         }
         if let Consistency::AtLeast(min) = consistency
             && state.revision < min
@@ -358,7 +363,7 @@ impl Ledger {
                 state.revision
             )));
         }
-        Ok((subject, state))
+        Ok((other, state))
     }
 
     /// Decides a list of checks against one catalogue read, reading each subject's current
@@ -434,7 +439,7 @@ impl Ledger {
             results.push(Checked {
                 verdict: decide(purpose, &q.vendor_id, state, &catalog, q.at.unwrap_or(now)),
                 revision: state.revision,
-                subject_id: answering.clone(),
+                answered_by: answering.clone(),
             });
         }
         Ok(results)
@@ -465,7 +470,7 @@ impl Ledger {
         let mut flags = state.flags.clone();
         // A merged-away subject answers with the flags of the subject it was merged into,
         // saying so.
-        flags.merged_into = (answering != subject_id).then_some(answering);
+        flags.merged_into = answering;
         flags.absorbed = false;
         Ok((decisions, state.revision, flags))
     }
@@ -546,7 +551,7 @@ impl Ledger {
                 .store
                 .subject_state(tenant, subject_id, None, Consistency::Full)
                 .await?;
-            let (root, _) = self
+            let (other, _) = self
                 .settle(
                     tenant,
                     subject_id,
@@ -556,6 +561,7 @@ impl Ledger {
                     Consistency::Full,
                 )
                 .await?;
+            let root = other.unwrap_or_else(|| subject_id.to_owned());
             match self.erase_one(who, &root, reason).await {
                 Ok(erased) => break (root, erased),
                 Err(ConsentError::FailedPrecondition(_))

@@ -213,7 +213,7 @@ impl Api {
             .map(|(c, q)| {
                 convert::verdict_out(
                     c.verdict,
-                    &c.subject_id,
+                    c.answered_by.as_deref().unwrap_or(&q.subject_id),
                     &q.purpose_id,
                     &q.vendor_id,
                     c.revision,
@@ -467,7 +467,7 @@ impl ConsentService for Api {
         };
         Ok(Response::new(convert::verdict_out(
             c.verdict,
-            &c.subject_id,
+            c.answered_by.as_deref().unwrap_or(&query.subject_id),
             &query.purpose_id,
             &query.vendor_id,
             c.revision,
