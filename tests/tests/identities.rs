@@ -1155,26 +1155,89 @@ async fn a_cookies_choices_are_carried_to_the_account_only_when_asked() {
             (Reason::Granted, "acct-b".to_owned()),
             "{b}: the cookie's own subject answers for the account"
         );
-        // As of before the carry, the account had no analytics consent: the cookie's grant
-        // did not cover it then (as-of answers of a group never count a member's grant);
-        // the cookie's refusal counts, whenever asked.
-        for (purpose, reason) in [
-            ("analytics", Reason::NoDecision),
-            ("marketing_communications", Reason::Denied),
+        // As-of answers read the group as it stood then. Before the carry the account had no
+        // analytics consent and had granted marketing (the cookie's refusal was another
+        // subject's), and the cookie's subject answered for itself; from the carry on, the
+        // cookie's grant counts for the account and its later refusal stands.
+        let after_carry = Some(consent_e2e::days_ago(0));
+        let cookie = implicit_b.as_str();
+        let as_of = |subject: &str, purpose: &str, at| {
+            let request = pb::CheckRequest {
+                subject_id: subject.into(),
+                purpose_id: purpose.into(),
+                at,
+                ..Default::default()
+            };
+            async move {
+                let answer = client
+                    .check_request_raw(request)
+                    .await
+                    .unwrap_or_else(|e| panic!("{b}: as-of check: {e:?}"));
+                (answer.reason(), answer.subject_id)
+            }
+        };
+        for (subject, purpose, at, reason, answered_by, when) in [
+            (
+                "acct-b",
+                "analytics",
+                before_links,
+                Reason::NoDecision,
+                "acct-b",
+                "before",
+            ),
+            (
+                "acct-b",
+                "marketing_communications",
+                before_links,
+                Reason::Granted,
+                "acct-b",
+                "before",
+            ),
+            (
+                cookie,
+                "analytics",
+                before_links,
+                Reason::Granted,
+                cookie,
+                "before",
+            ),
+            (
+                cookie,
+                "marketing_communications",
+                before_links,
+                Reason::Denied,
+                cookie,
+                "before",
+            ),
+            (
+                "acct-b",
+                "analytics",
+                after_carry,
+                Reason::Granted,
+                "acct-b",
+                "after",
+            ),
+            (
+                "acct-b",
+                "marketing_communications",
+                after_carry,
+                Reason::Denied,
+                "acct-b",
+                "after",
+            ),
+            (
+                cookie,
+                "analytics",
+                after_carry,
+                Reason::Granted,
+                "acct-b",
+                "after",
+            ),
         ] {
-            let then = client
-                .check_request_raw(pb::CheckRequest {
-                    subject_id: "acct-b".into(),
-                    purpose_id: purpose.into(),
-                    at: before_links,
-                    ..Default::default()
-                })
-                .await
-                .unwrap_or_else(|e| panic!("{b}: as-of check: {e:?}"));
             assert_eq!(
-                then.reason(),
-                reason,
-                "{b}: {purpose} as of before the carry"
+                as_of(subject, purpose, at).await,
+                (reason, answered_by.to_owned()),
+                "{b}: {subject} {purpose} as of {when} the carry"
             );
         }
         server.stop().await;

@@ -3,7 +3,8 @@
 //! ([`commands`]), how the per-tenant hash chain links events ([`chain`]), the catalogue
 //! file format ([`catalog_file`]), and retention: which rule keeps an item, until when, and
 //! its status at a time ([`retention`]), and the typed identities (cookie, phone, account...)
-//! a subject is found by ([`identity`]).
+//! a subject is found by ([`identity`]), and merged groups read as of a past time
+//! ([`merges`]).
 //!
 //! Storage lives in `consent-store*`, gRPC in `consent-server`; both call into this crate and
 //! never the other way round.
@@ -15,6 +16,7 @@ pub mod commands;
 pub mod decide;
 pub mod error;
 pub mod identity;
+pub mod merges;
 pub mod model;
 pub mod redact;
 pub mod retention;

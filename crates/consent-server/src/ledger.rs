@@ -1,6 +1,7 @@
 //! The application layer between the gRPC handlers and the store: validates commands,
 //! plans writes with `consent_core`, reads state and decides. It knows nothing of gRPC.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
 use consent_core::chain::VerifyReport;
 use consent_core::commands::{RecordConsent, WithdrawConsent};
+use consent_core::merges::GroupPast;
 use consent_core::{
     Catalog, ConsentError, NewRecord, PolicyVersion, Purpose, RecordKind, Result, Revision,
     SubjectFlags, SubjectState, Timestamp, Vendor, Verdict, decide,
@@ -86,9 +88,32 @@ pub async fn answering(
     Ok((subject, state))
 }
 
-/// The subject that answers for one asked when it is another (a merge closed the one asked
-/// into it), and the state that answers.
-type Answering = (Option<String>, Arc<SubjectState>);
+/// What answers for a subject asked: the subject, when a merge closed the one asked into it;
+/// its state (current, or its history); and, for the history of a merged group, the group's
+/// past, which then answers for any time ([`Settled::at`]).
+#[derive(Clone, Debug)]
+struct Settled {
+    answered_by: Option<String>,
+    state: Arc<SubjectState>,
+    group: Option<Arc<GroupPast>>,
+}
+
+impl Settled {
+    /// The subject that answered for `asked` at `at` when it was another, and its state then:
+    /// a merged group as it stood at `at`, or the state read.
+    fn at(&self, asked: &str, at: Timestamp) -> (Option<String>, Cow<'_, SubjectState>) {
+        match &self.group {
+            Some(group) => {
+                let (root, state) = group.state_at(asked, at);
+                ((root != asked).then_some(root), Cow::Owned(state))
+            }
+            None => (self.answered_by.clone(), Cow::Borrowed(self.state.as_ref())),
+        }
+    }
+}
+
+/// Records read per page when looking for a member's merge record.
+const RECORD_PAGE: usize = 200;
 
 /// Erasures of a group's root tried, when merges keep closing the root found first.
 const ERASE_TRIES: usize = 3;
@@ -251,8 +276,8 @@ impl Ledger {
     /// What `decide` needs about a subject, and the subject that answers for it (itself,
     /// or the subject a merge closed it into): its current state (`at` = `None`: the
     /// projection, through the cache) or its whole history (`at` set: `decide` takes the
-    /// latest choice collected by then, so one read serves every as-of time), as fresh as
-    /// `consistency` asks.
+    /// latest choice collected by then, so one read serves every as-of time, a merged group's
+    /// included), as fresh as `consistency` asks.
     async fn state(
         &self,
         tenant: &str,
@@ -260,73 +285,112 @@ impl Ledger {
         at: Option<Timestamp>,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<Answering> {
-        let history = at.is_some();
-        let state = self
-            .read_state(tenant, subject_id, history, consistency)
-            .await?;
-        self.settle(tenant, subject_id, state, history, now, consistency)
-            .await
+    ) -> Result<Settled> {
+        let (state, group) = match at {
+            Some(_) => self.history(tenant, subject_id).await?,
+            None => {
+                let state = self
+                    .store
+                    .subject_state(tenant, subject_id, None, consistency)
+                    .await?;
+                (state, None)
+            }
+        };
+        self.settle(
+            tenant,
+            subject_id,
+            state,
+            group,
+            at.is_some(),
+            now,
+            consistency,
+        )
+        .await
     }
 
-    async fn read_state(
+    /// A subject's history and, when merges absorbed other subjects into it, the group's
+    /// past ([`GroupPast`]: each member's history and when it was merged into which), so that
+    /// a past time reads the group as it stood then: a member's choices count from its merge
+    /// on, and before it the member answered for itself.
+    async fn history(
         &self,
         tenant: &str,
         subject_id: &str,
-        history: bool,
-        consistency: Consistency,
-    ) -> Result<Arc<SubjectState>> {
-        if history {
-            self.history(tenant, subject_id).await
-        } else {
-            self.store
-                .subject_state(tenant, subject_id, None, consistency)
-                .await
+    ) -> Result<(Arc<SubjectState>, Option<Arc<GroupPast>>)> {
+        let mut state = self.store.subject_history(tenant, subject_id).await?;
+        if !state.flags.absorbed || state.flags.merged_into.is_some() {
+            return Ok((Arc::new(state), None));
         }
+        let mut group = GroupPast::new(subject_id, state.clone());
+        // Merged-away subjects are closed: their histories and merge records no longer change.
+        let members: Vec<_> = stream::iter(self.store.merged_into(tenant, subject_id).await?)
+            .map(|member| async move {
+                let history = self.store.subject_history(tenant, &member).await?;
+                let (into, at) = self.closing_merge(tenant, &member).await?;
+                Ok::<_, ConsentError>((member, history, into, at))
+            })
+            .buffer_unordered(BATCH_READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        for (member, history, into, at) in members {
+            state.revision = state.revision.max(history.revision);
+            group.add_member(member, history.entries, history.revision, into, at);
+        }
+        Ok((Arc::new(state), Some(Arc::new(group))))
     }
 
-    /// A subject's history, with the histories of the subjects merged into it: its
-    /// projection holds their choices, so its past must too.
-    ///
-    /// Of the merged subjects' histories only the refusals count (denials, withdrawals): a
-    /// past time may be before a member's merge, when its grants did not cover this subject,
-    /// and which members belonged by then is not read yet (`docs/identities.md`, Not built
-    /// yet). So an as-of answer of a group never allows on a member's grant: it fails closed.
-    async fn history(&self, tenant: &str, subject_id: &str) -> Result<Arc<SubjectState>> {
-        let mut state = self.store.subject_history(tenant, subject_id).await?;
-        if state.flags.absorbed && state.flags.merged_into.is_none() {
-            // Merged-away subjects are closed: their histories no longer change.
-            for member in self.store.merged_into(tenant, subject_id).await? {
-                let theirs = self.store.subject_history(tenant, &member).await?;
-                state.entries.extend(
-                    theirs
-                        .entries
-                        .into_iter()
-                        .filter(|e| e.decision != consent_core::Decision::Granted),
-                );
-                state.revision = state.revision.max(theirs.revision);
+    /// The merge that closed `member`: the subject it was merged into, and when the ledger
+    /// recorded it (from its own `subjects_merged` record).
+    async fn closing_merge(&self, tenant: &str, member: &str) -> Result<(String, Timestamp)> {
+        let mut query = EventQuery {
+            subject_id: Some(member.to_owned()),
+            limit: RECORD_PAGE,
+            ..EventQuery::default()
+        };
+        loop {
+            let page = self.store.list_records(tenant, &query).await?;
+            for stored in &page {
+                if let Some((into, from)) = stored.record.record.merged()
+                    && from == member
+                {
+                    return Ok((into.to_owned(), stored.record.recorded_at));
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == RECORD_PAGE => {
+                    query.after_revision = last.record.revision;
+                }
+                _ => break,
             }
         }
-        Ok(Arc::new(state))
+        Err(ConsentError::Internal(format!(
+            "subject `{member}` is merged into a group but its ledger holds no merge record"
+        )))
     }
 
     /// Follows a state read for `subject_id` to the subject that answers for it (a subject
     /// closed by a merge answers by the one it was merged into), checks it against
     /// `consistency`, and swaps a current state that holds a choice collected after `now`
     /// for the history.
+    #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
         tenant: &str,
         subject_id: &str,
-        mut state: Arc<SubjectState>,
+        state: Arc<SubjectState>,
+        group: Option<Arc<GroupPast>>,
         history: bool,
         now: Timestamp,
         consistency: Consistency,
-    ) -> Result<Answering> {
+    ) -> Result<Settled> {
         // Another subject answers only when a merge closed this one (no copy of the id on
         // the usual path).
-        let mut other: Option<String> = None;
-        if state.flags.merged_into.is_some() {
+        let mut settled = Settled {
+            answered_by: None,
+            state,
+            group,
+        };
+        if settled.state.flags.merged_into.is_some() {
             // The merge is followed through current states (a history carries the same
             // flags); the answering subject's history is read after.
             let own = if history {
@@ -334,36 +398,35 @@ impl Ledger {
                     .subject_state(tenant, subject_id, None, consistency)
                     .await?
             } else {
-                Arc::clone(&state)
+                Arc::clone(&settled.state)
             };
             let (root, current) =
                 answering(self.store.as_ref(), tenant, subject_id, own, consistency).await?;
             if root != subject_id {
-                state = if history {
+                (settled.state, settled.group) = if history {
                     self.history(tenant, &root).await?
                 } else {
-                    current
+                    (current, None)
                 };
-                other = Some(root);
+                settled.answered_by = Some(root);
             }
         }
         // A projection written before choices were capped at their recording time may hold
         // one collected slightly in the future; "now" must see the choice before it, which
         // the history has.
-        if !history && state.has_entries_after(now) {
-            state = self
-                .history(tenant, other.as_deref().unwrap_or(subject_id))
-                .await?;
+        if !history && settled.state.has_entries_after(now) {
+            let answering = settled.answered_by.as_deref().unwrap_or(subject_id);
+            (settled.state, settled.group) = self.history(tenant, answering).await?;
         }
         if let Consistency::AtLeast(min) = consistency
-            && state.revision < min
+            && settled.state.revision < min
         {
             return Err(ConsentError::FailedPrecondition(format!(
                 "at_least_revision {min} is ahead of the ledger (revision {}); use a revision a write returned",
-                state.revision
+                settled.state.revision
             )));
         }
-        Ok((other, state))
+        Ok(settled)
     }
 
     /// Decides a list of checks against one catalogue read, reading each subject's current
@@ -403,7 +466,7 @@ impl Ledger {
             subjects
         };
         // (the subject that answers, its state), by the subject asked.
-        let mut states: HashMap<(String, bool), Answering> = HashMap::new();
+        let mut states: HashMap<(String, bool), Settled> = HashMap::new();
         // Current states: one store call per chunk (one query on the SQL stores).
         for chunk in distinct(false).chunks(BATCH_STATE_READ) {
             let read = self
@@ -411,14 +474,14 @@ impl Ledger {
                 .subject_states(tenant, chunk, consistency)
                 .await?;
             for (subject, state) in chunk.iter().zip(read) {
-                let answering = self
-                    .settle(tenant, subject, state, false, now, consistency)
+                let settled = self
+                    .settle(tenant, subject, state, None, false, now, consistency)
                     .await?;
-                states.insert((subject.clone(), false), answering);
+                states.insert((subject.clone(), false), settled);
             }
         }
         // Histories, for the as-of checks: a few subjects at a time.
-        let histories: Vec<((String, bool), Answering)> = stream::iter(distinct(true))
+        let histories: Vec<((String, bool), Settled)> = stream::iter(distinct(true))
             .map(|subject| async move {
                 let state = self
                     .state(tenant, &subject, Some(now), now, consistency)
@@ -431,15 +494,17 @@ impl Ledger {
         states.extend(histories);
         let mut results = Vec::with_capacity(queries.len());
         for (q, purpose) in queries.iter().zip(targets) {
-            let Some((answering, state)) = states.get(&key(q)) else {
+            let Some(settled) = states.get(&key(q)) else {
                 return Err(ConsentError::Internal(
                     "subject state missing from the batch".into(),
                 ));
             };
+            let at = q.at.unwrap_or(now);
+            let (answered_by, state) = settled.at(&q.subject_id, at);
             results.push(Checked {
-                verdict: decide(purpose, &q.vendor_id, state, &catalog, q.at.unwrap_or(now)),
+                verdict: decide(purpose, &q.vendor_id, &state, &catalog, at),
                 revision: state.revision,
-                answered_by: answering.clone(),
+                answered_by,
             });
         }
         Ok(results)
@@ -458,10 +523,11 @@ impl Ledger {
             .store
             .catalog(&who.tenant_id, catalog_consistency(consistency))
             .await?;
-        let (answering, state) = self
+        let settled = self
             .state(&who.tenant_id, subject_id, at, now, consistency)
             .await?;
         let at = at.unwrap_or(now);
+        let (answering, state) = settled.at(subject_id, at);
         let decisions = catalog
             .purposes
             .values()
@@ -551,17 +617,18 @@ impl Ledger {
                 .store
                 .subject_state(tenant, subject_id, None, Consistency::Full)
                 .await?;
-            let (other, _) = self
+            let settled = self
                 .settle(
                     tenant,
                     subject_id,
                     state,
+                    None,
                     false,
                     Timestamp::now(),
                     Consistency::Full,
                 )
                 .await?;
-            let root = other.unwrap_or_else(|| subject_id.to_owned());
+            let root = settled.answered_by.unwrap_or_else(|| subject_id.to_owned());
             match self.erase_one(who, &root, reason).await {
                 Ok(erased) => break (root, erased),
                 Err(ConsentError::FailedPrecondition(_))
