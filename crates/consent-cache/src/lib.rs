@@ -27,7 +27,11 @@
 //! - shared-cache keys carry the ledger's cache namespace, and each write tells the store
 //!   the namespace it told ([`CacheFence::Told`]): a write told in a namespace the ledger no
 //!   longer has (rotated after a restore) is fenced in its own transaction;
-//! - concurrent misses behind the same tombstone share one ledger read (`single_flight`).
+//! - concurrent misses behind the same tombstone share one ledger read (`single_flight`);
+//! - identity resolutions (alias -> subject) follow the same rules in a shared cache
+//!   ([`ResolutionCache`]: versioned by the tenant revision read with the link, pending
+//!   before a link, unlink, merge or erasure moves them, tombstoned after, behind the same
+//!   fences); a cache of this process alone keeps them by generation (`resolutions`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,14 +40,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use consent_core::access::{ApiKey, Tenant};
 use consent_core::commands::Idempotency;
+use consent_core::identity::AliasKey;
 use consent_core::{
     Catalog, NewEvent, NewRecord, PolicyVersion, Purpose, Result, Revision, SubjectState,
     Timestamp, Vendor,
 };
 use consent_store::{
     AccessStore, AppendOutcome, CacheFence, CatalogStore, Commit, Consistency, ErasureOutcome,
-    EventQuery, FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, NamespaceTag, Store,
-    StoredEvent, StoredRecord,
+    EventQuery, FenceRecord, FlagsOutcome, LedgerHead, LedgerStore, NamespaceTag, Resolution,
+    Store, StoredEvent, StoredRecord,
 };
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -156,6 +161,37 @@ pub trait CacheBackend: Send + Sync {
     fn namespace(&self) -> Option<&str> {
         None
     }
+    /// Where a shared cache keeps identity resolutions; `None` for a cache of this process
+    /// alone, whose [`CachedStore`] keeps them itself.
+    fn shared_resolutions(&self) -> Option<&dyn ResolutionCache> {
+        None
+    }
+}
+
+/// Identity resolutions in a shared cache, one entry per alias, under the rules of subject
+/// states ([`Versioned`]): a resolution read at a tenant revision never replaces a newer one;
+/// a write that moves the alias marks it pending before its commit and tombstones it at its
+/// revision after. Implementations apply the rules atomically per key.
+#[async_trait]
+pub trait ResolutionCache: Send + Sync {
+    /// The alias's cached resolution; `None` when absent, pending, tombstoned or undecodable.
+    async fn get_resolution(&self, tenant: &str, alias: &AliasKey) -> Result<Option<Resolution>>;
+    /// Caches a resolution read at `resolution.revision` unless the entry is newer.
+    async fn fill_resolution(
+        &self,
+        tenant: &str,
+        alias: &AliasKey,
+        resolution: &Resolution,
+    ) -> Result<()>;
+    /// Marks a write that moves the alias as in flight (before it commits).
+    async fn begin_link_write(&self, tenant: &str, alias: &AliasKey) -> Result<()>;
+    /// Marks the alias's entry stale as of the write at `revision`.
+    async fn invalidate_resolution(
+        &self,
+        tenant: &str,
+        alias: &AliasKey,
+        revision: Revision,
+    ) -> Result<()>;
 }
 
 /// Counters of cache outcomes (exported as metrics by the server).
@@ -378,7 +414,7 @@ impl CachedStore {
     /// Marks the subjects' entries as written-to before the commit. `false` when the
     /// cache could not be told (or is in its skip window after a fault, where trying would
     /// only add a timeout to the write): the write must then be fenced.
-    async fn begin_write(&self, tenant: &str, subjects: &[&str]) -> bool {
+    async fn begin_write(&self, tenant: &str, subjects: &[&str], aliases: &[AliasKey]) -> bool {
         if self.in_skip_window() {
             return false;
         }
@@ -386,6 +422,11 @@ impl CachedStore {
         let marked = within_budget(async {
             for subject in subjects {
                 cache.begin_write(tenant, subject).await?;
+            }
+            if let Some(resolutions) = cache.shared_resolutions() {
+                for alias in aliases {
+                    resolutions.begin_link_write(tenant, alias).await?;
+                }
             }
             Ok(())
         })
@@ -403,11 +444,24 @@ impl CachedStore {
     /// marker still refuses fills until it expires, unless the cache lost it (a restart makes
     /// every older Redis entry a miss anyway); to leave nothing to chance the tenant is then
     /// fenced at its current head, in a transaction of its own.
-    async fn tombstone(&self, tenant: &str, subjects: &[&str], revision: Revision) {
+    async fn tombstone(
+        &self,
+        tenant: &str,
+        subjects: &[&str],
+        aliases: &[AliasKey],
+        revision: Revision,
+    ) {
         let cache = &self.cache;
         let buried = within_budget(async {
             for subject in subjects {
                 cache.invalidate_state(tenant, subject, revision).await?;
+            }
+            if let Some(resolutions) = cache.shared_resolutions() {
+                for alias in aliases {
+                    resolutions
+                        .invalidate_resolution(tenant, alias, revision)
+                        .await?;
+                }
             }
             Ok(())
         })
@@ -513,12 +567,12 @@ impl LedgerStore for CachedStore {
         let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        let fence = self.before_write(tenant, &subjects, fence).await;
+        let fence = self.before_write(tenant, &subjects, &[], fence).await;
         let outcome = self
             .inner
             .append(tenant, events, idempotency, fence)
             .await?;
-        self.after_write(tenant, &subjects, fence, outcome.revision)
+        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
             .await;
         Ok(outcome)
     }
@@ -532,12 +586,12 @@ impl LedgerStore for CachedStore {
     ) -> Result<FlagsOutcome> {
         // Flags are part of the subject's cached state: the same coherence as a consent write.
         let subjects = [subject_id];
-        let fence = self.before_write(tenant, &subjects, fence).await;
+        let fence = self.before_write(tenant, &subjects, &[], fence).await;
         let outcome = self
             .inner
             .append_flags(tenant, subject_id, records, fence)
             .await?;
-        self.after_write(tenant, &subjects, fence, outcome.revision)
+        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
             .await;
         Ok(outcome)
     }
@@ -550,16 +604,20 @@ impl LedgerStore for CachedStore {
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
         // The erased marker is part of the subject's cached state: a consent write's coherence.
-        // The erasure drops the subject's identity links too.
+        // The erasure drops the subject's identity links too, so their resolutions move. (A
+        // link made between this list and the erasure is marked by its own write; a copy of
+        // it read before the erasure resolves to the erased subject, which allows nothing,
+        // until the identity's next write.)
         let subjects = [subject_id];
-        let fence = self.before_write(tenant, &subjects, fence).await;
+        let aliases = self.linked_aliases(tenant, subject_id).await?;
+        let fence = self.before_write(tenant, &subjects, &aliases, fence).await;
         let erased = self
             .around_link_write(
                 tenant,
                 self.inner.erase_subject(tenant, subject_id, record, fence),
             )
             .await?;
-        self.after_write(tenant, &subjects, fence, erased.revision)
+        self.after_write(tenant, &subjects, &aliases, fence, erased.revision)
             .await;
         Ok(erased)
     }
@@ -761,9 +819,15 @@ impl CachedStore {
     /// post-commit tombstone cannot be written the entries cost misses, not stale answers.
     /// Returns the fence the write must carry: if the cache cannot be told, the write fences
     /// the tenant in its own transaction.
-    async fn before_write(&self, tenant: &str, subjects: &[&str], fence: CacheFence) -> CacheFence {
+    async fn before_write(
+        &self,
+        tenant: &str,
+        subjects: &[&str],
+        aliases: &[AliasKey],
+        fence: CacheFence,
+    ) -> CacheFence {
         // A replica whose namespace was rotated away cannot tell the others' caches.
-        let told = !self.namespace_changed() && self.begin_write(tenant, subjects).await;
+        let told = !self.namespace_changed() && self.begin_write(tenant, subjects, aliases).await;
         match (told, fence, self.told_in) {
             (false, _, _) => CacheFence::States,
             // The store checks, in the write's transaction, that the ledger's namespace is
@@ -774,17 +838,19 @@ impl CachedStore {
     }
 
     /// After the commit: the fence raised in the store is applied here at once; otherwise
-    /// the subjects' entries become tombstones at the write's revision.
+    /// the subjects' entries (and the aliases' resolutions) become tombstones at the write's
+    /// revision.
     async fn after_write(
         &self,
         tenant: &str,
         subjects: &[&str],
+        aliases: &[AliasKey],
         fence: CacheFence,
         revision: consent_core::Revision,
     ) {
         match (&self.fences, fence) {
             (Some(fences), CacheFence::States) => fences.raise_states(tenant, revision),
-            _ => self.tombstone(tenant, subjects, revision).await,
+            _ => self.tombstone(tenant, subjects, aliases, revision).await,
         }
     }
 }
@@ -797,8 +863,9 @@ consent_store::retention_store_proxy!(CachedStore);
 const RESOLUTIONS_CACHED: u64 = 100_000;
 
 impl CachedStore {
-    /// Runs a write that changes identity links with the tenant's cached resolutions left
-    /// behind before it and again after it (see `resolutions`).
+    /// Runs a write that changes identity links with the tenant's cached resolutions of this
+    /// process left behind before it and again after it (see `resolutions`); a shared
+    /// cache's are marked by [`CachedStore::before_write`] and [`CachedStore::after_write`].
     async fn around_link_write<T>(
         &self,
         tenant: &str,
@@ -813,10 +880,56 @@ impl CachedStore {
         }
         written
     }
+
+    /// The aliases linked to `subject_id`, for a write that moves them all (merge, erasure);
+    /// none without a shared cache of resolutions.
+    async fn linked_aliases(&self, tenant: &str, subject_id: &str) -> Result<Vec<AliasKey>> {
+        if self.cache.shared_resolutions().is_none() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .inner
+            .list_identities(tenant, subject_id)
+            .await?
+            .into_iter()
+            .map(|identity| identity.link.alias)
+            .collect())
+    }
+
+    /// A resolution from the shared cache when it holds a usable one, else from the ledger
+    /// (then cached).
+    async fn resolve_shared(
+        &self,
+        shared: &dyn ResolutionCache,
+        tenant: &str,
+        alias: &AliasKey,
+    ) -> Result<Resolution> {
+        if !self.usable().await {
+            return self.inner.resolve_identity_at(tenant, alias).await;
+        }
+        match shared.get_resolution(tenant, alias).await {
+            // Behind a fence like a state: a resolution older than it is not trusted.
+            Ok(Some(resolution)) if self.admits_state(tenant, resolution.revision) => {
+                CacheStats::count(&self.stats.hits);
+                return Ok(resolution);
+            }
+            Ok(_) => CacheStats::count(&self.stats.misses),
+            Err(e) => {
+                self.fallback("get resolution", &e);
+                return self.inner.resolve_identity_at(tenant, alias).await;
+            }
+        }
+        let read_started = Instant::now();
+        let resolution = self.inner.resolve_identity_at(tenant, alias).await?;
+        if read_started.elapsed() < MAX_FILL_READ_AGE
+            && let Err(e) = shared.fill_resolution(tenant, alias, &resolution).await
+        {
+            self.fallback("fill resolution", &e);
+        }
+        Ok(resolution)
+    }
 }
 
-// Resolutions are cached in this process only (a cache of this process alone); with a
-// shared cache every resolution reads the ledger.
 #[async_trait]
 impl consent_store::IdentityStore for CachedStore {
     async fn ensure_subject_key(&self, tenant: &str) -> Result<consent_core::chain::ChainKey> {
@@ -831,47 +944,58 @@ impl consent_store::IdentityStore for CachedStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<consent_store::LinkOutcome> {
-        self.around_link_write(
-            tenant,
-            self.inner
-                .link_identity(tenant, subject_id, link, record, fence),
-        )
-        .await
+        let aliases = [link.alias];
+        let fence = self.before_write(tenant, &[], &aliases, fence).await;
+        let linked = self
+            .around_link_write(
+                tenant,
+                self.inner
+                    .link_identity(tenant, subject_id, link, record, fence),
+            )
+            .await?;
+        self.after_write(tenant, &[], &aliases, fence, linked.revision)
+            .await;
+        Ok(linked)
     }
 
     async fn unlink_identity(
         &self,
         tenant: &str,
         subject_id: &str,
-        alias: &consent_core::identity::AliasKey,
+        alias: &AliasKey,
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<consent_store::LinkOutcome> {
-        self.around_link_write(
-            tenant,
-            self.inner
-                .unlink_identity(tenant, subject_id, alias, record, fence),
-        )
-        .await
+        let aliases = [*alias];
+        let fence = self.before_write(tenant, &[], &aliases, fence).await;
+        let unlinked = self
+            .around_link_write(
+                tenant,
+                self.inner
+                    .unlink_identity(tenant, subject_id, alias, record, fence),
+            )
+            .await?;
+        self.after_write(tenant, &[], &aliases, fence, unlinked.revision)
+            .await;
+        Ok(unlinked)
     }
 
-    async fn resolve_identity(
-        &self,
-        tenant: &str,
-        alias: &consent_core::identity::AliasKey,
-    ) -> Result<Option<consent_store::StoredIdentity>> {
+    async fn resolve_identity_at(&self, tenant: &str, alias: &AliasKey) -> Result<Resolution> {
+        if let Some(shared) = self.cache.shared_resolutions() {
+            return self.resolve_shared(shared, tenant, alias).await;
+        }
         let Some(resolutions) = &self.resolutions else {
-            return self.inner.resolve_identity(tenant, alias).await;
+            return self.inner.resolve_identity_at(tenant, alias).await;
         };
-        if let Some(link) = resolutions.get(tenant, alias) {
+        if let Some(resolution) = resolutions.get(tenant, alias) {
             CacheStats::count(&self.stats.hits);
-            return Ok(link);
+            return Ok(resolution);
         }
         CacheStats::count(&self.stats.misses);
         let generation = resolutions.generation(tenant);
-        let link = self.inner.resolve_identity(tenant, alias).await?;
-        resolutions.fill(tenant, alias, generation, link.clone());
-        Ok(link)
+        let resolution = self.inner.resolve_identity_at(tenant, alias).await?;
+        resolutions.fill(tenant, alias, generation, resolution.clone());
+        Ok(resolution)
     }
 
     async fn list_identities(
@@ -891,13 +1015,30 @@ impl consent_store::IdentityStore for CachedStore {
         // Both subjects' states change (the one merged into takes choices and flags, the
         // other is closed): a consent write's coherence for both. Subjects merged earlier
         // into `from` keep their states (closed, naming `from`, which now names `into`).
-        // Identities move: resolutions change too.
+        // Identities move: `from`'s and the one asking are marked before; after the commit
+        // every identity of `into` is tombstoned, which covers one linked to `from` between
+        // the list and the merge.
         let subjects = [merge.into.as_str(), merge.from.as_str()];
-        let fence = self.before_write(tenant, &subjects, fence).await;
+        let mut aliases = self.linked_aliases(tenant, &merge.from).await?;
+        aliases.push(match &merge.via {
+            consent_store::MergeVia::Linked(alias) => *alias,
+            consent_store::MergeVia::NewLink(link) => link.alias,
+        });
+        let fence = self.before_write(tenant, &subjects, &aliases, fence).await;
         let merged = self
             .around_link_write(tenant, self.inner.merge_subjects(tenant, merge, fence))
             .await?;
-        self.after_write(tenant, &subjects, fence, merged.revision)
+        match self.linked_aliases(tenant, &merge.into).await {
+            Ok(moved) => aliases.extend(moved),
+            Err(e) => {
+                // An identity linked to `from` meanwhile may be cached as it was: fence.
+                self.fallback("list the identities a merge moved", &e);
+                if let Err(e) = self.fence(tenant).await {
+                    tracing::error!(error = %e, tenant, "merge committed but the identities it moved could not be listed nor the cache fenced; a resolution cached before it may name the merged-away subject, whose reads answer for the group");
+                }
+            }
+        }
+        self.after_write(tenant, &subjects, &aliases, fence, merged.revision)
             .await;
         Ok(merged)
     }

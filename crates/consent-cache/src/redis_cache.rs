@@ -2,8 +2,9 @@
 //! change before the write is acknowledged, so a check on any replica sees them.
 //!
 //! Keys are hash-tagged by a digest of the ledger's cache namespace, tenant and subject
-//! (`consent:v1:{<digest>}:s`), so a cluster spreads subjects over slots and no caller-chosen
-//! id can break the key format. The namespace is a random id stored in the ledger
+//! (`consent:v1:{<digest>}:s`; `:c` a tenant's catalogue, `:r` an identity's resolution by
+//! its alias key), so a cluster spreads subjects over slots and no caller-chosen id can
+//! break the key format. The namespace is a random id stored in the ledger
 //! (`ledger_identity`): two ledgers sharing one Redis never read each other's entries, and a
 //! ledger restored from a backup (its revisions gone back in time, below those of entries
 //! cached before the restore) is given a new namespace by
@@ -27,7 +28,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use sha2::{Digest, Sha256};
 
-use crate::{CacheBackend, StateLookup, Versioned};
+use crate::{CacheBackend, ResolutionCache, StateLookup, Versioned};
+use consent_core::identity::AliasKey;
+use consent_core::{IdentityType, Timestamp};
+use consent_store::{NewLink, Resolution, StoredIdentity};
 
 /// The current server run's part of a stored value, or nil. Shared by both scripts: a value
 /// stored under another run (before a restart or a failover) is as good as absent.
@@ -172,6 +176,13 @@ fn digest(parts: &[&str]) -> String {
 
 fn state_key(namespace: &str, tenant: &str, subject: &str) -> String {
     format!("consent:v1:{{{}}}:s", digest(&[namespace, tenant, subject]))
+}
+
+fn resolution_key(namespace: &str, tenant: &str, alias: &AliasKey) -> String {
+    format!(
+        "consent:v1:{{{}}}:r",
+        digest(&[namespace, tenant, "alias", &hex::encode(alias.0)])
+    )
 }
 
 fn catalog_key(namespace: &str, tenant: &str) -> String {
@@ -503,6 +514,110 @@ impl CacheBackend for RedisCache {
     fn namespace(&self) -> Option<&str> {
         Some(&self.namespace)
     }
+
+    fn shared_resolutions(&self) -> Option<&dyn ResolutionCache> {
+        Some(self)
+    }
+}
+
+/// A resolution as cached: the link without its alias key (the key of the entry is made
+/// from it). Phone numbers and emails have no value here either: the ledger keeps none.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct CachedLink {
+    kind: IdentityType,
+    value: Option<String>,
+    subject_id: String,
+    revision: Revision,
+    linked_at: Timestamp,
+}
+
+impl CachedLink {
+    fn of(identity: &StoredIdentity) -> CachedLink {
+        CachedLink {
+            kind: identity.link.kind,
+            value: identity.link.value.clone(),
+            subject_id: identity.subject_id.clone(),
+            revision: identity.revision,
+            linked_at: identity.linked_at,
+        }
+    }
+
+    fn into_identity(self, alias: &AliasKey) -> StoredIdentity {
+        StoredIdentity {
+            link: NewLink {
+                alias: *alias,
+                kind: self.kind,
+                value: self.value,
+            },
+            subject_id: self.subject_id,
+            revision: self.revision,
+            linked_at: self.linked_at,
+        }
+    }
+}
+
+#[async_trait]
+impl ResolutionCache for RedisCache {
+    async fn get_resolution(&self, tenant: &str, alias: &AliasKey) -> Result<Option<Resolution>> {
+        let raw = self
+            .get(&resolution_key(&self.namespace, tenant, alias))
+            .await?;
+        // The version is the revision the resolution was read at.
+        Ok(raw.and_then(|raw| {
+            let version = raw.strip_prefix('L')?.split_once(':')?.0.parse().ok()?;
+            let link: Option<CachedLink> = decode(&raw)?;
+            Some(Resolution {
+                link: link.map(|link| link.into_identity(alias)),
+                revision: version,
+            })
+        }))
+    }
+
+    async fn fill_resolution(
+        &self,
+        tenant: &str,
+        alias: &AliasKey,
+        resolution: &Resolution,
+    ) -> Result<()> {
+        let entry = Versioned {
+            version: resolution.revision,
+            value: Some(resolution.link.as_ref().map(CachedLink::of)),
+        };
+        self.put(
+            &resolution_key(&self.namespace, tenant, alias),
+            &entry,
+            "fill",
+        )
+        .await
+    }
+
+    async fn begin_link_write(&self, tenant: &str, alias: &AliasKey) -> Result<()> {
+        let marker: Versioned<()> = Versioned::pending();
+        self.put(
+            &resolution_key(&self.namespace, tenant, alias),
+            &marker,
+            "pending",
+        )
+        .await
+    }
+
+    async fn invalidate_resolution(
+        &self,
+        tenant: &str,
+        alias: &AliasKey,
+        revision: Revision,
+    ) -> Result<()> {
+        let tomb: Versioned<()> = Versioned {
+            version: revision,
+            value: None,
+        };
+        self.put(
+            &resolution_key(&self.namespace, tenant, alias),
+            &tomb,
+            "tomb",
+        )
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -516,6 +631,11 @@ mod tests {
         assert_eq!(k.matches('{').count(), 1);
         assert_ne!(state_key("ns", "a", "bc"), state_key("ns", "ab", "c"));
         assert_ne!(catalog_key("ns", "acme"), state_key("ns", "acme", ""));
+        let alias = AliasKey([7; 32]);
+        let r = resolution_key("ns", "acme", &alias);
+        assert!(r.starts_with("consent:v1:{") && r.ends_with("}:r"), "{r}");
+        assert_ne!(r, state_key("ns", "acme", &hex::encode(alias.0)));
+        assert_ne!(r, resolution_key("other", "acme", &alias));
     }
 
     #[test]
@@ -562,5 +682,39 @@ mod tests {
             None
         );
         assert_eq!(decode::<SubjectState>("garbage"), None);
+    }
+
+    #[test]
+    fn resolutions_round_trip_without_their_alias_key() {
+        let identity = StoredIdentity {
+            link: NewLink {
+                alias: AliasKey([9; 32]),
+                kind: IdentityType::Cookie,
+                value: Some("ck-1".into()),
+            },
+            subject_id: "acct".into(),
+            revision: 4,
+            linked_at: Timestamp(17),
+        };
+        let entry = Versioned {
+            version: 12,
+            value: Some(Some(CachedLink::of(&identity))),
+        };
+        let raw = encode(&entry).unwrap_or_default();
+        assert!(
+            raw.starts_with("L12:") && !raw.contains(&hex::encode([9u8; 32])),
+            "{raw}"
+        );
+        let link: Option<Option<CachedLink>> = decode(&raw);
+        assert_eq!(
+            link.flatten().map(|l| l.into_identity(&AliasKey([9; 32]))),
+            Some(identity)
+        );
+        let unlinked: Versioned<Option<CachedLink>> = Versioned {
+            version: 3,
+            value: Some(None),
+        };
+        let raw = encode(&unlinked).unwrap_or_default();
+        assert_eq!(decode::<Option<CachedLink>>(&raw), Some(None));
     }
 }

@@ -1,6 +1,6 @@
 //! Identity resolutions (alias key -> link) cached in this process, for a cache of this
-//! process alone (`MemoryCache`: one replica owning its store). A shared cache does not
-//! cache them yet: every replica would have to hear of each link and unlink.
+//! process alone (`MemoryCache`: one replica owning its store). A shared cache keeps them
+//! with the versioned entries of subject states instead (`crate::ResolutionCache`).
 //!
 //! Coherence by generation, per tenant: a link, unlink or erasure bumps the tenant's
 //! generation before it writes and again after it commits; an entry answers only while its
@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use consent_core::identity::AliasKey;
-use consent_store::StoredIdentity;
+use consent_store::Resolution;
 
 /// The cached resolutions of this process.
 pub(crate) struct Resolutions {
-    entries: moka::sync::Cache<(String, AliasKey), (u64, Option<StoredIdentity>)>,
+    entries: moka::sync::Cache<(String, AliasKey), (u64, Resolution)>,
     generations: RwLock<HashMap<String, Arc<AtomicU64>>>,
 }
 
@@ -56,9 +56,9 @@ impl Resolutions {
         self.counter(tenant).fetch_add(1, Ordering::SeqCst);
     }
 
-    /// The cached resolution of `alias`, if it is of the tenant's current generation: `Some(None)`
-    /// is a cached "not linked".
-    pub(crate) fn get(&self, tenant: &str, alias: &AliasKey) -> Option<Option<StoredIdentity>> {
+    /// The cached resolution of `alias`, if it is of the tenant's current generation (a
+    /// resolution without a link is a cached "not linked").
+    pub(crate) fn get(&self, tenant: &str, alias: &AliasKey) -> Option<Resolution> {
         let now = self.generation(tenant);
         self.entries
             .get(&(tenant.to_owned(), *alias))
@@ -73,11 +73,11 @@ impl Resolutions {
         tenant: &str,
         alias: &AliasKey,
         generation: u64,
-        link: Option<StoredIdentity>,
+        resolution: Resolution,
     ) {
         if self.generation(tenant) == generation {
             self.entries
-                .insert((tenant.to_owned(), *alias), (generation, link));
+                .insert((tenant.to_owned(), *alias), (generation, resolution));
         }
     }
 }
@@ -86,8 +86,22 @@ impl Resolutions {
 mod tests {
     use super::*;
 
-    fn link() -> StoredIdentity {
-        StoredIdentity {
+    fn unlinked() -> Resolution {
+        Resolution {
+            link: None,
+            revision: 3,
+        }
+    }
+
+    fn link() -> Resolution {
+        Resolution {
+            link: Some(linked()),
+            revision: 4,
+        }
+    }
+
+    fn linked() -> consent_store::StoredIdentity {
+        consent_store::StoredIdentity {
             link: consent_store::NewLink {
                 alias: AliasKey([1; 32]),
                 kind: consent_core::IdentityType::Cookie,
@@ -107,20 +121,20 @@ mod tests {
         let started = cache.generation("t");
         cache.bump("t");
         cache.bump("t");
-        cache.fill("t", &alias, started, None);
+        cache.fill("t", &alias, started, unlinked());
         assert_eq!(cache.get("t", &alias), None, "a stale fill was kept");
         // A read between the write's two bumps fills, then the commit's bump buries it.
         cache.bump("t");
         let during = cache.generation("t");
-        cache.fill("t", &alias, during, None);
-        assert_eq!(cache.get("t", &alias), Some(None));
+        cache.fill("t", &alias, during, unlinked());
+        assert_eq!(cache.get("t", &alias), Some(unlinked()));
         cache.bump("t");
         assert_eq!(cache.get("t", &alias), None, "an entry outlived the commit");
         // A read after the write is cached and answers; another tenant is untouched.
         let after = cache.generation("t");
-        cache.fill("t", &alias, after, Some(link()));
-        assert_eq!(cache.get("t", &alias), Some(Some(link())));
+        cache.fill("t", &alias, after, link());
+        assert_eq!(cache.get("t", &alias), Some(link()));
         cache.bump("other");
-        assert_eq!(cache.get("t", &alias), Some(Some(link())));
+        assert_eq!(cache.get("t", &alias), Some(link()));
     }
 }

@@ -13,7 +13,9 @@ use common::{NAMESPACE, TTL, ledger, sql_ledger, write};
 use consent_cache::testing::{Relay, redis_test_url};
 use consent_cache::{CacheBackend, CachedStore, MemoryCache, RedisCache, StateLookup};
 use consent_core::Decision;
-use consent_store::{CatalogStore, Consistency, LedgerStore, Store};
+use consent_store::{
+    CacheFence, CatalogStore, Consistency, IdentityStore as _, LedgerStore, Store,
+};
 use consent_store_sql::SqlStore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -788,5 +790,273 @@ async fn a_redis_that_may_evict_is_refused() {
     assert_eq!(
         decision(&store, &t, "caller", Consistency::MinimizeLatency).await,
         Some(Decision::Withdrawn)
+    );
+}
+
+/// The link of cookie `value` under the tenant's identity key.
+async fn cookie_link(store: &dyn Store, tenant: &str, value: &str) -> consent_store::NewLink {
+    use consent_core::identity::{Identity, IdentityKey};
+    let chain = store
+        .ensure_subject_key(tenant)
+        .await
+        .unwrap_or_else(|e| panic!("subject key: {e}"));
+    let Some(key) = IdentityKey::of(&chain) else {
+        panic!("tenant {tenant} has no subject key");
+    };
+    let identity = Identity::parse(consent_core::IdentityType::Cookie, value)
+        .unwrap_or_else(|e| panic!("{value}: {e}"));
+    consent_store::NewLink {
+        alias: key.alias_key(&identity),
+        kind: consent_core::IdentityType::Cookie,
+        value: identity.stored_value().map(str::to_owned),
+    }
+}
+
+fn ledger_record(
+    kind: consent_core::RecordKind,
+    subject: &str,
+    detail: &[(&str, &str)],
+) -> consent_core::NewRecord {
+    consent_core::NewRecord {
+        id: consent_core::commands::new_event_id(),
+        kind,
+        subject_id: subject.into(),
+        purpose_id: String::new(),
+        at: consent_core::Timestamp::now(),
+        detail: detail
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        actor_key_id: String::new(),
+    }
+}
+
+/// The subject `alias` resolves to through `store`.
+async fn resolved(
+    store: &CachedStore,
+    tenant: &str,
+    alias: &consent_core::identity::AliasKey,
+) -> Option<String> {
+    store
+        .resolve_identity(tenant, alias)
+        .await
+        .unwrap_or_else(|e| panic!("resolve: {e}"))
+        .map(|identity| identity.subject_id)
+}
+
+/// Resolutions are shared through Redis: B answers a second resolution from the cache, and
+/// a link, an unlink, a merge and an erasure made through A are what B resolves next, though
+/// B had the old resolution cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_writes_on_one_replica_move_the_others_resolutions_at_once() {
+    use consent_core::RecordKind;
+    use consent_store::{Merge, MergeVia};
+    let Some(url) = redis_test_url() else { return };
+    let (ledger, _dir) = ledger().await;
+    let replica = |ledger: Arc<dyn Store>| {
+        let url = url.clone();
+        async move {
+            let cache: Arc<dyn CacheBackend> = Arc::new(
+                RedisCache::standalone(&url, NAMESPACE, TTL)
+                    .await
+                    .unwrap_or_else(|e| panic!("redis: {e}")),
+            );
+            CachedStore::new(ledger, cache)
+        }
+    };
+    let (a, b) = (replica(ledger.clone()).await, replica(ledger).await);
+    let t = tenant();
+    write(&a, &t, "acct", Decision::Granted).await;
+    write(&a, &t, "anon", Decision::Denied).await;
+    let cookie = cookie_link(&a, &t, "ck-1").await;
+    let linked = |subject: &str| ledger_record(RecordKind::IdentityLinked, subject, &[]);
+    // Resolves `cookie` through B twice (the second from Redis) and expects `subject`.
+    let expect = |subject: Option<&'static str>, what: &'static str| {
+        let (b, t, alias) = (&b, &t, cookie.alias);
+        async move {
+            assert_eq!(resolved(b, t, &alias).await.as_deref(), subject, "{what}");
+            let hits = b.stats().snapshot().0;
+            assert_eq!(
+                resolved(b, t, &alias).await.as_deref(),
+                subject,
+                "{what}, again"
+            );
+            assert!(
+                b.stats().snapshot().0 > hits,
+                "{what}: B answers from Redis"
+            );
+        }
+    };
+    expect(None, "before any link").await;
+
+    a.link_identity(&t, "anon", &cookie, linked("anon"), CacheFence::None)
+        .await
+        .unwrap_or_else(|e| panic!("link: {e}"));
+    expect(Some("anon"), "after the link").await;
+
+    a.unlink_identity(
+        &t,
+        "anon",
+        &cookie.alias,
+        ledger_record(RecordKind::IdentityUnlinked, "anon", &[]),
+        CacheFence::None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("unlink: {e}"));
+    expect(None, "after the unlink").await;
+
+    a.link_identity(&t, "anon", &cookie, linked("anon"), CacheFence::None)
+        .await
+        .unwrap_or_else(|e| panic!("link again: {e}"));
+    expect(Some("anon"), "after the second link").await;
+    let sides = ["acct", "anon"].map(|subject| {
+        ledger_record(
+            RecordKind::SubjectsMerged,
+            subject,
+            &[("merged_into", "acct"), ("merged_from", "anon")],
+        )
+    });
+    a.merge_subjects(
+        &t,
+        &Merge {
+            into: "acct".into(),
+            from: "anon".into(),
+            via: MergeVia::Linked(cookie.alias),
+            records: sides.to_vec(),
+        },
+        CacheFence::None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("merge: {e}"));
+    expect(Some("acct"), "after the merge").await;
+
+    a.erase_subject(
+        &t,
+        "acct",
+        ledger_record(RecordKind::SubjectErased, "acct", &[]),
+        CacheFence::None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("erase: {e}"));
+    expect(None, "after the erasure").await;
+}
+
+/// The versioned rules hold for resolutions in Redis: a resolution read before a link
+/// write (pending, then tombstoned at its revision) is never stored after it, and an older
+/// read never replaces a newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolution_read_before_a_link_cannot_outlive_it() {
+    use consent_cache::ResolutionCache as _;
+    use consent_store::Resolution;
+    let Some(url) = redis_test_url() else { return };
+    let cache = RedisCache::standalone(&url, NAMESPACE, TTL)
+        .await
+        .unwrap_or_else(|e| panic!("redis: {e}"));
+    let t = tenant();
+    let alias = consent_core::identity::AliasKey([3; 32]);
+    let unlinked = |revision| Resolution {
+        link: None,
+        revision,
+    };
+    let linked = Resolution {
+        link: Some(consent_store::StoredIdentity {
+            link: consent_store::NewLink {
+                alias,
+                kind: consent_core::IdentityType::Device,
+                value: Some("dev-1".into()),
+            },
+            subject_id: "acct".into(),
+            revision: 7,
+            linked_at: consent_core::Timestamp(1),
+        }),
+        revision: 7,
+    };
+    let get = || async {
+        cache
+            .get_resolution(&t, &alias)
+            .await
+            .unwrap_or_else(|e| panic!("get: {e}"))
+    };
+    let fill = |resolution: Resolution| {
+        let (cache, t) = (&cache, &t);
+        async move {
+            cache
+                .fill_resolution(t, &alias, &resolution)
+                .await
+                .unwrap_or_else(|e| panic!("fill: {e}"));
+        }
+    };
+    fill(unlinked(5)).await;
+    assert_eq!(get().await, Some(unlinked(5)));
+    cache
+        .begin_link_write(&t, &alias)
+        .await
+        .unwrap_or_else(|e| panic!("pending: {e}"));
+    assert_eq!(get().await, None, "a write in flight hides the entry");
+    fill(unlinked(6)).await;
+    assert_eq!(
+        get().await,
+        None,
+        "no fill lands while the write is in flight"
+    );
+    cache
+        .invalidate_resolution(&t, &alias, 7)
+        .await
+        .unwrap_or_else(|e| panic!("tombstone: {e}"));
+    fill(unlinked(6)).await;
+    assert_eq!(get().await, None, "a read before the write is refused");
+    fill(linked.clone()).await;
+    assert_eq!(get().await, Some(linked.clone()));
+    fill(unlinked(6)).await;
+    assert_eq!(
+        get().await,
+        Some(linked),
+        "an older read never replaces a newer one"
+    );
+}
+
+/// A link made by a replica cut off from Redis fences its tenant: the other replica stops
+/// trusting the resolution it cached before, and resolves the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_made_without_redis_fences_the_others_cached_resolutions() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let redis = OwnRedis::start(None).await;
+    let relay = Relay::to(redis.port)
+        .await
+        .unwrap_or_else(|e| panic!("relay: {e}"));
+    let (ledger, _dir) = ledger().await;
+    let connect = |port: u16| async move {
+        let cache: Arc<dyn CacheBackend> = Arc::new(
+            RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), NAMESPACE, TTL)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}")),
+        );
+        cache
+    };
+    let a = CachedStore::new(ledger.clone(), connect(relay.port).await);
+    let b = CachedStore::new(ledger.clone(), connect(redis.port).await);
+    let t = tenant();
+    write(&a, &t, "acct", Decision::Granted).await;
+    let cookie = cookie_link(&a, &t, "ck-2").await;
+    for _ in 0..2 {
+        assert_eq!(resolved(&b, &t, &cookie.alias).await, None);
+    }
+    relay.cut();
+    a.link_identity(
+        &t,
+        "acct",
+        &cookie,
+        ledger_record(consent_core::RecordKind::IdentityLinked, "acct", &[]),
+        CacheFence::None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("link: {e}"));
+    b.sync_fences().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        resolved(&b, &t, &cookie.alias).await.as_deref(),
+        Some("acct"),
+        "B must not answer the resolution Redis still holds"
     );
 }

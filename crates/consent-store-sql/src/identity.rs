@@ -17,6 +17,21 @@ macro_rules! sql_identity_store {
             )
         }
 
+        /// The link of one alias key, if any, and the tenant's revision (last column) in one
+        /// row: `$1` tenant, `$2` alias key.
+        fn resolution_by_alias() -> String {
+            let columns = IDENTITY_COLUMNS
+                .split(", ")
+                .map(|c| format!("i.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "SELECT {columns}, h.revision \
+                 FROM (SELECT COALESCE((SELECT revision FROM tenants WHERE tenant_id = $1), 0) AS revision) h \
+                 LEFT JOIN subject_identities i ON i.tenant_id = $1 AND i.alias_key = $2"
+            )
+        }
+
         fn identity_from_row(
             row: &<$db as sqlx::Database>::Row,
         ) -> Result<consent_store::StoredIdentity> {
@@ -283,18 +298,23 @@ macro_rules! sql_identity_store {
                 self.commit_link(tx, tenant, sealed, existing, fence).await
             }
 
-            async fn resolve_identity(
+            async fn resolve_identity_at(
                 &self,
                 tenant: &str,
                 alias: &consent_core::identity::AliasKey,
-            ) -> Result<Option<consent_store::StoredIdentity>> {
-                let row = sqlx::query(&identity_by_alias())
-                .bind(tenant)
-                .bind(alias.0.as_slice())
-                .fetch_optional(self.$reader())
-                .await
-                .map_err(db)?;
-                row.as_ref().map(identity_from_row).transpose()
+            ) -> Result<consent_store::Resolution> {
+                // One statement, so the link and the revision are of one snapshot.
+                let row = sqlx::query(&resolution_by_alias())
+                    .bind(tenant)
+                    .bind(alias.0.as_slice())
+                    .fetch_one(self.$reader())
+                    .await
+                    .map_err(db)?;
+                let linked: Option<Vec<u8>> = row.try_get(0).map_err(db)?;
+                Ok(consent_store::Resolution {
+                    link: linked.map(|_| identity_from_row(&row)).transpose()?,
+                    revision: row.try_get(6).map_err(db)?,
+                })
             }
 
             async fn merge_subjects(

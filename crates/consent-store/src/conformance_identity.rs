@@ -158,6 +158,14 @@ pub async fn an_identity_links_to_one_subject_with_a_ledger_record(store: &Arc<d
 
     let resolved = ok(store.resolve_identity(&t, &phone.alias).await);
     assert_eq!(resolved.as_ref(), Some(&first.identity));
+    // Read with the tenant's revision (a cache versions its copy by it), linked or not.
+    let at = ok(store.resolve_identity_at(&t, &phone.alias).await);
+    assert_eq!(
+        (at.link.as_ref(), at.revision),
+        (Some(&first.identity), second.revision)
+    );
+    let unlinked = ok(store.resolve_identity_at(&t, &AliasKey([0; 32])).await);
+    assert_eq!((unlinked.link, unlinked.revision), (None, second.revision));
     let listed = ok(store.list_identities(&t, "acct-1").await);
     assert_eq!(
         listed,

@@ -36,6 +36,16 @@ pub struct StoredIdentity {
     pub linked_at: Timestamp,
 }
 
+/// An identity's link as read, with the tenant revision read in the same statement: a
+/// shared cache versions its copy by it, as it versions subject states.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    /// The link, if the identity is linked.
+    pub link: Option<StoredIdentity>,
+    /// The tenant's revision when it was read.
+    pub revision: Revision,
+}
+
 /// What a link or unlink did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkOutcome {
@@ -122,12 +132,18 @@ pub trait IdentityStore: Send + Sync {
         fence: CacheFence,
     ) -> Result<LinkOutcome>;
 
+    /// The link of `alias`, if it is linked, and the tenant revision it was read at (one
+    /// statement).
+    async fn resolve_identity_at(&self, tenant: &str, alias: &AliasKey) -> Result<Resolution>;
+
     /// The link of `alias`, if it is linked.
     async fn resolve_identity(
         &self,
         tenant: &str,
         alias: &AliasKey,
-    ) -> Result<Option<StoredIdentity>>;
+    ) -> Result<Option<StoredIdentity>> {
+        Ok(self.resolve_identity_at(tenant, alias).await?.link)
+    }
 
     /// The identities linked to `subject_id`, in the order they were linked.
     async fn list_identities(&self, tenant: &str, subject_id: &str) -> Result<Vec<StoredIdentity>>;

@@ -34,7 +34,7 @@ pub mod snapshot;
 
 pub use identity::{
     IdentityStore, LinkOutcome, MAX_IDENTITIES_PER_SUBJECT, Merge, MergeOutcome, MergeVia, NewLink,
-    StoredIdentity,
+    Resolution, StoredIdentity,
 };
 pub use retention::{
     Attested, DueQuery, ExpiredGrant, Registered, RetentionCounts, RetentionRules, RetentionStore,

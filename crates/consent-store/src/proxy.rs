@@ -504,14 +504,14 @@ macro_rules! identity_store_proxy {
                 )
                 .await
             }
-            async fn resolve_identity(
+            async fn resolve_identity_at(
                 &self,
                 tenant: &str,
                 alias: &consent_core::identity::AliasKey,
-            ) -> consent_core::Result<Option<$crate::StoredIdentity>> {
+            ) -> consent_core::Result<$crate::Resolution> {
                 self.around(
                     "resolve_identity",
-                    self.inner().resolve_identity(tenant, alias),
+                    self.inner().resolve_identity_at(tenant, alias),
                 )
                 .await
             }
