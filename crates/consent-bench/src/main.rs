@@ -105,7 +105,7 @@ fn share(text: &str) -> Result<f64, String> {
 }
 
 /// The phases `--profile-phase` can name.
-const PHASES: [&str; 12] = [
+const PHASES: [&str; 13] = [
     "empty",
     "check_cached",
     "check_by_identity",
@@ -114,6 +114,7 @@ const PHASES: [&str; 12] = [
     "record_sqlite",
     "batch",
     "check_redis",
+    "check_redis_by_identity",
     "check_store_pg",
     "record_pg_tenants_1",
     "record_pg_tenants_8",
@@ -777,16 +778,9 @@ async fn main() -> anyhow::Result<()> {
             .await
             .map(|_| ())
     };
-    // The same subject and purpose as `check_of(linked, i)`, named by the phone number.
     let check_by_phone = move |channel: GrpcChannel, i: u64| async move {
-        let (subject_index, mut request) = drawn_check(linked, i);
-        request.subject_id = String::new();
-        request.identity = Some(pb::Identity {
-            r#type: pb::IdentityType::Phone.into(),
-            value: phone(subject_index),
-        });
         ConsentServiceClient::new(channel)
-            .check(request)
+            .check(check_by_phone_of(linked, i))
             .await
             .map(|_| ())
     };
@@ -915,9 +909,11 @@ async fn main() -> anyhow::Result<()> {
     let (endpoint, process_spans, process_receiver) = telemetry_cost::receiver().await?;
     let (plain_process_child, plain_addr) =
         telemetry_cost::spawn_consentd(&url, dir.path(), None).await?;
+    // `--observed-with nothing`: two plain processes, the method's own noise.
+    let exports = (args.observed_with != telemetry_cost::Variant::Nothing)
+        .then_some((endpoint.as_str(), args.observed_sampling));
     let (exporting_process_child, exporting_addr) =
-        telemetry_cost::spawn_consentd(&url, dir.path(), Some((&endpoint, args.observed_sampling)))
-            .await?;
+        telemetry_cost::spawn_consentd(&url, dir.path(), exports).await?;
     let plain_channels = connect(plain_addr, args.connections).await?;
     let exporting_channels = connect(exporting_addr, args.connections).await?;
     warm_every_subject(&plain_channels, subjects, c).await?;
@@ -1004,6 +1000,13 @@ async fn main() -> anyhow::Result<()> {
             "check_redis_rps",
             "empty_beside_redis_rps",
             0.60,
+            false,
+        );
+        report.ratio(
+            "check_redis_by_identity_vs_subject_rps",
+            "check_redis_by_identity_rps",
+            "check_redis_by_subject_rps",
+            0.90,
             false,
         );
     }
@@ -1146,6 +1149,18 @@ async fn clear_cache_keys(url: &str) -> anyhow::Result<usize> {
 
 /// `check_redis_rps`: Checks with the Redis cache and no in-process cache, on the SQLite
 /// ledger of the main run. Returns the failed requests.
+/// The same subject and purpose as `check_of(linked, i)`, named by the phone number
+/// `link_phones` linked to it.
+fn check_by_phone_of(linked: usize, i: u64) -> pb::CheckRequest {
+    let (subject_index, mut request) = drawn_check(linked, i);
+    request.subject_id = String::new();
+    request.identity = Some(pb::Identity {
+        r#type: pb::IdentityType::Phone.into(),
+        value: phone(subject_index),
+    });
+    request
+}
+
 async fn redis_figures(
     sqlite_url: &str,
     redis_url: &str,
@@ -1184,10 +1199,40 @@ async fn redis_figures(
     }
     report.figure("check_redis_rps", checks.per_second());
     report.figure("empty_beside_redis_rps", empty.per_second());
+    // By phone number against by subject id over the subjects given one (as for
+    // check_by_identity_rps): with Redis, the resolution is one more cached entry.
+    let linked = subjects.min(LINKED_SUBJECTS);
+    let by_subject = move |channel: GrpcChannel, i: u64| async move {
+        ConsentServiceClient::new(channel)
+            .check(check_of(linked, i))
+            .await
+            .map(|_| ())
+    };
+    let by_phone = move |channel: GrpcChannel, i: u64| async move {
+        ConsentServiceClient::new(channel)
+            .check(check_by_phone_of(linked, i))
+            .await
+            .map(|_| ())
+    };
+    closed_loop(&channels, args.concurrency, window / ROUNDS, by_phone).await;
+    let (mut subject_checks, mut phone_checks) = (Sample::default(), Sample::default());
+    for _ in 0..ROUNDS {
+        let round = window / ROUNDS;
+        subject_checks.absorb(closed_loop(&channels, args.concurrency, round, by_subject).await);
+        phone_checks.absorb(
+            phase(
+                "check_redis_by_identity",
+                closed_loop(&channels, args.concurrency, round, by_phone),
+            )
+            .await,
+        );
+    }
+    report.figure("check_redis_by_subject_rps", subject_checks.per_second());
+    report.figure("check_redis_by_identity_rps", phone_checks.per_second());
     report.notes.push(format!(
         "Redis: {cleared} stale cache keys deleted before the run; check_redis_rps after one warm-up window, in rounds alternating with the empty RPC (empty_beside_redis_rps)"
     ));
-    Ok(checks.errors + empty.errors)
+    Ok(checks.errors + empty.errors + subject_checks.errors + phone_checks.errors)
 }
 
 /// One connection inserting one row per transaction: the cost of a durable commit on this
