@@ -95,7 +95,13 @@ async fn answers_come_in_order_with_their_correlation_ids() {
                     "bad",
                     vec![check("", "analytics"), check("erased:00", "analytics")],
                 ),
-                request("unknown", vec![check("+32470000001", "no_such_purpose")]),
+                request(
+                    "unknown",
+                    vec![
+                        check("+32470000001", "analytics"),
+                        check("+32470000001", "no_such_purpose"),
+                    ],
+                ),
                 request("empty", Vec::new()),
                 request("second", all[30..].to_vec()),
             ],
@@ -141,6 +147,10 @@ async fn answers_come_in_order_with_their_correlation_ids() {
         assert!(answers[1].results.is_empty(), "{b}");
         let unknown = answers[2].error.clone().unwrap_or_default();
         assert_eq!(unknown.code, Code::NotFound as i32, "{b}: {unknown:?}");
+        assert_eq!(
+            unknown.message, "checks[1].purpose_id: purpose `no_such_purpose` not found",
+            "{b}: the check is named"
+        );
         let empty = answers[3].error.clone().unwrap_or_default();
         assert_eq!(empty.code, Code::InvalidArgument as i32, "{b}: {empty:?}");
         assert_eq!(empty.field_violations[0].field, "checks", "{b}");

@@ -204,7 +204,7 @@ impl Api {
             .ledger
             .check_many(who, &queries, consistency)
             .await
-            .map_err(status)?;
+            .map_err(|e| missing_in_batch(e, &queries))?;
         self.count_decisions(&checked);
         let revision = checked.iter().map(|c| c.revision).max().unwrap_or_default();
         let results = checked
@@ -942,6 +942,34 @@ impl AdminService for Api {
         Ok(Response::new(pb::RevokeApiKeyResponse {
             api_key: Some(convert::api_key_out(&key)),
         }))
+    }
+}
+
+/// The status of a batch's error; a purpose or vendor not found names the first check that
+/// refers to it (`checks[3].purpose_id: purpose `x` not found`), as a bad field would.
+fn missing_in_batch(e: ConsentError, queries: &[CheckQuery]) -> Status {
+    let field = match &e {
+        ConsentError::NotFound {
+            kind: "purpose",
+            id,
+        } => queries
+            .iter()
+            .position(|q| &q.purpose_id == id)
+            .map(|i| format!("checks[{i}].purpose_id")),
+        ConsentError::NotFound { kind: "vendor", id } => queries
+            .iter()
+            .position(|q| &q.vendor_id == id)
+            .map(|i| format!("checks[{i}].vendor_id")),
+        _ => None,
+    };
+    let status = status(e);
+    match field {
+        Some(field) => Status::with_details(
+            status.code(),
+            format!("{field}: {}", status.message()),
+            bytes::Bytes::copy_from_slice(status.details()),
+        ),
+        None => status,
     }
 }
 
