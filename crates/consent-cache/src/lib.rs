@@ -881,6 +881,26 @@ impl CachedStore {
         written
     }
 
+    /// A link or unlink of `alias`, with the caches told before and after it.
+    async fn alias_write<F, Fut>(
+        &self,
+        tenant: &str,
+        alias: AliasKey,
+        fence: CacheFence,
+        write: F,
+    ) -> Result<consent_store::LinkOutcome>
+    where
+        F: FnOnce(CacheFence) -> Fut,
+        Fut: std::future::Future<Output = Result<consent_store::LinkOutcome>>,
+    {
+        let aliases = [alias];
+        let fence = self.before_write(tenant, &[], &aliases, fence).await;
+        let written = self.around_link_write(tenant, write(fence)).await?;
+        self.after_write(tenant, &[], &aliases, fence, written.revision)
+            .await;
+        Ok(written)
+    }
+
     /// The aliases linked to `subject_id`, for a write that moves them all (merge, erasure);
     /// none without a shared cache of resolutions.
     async fn linked_aliases(&self, tenant: &str, subject_id: &str) -> Result<Vec<AliasKey>> {
@@ -944,18 +964,11 @@ impl consent_store::IdentityStore for CachedStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<consent_store::LinkOutcome> {
-        let aliases = [link.alias];
-        let fence = self.before_write(tenant, &[], &aliases, fence).await;
-        let linked = self
-            .around_link_write(
-                tenant,
-                self.inner
-                    .link_identity(tenant, subject_id, link, record, fence),
-            )
-            .await?;
-        self.after_write(tenant, &[], &aliases, fence, linked.revision)
-            .await;
-        Ok(linked)
+        self.alias_write(tenant, link.alias, fence, |fence| {
+            self.inner
+                .link_identity(tenant, subject_id, link, record, fence)
+        })
+        .await
     }
 
     async fn unlink_identity(
@@ -966,18 +979,11 @@ impl consent_store::IdentityStore for CachedStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<consent_store::LinkOutcome> {
-        let aliases = [*alias];
-        let fence = self.before_write(tenant, &[], &aliases, fence).await;
-        let unlinked = self
-            .around_link_write(
-                tenant,
-                self.inner
-                    .unlink_identity(tenant, subject_id, alias, record, fence),
-            )
-            .await?;
-        self.after_write(tenant, &[], &aliases, fence, unlinked.revision)
-            .await;
-        Ok(unlinked)
+        self.alias_write(tenant, *alias, fence, |fence| {
+            self.inner
+                .unlink_identity(tenant, subject_id, alias, record, fence)
+        })
+        .await
     }
 
     async fn resolve_identity_at(&self, tenant: &str, alias: &AliasKey) -> Result<Resolution> {

@@ -362,6 +362,21 @@ impl RedisCache {
         }
     }
 
+    /// Marks the entry at `key` as written-to (a write in flight).
+    async fn mark_pending(&self, key: &str) -> Result<()> {
+        let marker: Versioned<()> = Versioned::pending();
+        self.put(key, &marker, "pending").await
+    }
+
+    /// Marks the entry at `key` stale as of the write at `revision`.
+    async fn tombstone(&self, key: &str, revision: Revision) -> Result<()> {
+        let tomb: Versioned<()> = Versioned {
+            version: revision,
+            value: None,
+        };
+        self.put(key, &tomb, "tomb").await
+    }
+
     async fn put<T: serde::Serialize>(
         &self,
         key: &str,
@@ -439,13 +454,8 @@ impl CacheBackend for RedisCache {
     }
 
     async fn begin_write(&self, tenant: &str, subject: &str) -> Result<()> {
-        let marker: Versioned<()> = Versioned::pending();
-        self.put(
-            &state_key(&self.namespace, tenant, subject),
-            &marker,
-            "pending",
-        )
-        .await
+        self.mark_pending(&state_key(&self.namespace, tenant, subject))
+            .await
     }
 
     async fn invalidate_state(
@@ -454,11 +464,7 @@ impl CacheBackend for RedisCache {
         subject: &str,
         revision: Revision,
     ) -> Result<()> {
-        let tomb: Versioned<()> = Versioned {
-            version: revision,
-            value: None,
-        };
-        self.put(&state_key(&self.namespace, tenant, subject), &tomb, "tomb")
+        self.tombstone(&state_key(&self.namespace, tenant, subject), revision)
             .await
     }
 
@@ -592,13 +598,8 @@ impl ResolutionCache for RedisCache {
     }
 
     async fn begin_link_write(&self, tenant: &str, alias: &AliasKey) -> Result<()> {
-        let marker: Versioned<()> = Versioned::pending();
-        self.put(
-            &resolution_key(&self.namespace, tenant, alias),
-            &marker,
-            "pending",
-        )
-        .await
+        self.mark_pending(&resolution_key(&self.namespace, tenant, alias))
+            .await
     }
 
     async fn invalidate_resolution(
@@ -607,16 +608,8 @@ impl ResolutionCache for RedisCache {
         alias: &AliasKey,
         revision: Revision,
     ) -> Result<()> {
-        let tomb: Versioned<()> = Versioned {
-            version: revision,
-            value: None,
-        };
-        self.put(
-            &resolution_key(&self.namespace, tenant, alias),
-            &tomb,
-            "tomb",
-        )
-        .await
+        self.tombstone(&resolution_key(&self.namespace, tenant, alias), revision)
+            .await
     }
 }
 

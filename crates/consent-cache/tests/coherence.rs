@@ -54,24 +54,27 @@ fn tenant() -> String {
     format!("t-{}", uuid::Uuid::now_v7())
 }
 
+/// Replicas A and B (two cached stacks) over one fresh ledger and the Redis at `url`: the
+/// ledger's directory, A, B.
+async fn replica_pair(url: &str) -> (tempfile::TempDir, CachedStore, CachedStore) {
+    let (ledger, dir) = ledger().await;
+    let replica = |ledger: Arc<dyn Store>| async move {
+        let cache: Arc<dyn CacheBackend> = Arc::new(
+            RedisCache::standalone(url, NAMESPACE, TTL)
+                .await
+                .unwrap_or_else(|e| panic!("redis: {e}")),
+        );
+        CachedStore::new(ledger, cache)
+    };
+    (dir, replica(ledger.clone()).await, replica(ledger).await)
+}
+
 /// Two replicas (two cached stacks) over one ledger and one Redis: a withdrawal made
 /// through A is what B answers next, with no wait, although B had the grant cached.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_replica_is_seen_by_the_other_at_once() {
     let Some(url) = redis_test_url() else { return };
-    let (ledger, _dir) = ledger().await;
-    let replica = |ledger: Arc<dyn Store>| {
-        let url = url.clone();
-        async move {
-            let cache: Arc<dyn CacheBackend> = Arc::new(
-                RedisCache::standalone(&url, NAMESPACE, TTL)
-                    .await
-                    .unwrap_or_else(|e| panic!("redis: {e}")),
-            );
-            CachedStore::new(ledger, cache)
-        }
-    };
-    let (a, b) = (replica(ledger.clone()).await, replica(ledger).await);
+    let (_dir, a, b) = replica_pair(&url).await;
     let t = tenant();
     write(&a, &t, "caller", Decision::Granted).await;
     assert_eq!(
@@ -524,20 +527,21 @@ async fn a_withdrawal_made_while_redis_was_down_survives_its_restart_from_a_snap
     }
 }
 
-/// Replica A is cut off from Redis while replica B still reads it. A's withdrawal cannot
-/// reach Redis, so it fences the tenant in the ledger in the same transaction; B stops
-/// trusting its older entries as soon as it has read the fences (it polls them every
-/// `FENCE_POLL`; the test polls explicitly instead of waiting).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
-    if redis_test_url().is_none() {
-        return;
-    }
+/// Replicas A and B over one ledger and this test's own Redis, A through a relay the test
+/// can cut: the Redis, the relay, the ledger and its directory, A, B.
+async fn cut_off_pair() -> (
+    OwnRedis,
+    Relay,
+    Arc<dyn Store>,
+    tempfile::TempDir,
+    CachedStore,
+    CachedStore,
+) {
     let redis = OwnRedis::start(None).await;
     let relay = Relay::to(redis.port)
         .await
         .unwrap_or_else(|e| panic!("relay: {e}"));
-    let (ledger, _dir) = ledger().await;
+    let (ledger, dir) = ledger().await;
     let connect = |port: u16| async move {
         let cache: Arc<dyn CacheBackend> = Arc::new(
             RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), NAMESPACE, TTL)
@@ -548,6 +552,19 @@ async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
     };
     let a = CachedStore::new(ledger.clone(), connect(relay.port).await);
     let b = CachedStore::new(ledger.clone(), connect(redis.port).await);
+    (redis, relay, ledger, dir, a, b)
+}
+
+/// Replica A is cut off from Redis while replica B still reads it. A's withdrawal cannot
+/// reach Redis, so it fences the tenant in the ledger in the same transaction; B stops
+/// trusting its older entries as soon as it has read the fences (it polls them every
+/// `FENCE_POLL`; the test polls explicitly instead of waiting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_off_from_redis_fences_its_writes_for_the_others() {
+    if redis_test_url().is_none() {
+        return;
+    }
+    let (_redis, relay, ledger, _dir, a, b) = cut_off_pair().await;
     let t = tenant();
     write(&a, &t, "caller", Decision::Granted).await;
     for _ in 0..2 {
@@ -852,19 +869,7 @@ async fn identity_writes_on_one_replica_move_the_others_resolutions_at_once() {
     use consent_core::RecordKind;
     use consent_store::{Merge, MergeVia};
     let Some(url) = redis_test_url() else { return };
-    let (ledger, _dir) = ledger().await;
-    let replica = |ledger: Arc<dyn Store>| {
-        let url = url.clone();
-        async move {
-            let cache: Arc<dyn CacheBackend> = Arc::new(
-                RedisCache::standalone(&url, NAMESPACE, TTL)
-                    .await
-                    .unwrap_or_else(|e| panic!("redis: {e}")),
-            );
-            CachedStore::new(ledger, cache)
-        }
-    };
-    let (a, b) = (replica(ledger.clone()).await, replica(ledger).await);
+    let (_dir, a, b) = replica_pair(&url).await;
     let t = tenant();
     write(&a, &t, "acct", Decision::Granted).await;
     write(&a, &t, "anon", Decision::Denied).await;
@@ -1022,21 +1027,7 @@ async fn a_link_made_without_redis_fences_the_others_cached_resolutions() {
     if redis_test_url().is_none() {
         return;
     }
-    let redis = OwnRedis::start(None).await;
-    let relay = Relay::to(redis.port)
-        .await
-        .unwrap_or_else(|e| panic!("relay: {e}"));
-    let (ledger, _dir) = ledger().await;
-    let connect = |port: u16| async move {
-        let cache: Arc<dyn CacheBackend> = Arc::new(
-            RedisCache::standalone(&format!("redis://127.0.0.1:{port}"), NAMESPACE, TTL)
-                .await
-                .unwrap_or_else(|e| panic!("redis: {e}")),
-        );
-        cache
-    };
-    let a = CachedStore::new(ledger.clone(), connect(relay.port).await);
-    let b = CachedStore::new(ledger.clone(), connect(redis.port).await);
+    let (_redis, relay, _ledger, _dir, a, b) = cut_off_pair().await;
     let t = tenant();
     write(&a, &t, "acct", Decision::Granted).await;
     let cookie = cookie_link(&a, &t, "ck-2").await;
