@@ -177,6 +177,7 @@ async fn a_restriction_or_an_erasure_on_one_replica_is_seen_on_another_at_once()
     assert_eq!(reason(&b, "caller").await, Reason::Granted);
     let restrict = pb::RestrictProcessingRequest {
         subject_id: "caller".into(),
+        identity: None,
         reason: String::new(),
     };
     a.client
@@ -189,6 +190,7 @@ async fn a_restriction_or_an_erasure_on_one_replica_is_seen_on_another_at_once()
         .rights()
         .lift_restriction(pb::LiftRestrictionRequest {
             subject_id: "caller".into(),
+            identity: None,
             reason: String::new(),
         })
         .await

@@ -1429,3 +1429,154 @@ async fn an_identity_whose_choices_were_carried_stays_linked() {
         server.stop().await;
     }
 }
+
+/// A caller exercises their rights by phone number: the restriction, objection and GPC
+/// signal land on the subject the number stands for (its own, implicit one while unlinked,
+/// carried to the account with its choices), and are seen by checks by the number; an
+/// implicit subject's `alias:` id is refused by id, as for consent writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rights_are_exercised_by_identity() {
+    for server in backends().await {
+        let b = server.backend;
+        let client = &server.client;
+        apply_seed_catalog(client).await;
+        let mut rights = client.rights();
+        record_by(
+            client,
+            IdentityType::Phone,
+            PHONE,
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+        let restricted = ok(
+            rights
+                .restrict_processing(pb::RestrictProcessingRequest {
+                    identity: identity(IdentityType::Phone, PHONE_OTHERWISE),
+                    reason: "caller asked on the line".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        )
+        .change
+        .unwrap_or_default();
+        assert!(restricted.changed, "{b}");
+        let implicit = resolve(client, IdentityType::Phone, PHONE).await.subject_id;
+        assert!(
+            restricted.records.iter().all(|r| r.subject_id == implicit),
+            "{b}: on the number's own subject: {restricted:?}"
+        );
+        let by_phone = check_by(client, IdentityType::Phone, PHONE, "call_recording").await;
+        assert_eq!(
+            (by_phone.allowed, by_phone.reason()),
+            (false, Reason::ProcessingRestricted),
+            "{b}"
+        );
+
+        // By the implicit id itself: refused, naming the field.
+        let by_alias = rights
+            .lift_restriction(pb::LiftRestrictionRequest {
+                subject_id: implicit.clone(),
+                reason: "by id".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(rejected_fields(by_alias), ["subject_id"], "{b}");
+        let both = rights
+            .set_gpc(pb::SetGpcRequest {
+                subject_id: ACCOUNT.into(),
+                identity: identity(IdentityType::Phone, PHONE),
+                enabled: true,
+                reason: "both".into(),
+            })
+            .await;
+        assert_eq!(rejected_fields(both), ["identity"], "{b}");
+
+        // Carried to the account with the number's choices: the restriction comes along;
+        // lifted by the number, it is lifted on the account.
+        record_id(
+            client,
+            ACCOUNT,
+            "marketing_communications",
+            Decision::Granted,
+        )
+        .await;
+        link_merging(client, ACCOUNT, IdentityType::Phone, PHONE, false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{b}: carry: {e:?}"));
+        assert_eq!(
+            reason_of(client, ACCOUNT, "call_recording").await.0,
+            Reason::ProcessingRestricted,
+            "{b}"
+        );
+        ok(
+            rights
+                .lift_restriction(pb::LiftRestrictionRequest {
+                    identity: identity(IdentityType::Phone, PHONE),
+                    reason: "resolved".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        assert_eq!(
+            reason_of(client, ACCOUNT, "call_recording").await.0,
+            Reason::Granted,
+            "{b}"
+        );
+        ok(
+            rights
+                .object(pb::ObjectRequest {
+                    identity: identity(IdentityType::Phone, PHONE),
+                    purpose_ids: vec!["marketing_communications".into()],
+                    reason: "no more offers".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        let marketing = check_by(
+            client,
+            IdentityType::Phone,
+            PHONE,
+            "marketing_communications",
+        )
+        .await;
+        assert_eq!(
+            (marketing.reason(), marketing.subject_id.as_str()),
+            (Reason::Objected, ACCOUNT),
+            "{b}"
+        );
+        ok(
+            rights
+                .withdraw_objection(pb::WithdrawObjectionRequest {
+                    identity: identity(IdentityType::Phone, PHONE),
+                    purpose_ids: vec!["marketing_communications".into()],
+                    reason: "changed their mind".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        ok(
+            rights
+                .set_gpc(pb::SetGpcRequest {
+                    identity: identity(IdentityType::Phone, PHONE),
+                    enabled: true,
+                    reason: "Sec-GPC: 1".into(),
+                    ..Default::default()
+                })
+                .await,
+            b,
+        );
+        assert_eq!(
+            reason_of(client, ACCOUNT, "marketing_communications")
+                .await
+                .0,
+            Reason::GpcOptOut,
+            "{b}"
+        );
+        server.stop().await;
+    }
+}

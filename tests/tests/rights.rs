@@ -53,6 +53,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .restrict_processing(pb::RestrictProcessingRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     reason: "letter of 2026-12-01 contesting accuracy".into(),
                 })
                 .await,
@@ -83,6 +84,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .restrict_processing(pb::RestrictProcessingRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     reason: String::new(),
                 })
                 .await,
@@ -112,6 +114,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .lift_restriction(pb::LiftRestrictionRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     reason: "accuracy verified".into(),
                 })
                 .await,
@@ -127,6 +130,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .object(pb::ObjectRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     purpose_ids: vec!["marketing_communications".into()],
                     reason: "by phone".into(),
                 })
@@ -145,6 +149,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
         let cannot = rights
             .object(pb::ObjectRequest {
                 subject_id: SUBJECT.into(),
+                identity: None,
                 purpose_ids: vec!["call_recording".into()],
                 reason: String::new(),
             })
@@ -161,6 +166,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
         let necessary = rights
             .object(pb::ObjectRequest {
                 subject_id: SUBJECT.into(),
+                identity: None,
                 purpose_ids: vec!["security".into()],
                 reason: String::new(),
             })
@@ -176,6 +182,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
         let unknown = rights
             .object(pb::ObjectRequest {
                 subject_id: SUBJECT.into(),
+                identity: None,
                 purpose_ids: vec!["no_such_purpose".into()],
                 reason: String::new(),
             })
@@ -187,6 +194,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .withdraw_objection(pb::WithdrawObjectionRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     purpose_ids: vec!["marketing_communications".into()],
                     reason: String::new(),
                 })
@@ -203,6 +211,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .set_gpc(pb::SetGpcRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     enabled: true,
                     reason: "Sec-GPC: 1".into(),
                 })
@@ -222,6 +231,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
             rights
                 .set_gpc(pb::SetGpcRequest {
                     subject_id: SUBJECT.into(),
+                    identity: None,
                     enabled: false,
                     reason: String::new(),
                 })
@@ -290,6 +300,7 @@ async fn rights_override_consent_in_order_and_enter_the_ledger() {
                 rights
                     .object(pb::ObjectRequest {
                         subject_id: SUBJECT.into(),
+                        identity: None,
                         purpose_ids: vec!["a".into(), "a".into()],
                         reason: "x\u{0}".into(),
                     })
@@ -457,6 +468,7 @@ async fn an_erased_subject_is_denied_everywhere_and_the_ledger_verifies() {
         let refused = rights
             .set_gpc(pb::SetGpcRequest {
                 subject_id: SUBJECT.into(),
+                identity: None,
                 enabled: true,
                 reason: String::new(),
             })

@@ -126,6 +126,7 @@ async fn typed_methods_and_typed_errors() {
     ok(admin
         .restrict_processing(pb::RestrictProcessingRequest {
             subject_id: subject.into(),
+            identity: None,
             reason: "letter".into(),
         })
         .await);
@@ -516,6 +517,7 @@ async fn the_local_cache_serves_hits_and_follows_every_change() {
     let restricted = ok(client
         .restrict_processing(pb::RestrictProcessingRequest {
             subject_id: "other".into(),
+            identity: None,
             reason: "letter".into(),
         })
         .await);
@@ -701,6 +703,7 @@ async fn catalogue_retention_and_rights_methods_round_trip() {
     ok(client
         .object(pb::ObjectRequest {
             subject_id: subject.into(),
+            identity: None,
             purpose_ids: vec!["marketing_communications".into()],
             reason: "letter".into(),
         })
@@ -715,6 +718,7 @@ async fn catalogue_retention_and_rights_methods_round_trip() {
     ok(client
         .withdraw_objection(pb::WithdrawObjectionRequest {
             subject_id: subject.into(),
+            identity: None,
             purpose_ids: vec!["marketing_communications".into()],
             reason: "changed mind".into(),
         })

@@ -1,8 +1,10 @@
 //! `consent.v1.SubjectRightsService`: thin handlers for restriction (Art. 18), objection
-//! (Art. 21) and GPC (each validates, calls [`crate::ledger::Ledger::exercise`], and answers
-//! what changed), the export of a subject (Art. 15/20, [`crate::export`]) and its erasure
+//! (Art. 21) and GPC (each validates, resolves the person when named by an identity, calls
+//! [`crate::ledger::Ledger::exercise`], and answers what changed), the export of a subject (Art. 15/20, [`crate::export`]) and its erasure
 //! (Art. 17, [`crate::ledger::Ledger::erase`]).
 
+use consent_core::ConsentError;
+use consent_core::identity::SubjectRef;
 use consent_core::validate::Violations;
 use consent_proto::v1 as pb;
 use consent_proto::v1::subject_rights_service_server::SubjectRightsService;
@@ -21,14 +23,29 @@ use crate::service::Api;
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
-/// The fields every rights request has, checked: the subject, the purposes (if any), the
-/// reason in words.
-fn validated(subject_id: &str, purpose_ids: &[String], reason: &str) -> Result<(), Status> {
+/// The fields every rights request has, checked: the person (by `subject_id` or by
+/// `identity`), the purposes (if any), the reason in words. An implicit subject's `alias:`
+/// id is refused, as for consent writes: once its identity is linked, a right exercised
+/// there would reach no check made by the identity.
+fn validated(
+    subject_id: &str,
+    identity: Option<&pb::Identity>,
+    purpose_ids: &[String],
+    reason: &str,
+) -> Result<SubjectRef, Status> {
     let mut v = Violations::new();
-    v.subject_id("subject_id", subject_id);
+    if identity.is_none() {
+        v.subject_id("subject_id", subject_id);
+    }
+    let subject = crate::convert::command_subject_in(&mut v, subject_id, identity);
     v.id_list("purpose_ids", purpose_ids);
     v.text("reason", reason);
-    v.finish().map_err(status)
+    v.finish().map_err(status)?;
+    subject.ok_or_else(|| {
+        status(ConsentError::Internal(
+            "a rights request without a subject passed validation".into(),
+        ))
+    })
 }
 
 fn change_out(outcome: FlagsOutcome) -> pb::RightsChange {
@@ -48,13 +65,18 @@ impl Api {
     async fn exercise(
         &self,
         who: &Principal,
-        subject_id: &str,
+        subject: SubjectRef,
         request: RightsRequest,
         reason: &str,
     ) -> Result<pb::RightsChange, Status> {
+        let (subject_id, _) = self
+            .ledger()
+            .written_subject(who, subject)
+            .await
+            .map_err(status)?;
         let outcome = self
             .ledger()
-            .exercise(who, subject_id, &request, reason)
+            .exercise(who, &subject_id, &request, reason)
             .await
             .map_err(status)?;
         self.committed(who, outcome.revision);
@@ -138,9 +160,9 @@ impl SubjectRightsService for Api {
     ) -> RpcResult<pb::RestrictProcessingResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &[], &r.reason)?;
+        let subject = validated(&r.subject_id, r.identity.as_ref(), &[], &r.reason)?;
         let change = self
-            .exercise(&who, &r.subject_id, RightsRequest::Restrict, &r.reason)
+            .exercise(&who, subject, RightsRequest::Restrict, &r.reason)
             .await?;
         Ok(Response::new(pb::RestrictProcessingResponse {
             change: Some(change),
@@ -153,14 +175,9 @@ impl SubjectRightsService for Api {
     ) -> RpcResult<pb::LiftRestrictionResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &[], &r.reason)?;
+        let subject = validated(&r.subject_id, r.identity.as_ref(), &[], &r.reason)?;
         let change = self
-            .exercise(
-                &who,
-                &r.subject_id,
-                RightsRequest::LiftRestriction,
-                &r.reason,
-            )
+            .exercise(&who, subject, RightsRequest::LiftRestriction, &r.reason)
             .await?;
         Ok(Response::new(pb::LiftRestrictionResponse {
             change: Some(change),
@@ -170,11 +187,16 @@ impl SubjectRightsService for Api {
     async fn object(&self, request: Request<pb::ObjectRequest>) -> RpcResult<pb::ObjectResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &r.purpose_ids, &r.reason)?;
+        let subject = validated(
+            &r.subject_id,
+            r.identity.as_ref(),
+            &r.purpose_ids,
+            &r.reason,
+        )?;
         let change = self
             .exercise(
                 &who,
-                &r.subject_id,
+                subject,
                 RightsRequest::Object(r.purpose_ids),
                 &r.reason,
             )
@@ -190,11 +212,16 @@ impl SubjectRightsService for Api {
     ) -> RpcResult<pb::WithdrawObjectionResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &r.purpose_ids, &r.reason)?;
+        let subject = validated(
+            &r.subject_id,
+            r.identity.as_ref(),
+            &r.purpose_ids,
+            &r.reason,
+        )?;
         let change = self
             .exercise(
                 &who,
-                &r.subject_id,
+                subject,
                 RightsRequest::WithdrawObjection(r.purpose_ids),
                 &r.reason,
             )
@@ -207,14 +234,9 @@ impl SubjectRightsService for Api {
     async fn set_gpc(&self, request: Request<pb::SetGpcRequest>) -> RpcResult<pb::SetGpcResponse> {
         let who = principal(&request)?;
         let r = request.into_inner();
-        validated(&r.subject_id, &[], &r.reason)?;
+        let subject = validated(&r.subject_id, r.identity.as_ref(), &[], &r.reason)?;
         let change = self
-            .exercise(
-                &who,
-                &r.subject_id,
-                RightsRequest::Gpc(r.enabled),
-                &r.reason,
-            )
+            .exercise(&who, subject, RightsRequest::Gpc(r.enabled), &r.reason)
             .await?;
         Ok(Response::new(pb::SetGpcResponse {
             change: Some(change),
