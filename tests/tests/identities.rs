@@ -625,7 +625,30 @@ async fn an_erasure_drops_the_subjects_identities() {
         let b = server.backend;
         let client = &server.client;
         apply_seed_catalog(client).await;
+        // Before their links, the number granted and a cookie denied, each on its own
+        // (implicit) subject; a second cookie recorded nothing.
+        record_by(
+            client,
+            IdentityType::Phone,
+            PHONE,
+            "call_recording",
+            Decision::Granted,
+        )
+        .await;
+        record_by(
+            client,
+            IdentityType::Cookie,
+            COOKIE,
+            "analytics",
+            Decision::Denied,
+        )
+        .await;
+        let quiet_cookie = resolve(client, IdentityType::Cookie, "ck-quiet")
+            .await
+            .subject_id;
         linked(client, ACCOUNT, IdentityType::Phone, PHONE, b).await;
+        linked(client, ACCOUNT, IdentityType::Cookie, COOKIE, b).await;
+        linked(client, ACCOUNT, IdentityType::Cookie, "ck-quiet", b).await;
         // The caller asks by phone to be erased: the account it is linked to is erased.
         let erased = ok(
             client
@@ -647,6 +670,30 @@ async fn an_erasure_drops_the_subjects_identities() {
         let after = resolve(client, IdentityType::Phone, PHONE).await;
         assert!(!after.linked, "{b}");
         assert!(after.subject_id.starts_with("alias:"), "{b}");
+        // What the identities recorded before their links went with the person: the
+        // number's anonymous grant no longer answers (outside attack: it answered GRANTED).
+        let by_phone = check_by(client, IdentityType::Phone, PHONE, "call_recording").await;
+        assert_eq!(
+            (by_phone.allowed, by_phone.reason()),
+            (false, Reason::SubjectErased),
+            "{b}"
+        );
+        let by_cookie = check_by(client, IdentityType::Cookie, COOKIE, "analytics").await;
+        assert_eq!(by_cookie.reason(), Reason::SubjectErased, "{b}");
+        // An identity whose own subject held nothing is left free to consent again.
+        assert_eq!(
+            reason_of(client, &quiet_cookie, "analytics").await.0,
+            Reason::NoDecision,
+            "{b}"
+        );
+        record_by(
+            client,
+            IdentityType::Cookie,
+            "ck-quiet",
+            "analytics",
+            Decision::Granted,
+        )
+        .await;
         server.stop().await;
     }
 }

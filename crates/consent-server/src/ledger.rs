@@ -601,7 +601,8 @@ impl Ledger {
     /// merge made one person with it: the subject that answers for the group first (from
     /// then on every read by any member answers "erased"), then each subject merged into
     /// it (their closures name it until they go, so a retry after a crash finds and
-    /// finishes them). The outcome is the first erasure's, with the counts of all.
+    /// finishes them), then the implicit subjects of its identities that hold anything.
+    /// The outcome is the first erasure's, with the counts of all.
     pub async fn erase(
         &self,
         who: &Principal,
@@ -612,7 +613,7 @@ impl Ledger {
         // A merge may close the subject found between its lookup and its erasure (the store
         // then refuses): look again.
         let mut tries = 0;
-        let (root, mut outcome) = loop {
+        let (root, mut outcome, identities) = loop {
             let state = self
                 .store
                 .subject_state(tenant, subject_id, None, Consistency::Full)
@@ -629,8 +630,10 @@ impl Ledger {
                 )
                 .await?;
             let root = settled.answered_by.unwrap_or_else(|| subject_id.to_owned());
+            // Listed before the erasure, which drops the links.
+            let identities = self.store.list_identities(tenant, &root).await?;
             match self.erase_one(who, &root, reason).await {
-                Ok(erased) => break (root, erased),
+                Ok(erased) => break (root, erased, identities),
                 Err(ConsentError::FailedPrecondition(_))
                     if tries < ERASE_TRIES
                         && self.store.merge_root(tenant, &root).await?.is_some() =>
@@ -643,8 +646,19 @@ impl Ledger {
         // Read after the root's erasure: nothing merges into an erased subject, so the list
         // is final.
         let members = self.store.merged_into(tenant, &root).await?;
-        for member in members {
-            let erased = self.erase_one(who, &member, reason).await?;
+        // The person's identities own implicit subjects of their own, which keep what the
+        // identity recorded before it was linked: once unlinked by the erasure, a check by
+        // the identity would read them (a grant made anonymously answering again for a
+        // person who asked to be erased). Those that hold anything are erased too.
+        let mut implicit = Vec::new();
+        for identity in &identities {
+            let id = consent_core::identity::implicit_subject_id(&identity.link.alias);
+            if id != root && !members.contains(&id) && self.holds_anything(tenant, &id).await? {
+                implicit.push(id);
+            }
+        }
+        for subject in members.iter().chain(&implicit) {
+            let erased = self.erase_one(who, subject, reason).await?;
             outcome.already_erased &= erased.already_erased;
             outcome.entries_erased += erased.entries_erased;
             outcome.items_due += erased.items_due;
@@ -652,6 +666,25 @@ impl Ledger {
             outcome.revision = outcome.revision.max(erased.revision);
         }
         Ok(outcome)
+    }
+
+    /// Whether the ledger holds anything about `subject_id`: a choice, a rights flag, or a
+    /// record (an erasure, a merge), by its current state and its entries.
+    async fn holds_anything(&self, tenant: &str, subject_id: &str) -> Result<bool> {
+        let state = self
+            .store
+            .subject_state(tenant, subject_id, None, Consistency::Full)
+            .await?;
+        if !state.entries.is_empty() || state.flags != SubjectFlags::default() {
+            return Ok(true);
+        }
+        let query = EventQuery {
+            subject_id: Some(subject_id.to_owned()),
+            limit: 1,
+            ..EventQuery::default()
+        };
+        Ok(!self.store.list_records(tenant, &query).await?.is_empty()
+            || !self.store.list_events(tenant, &query).await?.is_empty())
     }
 
     async fn erase_one(
