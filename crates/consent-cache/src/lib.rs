@@ -564,17 +564,20 @@ impl LedgerStore for CachedStore {
         idempotency: Option<&Idempotency>,
         fence: CacheFence,
     ) -> Result<AppendOutcome> {
-        let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
-        subjects.sort_unstable();
-        subjects.dedup();
-        let fence = self.before_write(tenant, &subjects, &[], fence).await;
-        let outcome = self
-            .inner
-            .append(tenant, events, idempotency, fence)
-            .await?;
-        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
-            .await;
-        Ok(outcome)
+        self.append_events(tenant, events, idempotency, fence, None)
+            .await
+    }
+
+    async fn append_by_identity(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+        idempotency: Option<&Idempotency>,
+        fence: CacheFence,
+        alias: &AliasKey,
+    ) -> Result<AppendOutcome> {
+        self.append_events(tenant, events, idempotency, fence, Some(alias))
+            .await
     }
 
     async fn append_flags(
@@ -815,6 +818,33 @@ impl LedgerStore for CachedStore {
 }
 
 impl CachedStore {
+    /// A consent write (named by `alias` when given: [`LedgerStore::append_by_identity`]),
+    /// with the written subjects' entries marked before it and tombstoned after.
+    async fn append_events(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+        idempotency: Option<&Idempotency>,
+        fence: CacheFence,
+        alias: Option<&AliasKey>,
+    ) -> Result<AppendOutcome> {
+        let mut subjects: Vec<&str> = events.iter().map(|e| e.subject_id.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let fence = self.before_write(tenant, &subjects, &[], fence).await;
+        let outcome = match alias {
+            Some(alias) => {
+                self.inner
+                    .append_by_identity(tenant, events, idempotency, fence, alias)
+                    .await
+            }
+            None => self.inner.append(tenant, events, idempotency, fence).await,
+        }?;
+        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
+            .await;
+        Ok(outcome)
+    }
+
     /// Before a write's commit: marks the subjects' entries as written-to, so that if the
     /// post-commit tombstone cannot be written the entries cost misses, not stale answers.
     /// Returns the fence the write must carry: if the cache cannot be told, the write fences

@@ -54,6 +54,11 @@ pub enum ConsentError {
     /// Maps to `RESOURCE_EXHAUSTED`.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A concurrent write changed what this one was planned against (the identity it names
+    /// was linked, unlinked or merged meanwhile); retrying the whole request is safe. Maps
+    /// to `ABORTED`.
+    #[error("{0}")]
+    Aborted(String),
     /// The store or cache cannot be reached; safe to retry. Maps to `UNAVAILABLE`.
     #[error("store unavailable: {0}")]
     Unavailable(String),

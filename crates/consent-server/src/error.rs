@@ -104,6 +104,7 @@ pub fn status(error: ConsentError) -> Status {
         ConsentError::ResourceExhausted(_) => {
             info(Code::ResourceExhausted, "RESOURCE_EXHAUSTED", vec![])
         }
+        ConsentError::Aborted(_) => info(Code::Aborted, "ABORTED", vec![]),
         ConsentError::Unavailable(detail) => {
             tracing::warn!(%detail, "store unavailable");
             info(Code::Unavailable, "STORE_UNAVAILABLE", vec![])

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use consent_core::access::{ApiKey, KEY_RANDOM_BYTES, Scope, issue_key};
 use consent_core::chain::VerifyReport;
 use consent_core::commands::{RecordConsent, WithdrawConsent};
+use consent_core::identity::SubjectRef;
 use consent_core::merges::GroupPast;
 use consent_core::{
     Catalog, ConsentError, NewRecord, PolicyVersion, Purpose, RecordKind, Result, Revision,
@@ -114,6 +115,54 @@ impl Settled {
 
 /// Records read per page when looking for a member's merge record.
 const RECORD_PAGE: usize = 200;
+
+/// Tries of a consent write by identity whose identity keeps moving (each resolves it
+/// again); past them the caller gets `ABORTED` and may send the request again.
+const IDENTITY_WRITE_TRIES: usize = 3;
+
+/// A consent write the ledger plans and appends ([`Ledger::write_consent`]).
+pub trait ConsentWrite: Send {
+    /// Names the subject written (and, for a write by identity, `identity:` and the alias
+    /// key, which its idempotency fingerprint takes instead of the subject).
+    fn name(&mut self, subject_id: String, named_by: String);
+    /// Checks the command's fields.
+    fn validate(&self, now: Timestamp) -> Result<()>;
+    /// The events to append.
+    fn plan(
+        &self,
+        catalog: &Catalog,
+        now: Timestamp,
+        actor_key_id: &str,
+    ) -> Result<Vec<consent_core::NewEvent>>;
+    /// Its idempotency key and fingerprint, if it has a key.
+    fn idempotency(&self) -> Option<consent_core::commands::Idempotency>;
+}
+
+macro_rules! consent_write {
+    ($command:ty) => {
+        impl ConsentWrite for $command {
+            fn name(&mut self, subject_id: String, named_by: String) {
+                (self.subject_id, self.named_by) = (subject_id, named_by);
+            }
+            fn validate(&self, now: Timestamp) -> Result<()> {
+                <$command>::validate(self, now)
+            }
+            fn plan(
+                &self,
+                catalog: &Catalog,
+                now: Timestamp,
+                actor_key_id: &str,
+            ) -> Result<Vec<consent_core::NewEvent>> {
+                <$command>::plan(self, catalog, now, actor_key_id)
+            }
+            fn idempotency(&self) -> Option<consent_core::commands::Idempotency> {
+                <$command>::idempotency(self)
+            }
+        }
+    };
+}
+consent_write!(RecordConsent);
+consent_write!(WithdrawConsent);
 
 /// Erasures of a group's root tried, when merges keep closing the root found first.
 const ERASE_TRIES: usize = 3;
@@ -224,46 +273,71 @@ impl Ledger {
         &self.store
     }
 
-    /// Records decisions (validated, checked against the catalogue, appended atomically).
-    pub async fn record(&self, who: &Principal, command: RecordConsent) -> Result<AppendOutcome> {
-        let now = Timestamp::now();
-        command.validate(now)?;
-        let catalog = self
-            .store
-            .catalog(&who.tenant_id, Consistency::Full)
-            .await?;
-        let events = command.plan(&catalog, now, &who.key_id)?;
-        self.store
-            .append(
-                &who.tenant_id,
-                &events,
-                command.idempotency().as_ref(),
-                CacheFence::None,
-            )
-            .await
-    }
-
-    /// Withdraws purposes, or every granted choice.
-    pub async fn withdraw(
+    /// Records decisions or withdraws choices (validated, checked against the catalogue,
+    /// appended atomically) for the person `subject` names. By identity, the identity is
+    /// resolved now and the store checks in the write's transaction that it still stands
+    /// for the subject written: a link, unlink or merge committed in between aborts the
+    /// write, which resolves the identity again (at most [`IDENTITY_WRITE_TRIES`] times).
+    pub async fn write_consent<C: ConsentWrite>(
         &self,
         who: &Principal,
-        command: WithdrawConsent,
+        subject: &SubjectRef,
+        mut command: C,
     ) -> Result<AppendOutcome> {
-        let now = Timestamp::now();
-        command.validate(now)?;
-        let catalog = self
-            .store
-            .catalog(&who.tenant_id, Consistency::Full)
-            .await?;
-        let events = command.plan(&catalog, now, &who.key_id)?;
-        self.store
-            .append(
-                &who.tenant_id,
-                &events,
-                command.idempotency().as_ref(),
-                CacheFence::None,
-            )
-            .await
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let alias = match subject {
+                SubjectRef::Id(id) => {
+                    command.name(id.clone(), String::new());
+                    None
+                }
+                SubjectRef::Identity(identity) => {
+                    let resolution = self.resolve(who, identity).await?;
+                    command.name(
+                        resolution.subject_id,
+                        format!("identity:{}", resolution.alias.to_hex()),
+                    );
+                    Some(resolution.alias)
+                }
+            };
+            let now = Timestamp::now();
+            command.validate(now)?;
+            let catalog = self
+                .store
+                .catalog(&who.tenant_id, Consistency::Full)
+                .await?;
+            let events = command.plan(&catalog, now, &who.key_id)?;
+            let idempotency = command.idempotency();
+            let written = match &alias {
+                Some(alias) => {
+                    self.store
+                        .append_by_identity(
+                            &who.tenant_id,
+                            &events,
+                            idempotency.as_ref(),
+                            CacheFence::None,
+                            alias,
+                        )
+                        .await
+                }
+                None => {
+                    self.store
+                        .append(
+                            &who.tenant_id,
+                            &events,
+                            idempotency.as_ref(),
+                            CacheFence::None,
+                        )
+                        .await
+                }
+            };
+            match written {
+                Err(ConsentError::Aborted(_))
+                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
+                other => return other,
+            }
+        }
     }
 
     /// The catalogue of the caller's tenant.
@@ -797,17 +871,17 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use consent_core::IdentityType;
     use consent_core::commands::new_event_id;
     use consent_core::{Channel, Decision, Evidence, LegalBasis, NewEvent, PurposeCategory};
     use consent_store::counting::CountingStore;
-    use consent_store::{CacheFence, CatalogStore, LedgerStore};
+    use consent_store::{CacheFence, CatalogStore, LedgerStore, NewLink};
 
     const HOUR: i64 = 3_600 * Timestamp::MICROS_PER_SECOND;
 
-    /// A batch with thousands of distinct as-of times for one subject reads its history once
-    /// (and its current state once), and answers each time as the history says.
-    #[tokio::test]
-    async fn a_batch_reads_each_history_once_whatever_the_times() -> Result<()> {
+    /// A SQLite ledger (counting its calls, in a directory kept while the guard lives) whose
+    /// tenant `t` has the purpose `analytics` and the policy version `v1`.
+    async fn seeded_store() -> Result<(Arc<CountingStore>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().map_err(|e| ConsentError::Internal(e.to_string()))?;
         let url = format!("sqlite://{}/ledger.db", dir.path().display());
         let sql = consent_store_sql::SqlStore::connect(&url, &Default::default()).await?;
@@ -842,6 +916,15 @@ mod tests {
                 },
             )
             .await?;
+        Ok((store, dir))
+    }
+
+    /// A batch with thousands of distinct as-of times for one subject reads its history once
+    /// (and its current state once), and answers each time as the history says.
+    #[tokio::test]
+    async fn a_batch_reads_each_history_once_whatever_the_times() -> Result<()> {
+        let (store, _dir) = seeded_store().await?;
+        let tenant = "t";
         // 200 choices an hour apart, alternating grant and withdrawal.
         let start = Timestamp::now().as_micros() - 300 * HOUR;
         let events: Vec<NewEvent> = (0..200)
@@ -904,6 +987,145 @@ mod tests {
         assert!(
             !checked[4_000].verdict.allowed,
             "now: the last choice withdrew"
+        );
+        Ok(())
+    }
+
+    /// A store that commits a link just before the next consent write reaches the ledger:
+    /// the race an outside attack found (a withdrawal by a cookie while the cookie was being
+    /// linked to an account), made deterministic.
+    struct LinksFirst {
+        inner: Arc<dyn Store>,
+        link: std::sync::Mutex<Option<(NewLink, NewRecord)>>,
+    }
+
+    impl std::fmt::Debug for LinksFirst {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("LinksFirst")
+        }
+    }
+
+    impl LinksFirst {
+        fn inner(&self) -> &dyn Store {
+            self.inner.as_ref()
+        }
+
+        async fn around<T: Send>(
+            &self,
+            method: &'static str,
+            call: impl std::future::Future<Output = Result<T>> + Send,
+        ) -> Result<T> {
+            let link = if method == "append" {
+                self.link.lock().ok().and_then(|mut l| l.take())
+            } else {
+                None
+            };
+            if let Some((link, record)) = link {
+                self.inner
+                    .link_identity("t", "acct", &link, record, CacheFence::None)
+                    .await?;
+            }
+            call.await
+        }
+    }
+
+    consent_store::store_proxy!(LinksFirst);
+
+    /// A withdrawal by a cookie resolved while the cookie was not linked, whose write comes
+    /// after the cookie's link to the account, lands on the account: the store aborts the
+    /// first try (the cookie no longer stands for its implicit subject) and the ledger
+    /// resolves it again. Without that, the account kept answering GRANTED.
+    #[tokio::test]
+    async fn a_withdrawal_by_identity_racing_a_link_lands_on_the_linked_subject() -> Result<()> {
+        let (seeded, _dir) = seeded_store().await?;
+        let racing = Arc::new(LinksFirst {
+            inner: seeded.clone(),
+            link: std::sync::Mutex::new(None),
+        });
+        let ledger = Ledger::new(racing.clone());
+        let who = Principal {
+            tenant_id: "t".into(),
+            key_id: String::new(),
+            scopes: consent_core::access::Scope::ALL.to_vec(),
+        };
+        let grant = NewEvent {
+            id: new_event_id(),
+            subject_id: "acct".into(),
+            purpose_id: "analytics".into(),
+            vendor_id: String::new(),
+            decision: Decision::Granted,
+            policy_version_id: "v1".into(),
+            channel: Channel::Web,
+            collected_at: Timestamp::now(),
+            expires_at: None,
+            evidence: Evidence::default(),
+            actor_key_id: String::new(),
+        };
+        seeded.append("t", &[grant], None, CacheFence::None).await?;
+        let cookie = consent_core::identity::Identity::parse(IdentityType::Cookie, "ck-race")
+            .map_err(ConsentError::Internal)?;
+        let alias = ledger.identity_key("t").await?.alias_key(&cookie);
+        let link = NewLink {
+            alias,
+            kind: IdentityType::Cookie,
+            value: cookie.stored_value().map(str::to_owned),
+        };
+        let record = NewRecord {
+            id: new_event_id(),
+            kind: RecordKind::IdentityLinked,
+            subject_id: "acct".into(),
+            purpose_id: String::new(),
+            at: Timestamp::now(),
+            detail: [
+                ("identity_type".to_owned(), "cookie".to_owned()),
+                ("alias_sha256".to_owned(), alias.to_hex()),
+            ]
+            .into(),
+            actor_key_id: String::new(),
+        };
+        // Resolved now: not linked, so its own subject.
+        assert_eq!(ledger.resolve(&who, &cookie).await?.link, None);
+        if let Ok(mut pending) = racing.link.lock() {
+            *pending = Some((link, record));
+        }
+        let withdrawal = WithdrawConsent {
+            subject_id: String::new(),
+            purpose_ids: vec!["analytics".into()],
+            channel: Some(Channel::Voice),
+            collected_at: None,
+            evidence: Evidence::default(),
+            idempotency_key: String::new(),
+            named_by: String::new(),
+        };
+        let written = ledger
+            .write_consent(&who, &SubjectRef::Identity(cookie), withdrawal)
+            .await?;
+        assert_eq!(
+            written
+                .events
+                .iter()
+                .map(|e| e.event.subject_id.as_str())
+                .collect::<Vec<_>>(),
+            ["acct"]
+        );
+        let account = seeded
+            .subject_state("t", "acct", None, Consistency::Full)
+            .await?;
+        assert_eq!(
+            account
+                .entries
+                .iter()
+                .map(|e| e.decision)
+                .collect::<Vec<_>>(),
+            [Decision::Withdrawn]
+        );
+        let implicit = consent_core::identity::implicit_subject_id(&alias);
+        let own = seeded
+            .subject_state("t", &implicit, None, Consistency::Full)
+            .await?;
+        assert!(
+            own.entries.is_empty(),
+            "nothing landed on the implicit subject"
         );
         Ok(())
     }

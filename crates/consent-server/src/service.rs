@@ -404,14 +404,13 @@ impl ConsentService for Api {
         let mut v = Violations::new();
         let r = request.into_inner();
         let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
-        let mut command = convert::record_in(&mut v, r);
+        let command = convert::record_in(&mut v, r);
         finish(v)?;
-        (command.subject_id, command.named_by) = self
+        let outcome = self
             .ledger
-            .written_subject(&who, validated_subject(subject)?)
+            .write_consent(&who, &validated_subject(subject)?, command)
             .await
             .map_err(status)?;
-        let outcome = self.ledger.record(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::RecordConsentResponse {
             events: events_out(&outcome),
@@ -427,14 +426,13 @@ impl ConsentService for Api {
         let mut v = Violations::new();
         let r = request.into_inner();
         let subject = convert::command_subject_in(&mut v, &r.subject_id, r.identity.as_ref());
-        let mut command = convert::withdraw_in(&mut v, r);
+        let command = convert::withdraw_in(&mut v, r);
         finish(v)?;
-        (command.subject_id, command.named_by) = self
+        let outcome = self
             .ledger
-            .written_subject(&who, validated_subject(subject)?)
+            .write_consent(&who, &validated_subject(subject)?, command)
             .await
             .map_err(status)?;
-        let outcome = self.ledger.withdraw(&who, command).await.map_err(status)?;
         self.committed(&who, outcome.revision);
         Ok(Response::new(pb::WithdrawConsentResponse {
             events: events_out(&outcome),

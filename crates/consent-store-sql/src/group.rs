@@ -22,6 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use consent_core::chain::seal;
 use consent_core::commands::Idempotency;
+use consent_core::identity::{AliasKey, implicit_subject_id};
 use consent_core::{ConsentError, ConsentEvent, NewEvent, Result, Revision, StateEntry, Timestamp};
 use consent_store::{AppendOutcome, CacheFence, Commit, LedgerHead, NamespaceTag};
 
@@ -37,6 +38,26 @@ pub(crate) struct PendingWrite {
     pub(crate) events: Vec<NewEvent>,
     pub(crate) idempotency: Option<Idempotency>,
     pub(crate) fence: CacheFence,
+    /// The identity the write named its person by (`LedgerStore::append_by_identity`):
+    /// checked in the transaction to still stand for the events' subject.
+    pub(crate) named_by: Option<AliasKey>,
+}
+
+impl PendingWrite {
+    /// A write of `events`, named by `named_by` when it is by identity.
+    pub(crate) fn of(
+        events: &[NewEvent],
+        idempotency: Option<&Idempotency>,
+        fence: CacheFence,
+        named_by: Option<AliasKey>,
+    ) -> PendingWrite {
+        PendingWrite {
+            events: events.to_vec(),
+            idempotency: idempotency.cloned(),
+            fence,
+            named_by,
+        }
+    }
 }
 
 /// A stored idempotency record.
@@ -89,6 +110,12 @@ pub(crate) trait BatchTx: Send {
         tenant: &str,
         subjects: &[String],
     ) -> Result<HashMap<String, String>>;
+    /// The subjects the identities `aliases` are linked to (an alias not linked is absent).
+    async fn links_among(
+        &mut self,
+        tenant: &str,
+        aliases: &[AliasKey],
+    ) -> Result<HashMap<AliasKey, String>>;
     /// The idempotency records among `keys` created after `live_after` (older ones expired).
     async fn find_keys(
         &mut self,
@@ -187,6 +214,7 @@ async fn write_in_one_transaction(
     let head = locked.head;
     let erased = erased_subjects(tx.as_mut(), tenant, &locked, writes).await?;
     let closed = closed_subjects(tx.as_mut(), tenant, &locked, writes).await?;
+    let links = identity_links(tx.as_mut(), tenant, writes).await?;
     let keys: Vec<&str> = writes
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|k| k.key.as_str()))
@@ -228,6 +256,26 @@ async fn write_in_one_transaction(
                 )))
             });
             continue;
+        }
+        // A write by identity whose identity moved since it was resolved (a link, unlink
+        // or merge committed meanwhile) would land on a subject the identity no longer
+        // stands for: the caller's withdrawal lost, or a grant on an account it left. It
+        // is aborted, to be resolved again.
+        if let Some(alias) = &write.named_by {
+            let stands_for = links
+                .get(alias)
+                .cloned()
+                .unwrap_or_else(|| implicit_subject_id(alias));
+            if write
+                .events
+                .iter()
+                .any(|e| e.subject_id != stands_for || closed.contains_key(&e.subject_id))
+            {
+                plans.push(Planned::Failed(ConsentError::Aborted(
+                    "the identity this write names was linked, unlinked or merged while it was written, and now stands for another subject; send the request again".into(),
+                )));
+                continue;
+            }
         }
         // After the replays: a write acknowledged before the merge was carried into the
         // subject merged into, and its retry gets its answer; a new one is refused.
@@ -368,6 +416,22 @@ async fn closed_subjects(
     subjects.sort_unstable();
     subjects.dedup();
     tx.merged_among(tenant, &subjects).await
+}
+
+/// Where the identities that `writes` were named by stand now (none looked up when no
+/// write was by identity).
+async fn identity_links(
+    tx: &mut dyn BatchTx,
+    tenant: &str,
+    writes: &[PendingWrite],
+) -> Result<HashMap<AliasKey, String>> {
+    let mut aliases: Vec<AliasKey> = writes.iter().filter_map(|w| w.named_by).collect();
+    if aliases.is_empty() {
+        return Ok(HashMap::new());
+    }
+    aliases.sort_unstable();
+    aliases.dedup();
+    tx.links_among(tenant, &aliases).await
 }
 
 fn duration_micros(d: Duration) -> i64 {
@@ -581,6 +645,7 @@ mod tests {
                 events: vec![e; events],
                 idempotency: None,
                 fence: CacheFence::None,
+                named_by: None,
             },
             reply: oneshot::channel().0,
         }

@@ -425,6 +425,35 @@ impl BatchTx for PgTx {
             .collect()
     }
 
+    async fn links_among(
+        &mut self,
+        tenant: &str,
+        aliases: &[consent_core::identity::AliasKey],
+    ) -> Result<HashMap<consent_core::identity::AliasKey, String>> {
+        let keys: Vec<Vec<u8>> = aliases.iter().map(|a| a.0.to_vec()).collect();
+        let rows = sqlx::query(
+            "SELECT alias_key, subject_id FROM subject_identities \
+             WHERE tenant_id = $1 AND alias_key = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(keys)
+        .fetch_all(&mut *self.0)
+        .await
+        .map_err(db)?;
+        rows.iter()
+            .map(|row| {
+                let alias: Vec<u8> = row.try_get(0).map_err(db)?;
+                Ok((
+                    consent_core::identity::AliasKey(hash32(
+                        &alias,
+                        "subject_identities.alias_key",
+                    )?),
+                    row.try_get(1).map_err(db)?,
+                ))
+            })
+            .collect()
+    }
+
     async fn find_keys(
         &mut self,
         tenant: &str,
@@ -667,6 +696,19 @@ impl<'a> EventColumns<'a> {
     }
 }
 
+/// A write for the group commit, its event ids checked (the column is a UUID).
+fn checked_write(
+    events: &[NewEvent],
+    idempotency: Option<&consent_core::commands::Idempotency>,
+    fence: CacheFence,
+    named_by: Option<consent_core::identity::AliasKey>,
+) -> Result<PendingWrite> {
+    for event in events {
+        event_uuid(&event.id)?;
+    }
+    Ok(PendingWrite::of(events, idempotency, fence, named_by))
+}
+
 #[async_trait]
 impl LedgerStore for PgStore {
     async fn append(
@@ -676,19 +718,20 @@ impl LedgerStore for PgStore {
         idempotency: Option<&consent_core::commands::Idempotency>,
         fence: CacheFence,
     ) -> Result<AppendOutcome> {
-        for event in events {
-            event_uuid(&event.id)?;
-        }
-        self.group
-            .append(
-                tenant,
-                PendingWrite {
-                    events: events.to_vec(),
-                    idempotency: idempotency.cloned(),
-                    fence,
-                },
-            )
-            .await
+        let write = checked_write(events, idempotency, fence, None)?;
+        self.group.append(tenant, write).await
+    }
+
+    async fn append_by_identity(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+        idempotency: Option<&consent_core::commands::Idempotency>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<AppendOutcome> {
+        let write = checked_write(events, idempotency, fence, Some(*alias))?;
+        self.group.append(tenant, write).await
     }
 
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>> {

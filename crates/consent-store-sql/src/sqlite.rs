@@ -483,6 +483,36 @@ impl BatchTx for SqliteTx {
             .collect()
     }
 
+    async fn links_among(
+        &mut self,
+        tenant: &str,
+        aliases: &[consent_core::identity::AliasKey],
+    ) -> Result<HashMap<consent_core::identity::AliasKey, String>> {
+        let mut found = HashMap::new();
+        for chunk in aliases.chunks(ROWS_PER_INSERT) {
+            let mut sql: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT alias_key, subject_id FROM subject_identities WHERE tenant_id = ",
+            );
+            sql.push_bind(tenant).push(" AND alias_key IN (");
+            let mut list = sql.separated(", ");
+            for alias in chunk {
+                list.push_bind(alias.0.to_vec());
+            }
+            sql.push(")");
+            for row in sql.build().fetch_all(&mut *self.0).await.map_err(db)? {
+                let alias: Vec<u8> = row.try_get(0).map_err(db)?;
+                found.insert(
+                    consent_core::identity::AliasKey(hash32(
+                        &alias,
+                        "subject_identities.alias_key",
+                    )?),
+                    row.try_get(1).map_err(db)?,
+                );
+            }
+        }
+        Ok(found)
+    }
+
     async fn find_keys(
         &mut self,
         tenant: &str,
@@ -693,15 +723,20 @@ impl LedgerStore for SqliteStore {
         fence: CacheFence,
     ) -> Result<AppendOutcome> {
         self.group
-            .append(
-                tenant,
-                PendingWrite {
-                    events: events.to_vec(),
-                    idempotency: idempotency.cloned(),
-                    fence,
-                },
-            )
+            .append(tenant, PendingWrite::of(events, idempotency, fence, None))
             .await
+    }
+
+    async fn append_by_identity(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+        idempotency: Option<&consent_core::commands::Idempotency>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<AppendOutcome> {
+        let write = PendingWrite::of(events, idempotency, fence, Some(*alias));
+        self.group.append(tenant, write).await
     }
 
     async fn cache_fences(&self, after: i64) -> Result<Vec<FenceRecord>> {

@@ -97,6 +97,7 @@ macro_rules! store_conformance_suite {
             identities_are_tenant_scoped,
             erasure_drops_the_subjects_identities,
             a_subject_holds_a_bounded_number_of_identities,
+            a_write_by_identity_lands_where_the_identity_stands_at_commit,
             a_merge_keeps_every_withdrawal,
             a_merged_subject_is_closed,
             carrying_choices_merges_the_implicit_subject,

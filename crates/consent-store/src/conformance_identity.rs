@@ -317,3 +317,68 @@ pub async fn a_subject_holds_a_bounded_number_of_identities(store: &Arc<dyn Stor
     ok(unlink(store, &t, "acct-1", &links[0]).await);
     ok(link(store, &t, "acct-1", &links[max]).await);
 }
+
+/// A write by identity commits only where its identity stands in the write's transaction:
+/// its implicit subject while it is not linked, the subject it is linked to after. A write
+/// resolved before a link or unlink (so naming the subject the identity no longer stands
+/// for) is `Aborted` and writes nothing; a write by id is not checked.
+pub async fn a_write_by_identity_lands_where_the_identity_stands_at_commit(store: &Arc<dyn Store>) {
+    let t = tenant_that_wrote(store).await;
+    let cookie = link_of(store, &t, IdentityType::Cookie, "ck-race").await;
+    let implicit = consent_core::identity::implicit_subject_id(&cookie.alias);
+    let by_cookie = |subject: &str, decision: Decision| {
+        let events = vec![event(subject, "analytics", "", decision, day(3))];
+        let (store, t, alias) = (Arc::clone(store), t.clone(), cookie.alias);
+        async move {
+            store
+                .append_by_identity(&t, &events, None, CacheFence::None, &alias)
+                .await
+        }
+    };
+    let aborted = |r: consent_core::Result<crate::AppendOutcome>, what: &str| match r {
+        Err(ConsentError::Aborted(_)) => {}
+        other => panic!("{what}: expected Aborted, got {other:?}"),
+    };
+
+    // Not linked: its own subject, and nothing else.
+    let head = ok(store.head(&t).await).revision;
+    ok(by_cookie(&implicit, Decision::Granted).await);
+    aborted(
+        by_cookie("acct-1", Decision::Granted).await,
+        "unlinked, to an account",
+    );
+    assert_eq!(
+        ok(store.head(&t).await).revision,
+        head + 1,
+        "the aborted write wrote nothing"
+    );
+
+    // Linked meanwhile: a withdrawal resolved before the link is aborted, not lost on the
+    // implicit subject; resolved again, it lands on the account.
+    ok(link(store, &t, "acct-1", &cookie).await);
+    aborted(
+        by_cookie(&implicit, Decision::Withdrawn).await,
+        "resolved before the link",
+    );
+    ok(by_cookie("acct-1", Decision::Withdrawn).await);
+
+    // Unlinked meanwhile: a grant resolved before the unlink never reaches the account.
+    ok(unlink(store, &t, "acct-1", &cookie).await);
+    aborted(
+        by_cookie("acct-1", Decision::Granted).await,
+        "resolved before the unlink",
+    );
+    ok(by_cookie(&implicit, Decision::Granted).await);
+    let account = ok(store
+        .subject_state(&t, "acct-1", None, crate::Consistency::Full)
+        .await);
+    assert_eq!(
+        account
+            .entries
+            .iter()
+            .map(|e| e.decision)
+            .collect::<Vec<_>>(),
+        [Decision::Withdrawn],
+        "the account holds the withdrawal made while linked, and no later grant"
+    );
+}

@@ -292,6 +292,21 @@ pub trait LedgerStore: Send + Sync {
         fence: CacheFence,
     ) -> Result<AppendOutcome>;
 
+    /// Appends as [`LedgerStore::append`] does the events of a write that named its person by
+    /// the identity `alias` (all of one subject), if that identity still stands for their
+    /// subject in the write's transaction: linked to it, or, for the identity's implicit
+    /// subject, linked to none. Otherwise (a link, unlink or merge committed since the
+    /// identity was resolved, or the subject was closed by a merge) `Aborted`: resolve it
+    /// again and retry. A replay of the same idempotency key is answered first.
+    async fn append_by_identity(
+        &self,
+        tenant: &str,
+        events: &[NewEvent],
+        idempotency: Option<&Idempotency>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<AppendOutcome>;
+
     /// Appends ledger records that change `subject_id`'s flags (restriction, objections,
     /// GPC: kinds for which `SubjectFlags::concerns` holds) and moves the subject's flags, in
     /// one transaction after the tenant's head, fencing as [`LedgerStore::append`] does.

@@ -75,6 +75,21 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn append_by_identity(
+                &self,
+                tenant: &str,
+                events: &[consent_core::NewEvent],
+                idempotency: Option<&consent_core::commands::Idempotency>,
+                fence: $crate::CacheFence,
+                alias: &consent_core::identity::AliasKey,
+            ) -> consent_core::Result<$crate::AppendOutcome> {
+                self.around(
+                    "append",
+                    self.inner()
+                        .append_by_identity(tenant, events, idempotency, fence, alias),
+                )
+                .await
+            }
             async fn append_flags(
                 &self,
                 tenant: &str,
