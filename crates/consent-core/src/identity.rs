@@ -57,6 +57,20 @@ impl Identity {
     /// Normalises `raw` as an identity of type `kind`; the error says which rule it breaks
     /// (for an `INVALID_ARGUMENT` naming the field) without repeating the value.
     pub fn parse(kind: IdentityType, raw: &str) -> Result<Identity, String> {
+        // Checked as sent, before any trimming: the bound and the characters hold for the
+        // whole value (half a megabyte of spaces around an address, or a line break after a
+        // number, is refused, not cut away).
+        if raw.len() > MAX_ID_BYTES {
+            return Err(format!(
+                "must be at most {MAX_ID_BYTES} bytes as sent, got {}",
+                raw.len()
+            ));
+        }
+        if raw.chars().any(|c| c.is_control() || is_invisible(c)) {
+            return Err(
+                "must not contain control characters or characters that show nothing (spaces other than the ASCII space among them)".into(),
+            );
+        }
         let value = match kind {
             IdentityType::Phone => normalise_phone(raw)?,
             IdentityType::Email => normalise_email(raw)?,
@@ -315,6 +329,29 @@ mod tests {
 
     fn parsed(kind: IdentityType, value: &str) -> Identity {
         Identity::parse(kind, value).unwrap_or_else(|e| panic!("{value}: {e}"))
+    }
+
+    /// Found by an outside attack: the bound and the characters were checked after trimming,
+    /// so half a megabyte of spaces around an email, or a line break after a phone number,
+    /// was accepted.
+    #[test]
+    fn values_are_checked_as_sent_before_they_are_trimmed() {
+        let padded = format!("{}a@example.com", " ".repeat(500_000));
+        for (kind, value) in [
+            (IdentityType::Email, padded.as_str()),
+            (IdentityType::Email, "a@example.com\n"),
+            (IdentityType::Phone, "+32 470 12 34 56\t"),
+            (IdentityType::Phone, "\r+32 470 12 34 56"),
+            (IdentityType::Phone, "+32 470 12 34 56\u{2028}"),
+            (IdentityType::Phone, "+32 470 12 34 56\u{85}"),
+            (IdentityType::Cookie, "ck\u{200b}"),
+        ] {
+            assert!(Identity::parse(kind, value).is_err(), "{kind:?} {value:?}");
+        }
+        assert_eq!(
+            parsed(IdentityType::Email, " A@Example.com ").normalised_value(),
+            "a@example.com"
+        );
     }
 
     #[test]
