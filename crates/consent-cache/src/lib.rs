@@ -587,16 +587,20 @@ impl LedgerStore for CachedStore {
         records: Vec<NewRecord>,
         fence: CacheFence,
     ) -> Result<FlagsOutcome> {
-        // Flags are part of the subject's cached state: the same coherence as a consent write.
-        let subjects = [subject_id];
-        let fence = self.before_write(tenant, &subjects, &[], fence).await;
-        let outcome = self
-            .inner
-            .append_flags(tenant, subject_id, records, fence)
-            .await?;
-        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
-            .await;
-        Ok(outcome)
+        self.flags_write(tenant, subject_id, records, fence, None)
+            .await
+    }
+
+    async fn append_flags_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+        alias: &AliasKey,
+    ) -> Result<FlagsOutcome> {
+        self.flags_write(tenant, subject_id, records, fence, Some(alias))
+            .await
     }
 
     async fn erase_subject(
@@ -839,6 +843,35 @@ impl CachedStore {
                     .await
             }
             None => self.inner.append(tenant, events, idempotency, fence).await,
+        }?;
+        self.after_write(tenant, &subjects, &[], fence, outcome.revision)
+            .await;
+        Ok(outcome)
+    }
+
+    /// A write of a subject's flags (named by `alias` when given), with the coherence of a
+    /// consent write: flags are part of the subject's cached state.
+    async fn flags_write(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+        alias: Option<&AliasKey>,
+    ) -> Result<FlagsOutcome> {
+        let subjects = [subject_id];
+        let fence = self.before_write(tenant, &subjects, &[], fence).await;
+        let outcome = match alias {
+            Some(alias) => {
+                self.inner
+                    .append_flags_by_identity(tenant, subject_id, records, fence, alias)
+                    .await
+            }
+            None => {
+                self.inner
+                    .append_flags(tenant, subject_id, records, fence)
+                    .await
+            }
         }?;
         self.after_write(tenant, &subjects, &[], fence, outcome.revision)
             .await;

@@ -104,26 +104,6 @@ impl Ledger {
         }
     }
 
-    /// The subject a write names and how it named it: for an identity, `identity:` and its
-    /// alias key (what a retry's fingerprint must match whatever the identity resolves to
-    /// later), else empty.
-    pub async fn written_subject(
-        &self,
-        who: &Principal,
-        subject: SubjectRef,
-    ) -> Result<(String, String)> {
-        match subject {
-            SubjectRef::Id(id) => Ok((id, String::new())),
-            SubjectRef::Identity(identity) => {
-                let resolution = self.resolve(who, &identity).await?;
-                Ok((
-                    resolution.subject_id,
-                    format!("identity:{}", resolution.alias.to_hex()),
-                ))
-            }
-        }
-    }
-
     /// The subjects requests name, in order (each identity resolved once).
     pub async fn subjects_of(
         &self,

@@ -287,20 +287,9 @@ impl Ledger {
         let mut tries = 0;
         loop {
             tries += 1;
-            let alias = match subject {
-                SubjectRef::Id(id) => {
-                    command.name(id.clone(), String::new());
-                    None
-                }
-                SubjectRef::Identity(identity) => {
-                    let resolution = self.resolve(who, identity).await?;
-                    command.name(
-                        resolution.subject_id,
-                        format!("identity:{}", resolution.alias.to_hex()),
-                    );
-                    Some(resolution.alias)
-                }
-            };
+            let (subject_id, alias) = self.named_subject(who, subject).await?;
+            let named_by = alias.map_or_else(String::new, |a| format!("identity:{}", a.to_hex()));
+            command.name(subject_id, named_by);
             let now = Timestamp::now();
             command.validate(now)?;
             let catalog = self
@@ -621,7 +610,47 @@ impl Ledger {
     pub async fn exercise(
         &self,
         who: &Principal,
+        subject: &SubjectRef,
+        request: &RightsRequest,
+        reason: &str,
+    ) -> Result<FlagsOutcome> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (subject_id, alias) = self.named_subject(who, subject).await?;
+            match self
+                .exercise_on(who, &subject_id, alias.as_ref(), request, reason)
+                .await
+            {
+                Err(ConsentError::Aborted(_))
+                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// The subject `subject` names and, when by identity, the identity's alias key (the
+    /// store checks in the write's transaction that it still stands for that subject).
+    async fn named_subject(
+        &self,
+        who: &Principal,
+        subject: &SubjectRef,
+    ) -> Result<(String, Option<consent_core::identity::AliasKey>)> {
+        match subject {
+            SubjectRef::Id(id) => Ok((id.clone(), None)),
+            SubjectRef::Identity(identity) => {
+                let resolution = self.resolve(who, identity).await?;
+                Ok((resolution.subject_id, Some(resolution.alias)))
+            }
+        }
+    }
+
+    /// [`Ledger::exercise`] on `subject_id`, named by `alias` when by identity.
+    async fn exercise_on(
+        &self,
+        who: &Principal,
         subject_id: &str,
+        alias: Option<&consent_core::identity::AliasKey>,
         request: &RightsRequest,
         reason: &str,
     ) -> Result<FlagsOutcome> {
@@ -666,9 +695,24 @@ impl Ledger {
             RightsRequest::Gpc(true) => vec![record(RecordKind::GpcSet, "")],
             RightsRequest::Gpc(false) => vec![record(RecordKind::GpcCleared, "")],
         };
-        self.store
-            .append_flags(&who.tenant_id, subject_id, records, CacheFence::None)
-            .await
+        match alias {
+            Some(alias) => {
+                self.store
+                    .append_flags_by_identity(
+                        &who.tenant_id,
+                        subject_id,
+                        records,
+                        CacheFence::None,
+                        alias,
+                    )
+                    .await
+            }
+            None => {
+                self.store
+                    .append_flags(&who.tenant_id, subject_id, records, CacheFence::None)
+                    .await
+            }
+        }
     }
 
     /// Erases a subject (Art. 17; see `LedgerStore::erase_subject`) with the subjects a

@@ -69,14 +69,9 @@ impl Api {
         request: RightsRequest,
         reason: &str,
     ) -> Result<pb::RightsChange, Status> {
-        let (subject_id, _) = self
-            .ledger()
-            .written_subject(who, subject)
-            .await
-            .map_err(status)?;
         let outcome = self
             .ledger()
-            .exercise(who, &subject_id, &request, reason)
+            .exercise(who, &subject, &request, reason)
             .await
             .map_err(status)?;
         self.committed(who, outcome.revision);

@@ -101,3 +101,11 @@ pub(crate) fn merged_error(subject_id: &str, into: &str) -> ConsentError {
         "subject_id `{subject_id}` was merged into `{into}` (one person under two ids): it is closed, write to `{into}` instead"
     ))
 }
+
+/// The refusal of a write by identity whose identity no longer stands for the subject it
+/// was resolved to (a link, unlink or merge committed since): resolve it again and retry.
+pub(crate) fn identity_moved() -> ConsentError {
+    ConsentError::Aborted(
+        "the identity this write names was linked, unlinked or merged while it was written, and now stands for another subject; send the request again".into(),
+    )
+}

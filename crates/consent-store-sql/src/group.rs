@@ -271,9 +271,7 @@ async fn write_in_one_transaction(
                 .iter()
                 .any(|e| e.subject_id != stands_for || closed.contains_key(&e.subject_id))
             {
-                plans.push(Planned::Failed(ConsentError::Aborted(
-                    "the identity this write names was linked, unlinked or merged while it was written, and now stands for another subject; send the request again".into(),
-                )));
+                plans.push(Planned::Failed(crate::errors::identity_moved()));
                 continue;
             }
         }

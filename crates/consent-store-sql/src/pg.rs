@@ -826,7 +826,20 @@ impl LedgerStore for PgStore {
         records: Vec<NewRecord>,
         fence: CacheFence,
     ) -> Result<FlagsOutcome> {
-        self.flags_append(tenant, subject_id, records, fence).await
+        self.flags_append(tenant, subject_id, records, fence, None)
+            .await
+    }
+
+    async fn append_flags_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<FlagsOutcome> {
+        self.flags_append(tenant, subject_id, records, fence, Some(alias))
+            .await
     }
 
     async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {

@@ -710,6 +710,7 @@ macro_rules! sql_retention_store {
                 subject_id: &str,
                 records: Vec<NewRecord>,
                 fence: CacheFence,
+                named_by: Option<&consent_core::identity::AliasKey>,
             ) -> Result<FlagsOutcome> {
                 if let Some(r) = records.iter().find(|r| {
                     !SubjectFlags::concerns(r.kind) || r.subject_id != subject_id
@@ -725,6 +726,26 @@ macro_rules! sql_retention_store {
                 // subject serialise on it, so each reads the flags the previous one left.
                 let locked = lock_head(&mut tx, tenant, now).await?;
                 let head = locked.head.revision;
+                // Named by an identity: it must still stand for the subject (a link, unlink
+                // or merge since it was resolved aborts the write, to be resolved again).
+                if let Some(alias) = named_by {
+                    let linked: Option<String> = sqlx::query_scalar(
+                        "SELECT subject_id FROM subject_identities \
+                         WHERE tenant_id = $1 AND alias_key = $2",
+                    )
+                    .bind(tenant)
+                    .bind(alias.0.as_slice())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    let stands_for = linked
+                        .unwrap_or_else(|| consent_core::identity::implicit_subject_id(alias));
+                    if stands_for != subject_id
+                        || closed_into(&mut tx, tenant, &locked, subject_id).await?.is_some()
+                    {
+                        return Err(crate::errors::identity_moved());
+                    }
+                }
                 refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
                 let mut flags = flags_in(&mut tx, tenant, subject_id).await?;
                 let effective: Vec<NewRecord> = records

@@ -830,7 +830,20 @@ impl LedgerStore for SqliteStore {
         records: Vec<NewRecord>,
         fence: CacheFence,
     ) -> Result<FlagsOutcome> {
-        self.flags_append(tenant, subject_id, records, fence).await
+        self.flags_append(tenant, subject_id, records, fence, None)
+            .await
+    }
+
+    async fn append_flags_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<FlagsOutcome> {
+        self.flags_append(tenant, subject_id, records, fence, Some(alias))
+            .await
     }
 
     async fn list_records(&self, tenant: &str, query: &EventQuery) -> Result<Vec<StoredRecord>> {

@@ -361,6 +361,39 @@ pub async fn a_write_by_identity_lands_where_the_identity_stands_at_commit(store
         "resolved before the link",
     );
     ok(by_cookie("acct-1", Decision::Withdrawn).await);
+    // Rights by identity likewise: a restriction resolved before the link is aborted.
+    let restrict = |subject: &str| {
+        let record = NewRecord {
+            id: new_event_id(),
+            kind: RecordKind::ProcessingRestricted,
+            subject_id: subject.into(),
+            purpose_id: String::new(),
+            at: day(3),
+            detail: Default::default(),
+            actor_key_id: String::new(),
+        };
+        let (store, t, subject, alias) = (
+            Arc::clone(store),
+            t.clone(),
+            subject.to_owned(),
+            cookie.alias,
+        );
+        async move {
+            store
+                .append_flags_by_identity(&t, &subject, vec![record], CacheFence::None, &alias)
+                .await
+        }
+    };
+    match restrict(&implicit).await {
+        Err(ConsentError::Aborted(_)) => {}
+        other => panic!("a restriction resolved before the link: expected Aborted, got {other:?}"),
+    }
+    assert!(
+        ok(restrict("acct-1").await)
+            .flags
+            .restricted_since
+            .is_some()
+    );
 
     // Unlinked meanwhile: a grant resolved before the unlink never reaches the account.
     ok(unlink(store, &t, "acct-1", &cookie).await);

@@ -319,6 +319,19 @@ pub trait LedgerStore: Send + Sync {
         fence: CacheFence,
     ) -> Result<FlagsOutcome>;
 
+    /// Appends as [`LedgerStore::append_flags`] does the flag records of a request that
+    /// named its person by the identity `alias`, if that identity still stands for
+    /// `subject_id` in the write's transaction (as [`LedgerStore::append_by_identity`]
+    /// checks); otherwise `Aborted`.
+    async fn append_flags_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        records: Vec<NewRecord>,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<FlagsOutcome>;
+
     /// Erases `subject_id` (Art. 17) in one transaction after the tenant's head: appends
     /// `record` (kind `SubjectErased`; the store writes the subject's erased id in place of
     /// its subject), replaces the subject id on every entry of the chain by the digest the

@@ -104,6 +104,21 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn append_flags_by_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                records: Vec<consent_core::NewRecord>,
+                fence: $crate::CacheFence,
+                alias: &consent_core::identity::AliasKey,
+            ) -> consent_core::Result<$crate::FlagsOutcome> {
+                self.around(
+                    "append_flags",
+                    self.inner()
+                        .append_flags_by_identity(tenant, subject_id, records, fence, alias),
+                )
+                .await
+            }
             async fn erase_subject(
                 &self,
                 tenant: &str,
