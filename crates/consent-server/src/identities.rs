@@ -141,10 +141,33 @@ impl Ledger {
     ) -> Result<Linked> {
         let link = self.new_link(who, identity).await?;
         let tenant = who.tenant_id.as_str();
-        let standing = self.store().resolve_identity(tenant, &link.alias).await?;
+        let resolution = self
+            .store()
+            .resolve_identity_at(tenant, &link.alias)
+            .await?;
+        let standing = resolution.link;
         let merge_from = match &standing {
             Some(linked) if how.merge && linked.subject_id != subject_id => {
                 Some((linked.subject_id.clone(), MergeVia::Linked(link.alias)))
+            }
+            // Carrying was asked, and the identity stands linked: a plain link must not be
+            // sent, since an unlink committed before it would let it link without carrying
+            // (an outside attack lost a withdrawal that way). Linked here: nothing to do, as
+            // of this read; linked elsewhere: refused, as the store would.
+            Some(linked) if how.carry_choices => {
+                if linked.subject_id != subject_id {
+                    return Err(ConsentError::FailedPrecondition(format!(
+                        "the {} identity is already linked to subject `{}`: unlink it from that subject first (an identity stands for one subject), or link it with merge if both subjects are the same person",
+                        linked.link.kind.as_str(),
+                        linked.subject_id
+                    )));
+                }
+                return Ok(Linked {
+                    already_linked: true,
+                    identity: linked.clone(),
+                    revision: resolution.revision,
+                    merged_from: None,
+                });
             }
             None if how.carry_choices => {
                 let own = implicit_subject_id(&link.alias);

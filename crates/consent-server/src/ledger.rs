@@ -919,7 +919,7 @@ mod tests {
     use consent_core::commands::new_event_id;
     use consent_core::{Channel, Decision, Evidence, LegalBasis, NewEvent, PurposeCategory};
     use consent_store::counting::CountingStore;
-    use consent_store::{CacheFence, CatalogStore, LedgerStore, NewLink};
+    use consent_store::{CacheFence, CatalogStore, IdentityStore as _, LedgerStore, NewLink};
 
     const HOUR: i64 = 3_600 * Timestamp::MICROS_PER_SECOND;
 
@@ -1035,21 +1035,40 @@ mod tests {
         Ok(())
     }
 
-    /// A store that commits a link just before the next consent write reaches the ledger:
-    /// the race an outside attack found (a withdrawal by a cookie while the cookie was being
-    /// linked to an account), made deterministic.
-    struct LinksFirst {
+    /// A write committed by another caller.
+    type Interloper =
+        Box<dyn FnOnce(Arc<dyn Store>) -> futures::future::BoxFuture<'static, Result<()>> + Send>;
+
+    /// A store that lets another caller's write commit just before the next call of one
+    /// method reaches the ledger: the races outside attacks found, made deterministic.
+    struct Interposed {
         inner: Arc<dyn Store>,
-        link: std::sync::Mutex<Option<(NewLink, NewRecord)>>,
+        method: &'static str,
+        interloper: std::sync::Mutex<Option<Interloper>>,
     }
 
-    impl std::fmt::Debug for LinksFirst {
+    impl std::fmt::Debug for Interposed {
         fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("LinksFirst")
+            f.write_str("Interposed")
         }
     }
 
-    impl LinksFirst {
+    impl Interposed {
+        fn new(inner: Arc<dyn Store>, method: &'static str) -> Arc<Interposed> {
+            Arc::new(Interposed {
+                inner,
+                method,
+                interloper: std::sync::Mutex::new(None),
+            })
+        }
+
+        /// `write` commits before the next call of the method.
+        fn before_next(&self, write: Interloper) {
+            if let Ok(mut slot) = self.interloper.lock() {
+                *slot = Some(write);
+            }
+        }
+
         fn inner(&self) -> &dyn Store {
             self.inner.as_ref()
         }
@@ -1059,21 +1078,36 @@ mod tests {
             method: &'static str,
             call: impl std::future::Future<Output = Result<T>> + Send,
         ) -> Result<T> {
-            let link = if method == "append" {
-                self.link.lock().ok().and_then(|mut l| l.take())
+            let interloper = if method == self.method {
+                self.interloper.lock().ok().and_then(|mut l| l.take())
             } else {
                 None
             };
-            if let Some((link, record)) = link {
-                self.inner
-                    .link_identity("t", "acct", &link, record, CacheFence::None)
-                    .await?;
+            if let Some(write) = interloper {
+                write(Arc::clone(&self.inner)).await?;
             }
             call.await
         }
     }
 
-    consent_store::store_proxy!(LinksFirst);
+    consent_store::store_proxy!(Interposed);
+
+    /// The link record of `link` to `subject`.
+    fn link_record_of(kind: RecordKind, subject: &str, link: &NewLink) -> NewRecord {
+        NewRecord {
+            id: new_event_id(),
+            kind,
+            subject_id: subject.into(),
+            purpose_id: String::new(),
+            at: Timestamp::now(),
+            detail: [
+                ("identity_type".to_owned(), link.kind.as_str().to_owned()),
+                ("alias_sha256".to_owned(), link.alias.to_hex()),
+            ]
+            .into(),
+            actor_key_id: String::new(),
+        }
+    }
 
     /// A withdrawal by a cookie resolved while the cookie was not linked, whose write comes
     /// after the cookie's link to the account, lands on the account: the store aborts the
@@ -1082,10 +1116,7 @@ mod tests {
     #[tokio::test]
     async fn a_withdrawal_by_identity_racing_a_link_lands_on_the_linked_subject() -> Result<()> {
         let (seeded, _dir) = seeded_store().await?;
-        let racing = Arc::new(LinksFirst {
-            inner: seeded.clone(),
-            link: std::sync::Mutex::new(None),
-        });
+        let racing = Interposed::new(seeded.clone(), "append");
         let ledger = Ledger::new(racing.clone());
         let who = Principal {
             tenant_id: "t".into(),
@@ -1114,24 +1145,17 @@ mod tests {
             kind: IdentityType::Cookie,
             value: cookie.stored_value().map(str::to_owned),
         };
-        let record = NewRecord {
-            id: new_event_id(),
-            kind: RecordKind::IdentityLinked,
-            subject_id: "acct".into(),
-            purpose_id: String::new(),
-            at: Timestamp::now(),
-            detail: [
-                ("identity_type".to_owned(), "cookie".to_owned()),
-                ("alias_sha256".to_owned(), alias.to_hex()),
-            ]
-            .into(),
-            actor_key_id: String::new(),
-        };
         // Resolved now: not linked, so its own subject.
         assert_eq!(ledger.resolve(&who, &cookie).await?.link, None);
-        if let Ok(mut pending) = racing.link.lock() {
-            *pending = Some((link, record));
-        }
+        racing.before_next(Box::new(move |store| {
+            Box::pin(async move {
+                let record = link_record_of(RecordKind::IdentityLinked, "acct", &link);
+                store
+                    .link_identity("t", "acct", &link, record, CacheFence::None)
+                    .await
+                    .map(drop)
+            })
+        }));
         let withdrawal = WithdrawConsent {
             subject_id: String::new(),
             purpose_ids: vec!["analytics".into()],
@@ -1170,6 +1194,100 @@ mod tests {
         assert!(
             own.entries.is_empty(),
             "nothing landed on the implicit subject"
+        );
+        Ok(())
+    }
+
+    /// A link asking to carry the identity's choices, while an unlink of the identity from
+    /// another subject commits between its lookup and its write, never links without
+    /// carrying: it is refused (the identity stood linked when read), and sent again it
+    /// carries. An outside attack got the plain link, and the identity's own withdrawal
+    /// stayed behind while a check by it answered GRANTED.
+    #[tokio::test]
+    async fn a_carry_racing_an_unlink_is_never_a_plain_link() -> Result<()> {
+        let (seeded, _dir) = seeded_store().await?;
+        let racing = Interposed::new(seeded.clone(), "link_identity");
+        let ledger = Ledger::new(racing.clone());
+        let who = Principal {
+            tenant_id: "t".into(),
+            key_id: String::new(),
+            scopes: consent_core::access::Scope::ALL.to_vec(),
+        };
+        let cookie = consent_core::identity::Identity::parse(IdentityType::Cookie, "ck-carry")
+            .map_err(ConsentError::Internal)?;
+        let withdrawal = WithdrawConsent {
+            subject_id: String::new(),
+            purpose_ids: vec!["analytics".into()],
+            channel: Some(Channel::Web),
+            collected_at: None,
+            evidence: Evidence::default(),
+            idempotency_key: String::new(),
+            named_by: String::new(),
+        };
+        ledger
+            .write_consent(&who, &SubjectRef::Identity(cookie.clone()), withdrawal)
+            .await?;
+        let alias = ledger.identity_key("t").await?.alias_key(&cookie);
+        let link = NewLink {
+            alias,
+            kind: IdentityType::Cookie,
+            value: cookie.stored_value().map(str::to_owned),
+        };
+        let record = link_record_of(RecordKind::IdentityLinked, "acct-a", &link);
+        seeded
+            .link_identity("t", "acct-a", &link, record, CacheFence::None)
+            .await?;
+        // Another caller unlinks it from acct-a just before this link would be written.
+        let unlinked = link.clone();
+        racing.before_next(Box::new(move |store| {
+            Box::pin(async move {
+                let record = link_record_of(RecordKind::IdentityUnlinked, "acct-a", &unlinked);
+                store
+                    .unlink_identity("t", "acct-a", &unlinked.alias, record, CacheFence::None)
+                    .await
+                    .map(drop)
+            })
+        }));
+        let carry = crate::identities::LinkMerging {
+            merge: false,
+            carry_choices: true,
+        };
+        let first = ledger
+            .link(&who, "acct-d", &cookie, &Evidence::default(), carry)
+            .await;
+        assert!(
+            matches!(&first, Err(ConsentError::FailedPrecondition(m)) if m.contains("acct-a")),
+            "{first:?}"
+        );
+        // The refusal wrote nothing (the unlink still waits for the link's write, which was
+        // never sent); the unlink commits now, and the link is sent again.
+        let pending_unlink = racing
+            .interloper
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        let Some(unlink) = pending_unlink else {
+            panic!("the refused link reached the store");
+        };
+        unlink(seeded.clone()).await?;
+        let second = ledger
+            .link(&who, "acct-d", &cookie, &Evidence::default(), carry)
+            .await?;
+        assert_eq!(
+            second.merged_from,
+            Some(consent_core::identity::implicit_subject_id(&alias))
+        );
+        let account = seeded
+            .subject_state("t", "acct-d", None, Consistency::Full)
+            .await?;
+        assert_eq!(
+            account
+                .entries
+                .iter()
+                .map(|e| e.decision)
+                .collect::<Vec<_>>(),
+            [Decision::Withdrawn],
+            "the cookie's withdrawal was carried"
         );
         Ok(())
     }
