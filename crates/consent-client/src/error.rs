@@ -141,10 +141,19 @@ impl Error {
         }
     }
 
-    /// Whether trying again later may succeed (`Unavailable`): the only error the client
-    /// retries by itself, and only when a retry cannot apply a write twice.
+    /// Whether trying again later may succeed (`Unavailable`). The client retries it, and a
+    /// call cut off in flight ([`Error::is_transient`]), only when a retry cannot apply a
+    /// write twice.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
+    }
+
+    /// Whether the call may be sent again as it is, when a retry cannot apply a write twice:
+    /// the service was unavailable, or the call was cut off in flight (`Cancelled`: the
+    /// connection went away under it, a server restarting, say; nothing the caller did, as
+    /// a caller who gives up drops the call and gets no error).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Cancelled { .. })
     }
 
     /// The delay the server asked for, if any.

@@ -1,4 +1,5 @@
-//! Retries with jittered exponential backoff, on `UNAVAILABLE` only.
+//! Retries with jittered exponential backoff, on `UNAVAILABLE` and calls cut off in flight
+//! (`CANCELLED`) only.
 
 use std::time::Duration;
 
@@ -6,8 +7,9 @@ use crate::Error;
 
 /// How a call is retried when the service is unavailable.
 ///
-/// Only [`Error::Unavailable`] is retried (a server restarting, a store fault, a connection
-/// refused); reads always, writes only when a retry cannot apply them twice: RecordConsent
+/// Only [`Error::Unavailable`] (a server restarting, a store fault, a connection refused)
+/// and [`Error::Cancelled`] (the connection went away with the call in flight: a server
+/// restarting under it) are retried ([`Error::is_transient`]); reads always, writes only when a retry cannot apply them twice: RecordConsent
 /// and WithdrawConsent carry an idempotency key (the client makes one per logical write
 /// unless the caller gave one), the other writes are idempotent by nature (upserts, "already
 /// erased"...), and the few that are not (creating an API key, setting a legal hold) are
@@ -93,7 +95,7 @@ impl RetryPolicy {
         Ok(())
     }
 
-    /// Runs `call` until it succeeds, fails with anything but `Unavailable`, or the
+    /// Runs `call` until it succeeds, fails with an error that is not transient, or the
     /// attempts run out (when `retry` is false, once).
     pub(crate) async fn run<T, F, Fut>(&self, retry: bool, mut call: F) -> Result<T, Error>
     where
@@ -104,7 +106,7 @@ impl RetryPolicy {
         let mut attempt = 1;
         loop {
             match call().await {
-                Err(e) if e.is_unavailable() && attempt < attempts => {
+                Err(e) if e.is_transient() && attempt < attempts => {
                     tokio::time::sleep(self.delay(attempt, &e)).await;
                     attempt += 1;
                 }
@@ -154,7 +156,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_unavailable_is_retried_and_only_when_allowed() {
+    async fn only_transient_errors_are_retried_and_only_when_allowed() {
         let p = RetryPolicy::default();
         let mut calls = 0;
         let out: Result<(), Error> = p
@@ -198,5 +200,24 @@ mod tests {
             })
             .await;
         assert_eq!(ok.ok(), Some(3));
+        // A call cut off in flight (the server restarting under it) is sent again; seen
+        // failing under load in `calls_across_a_server_restart_succeed_and_apply_once`.
+        let mut calls = 0;
+        let ok = p
+            .run(true, || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 2 {
+                        Err(Error::Cancelled {
+                            message: "operation was canceled".into(),
+                        })
+                    } else {
+                        Ok(n)
+                    }
+                }
+            })
+            .await;
+        assert_eq!(ok.ok(), Some(2));
     }
 }
