@@ -994,11 +994,7 @@ mod tests {
             .append(tenant, &events, None, CacheFence::None)
             .await?;
         let ledger = Ledger::new(store.clone());
-        let who = Principal {
-            tenant_id: tenant.into(),
-            key_id: String::new(),
-            scopes: consent_core::access::Scope::ALL.to_vec(),
-        };
+        let who = caller();
         let mut queries: Vec<CheckQuery> = (0..4_000)
             .map(|i| CheckQuery {
                 subject_id: "alice".into(),
@@ -1033,6 +1029,36 @@ mod tests {
             "now: the last choice withdrew"
         );
         Ok(())
+    }
+
+    /// The decisions of `subject`'s current state in tenant `t`.
+    async fn decisions_of(store: &Arc<CountingStore>, subject: &str) -> Result<Vec<Decision>> {
+        let state = store
+            .subject_state("t", subject, None, Consistency::Full)
+            .await?;
+        Ok(state.entries.iter().map(|e| e.decision).collect())
+    }
+
+    /// A caller of tenant `t` holding every scope.
+    fn caller() -> Principal {
+        Principal {
+            tenant_id: "t".into(),
+            key_id: String::new(),
+            scopes: consent_core::access::Scope::ALL.to_vec(),
+        }
+    }
+
+    /// A withdrawal of `analytics`, its subject named by the ledger.
+    fn analytics_withdrawn() -> WithdrawConsent {
+        WithdrawConsent {
+            subject_id: String::new(),
+            purpose_ids: vec!["analytics".into()],
+            channel: Some(Channel::Web),
+            collected_at: None,
+            evidence: Evidence::default(),
+            idempotency_key: String::new(),
+            named_by: String::new(),
+        }
     }
 
     /// A write committed by another caller.
@@ -1118,11 +1144,7 @@ mod tests {
         let (seeded, _dir) = seeded_store().await?;
         let racing = Interposed::new(seeded.clone(), "append");
         let ledger = Ledger::new(racing.clone());
-        let who = Principal {
-            tenant_id: "t".into(),
-            key_id: String::new(),
-            scopes: consent_core::access::Scope::ALL.to_vec(),
-        };
+        let who = caller();
         let grant = NewEvent {
             id: new_event_id(),
             subject_id: "acct".into(),
@@ -1156,15 +1178,7 @@ mod tests {
                     .map(drop)
             })
         }));
-        let withdrawal = WithdrawConsent {
-            subject_id: String::new(),
-            purpose_ids: vec!["analytics".into()],
-            channel: Some(Channel::Voice),
-            collected_at: None,
-            evidence: Evidence::default(),
-            idempotency_key: String::new(),
-            named_by: String::new(),
-        };
+        let withdrawal = analytics_withdrawn();
         let written = ledger
             .write_consent(&who, &SubjectRef::Identity(cookie), withdrawal)
             .await?;
@@ -1176,17 +1190,7 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["acct"]
         );
-        let account = seeded
-            .subject_state("t", "acct", None, Consistency::Full)
-            .await?;
-        assert_eq!(
-            account
-                .entries
-                .iter()
-                .map(|e| e.decision)
-                .collect::<Vec<_>>(),
-            [Decision::Withdrawn]
-        );
+        assert_eq!(decisions_of(&seeded, "acct").await?, [Decision::Withdrawn]);
         let implicit = consent_core::identity::implicit_subject_id(&alias);
         let own = seeded
             .subject_state("t", &implicit, None, Consistency::Full)
@@ -1208,22 +1212,10 @@ mod tests {
         let (seeded, _dir) = seeded_store().await?;
         let racing = Interposed::new(seeded.clone(), "link_identity");
         let ledger = Ledger::new(racing.clone());
-        let who = Principal {
-            tenant_id: "t".into(),
-            key_id: String::new(),
-            scopes: consent_core::access::Scope::ALL.to_vec(),
-        };
+        let who = caller();
         let cookie = consent_core::identity::Identity::parse(IdentityType::Cookie, "ck-carry")
             .map_err(ConsentError::Internal)?;
-        let withdrawal = WithdrawConsent {
-            subject_id: String::new(),
-            purpose_ids: vec!["analytics".into()],
-            channel: Some(Channel::Web),
-            collected_at: None,
-            evidence: Evidence::default(),
-            idempotency_key: String::new(),
-            named_by: String::new(),
-        };
+        let withdrawal = analytics_withdrawn();
         ledger
             .write_consent(&who, &SubjectRef::Identity(cookie.clone()), withdrawal)
             .await?;
@@ -1277,15 +1269,8 @@ mod tests {
             second.merged_from,
             Some(consent_core::identity::implicit_subject_id(&alias))
         );
-        let account = seeded
-            .subject_state("t", "acct-d", None, Consistency::Full)
-            .await?;
         assert_eq!(
-            account
-                .entries
-                .iter()
-                .map(|e| e.decision)
-                .collect::<Vec<_>>(),
+            decisions_of(&seeded, "acct-d").await?,
             [Decision::Withdrawn],
             "the cookie's withdrawal was carried"
         );
