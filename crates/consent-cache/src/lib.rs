@@ -610,23 +610,19 @@ impl LedgerStore for CachedStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
-        // The erased marker is part of the subject's cached state: a consent write's coherence.
-        // The erasure drops the subject's identity links too, so their resolutions move. (A
-        // link made between this list and the erasure is marked by its own write; a copy of
-        // it read before the erasure resolves to the erased subject, which allows nothing,
-        // until the identity's next write.)
-        let subjects = [subject_id];
-        let aliases = self.linked_aliases(tenant, subject_id).await?;
-        let fence = self.before_write(tenant, &subjects, &aliases, fence).await;
-        let erased = self
-            .around_link_write(
-                tenant,
-                self.inner.erase_subject(tenant, subject_id, record, fence),
-            )
-            .await?;
-        self.after_write(tenant, &subjects, &aliases, fence, erased.revision)
-            .await;
-        Ok(erased)
+        self.erasure(tenant, subject_id, record, fence, None).await
+    }
+
+    async fn erase_subject_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        alias: &AliasKey,
+    ) -> Result<ErasureOutcome> {
+        self.erasure(tenant, subject_id, record, fence, Some(alias))
+            .await
     }
 
     async fn chain_key(&self, tenant: &str) -> Result<consent_core::chain::ChainKey> {
@@ -876,6 +872,42 @@ impl CachedStore {
         self.after_write(tenant, &subjects, &[], fence, outcome.revision)
             .await;
         Ok(outcome)
+    }
+
+    /// An erasure (named by `alias` when by identity). The erased marker is part of the
+    /// subject's cached state: a consent write's coherence. The erasure drops the subject's
+    /// identity links too, so their resolutions move. (A link made between this list and the
+    /// erasure is marked by its own write; a copy of it read before the erasure resolves to
+    /// the erased subject, which allows nothing, until the identity's next write.)
+    async fn erasure(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        alias: Option<&AliasKey>,
+    ) -> Result<ErasureOutcome> {
+        let subjects = [subject_id];
+        let aliases = self.linked_aliases(tenant, subject_id).await?;
+        let fence = self.before_write(tenant, &subjects, &aliases, fence).await;
+        let erase = async {
+            match alias {
+                Some(alias) => {
+                    self.inner
+                        .erase_subject_by_identity(tenant, subject_id, record, fence, alias)
+                        .await
+                }
+                None => {
+                    self.inner
+                        .erase_subject(tenant, subject_id, record, fence)
+                        .await
+                }
+            }
+        };
+        let erased = self.around_link_write(tenant, erase).await?;
+        self.after_write(tenant, &subjects, &aliases, fence, erased.revision)
+            .await;
+        Ok(erased)
     }
 
     /// Before a write's commit: marks the subjects' entries as written-to, so that if the

@@ -724,7 +724,32 @@ impl Ledger {
     pub async fn erase(
         &self,
         who: &Principal,
+        subject: &SubjectRef,
+        reason: &str,
+    ) -> Result<ErasureOutcome> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (subject_id, alias) = self.named_subject(who, subject).await?;
+            match self
+                .erase_group(who, &subject_id, alias.as_ref(), reason)
+                .await
+            {
+                Err(ConsentError::Aborted(_))
+                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// [`Ledger::erase`] of `subject_id`, named by `alias` when by identity (the store
+    /// checks, in the transaction that erases the group's root, that it still stands for
+    /// that root: a merge moved its link there).
+    async fn erase_group(
+        &self,
+        who: &Principal,
         subject_id: &str,
+        alias: Option<&consent_core::identity::AliasKey>,
         reason: &str,
     ) -> Result<ErasureOutcome> {
         let tenant = who.tenant_id.as_str();
@@ -750,7 +775,7 @@ impl Ledger {
             let root = settled.answered_by.unwrap_or_else(|| subject_id.to_owned());
             // Listed before the erasure, which drops the links.
             let identities = self.store.list_identities(tenant, &root).await?;
-            match self.erase_one(who, &root, reason).await {
+            match self.erase_one(who, &root, alias, reason).await {
                 Ok(erased) => break (root, erased, identities),
                 Err(ConsentError::FailedPrecondition(_))
                     if tries < ERASE_TRIES
@@ -776,7 +801,7 @@ impl Ledger {
             }
         }
         for subject in members.iter().chain(&implicit) {
-            let erased = self.erase_one(who, subject, reason).await?;
+            let erased = self.erase_one(who, subject, None, reason).await?;
             outcome.already_erased &= erased.already_erased;
             outcome.entries_erased += erased.entries_erased;
             outcome.items_due += erased.items_due;
@@ -809,6 +834,7 @@ impl Ledger {
         &self,
         who: &Principal,
         subject_id: &str,
+        alias: Option<&consent_core::identity::AliasKey>,
         reason: &str,
     ) -> Result<ErasureOutcome> {
         let record = NewRecord {
@@ -821,9 +847,24 @@ impl Ledger {
             detail: [("reason".to_owned(), reason.to_owned())].into(),
             actor_key_id: who.key_id.clone(),
         };
-        self.store
-            .erase_subject(&who.tenant_id, subject_id, record, CacheFence::None)
-            .await
+        match alias {
+            Some(alias) => {
+                self.store
+                    .erase_subject_by_identity(
+                        &who.tenant_id,
+                        subject_id,
+                        record,
+                        CacheFence::None,
+                        alias,
+                    )
+                    .await
+            }
+            None => {
+                self.store
+                    .erase_subject(&who.tenant_id, subject_id, record, CacheFence::None)
+                    .await
+            }
+        }
     }
 
     /// Events and records in revision order (see `consent_store::list_entries`).

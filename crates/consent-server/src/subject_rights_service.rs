@@ -101,10 +101,14 @@ impl SubjectRightsService for Api {
         }
         v.text("reason", &r.reason);
         v.finish().map_err(status)?;
-        let subject_id = self.subject(&who, subject).await?;
+        let subject = subject.ok_or_else(|| {
+            status(ConsentError::Internal(
+                "an erasure request without a subject passed validation".into(),
+            ))
+        })?;
         let outcome = self
             .ledger()
-            .erase(&who, &subject_id, &r.reason)
+            .erase(&who, &subject, &r.reason)
             .await
             .map_err(status)?;
         let record = &outcome.record;

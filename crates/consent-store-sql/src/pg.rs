@@ -853,7 +853,20 @@ impl LedgerStore for PgStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
-        self.subject_erase(tenant, subject_id, record, fence).await
+        self.subject_erase(tenant, subject_id, record, fence, None)
+            .await
+    }
+
+    async fn erase_subject_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<ErasureOutcome> {
+        self.subject_erase(tenant, subject_id, record, fence, Some(alias))
+            .await
     }
 
     async fn chain_key(&self, tenant: &str) -> Result<ChainKey> {

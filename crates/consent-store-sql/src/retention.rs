@@ -404,6 +404,38 @@ macro_rules! sql_retention_store {
 
         /// The subject `subject_id` was merged into, if a merge closed it (looked up only
         /// when the tenant merged any).
+        /// For a write named by the identity `named_by`: `Aborted` unless the identity still
+        /// stands for `subject_id` under the locked head (linked to it, or to none for its
+        /// implicit subject, which no merge closed): a link, unlink or merge since it was
+        /// resolved makes the caller resolve it again.
+        async fn refuse_moved(
+            tx: &mut Tx,
+            tenant: &str,
+            locked: &LockedHead,
+            named_by: Option<&consent_core::identity::AliasKey>,
+            subject_id: &str,
+        ) -> Result<()> {
+            let Some(alias) = named_by else {
+                return Ok(());
+            };
+            let linked: Option<String> = sqlx::query_scalar(
+                "SELECT subject_id FROM subject_identities \
+                 WHERE tenant_id = $1 AND alias_key = $2",
+            )
+            .bind(tenant)
+            .bind(alias.0.as_slice())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db)?;
+            let stands_for =
+                linked.unwrap_or_else(|| consent_core::identity::implicit_subject_id(alias));
+            if stands_for != subject_id || closed_into(tx, tenant, locked, subject_id).await?.is_some()
+            {
+                return Err(crate::errors::identity_moved());
+            }
+            Ok(())
+        }
+
         async fn closed_into(
             tx: &mut Tx,
             tenant: &str,
@@ -726,26 +758,7 @@ macro_rules! sql_retention_store {
                 // subject serialise on it, so each reads the flags the previous one left.
                 let locked = lock_head(&mut tx, tenant, now).await?;
                 let head = locked.head.revision;
-                // Named by an identity: it must still stand for the subject (a link, unlink
-                // or merge since it was resolved aborts the write, to be resolved again).
-                if let Some(alias) = named_by {
-                    let linked: Option<String> = sqlx::query_scalar(
-                        "SELECT subject_id FROM subject_identities \
-                         WHERE tenant_id = $1 AND alias_key = $2",
-                    )
-                    .bind(tenant)
-                    .bind(alias.0.as_slice())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                    let stands_for = linked
-                        .unwrap_or_else(|| consent_core::identity::implicit_subject_id(alias));
-                    if stands_for != subject_id
-                        || closed_into(&mut tx, tenant, &locked, subject_id).await?.is_some()
-                    {
-                        return Err(crate::errors::identity_moved());
-                    }
-                }
+                refuse_moved(&mut tx, tenant, &locked, named_by, subject_id).await?;
                 refuse_gone(&mut tx, tenant, &locked, subject_id).await?;
                 let mut flags = flags_in(&mut tx, tenant, subject_id).await?;
                 let effective: Vec<NewRecord> = records
@@ -803,6 +816,7 @@ macro_rules! sql_retention_store {
                 subject_id: &str,
                 record: NewRecord,
                 fence: CacheFence,
+                named_by: Option<&consent_core::identity::AliasKey>,
             ) -> Result<ErasureOutcome> {
                 if record.kind != RecordKind::SubjectErased {
                     return Err(ConsentError::Internal(format!(
@@ -814,6 +828,7 @@ macro_rules! sql_retention_store {
                 // The retention lock (items and holds move), then the head, as attestations do.
                 let mut tx = self.begin_retention(tenant).await?;
                 let locked = lock_head(&mut tx, tenant, now).await?;
+                refuse_moved(&mut tx, tenant, &locked, named_by, subject_id).await?;
                 // A subject merged into another goes with its group, after the subject that
                 // answers for it (`Ledger::erase`): erased alone, the group would keep its
                 // choices on events that no longer name it.

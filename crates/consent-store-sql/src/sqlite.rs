@@ -713,6 +713,33 @@ impl SqliteTx {
     }
 }
 
+impl SqliteStore {
+    /// An erasure (named by `named_by` when by identity), then a checkpoint: the WAL still
+    /// holds the pages as they were before the erasure; this copies the new ones into the
+    /// file and empties the WAL. Best effort (a reader on an older snapshot keeps the WAL
+    /// until it is done; later checkpoints finish the work).
+    async fn erase_and_checkpoint(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        named_by: Option<&consent_core::identity::AliasKey>,
+    ) -> Result<ErasureOutcome> {
+        let outcome = self
+            .subject_erase(tenant, subject_id, record, fence, named_by)
+            .await?;
+        if !outcome.already_erased
+            && let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.writer)
+                .await
+        {
+            tracing::warn!(error = %e, "checkpoint after an erasure failed");
+        }
+        Ok(outcome)
+    }
+}
+
 #[async_trait]
 impl LedgerStore for SqliteStore {
     async fn append(
@@ -857,21 +884,20 @@ impl LedgerStore for SqliteStore {
         record: NewRecord,
         fence: CacheFence,
     ) -> Result<ErasureOutcome> {
-        let outcome = self
-            .subject_erase(tenant, subject_id, record, fence)
-            .await?;
-        if !outcome.already_erased {
-            // The WAL still holds the pages as they were before the erasure: copy the new
-            // ones into the file and empty the WAL. Best effort (a reader on an older
-            // snapshot keeps the WAL until it is done; later checkpoints finish the work).
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                .execute(&self.writer)
-                .await
-            {
-                tracing::warn!(error = %e, "checkpoint after an erasure failed");
-            }
-        }
-        Ok(outcome)
+        self.erase_and_checkpoint(tenant, subject_id, record, fence, None)
+            .await
+    }
+
+    async fn erase_subject_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<ErasureOutcome> {
+        self.erase_and_checkpoint(tenant, subject_id, record, fence, Some(alias))
+            .await
     }
 
     async fn chain_key(&self, tenant: &str) -> Result<ChainKey> {

@@ -414,4 +414,46 @@ pub async fn a_write_by_identity_lands_where_the_identity_stands_at_commit(store
         [Decision::Withdrawn],
         "the account holds the withdrawal made while linked, and no later grant"
     );
+
+    // An erasure by the cookie resolved before the unlink names the account: aborted, the
+    // account kept; named by the cookie now, its own subject is erased.
+    let erasure = |subject: &str| NewRecord {
+        id: new_event_id(),
+        kind: RecordKind::SubjectErased,
+        subject_id: subject.into(),
+        purpose_id: String::new(),
+        at: day(4),
+        detail: Default::default(),
+        actor_key_id: String::new(),
+    };
+    match store
+        .erase_subject_by_identity(
+            &t,
+            "acct-1",
+            erasure("acct-1"),
+            CacheFence::None,
+            &cookie.alias,
+        )
+        .await
+    {
+        Err(ConsentError::Aborted(_)) => {}
+        other => panic!("an erasure resolved before the unlink: expected Aborted, got {other:?}"),
+    }
+    assert!(
+        !ok(store
+            .subject_state(&t, "acct-1", None, crate::Consistency::Full)
+            .await)
+        .entries
+        .is_empty()
+    );
+    let erased = ok(store
+        .erase_subject_by_identity(
+            &t,
+            &implicit,
+            erasure(&implicit),
+            CacheFence::None,
+            &cookie.alias,
+        )
+        .await);
+    assert!(!erased.already_erased);
 }

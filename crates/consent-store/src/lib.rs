@@ -349,6 +349,18 @@ pub trait LedgerStore: Send + Sync {
         fence: CacheFence,
     ) -> Result<ErasureOutcome>;
 
+    /// Erases as [`LedgerStore::erase_subject`] does a subject a request named by the
+    /// identity `alias`, if that identity still stands for `subject_id` in the erasure's
+    /// transaction (as [`LedgerStore::append_by_identity`] checks); otherwise `Aborted`.
+    async fn erase_subject_by_identity(
+        &self,
+        tenant: &str,
+        subject_id: &str,
+        record: NewRecord,
+        fence: CacheFence,
+        alias: &consent_core::identity::AliasKey,
+    ) -> Result<ErasureOutcome>;
+
     /// The tenant's chain key ([`ChainKey::NONE`] before its first ledger write), for
     /// verification. Never leaves the service.
     async fn chain_key(&self, tenant: &str) -> Result<ChainKey>;

@@ -133,6 +133,21 @@ macro_rules! store_proxy {
                 )
                 .await
             }
+            async fn erase_subject_by_identity(
+                &self,
+                tenant: &str,
+                subject_id: &str,
+                record: consent_core::NewRecord,
+                fence: $crate::CacheFence,
+                alias: &consent_core::identity::AliasKey,
+            ) -> consent_core::Result<$crate::ErasureOutcome> {
+                self.around(
+                    "erase_subject",
+                    self.inner()
+                        .erase_subject_by_identity(tenant, subject_id, record, fence, alias),
+                )
+                .await
+            }
             async fn chain_key(
                 &self,
                 tenant: &str,
