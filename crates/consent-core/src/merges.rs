@@ -60,6 +60,12 @@ impl GroupPast {
         &self.root
     }
 
+    /// The root's current flags and the latest revision read of the group, without entries
+    /// (the group's past answers for them: [`GroupPast::state_at`]).
+    pub fn current(&self) -> &SubjectState {
+        &self.current
+    }
+
     /// The subject that answered for `asked` at `at`: `asked` itself, or the subject it had
     /// been merged into by then (and on, through merges recorded by then). A subject not of
     /// this group answers for itself.

@@ -98,9 +98,23 @@ impl Ledger {
 
     /// The subject a request names.
     pub async fn subject_of(&self, who: &Principal, subject: SubjectRef) -> Result<String> {
+        Ok(self.named_subject(who, &subject).await?.0)
+    }
+
+    /// The subject a request names and, when by identity, the identity's alias key (a write
+    /// hands it to the store, which checks in the write's transaction that the identity
+    /// still stands for that subject).
+    pub(crate) async fn named_subject(
+        &self,
+        who: &Principal,
+        subject: &SubjectRef,
+    ) -> Result<(String, Option<AliasKey>)> {
         match subject {
-            SubjectRef::Id(id) => Ok(id),
-            SubjectRef::Identity(identity) => Ok(self.resolve(who, &identity).await?.subject_id),
+            SubjectRef::Id(id) => Ok((id.clone(), None)),
+            SubjectRef::Identity(identity) => {
+                let resolution = self.resolve(who, identity).await?;
+                Ok((resolution.subject_id, Some(resolution.alias)))
+            }
         }
     }
 

@@ -90,8 +90,9 @@ pub async fn answering(
 }
 
 /// What answers for a subject asked: the subject, when a merge closed the one asked into it;
-/// its state (current, or its history); and, for the history of a merged group, the group's
-/// past, which then answers for any time ([`Settled::at`]).
+/// its state (current, or its history; for the history of a merged group, only the group's
+/// flags and revision); and, for the history of a merged group, the group's past, which then
+/// answers for any time ([`Settled::at`]).
 #[derive(Clone, Debug)]
 struct Settled {
     answered_by: Option<String>,
@@ -380,11 +381,11 @@ impl Ledger {
         tenant: &str,
         subject_id: &str,
     ) -> Result<(Arc<SubjectState>, Option<Arc<GroupPast>>)> {
-        let mut state = self.store.subject_history(tenant, subject_id).await?;
+        let state = self.store.subject_history(tenant, subject_id).await?;
         if !state.flags.absorbed || state.flags.merged_into.is_some() {
             return Ok((Arc::new(state), None));
         }
-        let mut group = GroupPast::new(subject_id, state.clone());
+        let mut group = GroupPast::new(subject_id, state);
         // Merged-away subjects are closed: their histories and merge records no longer change.
         let members: Vec<_> = stream::iter(self.store.merged_into(tenant, subject_id).await?)
             .map(|member| async move {
@@ -396,10 +397,10 @@ impl Ledger {
             .try_collect()
             .await?;
         for (member, history, into, at) in members {
-            state.revision = state.revision.max(history.revision);
             group.add_member(member, history.entries, history.revision, into, at);
         }
-        Ok((Arc::new(state), Some(Arc::new(group))))
+        // The state read holds the group's flags and revision; its entries are the group's.
+        Ok((Arc::new(group.current().clone()), Some(Arc::new(group))))
     }
 
     /// The merge that closed `member`: the subject it was merged into, and when the ledger
@@ -629,22 +630,6 @@ impl Ledger {
         }
     }
 
-    /// The subject `subject` names and, when by identity, the identity's alias key (the
-    /// store checks in the write's transaction that it still stands for that subject).
-    async fn named_subject(
-        &self,
-        who: &Principal,
-        subject: &SubjectRef,
-    ) -> Result<(String, Option<consent_core::identity::AliasKey>)> {
-        match subject {
-            SubjectRef::Id(id) => Ok((id.clone(), None)),
-            SubjectRef::Identity(identity) => {
-                let resolution = self.resolve(who, identity).await?;
-                Ok((resolution.subject_id, Some(resolution.alias)))
-            }
-        }
-    }
-
     /// [`Ledger::exercise`] on `subject_id`, named by `alias` when by identity.
     async fn exercise_on(
         &self,
@@ -811,8 +796,9 @@ impl Ledger {
         Ok(outcome)
     }
 
-    /// Whether the ledger holds anything about `subject_id`: a choice, a rights flag, or a
-    /// record (an erasure, a merge), by its current state and its entries.
+    /// Whether the ledger holds anything about `subject_id`: a choice or a rights flag (its
+    /// current state: every event has its row there), or a record (a lifted restriction, a
+    /// merge).
     async fn holds_anything(&self, tenant: &str, subject_id: &str) -> Result<bool> {
         let state = self
             .store
@@ -826,8 +812,7 @@ impl Ledger {
             limit: 1,
             ..EventQuery::default()
         };
-        Ok(!self.store.list_records(tenant, &query).await?.is_empty()
-            || !self.store.list_events(tenant, &query).await?.is_empty())
+        Ok(!self.store.list_records(tenant, &query).await?.is_empty())
     }
 
     async fn erase_one(

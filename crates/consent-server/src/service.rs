@@ -362,7 +362,7 @@ const AT_WITH_IDENTITY: &str = "cannot be combined with identity: the identity m
 
 /// A subject reference that passed validation (`None` would be a bug: validation sets a
 /// violation for every request without one).
-fn validated_subject(subject: Option<SubjectRef>) -> Result<SubjectRef, Status> {
+pub(crate) fn validated_subject(subject: Option<SubjectRef>) -> Result<SubjectRef, Status> {
     subject.ok_or_else(|| {
         status(ConsentError::Internal(
             "a request without a subject passed validation".into(),

@@ -3,7 +3,6 @@
 //! [`crate::ledger::Ledger::exercise`], and answers what changed), the export of a subject (Art. 15/20, [`crate::export`]) and its erasure
 //! (Art. 17, [`crate::ledger::Ledger::erase`]).
 
-use consent_core::ConsentError;
 use consent_core::identity::SubjectRef;
 use consent_core::validate::Violations;
 use consent_proto::v1 as pb;
@@ -19,7 +18,7 @@ use crate::convert::flags_out;
 use crate::error::status;
 use crate::ledger::RightsRequest;
 use crate::retention_service::record_out;
-use crate::service::Api;
+use crate::service::{Api, validated_subject};
 
 type RpcResult<T> = Result<Response<T>, Status>;
 
@@ -41,11 +40,7 @@ fn validated(
     v.id_list("purpose_ids", purpose_ids);
     v.text("reason", reason);
     v.finish().map_err(status)?;
-    subject.ok_or_else(|| {
-        status(ConsentError::Internal(
-            "a rights request without a subject passed validation".into(),
-        ))
-    })
+    validated_subject(subject)
 }
 
 fn change_out(outcome: FlagsOutcome) -> pb::RightsChange {
@@ -101,11 +96,7 @@ impl SubjectRightsService for Api {
         }
         v.text("reason", &r.reason);
         v.finish().map_err(status)?;
-        let subject = subject.ok_or_else(|| {
-            status(ConsentError::Internal(
-                "an erasure request without a subject passed validation".into(),
-            ))
-        })?;
+        let subject = validated_subject(subject)?;
         let outcome = self
             .ledger()
             .erase(&who, &subject, &r.reason)
