@@ -122,7 +122,7 @@ const RECORD_PAGE: usize = 200;
 const IDENTITY_WRITE_TRIES: usize = 3;
 
 /// A consent write the ledger plans and appends ([`Ledger::write_consent`]).
-pub trait ConsentWrite: Send {
+pub trait ConsentWrite: Clone + Send {
     /// Names the subject written (and, for a write by identity, `identity:` and the alias
     /// key, which its idempotency fingerprint takes instead of the subject).
     fn name(&mut self, subject_id: String, named_by: String);
@@ -285,47 +285,68 @@ impl Ledger {
         subject: &SubjectRef,
         mut command: C,
     ) -> Result<AppendOutcome> {
+        self.naming_again(who, subject, |subject_id, alias| {
+            let named_by = alias.map_or_else(String::new, |a| format!("identity:{}", a.to_hex()));
+            command.name(subject_id, named_by);
+            let command = command.clone();
+            async move { self.append_command(who, &command, alias.as_ref()).await }
+        })
+        .await
+    }
+
+    /// Runs `write` on the subject `subject` names (and, by identity, the identity's alias
+    /// key); by identity, again with the identity resolved anew when the store aborts it
+    /// because the identity was linked, unlinked or merged meanwhile, at most
+    /// [`IDENTITY_WRITE_TRIES`] times in all.
+    async fn naming_again<T, F, Fut>(
+        &self,
+        who: &Principal,
+        subject: &SubjectRef,
+        mut write: F,
+    ) -> Result<T>
+    where
+        F: FnMut(String, Option<consent_core::identity::AliasKey>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
         let mut tries = 0;
         loop {
             tries += 1;
             let (subject_id, alias) = self.named_subject(who, subject).await?;
-            let named_by = alias.map_or_else(String::new, |a| format!("identity:{}", a.to_hex()));
-            command.name(subject_id, named_by);
-            let now = Timestamp::now();
-            command.validate(now)?;
-            let catalog = self
-                .store
-                .catalog(&who.tenant_id, Consistency::Full)
-                .await?;
-            let events = command.plan(&catalog, now, &who.key_id)?;
-            let idempotency = command.idempotency();
-            let written = match &alias {
-                Some(alias) => {
-                    self.store
-                        .append_by_identity(
-                            &who.tenant_id,
-                            &events,
-                            idempotency.as_ref(),
-                            CacheFence::None,
-                            alias,
-                        )
-                        .await
-                }
-                None => {
-                    self.store
-                        .append(
-                            &who.tenant_id,
-                            &events,
-                            idempotency.as_ref(),
-                            CacheFence::None,
-                        )
-                        .await
-                }
-            };
-            match written {
-                Err(ConsentError::Aborted(_))
-                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
+            let by_identity = alias.is_some();
+            match write(subject_id, alias).await {
+                Err(ConsentError::Aborted(_)) if by_identity && tries < IDENTITY_WRITE_TRIES => {}
                 other => return other,
+            }
+        }
+    }
+
+    /// Validates and plans `command` against the catalogue and appends its events (named by
+    /// `alias` when by identity: [`consent_store::LedgerStore::append_by_identity`]).
+    async fn append_command<C: ConsentWrite>(
+        &self,
+        who: &Principal,
+        command: &C,
+        alias: Option<&consent_core::identity::AliasKey>,
+    ) -> Result<AppendOutcome> {
+        let now = Timestamp::now();
+        command.validate(now)?;
+        let catalog = self
+            .store
+            .catalog(&who.tenant_id, Consistency::Full)
+            .await?;
+        let events = command.plan(&catalog, now, &who.key_id)?;
+        let idempotency = command.idempotency();
+        let (tenant, idempotency) = (who.tenant_id.as_str(), idempotency.as_ref());
+        match alias {
+            Some(alias) => {
+                self.store
+                    .append_by_identity(tenant, &events, idempotency, CacheFence::None, alias)
+                    .await
+            }
+            None => {
+                self.store
+                    .append(tenant, &events, idempotency, CacheFence::None)
+                    .await
             }
         }
     }
@@ -615,19 +636,11 @@ impl Ledger {
         request: &RightsRequest,
         reason: &str,
     ) -> Result<FlagsOutcome> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let (subject_id, alias) = self.named_subject(who, subject).await?;
-            match self
-                .exercise_on(who, &subject_id, alias.as_ref(), request, reason)
+        self.naming_again(who, subject, |subject_id, alias| async move {
+            self.exercise_on(who, &subject_id, alias.as_ref(), request, reason)
                 .await
-            {
-                Err(ConsentError::Aborted(_))
-                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
-                other => return other,
-            }
-        }
+        })
+        .await
     }
 
     /// [`Ledger::exercise`] on `subject_id`, named by `alias` when by identity.
@@ -712,19 +725,11 @@ impl Ledger {
         subject: &SubjectRef,
         reason: &str,
     ) -> Result<ErasureOutcome> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let (subject_id, alias) = self.named_subject(who, subject).await?;
-            match self
-                .erase_group(who, &subject_id, alias.as_ref(), reason)
+        self.naming_again(who, subject, |subject_id, alias| async move {
+            self.erase_group(who, &subject_id, alias.as_ref(), reason)
                 .await
-            {
-                Err(ConsentError::Aborted(_))
-                    if alias.is_some() && tries < IDENTITY_WRITE_TRIES => {}
-                other => return other,
-            }
-        }
+        })
+        .await
     }
 
     /// [`Ledger::erase`] of `subject_id`, named by `alias` when by identity (the store
